@@ -1,0 +1,39 @@
+"""oblix_nb: a hybrid local <-> cloud LLM client for Jupyter whose conversations are durable, queryable data.
+
+    from oblix_nb import OblixClient, ModelType
+    client = OblixClient()
+    await client.hook_model(ModelType.LLAMACPP, "smollm2-135m")
+    await client.execute("Hello!")
+
+In IPython/Jupyter: ``%load_ext oblix_nb``, then ``%oblix_session`` and ``%%oblix``.
+``import oblix_nb`` stays light: pandas, ipywidgets and llama_cpp are imported only when used.
+"""
+from __future__ import annotations
+
+from .agents import ConnectivityAgent, ResourceMonitor
+from .client import OblixClient
+from .errors import (ModelCallError, ModelUnavailableError, NoModelHookedError, OblixError,
+                     SessionNotFoundError)
+from .models.base import ModelType
+from .streaming import StdoutSink, StreamSink
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OblixClient", "ModelType", "ResourceMonitor", "ConnectivityAgent", "StreamSink", "StdoutSink",
+    "OblixError", "SessionNotFoundError", "ModelUnavailableError", "ModelCallError", "NoModelHookedError",
+    "load_ipython_extension", "unload_ipython_extension",
+]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext oblix_nb``: registers ``%oblix_session``, ``%%oblix`` and ``%oblix_chat``."""
+    from .notebook.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    from .notebook.magics import unload_ipython_extension as unload
+
+    unload(ipython)

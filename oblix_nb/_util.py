@@ -1,0 +1,51 @@
+"""Small shared helpers: timestamps and ids."""
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timezone
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime | None = None) -> str:
+    """ISO 8601 UTC with millisecond precision and a ``Z`` suffix: ``2023-07-15T14:30:22.123Z``."""
+    dt = (dt or utcnow()).astimezone(timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_iso(value: str) -> datetime:
+    """Parse ISO 8601 (``Z`` or ``+00:00`` or naive = UTC). Raises ValueError on anything else."""
+    if not isinstance(value, str):
+        raise ValueError(f"timestamp must be a string, got {type(value).__name__}")
+    s = value.strip()
+    if s.endswith(("Z", "z")):
+        s = s[:-1] + "+00:00"
+    dt = datetime.fromisoformat(s)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def normalize_iso(value: str) -> str:
+    """Any accepted ISO timestamp, rewritten in the store's canonical form."""
+    return iso(parse_iso(value))
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_session_id(session_id: object) -> str:
+    """Validate a session id before any use. Ids are 1-128 chars of [A-Za-z0-9_-], not starting with - or _."""
+    from .errors import InvalidSessionIdError
+
+    if not isinstance(session_id, str) or not _ID_RE.match(session_id):
+        raise InvalidSessionIdError(
+            f"invalid session id {session_id!r}: expected a uuid-like string of letters, digits, '-' or '_'"
+        )
+    return session_id

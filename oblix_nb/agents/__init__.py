@@ -1,0 +1,7 @@
+"""Agents consulted before each execute(): resources, connectivity, and anything with ``name`` + ``check()``."""
+from .base import Agent, BackgroundSampler, SampledAgent, normalize_result, run_check
+from .connectivity import ConnectivityAgent
+from .resource import ResourceMonitor
+
+__all__ = ["Agent", "BackgroundSampler", "SampledAgent", "ResourceMonitor", "ConnectivityAgent", "run_check",
+           "normalize_result"]

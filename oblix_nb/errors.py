@@ -1,0 +1,40 @@
+"""Exceptions raised by oblix_nb. One home for all of them."""
+from __future__ import annotations
+
+
+class OblixError(Exception):
+    """Base class for oblix_nb errors."""
+
+
+class SessionNotFoundError(OblixError, KeyError):
+    """No session with that id in the store."""
+
+    def __init__(self, session_id: str):
+        self.session_id = session_id
+        super().__init__(session_id)
+
+    def __str__(self) -> str:  # KeyError's str() would quote the repr
+        return f"no session with id {self.session_id!r}"
+
+
+class InvalidSessionIdError(OblixError, ValueError):
+    """A session id that is not of the accepted form (rejected before any use)."""
+
+
+class ModelUnavailableError(OblixError):
+    """hook_model could not reach the endpoint, or the endpoint does not list the model."""
+
+
+class NoModelHookedError(OblixError):
+    """execute() was called but no model is hooked (or the forced model_id is not hooked)."""
+
+
+class ModelCallError(OblixError):
+    """A model failed. ``partial`` holds what arrived before the failure (stored, flagged partial)."""
+
+    def __init__(self, message: str, *, model_id: str | None = None, partial: str = "",
+                 response: dict | None = None):
+        super().__init__(message)
+        self.model_id = model_id
+        self.partial = partial
+        self.response = response

@@ -1,0 +1,27 @@
+"""Model backends, one module each; imported lazily so that hooking one never imports the others' clients."""
+from __future__ import annotations
+
+from typing import Optional
+
+from .base import ModelBackend, ModelType
+
+
+def make_backend(model_type: ModelType, model_name: str, endpoint: Optional[str] = None,
+                 api_key: Optional[str] = None, **kwargs) -> ModelBackend:
+    """The backend object for one ``hook_model`` call (not yet connected)."""
+    model_type = ModelType.parse(model_type)
+    if model_type is ModelType.OLLAMA:
+        from .ollama import OllamaBackend
+        return OllamaBackend(model_name, endpoint, api_key=api_key, **kwargs)
+    if model_type is ModelType.OPENAI:
+        from .openai import OpenAIBackend
+        return OpenAIBackend(model_name, endpoint, api_key=api_key, **kwargs)
+    if model_type is ModelType.LLAMACPP:
+        from .llamacpp import LlamaCppBackend
+        return LlamaCppBackend(model_name, endpoint, **kwargs)
+    raise NotImplementedError(
+        f"{model_type.value} models are not available in this build of oblix_nb; use OPENAI (any "
+        f"OpenAI-compatible base_url), OLLAMA or LLAMACPP")
+
+
+__all__ = ["ModelBackend", "ModelType", "make_backend"]

@@ -1,0 +1,139 @@
+"""The backend protocol every model module implements, and the small data classes they exchange."""
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Optional, Union
+
+
+class ModelType(str, enum.Enum):
+    OLLAMA = "ollama"
+    OPENAI = "openai"
+    CLAUDE = "claude"
+    LLAMACPP = "llamacpp"  # embedded in the kernel's process via llama-cpp-python
+
+    @classmethod
+    def parse(cls, value: "ModelType | str") -> "ModelType":
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            raise ValueError(f"unknown model type {value!r}; expected one of {[m.value for m in cls]}") from None
+
+
+# Which side of the hybrid each type sits on unless hook_model(..., target=...) says otherwise.
+DEFAULT_TARGET = {ModelType.OLLAMA: "local", ModelType.LLAMACPP: "local",
+                  ModelType.OPENAI: "cloud", ModelType.CLAUDE: "cloud"}
+
+# Sampling options execute() understands; each backend maps them to where its API documents them.
+SAMPLING_OPTIONS = ("top_p", "top_k", "seed", "stop", "presence_penalty", "frequency_penalty", "repeat_penalty")
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    options: dict = field(default_factory=dict)  # only keys from SAMPLING_OPTIONS
+
+
+@dataclass
+class Usage:
+    """Token counts for one call, and where they came from: "server", "engine" (in-process llama.cpp), "tokenizer", "stream_chunks", "estimate"."""
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    input_source: str = "server"
+    output_source: str = "server"
+    finish_reason: Optional[str] = None
+
+
+StreamItem = Union[str, Usage]
+
+
+class ModelBackend(ABC):
+    """One hooked model. ``stream`` yields text deltas as they arrive, then exactly one final ``Usage``."""
+
+    model_type: ModelType
+
+    def __init__(self, model_name: str, endpoint: Optional[str] = None, *, target: Optional[str] = None,
+                 context_window: Optional[int] = None):
+        if not isinstance(model_name, str) or not model_name.strip():
+            raise ValueError("model_name must be a non-empty string")
+        self.model_name = model_name
+        self.endpoint = endpoint
+        self.target = target or DEFAULT_TARGET[self.model_type]
+        if self.target not in ("local", "cloud"):
+            raise ValueError(f"target must be 'local' or 'cloud', not {self.target!r}")
+        self.context_window = context_window
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.model_type.value}:{self.model_name}"
+
+    def __repr__(self) -> str:  # never shows credentials
+        where = f" endpoint={self.endpoint!r}" if self.endpoint else ""
+        return f"<{type(self).__name__} {self.model_id} target={self.target}{where}>"
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Check the endpoint answers and has the model; raise ModelUnavailableError otherwise.
+
+        Must never download anything nor send a billable request.
+        """
+
+    @abstractmethod
+    def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+        """Yield text deltas as they arrive, then one ``Usage``. Closing the iterator stops the upstream request."""
+
+    async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
+        """Non-streaming call. Default: drain ``stream``; backends with a native non-stream call override it."""
+        parts: list[str] = []
+        usage = Usage()
+        async for item in self.stream(messages, params):
+            if isinstance(item, Usage):
+                usage = item
+            else:
+                parts.append(item)
+        return "".join(parts), usage
+
+    def estimate_tokens(self, text: str) -> int:
+        """A conservative token count for budgeting history (over-estimates English by ~25%)."""
+        return len(text.encode("utf-8")) // 3 + 1
+
+    def message_overhead(self) -> int:
+        """Template tokens around each chat message (ChatML-style role markers)."""
+        return 5
+
+    async def aclose(self) -> None:
+        """Release what this backend opened."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "model_type": self.model_type.value, "model_name": self.model_name,
+                "endpoint": self.endpoint, "target": self.target, "context_window": self.context_window}
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """Errors before the first token that justify trying the next candidate (refused, 5xx, 429, timeout)."""
+    import httpx
+
+    if isinstance(exc, (ConnectionError, TimeoutError, httpx.TransportError)):
+        return True
+    try:
+        import openai
+
+        if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError)):
+            return True
+        if isinstance(exc, openai.APIStatusError) and (exc.status_code >= 500 or exc.status_code == 429):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import ollama
+
+        if isinstance(exc, ollama.ResponseError) and (exc.status_code >= 500 or exc.status_code == 429):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and (status >= 500 or status == 429)

@@ -1,0 +1,170 @@
+"""Embedded backend: a GGUF model in the kernel's own process via llama-cpp-python (extra ``oblix-nb[local]``).
+
+llama_cpp is imported only when a model of this type is hooked. A ``Llama`` object is not re-entrant, so one
+lock serialises calls; generation runs in a worker thread and hands tokens to the event loop through a queue,
+so the loop (and a notebook kernel's message handling) never blocks on it. Closing the stream sets a stop flag
+that the worker checks between tokens.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import AsyncIterator, Optional
+
+from ..errors import ModelUnavailableError
+from .base import GenerationParams, ModelBackend, ModelType, StreamItem, Usage
+from .gguf import resolve_gguf
+
+LLAMA_OPTIONS = ("top_p", "top_k", "seed", "stop", "presence_penalty", "frequency_penalty", "repeat_penalty")
+_END = object()
+
+
+class LlamaCppBackend(ModelBackend):
+    model_type = ModelType.LLAMACPP
+
+    def __init__(self, model_name: str, endpoint: Optional[str] = None, *, model_path: Optional[str] = None,
+                 n_ctx: int = 2048, n_threads: Optional[int] = None, **kwargs):
+        if endpoint is not None:
+            raise ValueError("ModelType.LLAMACPP runs in this process and takes no endpoint; "
+                             "for a llama.cpp server use ModelType.OPENAI with base_url=")
+        super().__init__(model_name, None, context_window=kwargs.pop("context_window", None) or n_ctx, **kwargs)
+        self._path = model_path or model_name
+        self._n_ctx = n_ctx
+        self._n_threads = n_threads or max(1, min(4, os.cpu_count() or 2))
+        self._llama = None
+        self._formatter = None
+        self._lock = threading.Lock()
+
+    async def connect(self) -> None:
+        try:
+            path = resolve_gguf(self._path)
+        except FileNotFoundError as exc:
+            raise ModelUnavailableError(f"embedded model {self.model_name!r}: {exc}") from exc
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise ModelUnavailableError(
+                "the embedded backend needs llama-cpp-python: pip install 'oblix-nb[local]'") from exc
+        try:
+            self._llama = await asyncio.to_thread(
+                llama_cpp.Llama, model_path=str(path), n_ctx=self._n_ctx, n_threads=self._n_threads,
+                verbose=False)
+        except Exception as exc:  # noqa: BLE001 - llama.cpp raises ValueError/RuntimeError on bad files
+            raise ModelUnavailableError(f"could not load GGUF {path}: {exc}") from exc
+        self.model_path = str(path)
+
+    def _kwargs(self, params: GenerationParams) -> dict:
+        kwargs = {}
+        if params.max_tokens is not None:
+            kwargs["max_tokens"] = params.max_tokens
+        if params.temperature is not None:
+            kwargs["temperature"] = params.temperature
+        kwargs.update({k: v for k, v in params.options.items() if k in LLAMA_OPTIONS})
+        return kwargs
+
+    def _count(self, text: str) -> int:
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
+
+    def estimate_tokens(self, text: str) -> int:
+        if self._llama is None:
+            return super().estimate_tokens(text)
+        return self._count(text)
+
+    def _require(self):
+        if self._llama is None:
+            raise RuntimeError(f"{self.model_id} is not loaded (hook it first, or it was shut down)")
+        return self._llama
+
+    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+        llama = self._require()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        kwargs = self._kwargs(params)
+
+        def work() -> None:
+            finish = None
+            try:
+                with self._lock:
+                    gen = llama.create_chat_completion(messages=messages, stream=True, **kwargs)
+                    try:
+                        for chunk in gen:
+                            if stop.is_set():
+                                break
+                            choice = chunk["choices"][0]
+                            text = choice.get("delta", {}).get("content")
+                            if text:
+                                loop.call_soon_threadsafe(queue.put_nowait, text)
+                            finish = choice.get("finish_reason") or finish
+                    finally:
+                        gen.close()
+                loop.call_soon_threadsafe(queue.put_nowait, (_END, finish))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        worker = loop.run_in_executor(None, work)
+        pieces: list[str] = []
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, str):
+                    pieces.append(item)
+                    yield item
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    finish = item[1]
+                    break
+        finally:
+            stop.set()
+            if not worker.done():
+                # Wait for the worker to leave the model (it checks `stop` between tokens) without letting a
+                # second cancellation abandon it while it still holds the lock.
+                await asyncio.shield(worker)
+        yield Usage(self._prompt_tokens(messages), self._count("".join(pieces)), "tokenizer", "tokenizer", finish)
+
+    def _prompt_tokens(self, messages: list[dict]) -> int:
+        """Tokens of the prompt exactly as the model sees it: rendered with the GGUF's own chat template."""
+        if self._formatter is None:
+            from llama_cpp import llama_chat_format
+
+            meta = self._llama.metadata
+            template = meta.get("tokenizer.chat_template")
+            if not template:
+                return sum(self._count(m.get("content") or "") + self.message_overhead() for m in messages)
+            vocab = self._llama._model  # token ids -> text, as llama_cpp itself does for its handler
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template, eos_token=vocab.token_get_text(vocab.token_eos()),
+                bos_token=vocab.token_get_text(vocab.token_bos()))
+        prompt = self._formatter(messages=messages).prompt
+        return len(self._llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+
+    async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
+        llama = self._require()
+
+        def work():
+            with self._lock:
+                return llama.create_chat_completion(messages=messages, stream=False, **self._kwargs(params))
+
+        reply = await asyncio.to_thread(work)
+        choice = reply["choices"][0]
+        usage = reply.get("usage") or {}
+        return choice["message"].get("content") or "", Usage(
+            usage.get("prompt_tokens"), usage.get("completion_tokens"), "engine", "engine",
+            choice.get("finish_reason"))
+
+    async def aclose(self) -> None:
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            def close():
+                with self._lock:
+                    closer = getattr(llama, "close", None)
+                    if closer is not None:
+                        closer()
+            await asyncio.to_thread(close)
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info["model_path"] = getattr(self, "model_path", None)
+        return info

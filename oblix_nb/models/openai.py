@@ -1,0 +1,169 @@
+"""OpenAI backend over the official ``openai.AsyncOpenAI``: api.openai.com or any OpenAI-compatible ``base_url``."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import AsyncIterator, Optional
+from urllib.parse import urlsplit
+
+from ..errors import ModelUnavailableError
+from .base import GenerationParams, ModelBackend, ModelType, StreamItem, Usage
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_CONTEXT = 4096
+# Context windows of well-known hosted models (prefix match); anything else: context_window= or the default.
+KNOWN_CONTEXT = {"gpt-4.1": 1_047_576, "gpt-4o": 128_000, "gpt-4-turbo": 128_000, "o1": 200_000, "o3": 200_000,
+                 "o4": 200_000, "gpt-5": 400_000, "gpt-3.5-turbo": 16_385, "gpt-4": 8_192}
+# OpenAI's chat completions accept these sampling options directly.
+OPENAI_OPTIONS = ("top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class OpenAIBackend(ModelBackend):
+    model_type = ModelType.OPENAI
+
+    def __init__(self, model_name: str, endpoint: Optional[str] = None, *, api_key: Optional[str] = None,
+                 base_url: Optional[str] = None, timeout: float = 120.0, max_retries: int = 0, **kwargs):
+        base = (base_url or endpoint or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        super().__init__(model_name, base, **kwargs)
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not key:
+            if base == DEFAULT_BASE_URL:
+                raise ValueError("OpenAI API key missing: pass api_key=... or set the OPENAI_API_KEY "
+                                 "environment variable")
+            key = "sk-no-key-required"  # local OpenAI-compatible servers ignore it; the client insists on one
+        import openai
+
+        # max_retries=0: a failing endpoint must fail fast so routing can fall back to the next model.
+        self._client = openai.AsyncOpenAI(api_key=key, base_url=base, timeout=timeout, max_retries=max_retries)
+        self._http = None  # httpx.AsyncClient for the tokenizer, made on first use
+        self._tokenize_supported: Optional[bool] = None if _is_loopback(base) else False
+
+    async def connect(self) -> None:
+        import openai
+
+        try:
+            page = await self._client.models.list()
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise ModelUnavailableError(
+                f"OpenAI-compatible endpoint {self.endpoint} did not answer ({type(exc).__name__}); "
+                f"is the server running?") from exc
+        except openai.APIStatusError as exc:
+            raise ModelUnavailableError(
+                f"OpenAI-compatible endpoint {self.endpoint} refused to list models "
+                f"(HTTP {exc.status_code}); check the API key and base_url") from exc
+        models = {m.id: m for m in page.data}
+        if self.model_name not in models:
+            raise ModelUnavailableError(
+                f"endpoint {self.endpoint} does not list model {self.model_name!r} "
+                f"(it lists: {', '.join(sorted(models)) or 'nothing'})")
+        if self.context_window is None:
+            self.context_window = self._context_from_listing(models[self.model_name])
+
+    def _context_from_listing(self, entry) -> int:
+        extra = getattr(entry, "model_extra", None) or {}
+        meta = extra.get("meta") or {}
+        for key in ("context_length", "context_window", "n_ctx"):
+            value = extra.get(key) or meta.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+        for prefix, size in sorted(KNOWN_CONTEXT.items(), key=lambda kv: -len(kv[0])):
+            if self.model_name.startswith(prefix):
+                return size
+        return DEFAULT_CONTEXT
+
+    def _payload(self, messages: list[dict], params: GenerationParams) -> dict:
+        payload = {"model": self.model_name, "messages": messages}
+        if params.max_tokens is not None:
+            payload["max_tokens"] = params.max_tokens
+        if params.temperature is not None:
+            payload["temperature"] = params.temperature
+        for key, value in params.options.items():
+            if key in OPENAI_OPTIONS:
+                payload[key] = value
+        return payload
+
+    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+        stream = await self._client.chat.completions.create(
+            **self._payload(messages, params), stream=True, stream_options={"include_usage": True})
+        chunks = 0
+        finish = None
+        server_usage = None
+        pieces: list[str] = []
+        try:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    server_usage = chunk.usage
+                for choice in chunk.choices:
+                    text = choice.delta.content if choice.delta else None
+                    if text:
+                        chunks += 1
+                        pieces.append(text)
+                        yield text
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        finally:
+            await stream.close()
+        if server_usage is not None:
+            yield Usage(server_usage.prompt_tokens, server_usage.completion_tokens, "server", "server", finish)
+        else:  # some servers (llama_cpp.server 0.3.x) ignore include_usage: count it ourselves and say how
+            yield await self._counted_usage(messages, "".join(pieces), finish, chunks)
+
+    async def _counted_usage(self, messages: list[dict], text: str, finish, chunks: Optional[int]) -> Usage:
+        contents = [m.get("content") or "" for m in messages]
+        counts = await self._tokenizer_counts(contents + [text])
+        if counts is not None:
+            overhead = self.message_overhead() * len(contents)
+            return Usage(sum(counts[:-1]) + overhead, counts[-1], "tokenizer", "tokenizer", finish)
+        input_tokens = sum(self.estimate_tokens(c) + self.message_overhead() for c in contents)
+        if chunks is not None:
+            return Usage(input_tokens, chunks, "estimate", "stream_chunks", finish)
+        return Usage(input_tokens, self.estimate_tokens(text), "estimate", "estimate", finish)
+
+    async def _tokenizer_counts(self, texts: list[str]) -> Optional[list[int]]:
+        """Exact counts from the server's tokenizer (llama.cpp's ``/extras/tokenize/count``), if it has one.
+
+        Only tried on loopback servers, and only until it fails once.
+        """
+        if self._tokenize_supported is False:
+            return None
+        import httpx
+
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=5.0)
+        root = self.endpoint[:-3] if self.endpoint.endswith("/v1") else self.endpoint
+        try:
+            counts = []
+            for text in texts:
+                r = await self._http.post(f"{root}/extras/tokenize/count", json={"input": text})
+                r.raise_for_status()
+                counts.append(int(r.json()["count"]))
+        except (httpx.HTTPError, KeyError, ValueError, TypeError):
+            self._tokenize_supported = False
+            return None
+        self._tokenize_supported = True
+        return counts
+
+    async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
+        reply = await self._client.chat.completions.create(**self._payload(messages, params))
+        choice = reply.choices[0]
+        text = choice.message.content or ""
+        if reply.usage is not None:
+            return text, Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens, "server", "server",
+                               choice.finish_reason)
+        return text, await self._counted_usage(messages, text, choice.finish_reason, None)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None

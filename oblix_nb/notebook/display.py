@@ -1,0 +1,402 @@
+"""Streaming a reply into a notebook cell: one display id per reply, throttled updates, exact Markdown at the end.
+
+Two ways in:
+
+* ``%%oblix`` drives the display from the kernel's **main thread**: the sink that runs on the package's loop
+  thread (:class:`QueueSink`) only puts deltas on a queue; :func:`drive` takes them off with a timeout equal to
+  the time left until the next allowed update and publishes. Output therefore stays in the right cell, and a
+  kernel interrupt (KeyboardInterrupt) lands in the main thread, where the request is cancelled upstream.
+* ``client.sink_factory`` (a top-level ``await client.execute(...)`` in a cell) gets a :class:`NotebookSink`,
+  which is called on the loop thread. It remembers the cell's parent header when it is made (in the cell's
+  own context) and publishes throttled ``update_display_data`` messages, which frontends route by display id.
+
+Every bundle carries a ``text/plain`` fallback. The reply's own display ends as exactly the reply (Markdown);
+a second, small display below it is the status line that ends as the footer (model, route, TTFT, tokens/s).
+In terminal IPython (no display frontend) replies are plain tokens on stdout.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import re
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Callable, Optional
+
+from ..streaming import format_footer
+
+CURSOR = "▌"
+DEFAULT_INTERVAL = 0.1
+
+
+# --------------------------------------------------------------------------- the reply as a value
+class Reply(str):
+    """The reply text (a ``str``) carrying execute()'s whole response dict as ``.response``.
+
+    Renders as Markdown in a notebook (``_repr_markdown_``); ``str`` everywhere else.
+    """
+
+    response: dict
+
+    def __new__(cls, text: str, response: Optional[dict] = None):
+        obj = super().__new__(cls, text)
+        obj.response = dict(response or {})
+        return obj
+
+    def __reduce__(self):  # pickles / copies as a Reply, response included
+        return (Reply, (str(self), self.response))
+
+    def _repr_markdown_(self) -> str:
+        text = str(self)
+        if self.partial:
+            text += "\n\n*(partial reply: the request was stopped)*"
+        return text
+
+    @property
+    def text(self) -> str:
+        return str(self)
+
+    @property
+    def model_id(self) -> Optional[str]:
+        return self.response.get("model_id")
+
+    @property
+    def metrics(self) -> dict:
+        return self.response.get("metrics") or {}
+
+    @property
+    def routing_decision(self) -> dict:
+        return self.response.get("routing_decision") or {}
+
+    @property
+    def session_id(self) -> Optional[str]:
+        return self.response.get("session_id")
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.response.get("partial"))
+
+    @property
+    def footer(self) -> str:
+        return format_footer(self.response) if self.response else ""
+
+
+_FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.S | re.M)
+
+
+def extract_code(text: str) -> str:
+    """The contents of the fenced code blocks of ``text`` (joined by a blank line), or all of it if none.
+
+    An unterminated last fence (a reply cut by max_tokens) counts up to the end of the text.
+    """
+    blocks = [m.group(2).rstrip("\n") for m in _FENCE_RE.finditer(text)]
+    if not blocks:
+        tail = re.search(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n(.*)\Z", text, re.S | re.M)
+        if tail:
+            blocks = [tail.group(2).rstrip("\n")]
+    return "\n\n".join(blocks) if blocks else text.strip("\n")
+
+
+# --------------------------------------------------------------------------- frontends
+def has_display_frontend(shell: Any) -> bool:
+    """True in a Jupyter kernel (rich display), False in terminal IPython / no IPython."""
+    if shell is None:
+        return False
+    if type(shell).__name__ == "ZMQInteractiveShell":
+        return True
+    try:
+        return "IPKernelApp" in shell.config
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _footer_bundle(text: str, *, error: bool = False, pending: bool = False) -> dict:
+    from html import escape
+
+    color = "#b00020" if error else "#6a737d"
+    style = f"font-size:0.8em;color:{color};font-family:var(--jp-ui-font-family, sans-serif)"
+    icon = "⏳ " if pending else ("⚠ " if error else "")
+    return {"text/html": f'<div style="{style}">{icon}{escape(text)}</div>',
+            "text/plain": f"[{icon}{text}]"}
+
+
+class ReplyDisplay:
+    """The two displays of one reply (reply + status/footer), published through ``publish(data, display_id,
+    update)``. Counts the reply's updates. Not thread-safe: one thread drives it."""
+
+    def __init__(self, publish: Callable[[dict, str, bool], None], fmt: str = "markdown",
+                 show_footer: bool = True):
+        self._publish = publish
+        self.fmt = fmt
+        self.show_footer = show_footer
+        self.reply_id = uuid.uuid4().hex
+        self.footer_id = uuid.uuid4().hex
+        self.text = ""
+        self.updates = 0
+        self.shown = False
+
+    def _bundle(self, text: str, final: bool) -> dict:
+        if self.fmt == "text":
+            return {"text/plain": text if final else text + CURSOR}
+        return {"text/markdown": text if final else text + CURSOR, "text/plain": text}
+
+    def show(self, status: str = "") -> None:
+        """Create both displays (the reply empty, the status line saying what is happening)."""
+        self._publish(self._bundle("", final=False), self.reply_id, False)
+        if self.show_footer:
+            self._publish(_footer_bundle(status or "waiting for the model…", pending=True), self.footer_id, False)
+        self.shown = True
+
+    def status(self, text: str) -> None:
+        if self.show_footer:
+            self._publish(_footer_bundle(text, pending=True), self.footer_id, True)
+
+    def update(self, text: str) -> None:
+        """An intermediate update with the text so far (the caller throttles)."""
+        self.text = text
+        self._publish(self._bundle(text, final=False), self.reply_id, True)
+        self.updates += 1
+
+    def final(self, text: str, footer: Optional[str] = None, *, error: bool = False) -> None:
+        """The last update: exactly ``text``; the status line becomes ``footer``."""
+        self.text = text
+        self._publish(self._bundle(text, final=True), self.reply_id, True)
+        if self.show_footer and footer is not None:
+            self._publish(_footer_bundle(footer, error=error), self.footer_id, True)
+
+
+def shell_publisher(shell: Any, parent: Optional[dict] = None) -> Callable[[dict, str, bool], None]:
+    """``publish(data, display_id, update)`` through the shell's current display publisher.
+
+    With ``parent`` (a kernel message header), messages are sent with that parent even from another thread,
+    so they are attributed to the cell that started the reply.
+    """
+    def publish(data: dict, display_id: str, update: bool) -> None:
+        pub = shell.display_pub
+        token = None
+        setter = getattr(pub, "set_thread_parent", None)
+        if parent and callable(setter):
+            token = setter(parent)
+        try:
+            pub.publish(data=data, metadata={}, transient={"display_id": display_id}, update=update)
+        finally:
+            if token is not None:
+                pub.reset_thread_parent(token)
+    return publish
+
+
+# --------------------------------------------------------------------------- sinks
+class QueueSink:
+    """A StreamSink for the loop thread that only queues events for :func:`drive` (main thread)."""
+
+    def __init__(self) -> None:
+        self.queue: "queue.Queue[tuple]" = queue.Queue()
+
+    def start(self, info: dict) -> None:
+        self.queue.put(("start", info))
+
+    def write(self, text: str) -> None:
+        self.queue.put(("text", text))
+
+    def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
+        self.queue.put(("end", response, error))
+
+    def done(self, result: Any = None, error: Optional[BaseException] = None) -> None:
+        """Put by the job wrapper when the whole execute() coroutine has finished (cleanup included)."""
+        self.queue.put(("done", result, error))
+
+
+class DriveResult:
+    def __init__(self) -> None:
+        self.text = ""
+        self.info: Optional[dict] = None
+        self.response: Optional[dict] = None
+        self.error: Optional[BaseException] = None
+        self.interrupted = False
+        self.first_delta_at: Optional[float] = None
+        self.last_delta_at: Optional[float] = None
+        self.updates = 0
+
+
+def _status_line(info: dict) -> str:
+    route = info.get("routing") or {}
+    bits = [f"streaming from {info.get('model_id', '?')}"]
+    if route.get("target"):
+        reason = route.get("reason") or ""
+        bits.append(reason if reason.startswith(route["target"] + ":") else f"{route['target']}: {reason}".strip())
+    return " · ".join(bits) + " …"
+
+
+def drive(sink: QueueSink, future, view: Optional[ReplyDisplay], *, interval: float = DEFAULT_INTERVAL,
+          stream: Optional[Any] = None, cancel_timeout: float = 30.0) -> DriveResult:
+    """Main-thread loop: take the sink's events off its queue and render them, at most one reply update per
+    ``interval`` seconds (plus a final one). ``view=None`` means terminal mode: deltas go to ``stream``
+    (stdout) as they arrive.
+
+    Returns when the job wrapper says ``done``. A KeyboardInterrupt while waiting cancels ``future`` (the
+    upstream request stops; the client stores the partial reply flagged) and waits for that cleanup, then
+    returns with ``interrupted`` set; the caller decides whether to re-raise.
+    """
+    out = DriveResult()
+    pieces: list[str] = []
+    pending = False
+    next_at = 0.0
+    finished = False
+
+    def handle(event: tuple) -> None:
+        nonlocal pending, finished
+        kind = event[0]
+        if kind == "text":
+            now = time.monotonic()
+            if out.first_delta_at is None:
+                out.first_delta_at = now
+            out.last_delta_at = now
+            pieces.append(event[1])
+            if view is None:
+                (stream or sys.stdout).write(event[1])
+                (stream or sys.stdout).flush()
+            else:
+                pending = True
+        elif kind == "start":
+            out.info = event[1]
+            if view is not None:
+                view.status(_status_line(event[1]))
+        elif kind == "end":
+            if event[1] is not None:
+                out.response = event[1]
+        elif kind == "done":
+            if event[2] is not None:
+                out.error = event[2]
+            elif event[1] is not None:
+                out.response = event[1]
+            finished = True
+
+    def wait_done() -> None:
+        nonlocal finished
+        deadline = time.monotonic() + cancel_timeout
+        while not finished:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                handle(sink.queue.get(timeout=min(left, 0.5)))
+            except queue.Empty:
+                continue
+
+    try:
+        while not finished:
+            if pending:
+                timeout = max(0.0, next_at - time.monotonic())
+            else:
+                timeout = 0.5
+            try:
+                event = sink.queue.get(timeout=timeout)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                handle(event)
+                while not finished:  # take whatever else is already there
+                    try:
+                        handle(sink.queue.get_nowait())
+                    except queue.Empty:
+                        break
+            if pending and not finished and time.monotonic() >= next_at:
+                view.update("".join(pieces))
+                next_at = time.monotonic() + interval
+                pending = False
+            if event is None and not finished and future.done():
+                # The job ended without its wrapper saying so (should not happen); don't hang.
+                try:
+                    out.response = future.result()
+                except BaseException as exc:  # noqa: BLE001
+                    out.error = exc
+                finished = True
+    except KeyboardInterrupt:
+        out.interrupted = True
+        future.cancel()
+        try:
+            wait_done()
+        except KeyboardInterrupt:  # a second interrupt: stop waiting for the cleanup
+            pass
+    out.text = "".join(pieces)
+    if view is not None:
+        out.updates = view.updates
+    return out
+
+
+class NotebookSink:
+    """``client.sink_factory``'s sink in a kernel: called on the package loop thread, publishes throttled
+    display updates with the parent header of the cell that created it."""
+
+    def __init__(self, shell: Any, display_metrics: bool = True, interval: Optional[float] = None):
+        self.shell = shell
+        pub = getattr(shell, "display_pub", None)
+        parent = getattr(pub, "parent_header", None)
+        self.parent = dict(parent) if isinstance(parent, dict) and parent else None
+        self.interval = DEFAULT_INTERVAL if interval is None else interval
+        self.view = ReplyDisplay(shell_publisher(shell, self.parent), show_footer=display_metrics)
+        self.pieces: list[str] = []
+        self._lock = threading.Lock()
+        self._next_at = 0.0
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._closed = False
+
+    def start(self, info: dict) -> None:
+        with self._lock:
+            if not self.view.shown:
+                self.view.show(_status_line(info))
+            else:
+                self.view.status(_status_line(info))
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            self.pieces.append(text)
+            if self._closed:
+                return
+            now = time.monotonic()
+            if now >= self._next_at:
+                self._flush_locked(now)
+            elif self._timer is None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    return
+                self._timer = loop.call_later(self._next_at - now, self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            if not self._closed:
+                self._flush_locked(time.monotonic())
+
+    def _flush_locked(self, now: float) -> None:
+        self.view.update("".join(self.pieces))
+        self._next_at = now + self.interval
+
+    def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if not self.view.shown:
+                self.view.show()
+            if error is None and response is not None:
+                self.view.final(response.get("response", "".join(self.pieces)), format_footer(response))
+            else:
+                text = "".join(self.pieces)
+                stopped = isinstance(error, (KeyboardInterrupt, asyncio.CancelledError))
+                footer = ("interrupted: partial reply kept, flagged partial" if stopped
+                          else f"error: {error}") if error is not None else "stopped"
+                self.view.final(text, footer, error=True)
+
+
+def notebook_sink_factory(shell: Any, interval: Callable[[], float] | float | None = None):
+    """A ``client.sink_factory`` for a kernel: each call makes a :class:`NotebookSink` (in the cell's context)."""
+    def factory(display_metrics: bool = True):
+        value = interval() if callable(interval) else interval
+        return NotebookSink(shell, display_metrics=display_metrics, interval=value)
+    factory.oblix_notebook = True  # type: ignore[attr-defined]
+    return factory

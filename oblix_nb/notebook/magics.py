@@ -1,0 +1,782 @@
+"""IPython magics: ``%oblix_session`` (sessions as data) and ``%%oblix`` (a cell is a prompt).
+
+``%load_ext oblix_nb`` registers them; ``%unload_ext`` / ``%reload_ext`` work (the kernel's client, its hooked
+models and the current session survive a reload). Settings are traitlets, so both
+``%config OblixMagics.stream_interval = 0.2`` and ``c.OblixMagics.stream_interval = 0.2`` in an IPython profile
+work: ``default_model``, ``home``, ``stream_interval``, ``max_history``, ``show_footer``, ``frontend``.
+
+No event loop ever runs in the kernel's thread: every coroutine runs on the package's background loop
+(:mod:`oblix_nb.runtime`), and the reply's display is driven from the main thread (see :mod:`.display`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+import textwrap
+from typing import Any, Optional
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from traitlets import Bool, Enum, Float, Int, Unicode, observe, validate
+
+from .. import runtime
+from .._util import new_id
+from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableError, NoModelHookedError,
+                      OblixError, SessionNotFoundError)
+from ..streaming import format_footer
+from . import state
+from .display import QueueSink, Reply, ReplyDisplay, drive, extract_code, has_display_frontend, \
+    notebook_sink_factory, shell_publisher
+
+# --------------------------------------------------------------------------- argument parsing
+
+
+class _HelpShown(Exception):
+    """argparse printed help (``-h``): the magic just returns."""
+
+
+class MagicArgumentParser(argparse.ArgumentParser):
+    """argparse that never exits the kernel: errors are UsageError (a clean message, no traceback)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}\n{self.format_usage().rstrip()}\n"
+                         f"(see {self.prog.split()[0]} -h)")
+
+    def exit(self, status: int = 0, message: Optional[str] = None):  # type: ignore[override]
+        if status:
+            raise UsageError((message or f"{self.prog}: error").strip())
+        if message:
+            print(message, end="")
+        raise _HelpShown()
+
+    def print_help(self, file=None) -> None:
+        print(self.format_help(), file=file or sys.stdout)
+
+
+def split_line(line: str) -> list[str]:
+    """Split a magic's line like a shell, except that ``key=value`` tokens keep their quotes (so a quoted
+    value stays a string: ``x="3"`` is the string "3", ``x=3`` the number 3)."""
+    raw: list[str] = []
+    buf: list[str] = []
+    quote: Optional[str] = None
+    in_token = False
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            buf.append(ch)
+            if ch == "\\" and quote == '"' and i + 1 < len(line):
+                buf.append(line[i + 1])
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+            buf.append(ch)
+            in_token = True
+        elif ch.isspace():
+            if in_token:
+                raw.append("".join(buf))
+                buf, in_token = [], False
+        else:
+            if ch == "\\" and i + 1 < len(line):
+                buf.append(ch)
+                i += 1
+                ch = line[i]
+            buf.append(ch)
+            in_token = True
+        i += 1
+    if quote:
+        raise UsageError(f"unterminated {quote} quote in: {line}")
+    if in_token:
+        raw.append("".join(buf))
+    out = []
+    for token in raw:
+        if _KV_RE.match(token):
+            out.append(token)
+        else:
+            try:
+                parts = shlex.split(token)
+            except ValueError as exc:
+                raise UsageError(f"cannot parse {token!r}: {exc}") from None
+            out.append(" ".join(parts) if parts else "")
+    return out
+
+
+_KV_RE = re.compile(r"^[A-Za-z_][\w.\-]*=")
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+def _no_constants(name: str):
+    raise ValueError(name)
+
+
+def parse_value(raw: str) -> Any:
+    """A ``k=v`` value with its JSON type: ``3`` → 3, ``2.5`` → 2.5, ``true`` → True, ``null`` → None,
+    ``"3"`` → "3", ``[1,2]`` → list, ``'{"a": 1}'`` (single quotes are shell quoting) → dict;
+    anything else (bare words) → str."""
+    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
+        inner = raw[1:-1]
+        try:
+            return json.loads(inner, parse_constant=_no_constants)
+        except ValueError:
+            return inner
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except ValueError:
+        try:
+            parts = shlex.split(raw)
+        except ValueError:
+            return raw
+        return " ".join(parts)
+
+
+def parse_kv(tokens: Optional[list[str]]) -> dict:
+    out: dict = {}
+    for token in tokens or []:
+        key, sep, value = token.partition("=")
+        if not sep or not key or not re.match(r"^[A-Za-z_][\w.\-]*$", key):
+            raise UsageError(f"expected key=value (a key of letters, digits, '_', '-', '.'), got {token!r}")
+        out[key] = parse_value(value)
+    return out
+
+
+def fill_template(text: str, namespace: dict) -> str:
+    """Replace each ``{name}`` whose ``name`` is a variable in ``namespace`` by ``str(value)``.
+
+    Only plain identifiers are replaced; unknown names, ``{expressions}`` and other braces (code, JSON) are
+    left as they are. ``{{name}}`` is the escape: it becomes the literal ``{name}``, never substituted.
+    """
+    def sub(match: "re.Match") -> str:
+        if match.group(1) is not None:
+            return "{" + match.group(1) + "}"
+        name = match.group(2)
+        if name in namespace:
+            return str(namespace[name])
+        return match.group(0)
+
+    return re.sub(r"\{\{(" + _IDENT + r")\}\}|\{(" + _IDENT + r")\}", sub, text)
+
+
+def _expand_dollars(tokens: list[str], namespace: dict) -> list[str]:
+    """``%oblix_session`` skips IPython's whole-line ``{}``/``$`` expansion (it would mangle JSON values);
+    instead a token that is exactly ``$name`` becomes ``str(name's value)``."""
+    out = []
+    for token in tokens:
+        m = re.fullmatch(r"\$(" + _IDENT + r")", token)
+        out.append(str(namespace[m.group(1)]) if m and m.group(1) in namespace else token)
+    return out
+
+
+def _title_from(prompt: str, width: int = 60) -> str:
+    first = next((ln.strip() for ln in prompt.splitlines() if ln.strip()), "Notebook session")
+    return first if len(first) <= width else first[: width - 1].rstrip() + "…"
+
+
+def _float_arg(name: str, lo: float, hi: float):
+    def convert(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, not {value!r}") from None
+        if not lo <= x <= hi:
+            raise argparse.ArgumentTypeError(f"{name} must be between {lo:g} and {hi:g}, not {value}")
+        return x
+    return convert
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
+    return n
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, not {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, not {value}")
+    return n
+
+
+def session_parser() -> MagicArgumentParser:
+    p = MagicArgumentParser(
+        prog="%oblix_session", description=textwrap.dedent("""\
+            Manage the kernel's Oblix sessions (durable conversations in <home>/sessions.db).
+
+            Session ids may be abbreviated to any unique prefix. key=value pairs keep their JSON type:
+            n=3 is a number, ok=true a bool, x="3" a string, tags='["a","b"]' a list, bare words strings.
+            A token that is exactly $name is replaced by the value of the variable name.
+            `list`, `search` and `df` return DataFrames (assign them: `sessions = %oblix_session list`)."""))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=MagicArgumentParser)
+
+    new = sub.add_parser("new", help="create a session (print its id)")
+    new.add_argument("--title", help="the session's title")
+    new.add_argument("--meta", nargs="+", action="extend", default=[], metavar="K=V", help="metadata")
+    new.add_argument("--use", action="store_true", help="make it the current session")
+
+    use = sub.add_parser("use", help="make a session the current one (%%%%oblix continues it)")
+    use.add_argument("id")
+
+    sub.add_parser("current", help="show the current session")
+
+    lst = sub.add_parser("list", help="sessions as a DataFrame, most recently updated first")
+    lst.add_argument("--limit", type=_non_negative_int, default=None, help="at most N sessions (default all)")
+    lst.add_argument("--filter", nargs="+", action="extend", default=[], metavar="K=V",
+                     help="only sessions whose metadata has these values")
+
+    show = sub.add_parser("show", help="the transcript as Markdown (default: the current session)")
+    show.add_argument("id", nargs="?")
+
+    meta = sub.add_parser("meta", help="merge key=value pairs into a session's metadata (none: show it)")
+    meta.add_argument("id")
+    meta.add_argument("pairs", nargs="*", metavar="K=V")
+
+    search = sub.add_parser("search", help="full-text search over titles and messages")
+    search.add_argument("text", nargs="+")
+    search.add_argument("--limit", type=_positive_int, default=20)
+
+    delete = sub.add_parser("delete", help="delete a session and its messages")
+    delete.add_argument("id")
+
+    export = sub.add_parser("export", help="write a session as JSON")
+    export.add_argument("id")
+    export.add_argument("path")
+
+    imp = sub.add_parser("import", help="import a session JSON file (ours or the Oblix SDK's)")
+    imp.add_argument("path")
+    imp.add_argument("--new-id", action="store_true", help="give it a fresh id (keep the original too)")
+    imp.add_argument("--use", action="store_true", help="make it the current session")
+
+    copy = sub.add_parser("copy", help="copy a session")
+    copy.add_argument("id")
+    copy.add_argument("--title")
+    copy.add_argument("--use", action="store_true")
+
+    merge = sub.add_parser("merge", help="merge sessions into a new one (messages by time)")
+    merge.add_argument("ids", nargs="+", metavar="ID")
+    merge.add_argument("--title")
+    merge.add_argument("--use", action="store_true")
+
+    df = sub.add_parser("df", help="messages as a DataFrame (default: every session)")
+    df.add_argument("id", nargs="?")
+    return p
+
+
+def oblix_parser() -> MagicArgumentParser:
+    p = MagicArgumentParser(
+        prog="%%oblix", description=textwrap.dedent("""\
+            Send the cell to a model; the reply streams into the output and ends as Markdown with a footer
+            (model, route and reason, time to first token, tokens/s).
+
+            The conversation continues in the current session (one is created on first use), so follow-up
+            cells have the earlier turns as context. {name} in the cell is replaced by the value of the
+            variable `name` when it exists (other braces are left alone; {{name}} gives a literal {name}).
+            The reply is `oblix_last` (a str carrying `.response`, execute()'s dict) and, with --var, NAME.
+            Interrupting the kernel stops the request; the partial reply is kept, flagged partial."""))
+    p.add_argument("--model", metavar="ID", help="force a hooked model, e.g. llamacpp:smollm2-135m")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--session", metavar="ID", help="continue this session (it becomes the current one)")
+    g.add_argument("--new-session", action="store_true", help="start a new session (becomes current)")
+    p.add_argument("--title", help="title for a session this cell creates")
+    p.add_argument("--temperature", type=_float_arg("temperature", 0.0, 5.0))
+    p.add_argument("--max-tokens", type=_positive_int, metavar="N")
+    p.add_argument("--no-stream", action="store_true", help="wait for the whole reply")
+    p.add_argument("-f", "--format", choices=("markdown", "text", "code"), default="markdown",
+                   help="markdown (default); text: plain; code: also put the reply's code in a new cell")
+    p.add_argument("--var", metavar="NAME", help="also store the reply in this variable")
+    return p
+
+
+def _parse(parser: MagicArgumentParser, tokens: list[str]):
+    try:
+        return parser.parse_args(tokens)
+    except argparse.ArgumentError as exc:  # exit_on_error=False paths
+        raise UsageError(f"{parser.prog}: {exc}\n{parser.format_usage().rstrip()}") from None
+
+
+# --------------------------------------------------------------------------- transcript
+
+
+class Transcript:
+    """A session rendered as Markdown (``_repr_markdown_``), with a plain-text repr."""
+
+    def __init__(self, session: dict):
+        self.session = session
+
+    def _head(self) -> tuple[str, str]:
+        s = self.session
+        n = len(s.get("messages") or [])
+        return s.get("title") or "(untitled)", f"{s['id']} · {n} message{'s' if n != 1 else ''} · " \
+                                               f"updated {s.get('updated_at', '')}"
+
+    def _repr_markdown_(self) -> str:
+        title, sub = self._head()
+        parts = [f"### {title}", f"<sub>{sub}</sub>"]
+        for m in self.session.get("messages") or []:
+            who = {"user": "🧑 user", "assistant": "🤖 assistant", "system": "⚙️ system"}.get(m["role"], m["role"])
+            bits = [f"**{who}**"]
+            if m.get("model_id"):
+                bits.append(f"`{m['model_id']}`")
+            bits.append(m.get("timestamp", "")[:19].replace("T", " "))
+            if m.get("partial"):
+                bits.append("⚠️ *partial*")
+            parts.append("---")
+            parts.append(" · ".join(bits))
+            parts.append(m.get("content") or "")
+        if not self.session.get("messages"):
+            parts.append("*(no messages yet)*")
+        return "\n\n".join(parts)
+
+    def __repr__(self) -> str:
+        title, sub = self._head()
+        lines = [title, sub]
+        for m in self.session.get("messages") or []:
+            flag = " (partial)" if m.get("partial") else ""
+            lines.append(f"\n[{m['role']}{flag}] {m.get('content') or ''}")
+        return "\n".join(lines)
+
+
+class _Said(str):
+    """A str (e.g. a session id) that displays as a friendly sentence when it is a cell's value."""
+
+    def __new__(cls, value: str, message: str):
+        obj = super().__new__(cls, value)
+        obj.message = message
+        return obj
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(self.message)
+
+    def __reduce__(self):
+        return (str, (str(self),))
+
+
+# --------------------------------------------------------------------------- the magics
+
+_CLIENT_ERRORS = (OblixError, ValueError, OSError, KeyError)
+
+
+@magics_class
+class OblixMagics(Magics):
+    """``%oblix_session`` and ``%%oblix``. Configurable: ``%config OblixMagics`` lists the settings."""
+
+    default_model = Unicode(
+        "", help="Model id %%oblix forces when --model is not given (e.g. 'llamacpp:smollm2-135m'); "
+                 "'' lets routing decide.").tag(config=True)
+    home = Unicode(
+        "", help="Folder holding sessions.db for the kernel's client; '' means $OBLIX_HOME or ~/.oblix. "
+                 "Changing it points the client at another store (hooked models stay).").tag(config=True)
+    stream_interval = Float(
+        0.1, help="Seconds between two display updates of a streaming reply (the final update is always "
+                  "sent).").tag(config=True)
+    max_history = Int(
+        1000, help="At most this many earlier messages of the session are sent as context "
+                   "(then fitted to the model's context window).").tag(config=True)
+    show_footer = Bool(True, help="Show the footer (model, route, TTFT, tokens/s) under replies.").tag(config=True)
+    frontend = Enum(
+        ["auto", "display", "terminal"], "auto",
+        help="'display': rich, updating cell output; 'terminal': plain tokens on stdout; 'auto': display in "
+             "a Jupyter kernel, terminal otherwise.").tag(config=True)
+    auto_hook = Bool(
+        True, help="Hook the embedded model (llamacpp:smollm2-135m) when a prompt is sent and no model is "
+                   "hooked.").tag(config=True)
+
+    def __init__(self, shell=None, **kwargs: Any):
+        self._sink_factory = None  # observers may fire while the config is loaded in __init__
+        super().__init__(shell=shell, **kwargs)
+        state.set_home(self.home)
+        state.set_max_history(self.max_history)
+        self._install_sink_factory()
+
+    # ------------------------------------------------------------------ traits
+    @validate("stream_interval")
+    def _check_interval(self, proposal):
+        value = proposal["value"]
+        if value < 0:
+            raise ValueError("stream_interval must be >= 0 seconds")
+        return value
+
+    @validate("max_history")
+    def _check_history(self, proposal):
+        if proposal["value"] < 0:
+            raise ValueError("max_history must be >= 0")
+        return proposal["value"]
+
+    @observe("home")
+    def _home_changed(self, change) -> None:
+        state.set_home(change["new"])
+
+    @observe("max_history")
+    def _history_changed(self, change) -> None:
+        state.set_max_history(change["new"])
+
+    @observe("frontend")
+    def _frontend_changed(self, change) -> None:
+        self._install_sink_factory()
+
+    def rich(self) -> bool:
+        if self.frontend == "auto":
+            return has_display_frontend(self.shell)
+        return self.frontend == "display"
+
+    def _install_sink_factory(self) -> None:
+        if self.rich():
+            if self._sink_factory is None:
+                self._sink_factory = notebook_sink_factory(self.shell, lambda: self.stream_interval)
+            state.set_sink_factory(self._sink_factory)
+        elif self._sink_factory is not None:
+            state.set_sink_factory(None)
+            self._sink_factory = None
+
+    def _uninstall(self) -> None:
+        if self._sink_factory is not None:
+            state.set_sink_factory(None)
+            self._sink_factory = None
+
+    @property
+    def client(self):
+        return state.get_client()
+
+    # ------------------------------------------------------------------ helpers
+    def resolve(self, text: str) -> str:
+        """A full session id from an id or a unique prefix; UsageError if unknown or ambiguous."""
+        client = self.client
+        if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}", text):
+            raise UsageError(f"invalid session id {text!r}: ids are letters, digits, '-' and '_'")
+        if client.sessions.exists(text):
+            return text
+        with client.sessions._read() as conn:
+            rows = conn.execute("SELECT id, title FROM sessions WHERE substr(id, 1, ?) = ? "
+                                "ORDER BY updated_at DESC LIMIT 6", (len(text), text)).fetchall()
+        if not rows:
+            raise UsageError(f"no session with id or prefix {text!r} (see %oblix_session list)")
+        if len(rows) > 1:
+            shown = ", ".join(f"{r[0]} ({r[1]})" for r in rows[:5])
+            raise UsageError(f"session prefix {text!r} is ambiguous: it matches {shown}"
+                             f"{' and more' if len(rows) > 5 else ''}; give more characters")
+        return rows[0][0]
+
+    def _describe(self, session_id: str) -> str:
+        try:
+            with self.client.sessions._read() as conn:
+                row = conn.execute("SELECT title, message_count FROM sessions WHERE id = ?",
+                                   (session_id,)).fetchone()
+        except Exception:  # noqa: BLE001 - only a description
+            row = None
+        if row is None:
+            return session_id
+        return f"{session_id} ({row[0]!r}, {row[1]} message{'s' if row[1] != 1 else ''})"
+
+    # ------------------------------------------------------------------ %oblix_session
+    @no_var_expand
+    @line_magic
+    def oblix_session(self, line: str = ""):
+        tokens = _expand_dollars(split_line(line), self.shell.user_ns if self.shell else {})
+        parser = session_parser()
+        try:
+            args = _parse(parser, tokens)
+        except _HelpShown:
+            return None
+        if args.command is None:
+            current = self.client.current_session_id
+            print(parser.format_usage().rstrip())
+            print("current session:", self._describe(current) if current else "none")
+            return None
+        try:
+            return getattr(self, f"_session_{args.command}")(args)
+        except UsageError:
+            raise
+        except SessionNotFoundError as exc:
+            raise UsageError(f"%oblix_session {args.command}: {exc}") from None
+        except _CLIENT_ERRORS as exc:
+            raise UsageError(f"%oblix_session {args.command}: {exc}") from None
+
+    def _session_new(self, args):
+        metadata = parse_kv(args.meta)
+        client = self.client
+        if args.use:
+            sid = runtime.run(client.create_and_use_session(title=args.title, metadata=metadata or None))
+        else:
+            sid = runtime.run(client.create_session(title=args.title, metadata=metadata or None))
+        return _Said(sid, f"created session {self._describe(sid)}" + (" — now current" if args.use else ""))
+
+    def _session_use(self, args):
+        sid = self.resolve(args.id)
+        self.client.use_session(sid)
+        print(f"using session {self._describe(sid)}")
+
+    def _session_current(self, args):
+        sid = self.client.current_session_id
+        if sid is None:
+            print("no current session (%%oblix creates one; or %oblix_session new --use / use ID)")
+            return None
+        return _Said(sid, f"current session: {self._describe(sid)}")
+
+    def _session_list(self, args):
+        return self.client.sessions_df(limit=args.limit, filter_metadata=parse_kv(args.filter) or None)
+
+    def _session_show(self, args):
+        sid = self.resolve(args.id) if args.id else self.client.current_session_id
+        if sid is None:
+            raise UsageError("%oblix_session show: no current session; give an id")
+        from IPython.display import display
+
+        display(Transcript(self.client.load_session(sid)))
+
+    def _session_meta(self, args):
+        sid = self.resolve(args.id)
+        pairs = parse_kv(args.pairs)
+        if pairs:
+            self.client.update_session_metadata(sid, pairs)
+        return self.client.get_session_metadata(sid)
+
+    def _session_search(self, args):
+        import pandas as pd
+
+        hits = self.client.search_sessions(" ".join(args.text), limit=args.limit)
+        rows = [{"session_id": h["id"], "title": h["title"], "updated_at": h["updated_at"],
+                 "message_count": h["message_count"],
+                 "matches": " … ".join(f"[{m['role']}] {m['snippet']}" for m in h.get("matches") or [])}
+                for h in hits]
+        frame = pd.DataFrame(rows, columns=["session_id", "title", "updated_at", "message_count", "matches"])
+        frame["updated_at"] = pd.to_datetime(frame["updated_at"], format="ISO8601", utc=True)
+        return frame
+
+    def _session_delete(self, args):
+        sid = self.resolve(args.id)
+        described = self._describe(sid)
+        self.client.delete_session(sid)
+        print(f"deleted session {described}")
+
+    def _session_export(self, args):
+        sid = self.resolve(args.id)
+        runtime.run(self.client.export_session(sid, args.path))
+        print(f"exported session {sid} to {args.path}")
+
+    def _session_import(self, args):
+        sid = runtime.run(self.client.import_session(args.path, new_id=args.new_id, use_immediately=args.use))
+        return _Said(sid, f"imported session {self._describe(sid)}" + (" — now current" if args.use else ""))
+
+    def _session_copy(self, args):
+        sid = self.resolve(args.id)
+        new = runtime.run(self.client.copy_session(sid, new_title=args.title, use_immediately=args.use))
+        return _Said(new, f"copied to session {self._describe(new)}" + (" — now current" if args.use else ""))
+
+    def _session_merge(self, args):
+        ids = [self.resolve(i) for i in args.ids]
+        new = runtime.run(self.client.merge_sessions(ids, title=args.title, use_immediately=args.use))
+        return _Said(new, f"merged into session {self._describe(new)}" + (" — now current" if args.use else ""))
+
+    def _session_df(self, args):
+        return self.client.messages_df(self.resolve(args.id) if args.id else None)
+
+    # ------------------------------------------------------------------ %%oblix
+    @cell_magic
+    def oblix(self, line: str, cell: str):
+        try:
+            args = _parse(oblix_parser(), split_line(line))
+        except _HelpShown:
+            return None
+        if args.var is not None and not args.var.isidentifier():
+            raise UsageError(f"%%oblix --var: {args.var!r} is not a valid variable name")
+        prompt = fill_template(cell or "", self.shell.user_ns)
+        if not prompt.strip():
+            raise UsageError("%%oblix: the cell is the prompt; write something below the %%oblix line")
+        client = self.client
+        model_id = args.model or self.default_model or None
+        if not self._ensure_model(client, model_id):
+            return None
+        session_id = self._session_for(client, args, prompt)
+
+        rich = self.rich()
+        fmt = args.format
+        sink = QueueSink()
+        request_id = new_id()
+        kwargs: dict[str, Any] = dict(temperature=args.temperature, max_tokens=args.max_tokens,
+                                      request_id=request_id, session_id=session_id,
+                                      stream=not args.no_stream, display_metrics=self.show_footer, sink=sink)
+        if model_id:
+            kwargs["model_id"] = model_id
+
+        async def job():
+            try:
+                result = await client.execute(prompt, **kwargs)
+            except BaseException as exc:
+                sink.done(None, exc)
+                raise
+            sink.done(result)
+            return result
+
+        view = None
+        if rich:
+            view = ReplyDisplay(shell_publisher(self.shell), fmt="text" if fmt == "text" else "markdown",
+                                show_footer=self.show_footer)
+            view.show("waiting for the whole reply…" if args.no_stream else "routing…")
+        future = runtime.submit(job())
+        outcome = drive(sink, future, view, interval=self.stream_interval)
+
+        if outcome.interrupted:
+            reply = self._partial_reply(client, session_id, request_id, outcome)
+            note = "interrupted: the request was stopped; the partial reply was kept" + (
+                ", flagged partial in the session" if reply.text and session_id else "")
+            self._finish(view, reply.text, note, error=True)
+            if reply.text:
+                self._publish_value(reply, args)
+            raise KeyboardInterrupt
+        if outcome.error is not None:
+            return self._failed(view, outcome, args, client)
+        response = outcome.response or {}
+        text = response.get("response", outcome.text)
+        reply = Reply(text, response)
+        self._finish(view, text, format_footer(response) if self.show_footer else None,
+                     streamed=not args.no_stream)
+        self._publish_value(reply, args)
+        if fmt == "code":
+            self.shell.set_next_input(extract_code(text), replace=False)
+        return None
+
+    def _finish(self, view: Optional[ReplyDisplay], text: str, footer: Optional[str], *, error: bool = False,
+                streamed: bool = True) -> None:
+        if view is not None:
+            view.final(text, footer, error=error)
+            return
+        # terminal: the tokens are already on stdout (unless not streamed)
+        if not streamed:
+            sys.stdout.write(text)
+        sys.stdout.write("\n")
+        if footer:
+            sys.stdout.write(f"[{footer}]\n")
+        sys.stdout.flush()
+
+    def _publish_value(self, reply: Reply, args) -> None:
+        self.shell.user_ns["oblix_last"] = reply
+        if args.var:
+            self.shell.user_ns[args.var] = reply
+
+    def _partial_reply(self, client, session_id: Optional[str], request_id: str, outcome) -> Reply:
+        """After an interrupt: the reply as stored (flagged partial), else what arrived."""
+        response: dict = {"request_id": request_id, "response": outcome.text, "partial": True,
+                          "session_id": session_id}
+        if outcome.info:
+            response["model_id"] = outcome.info.get("model_id")
+            response["routing_decision"] = outcome.info.get("routing")
+        if session_id:
+            try:
+                last = client.sessions.history(session_id, limit=1)
+            except Exception:  # noqa: BLE001
+                last = []
+            if last and last[-1].get("request_id") == request_id and last[-1]["role"] == "assistant":
+                m = last[-1]
+                response.update(response=m["content"], model_id=m.get("model_id"),
+                                metrics=m.get("metrics") or {}, routing_decision=m.get("routing") or {},
+                                partial=bool(m.get("partial")), message_id=m["id"])
+        return Reply(response["response"], response)
+
+    def _failed(self, view, outcome, args, client):
+        exc = outcome.error
+        if isinstance(exc, ModelCallError):
+            text = exc.partial or outcome.text
+            response = dict(exc.response or {})
+            if text:
+                response.setdefault("response", text)
+                response["partial"] = True
+                self._publish_value(Reply(text, response), args)
+            self._finish(view, text, f"error: {exc}", error=True)
+            exc._render_traceback_ = lambda: [f"ModelCallError: {exc}"]  # type: ignore[attr-defined]
+            raise exc
+        self._finish(view, outcome.text, f"error: {type(exc).__name__}: {exc}", error=True) \
+            if view is not None else None
+        if isinstance(exc, (NoModelHookedError, SessionNotFoundError, InvalidSessionIdError, ValueError)):
+            raise UsageError(f"%%oblix: {exc}") from None
+        raise exc
+
+    def _ensure_model(self, client, model_id: Optional[str]) -> bool:
+        """Hook what the cell needs if possible. False (after a short message) if nothing can answer."""
+        from ..models.base import ModelType
+
+        if model_id and model_id not in client.models:
+            kind, _, name = model_id.partition(":")
+            if kind == ModelType.LLAMACPP.value and name:
+                self._hook(client, ModelType.LLAMACPP, name)
+                return True
+            raise UsageError(f"%%oblix: model {model_id!r} is not hooked (hooked: {list(client.models) or 'none'})"
+                             f"; hook it first, e.g. await get_client().hook_model(ModelType.OPENAI, ...)")
+        if client.models:
+            return True
+        if self.auto_hook and state.embedded_model_available():
+            self._hook(client, ModelType.LLAMACPP, state.EMBEDDED_MODEL[1])
+            print(f"(no model was hooked: hooked the embedded model {state.EMBEDDED_MODEL_ID})")
+            return True
+        print(state.HOW_TO_HOOK, file=sys.stderr)
+        return False
+
+    def _hook(self, client, model_type, name: str) -> None:
+        try:
+            runtime.run(client.hook_model(model_type, name))
+        except ModelUnavailableError as exc:
+            raise UsageError(f"%%oblix: {exc}") from None
+
+    def _session_for(self, client, args, prompt: str) -> str:
+        if args.new_session:
+            return runtime.run(client.create_and_use_session(title=args.title or _title_from(prompt)))
+        if args.session:
+            sid = self.resolve(args.session)
+            client.use_session(sid)
+            return sid
+        sid = client.current_session_id
+        if sid is not None and client.sessions.exists(sid):
+            return sid
+        return runtime.run(client.create_and_use_session(title=args.title or _title_from(prompt)))
+
+
+OblixMagics.oblix_session.__doc__ = session_parser().format_help()
+OblixMagics.oblix.__doc__ = oblix_parser().format_help()
+
+# --------------------------------------------------------------------------- extension entry points
+_loaded: dict[int, OblixMagics] = {}
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext oblix_nb``: register the magics as a configurable of the shell."""
+    if id(ipython) in _loaded:
+        unload_ipython_extension(ipython)
+    magics = OblixMagics(shell=ipython, config=ipython.config, parent=ipython)
+    ipython.register_magics(magics)
+    if magics not in ipython.configurables:
+        ipython.configurables.append(magics)
+    _loaded[id(ipython)] = magics
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext oblix_nb``: remove the magics and the notebook sink (the client and its state stay)."""
+    magics = _loaded.pop(id(ipython), None)
+    if magics is None:
+        return
+    manager = ipython.magics_manager
+    for kind, names in magics.magics.items():
+        table = manager.magics.get(kind, {})
+        for name in names:
+            bound = table.get(name)
+            if bound is not None and getattr(bound, "__self__", None) is magics:
+                del table[name]
+    manager.registry.pop(type(magics).__name__, None)
+    try:
+        ipython.configurables.remove(magics)
+    except ValueError:
+        pass
+    magics._uninstall()

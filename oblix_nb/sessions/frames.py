@@ -1,0 +1,155 @@
+"""Sessions and messages as pandas DataFrames, read straight from the SQLite store (pandas imported on call).
+
+``messages_df`` does the per-message JSON work inside SQLite (``json_extract`` on the metrics/routing
+columns) and builds each column once with its final dtype, so 100,000 messages take a fraction of a second
+(see ``bench/frames.py``); nothing is materialised as per-message dicts.
+
+Dtypes: timestamps are UTC datetimes; ``role``, ``model_id``, ``route_target``, ``session_id`` and
+``session_title`` are categoricals; token counts are nullable ``Int64``; timings are ``float64`` (NaN when
+unknown); ``partial`` is ``bool``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, Optional, Union
+
+from .._util import check_session_id
+from ..errors import SessionNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from .store import SessionStore
+
+SESSION_COLUMNS = ["session_id", "title", "created_at", "updated_at", "message_count"]
+
+# (column, SQL expression) in DataFrame column order.
+_MESSAGE_SELECT = [
+    ("session_id", "s.id"),
+    ("session_title", "s.title"),
+    ("message_id", "m.id"),
+    ("role", "m.role"),
+    ("content", "m.content"),
+    ("timestamp", "m.timestamp"),
+    ("model_id", "m.model_id"),
+    ("route_target", "json_extract(m.routing, '$.target')"),
+    ("time_to_first_token", "json_extract(m.metrics, '$.time_to_first_token')"),
+    ("tokens_per_second", "json_extract(m.metrics, '$.tokens_per_second')"),
+    ("total_latency", "json_extract(m.metrics, '$.total_latency')"),
+    ("input_tokens", "json_extract(m.metrics, '$.input_tokens')"),
+    ("output_tokens", "json_extract(m.metrics, '$.output_tokens')"),
+    ("partial", "m.partial"),
+    ("request_id", "m.request_id"),
+]
+MESSAGE_COLUMNS = [name for name, _ in _MESSAGE_SELECT]
+_CATEGORICAL = ("session_id", "session_title", "role", "model_id", "route_target")
+_FLOATS = ("time_to_first_token", "tokens_per_second", "total_latency")
+_INTS = ("input_tokens", "output_tokens")
+
+
+def _utc(values):
+    import pandas as pd
+
+    return pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601", utc=True)
+
+
+def _ids(session_ids: Union[str, Iterable[str], None]) -> Optional[list[str]]:
+    if session_ids is None:
+        return None
+    if isinstance(session_ids, str):
+        session_ids = [session_ids]
+    ids = list(dict.fromkeys(session_ids))
+    for session_id in ids:
+        check_session_id(session_id)
+    return ids
+
+
+def messages_df(store: "SessionStore", session_ids: Union[str, Iterable[str], None] = None) -> "pd.DataFrame":
+    """One row per message (all sessions, or ``session_ids``), sessions in creation order, messages in
+    conversation order. Unknown ids raise SessionNotFoundError.
+
+    Columns: session_id, session_title, message_id, role, content, timestamp, model_id, route_target,
+    time_to_first_token, tokens_per_second, total_latency, input_tokens, output_tokens, partial, request_id.
+    """
+    import numpy as np
+    import pandas as pd
+
+    ids = _ids(session_ids)
+    select = ", ".join(expr for _, expr in _MESSAGE_SELECT)
+    sql = f"SELECT {select} FROM messages AS m JOIN sessions AS s ON s.seq = m.session_seq"
+    params: list = []
+    with store._read() as conn:
+        if ids is not None:
+            found = {row[0] for row in conn.execute(
+                f"SELECT id FROM sessions WHERE id IN ({', '.join('?' * len(ids))})", ids)} if ids else set()
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise SessionNotFoundError(missing[0])
+            sql += f" WHERE s.id IN ({', '.join('?' * len(ids))})" if ids else " WHERE 0"
+            params = ids
+        sql += " ORDER BY m.session_seq, m.seq"
+        rows = conn.execute(sql, params).fetchall()
+
+    columns = list(zip(*rows)) if rows else [()] * len(MESSAGE_COLUMNS)
+    data = {}
+    for name, values in zip(MESSAGE_COLUMNS, columns):
+        if name in _CATEGORICAL:
+            data[name] = pd.Categorical(values)
+        elif name in _FLOATS:
+            data[name] = np.array(values, dtype="float64")  # None -> NaN
+        elif name in _INTS:
+            data[name] = pd.array(values, dtype="Int64")
+        elif name == "timestamp":
+            data[name] = _utc(values).array
+        elif name == "partial":
+            data[name] = np.fromiter((v == 1 for v in values), dtype=bool, count=len(values))
+        else:
+            data[name] = pd.array(values, dtype="str") if values else pd.array([], dtype="str")
+    frame = pd.DataFrame(data, columns=MESSAGE_COLUMNS)
+    if not rows:
+        frame["timestamp"] = pd.Series([], dtype="datetime64[us, UTC]")
+    return frame
+
+
+def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metadata: Optional[dict] = None,
+                offset: int = 0) -> "pd.DataFrame":
+    """One row per session, most recently updated first (as ``list_sessions``), metadata keys expanded to
+    columns (named after the key; ``meta_<key>`` if the key clashes with a base column).
+
+    Base columns: session_id, title, created_at, updated_at (UTC datetimes), message_count (Int64).
+    Metadata columns get pandas' nullable dtypes where the values allow (Int64, Float64, boolean, string);
+    lists and dicts stay objects.
+    """
+    import pandas as pd
+
+    summaries = store.summaries(limit=limit, filter_metadata=filter_metadata, offset=offset)
+    data: dict = {
+        "session_id": pd.array([s["id"] for s in summaries], dtype="str"),
+        "title": pd.array([s["title"] for s in summaries], dtype="str"),
+        "created_at": _utc([s["created_at"] for s in summaries]).array,
+        "updated_at": _utc([s["updated_at"] for s in summaries]).array,
+        "message_count": pd.array([s["message_count"] for s in summaries], dtype="Int64"),
+    }
+    keys: dict[str, None] = {}
+    for s in summaries:
+        keys.update(dict.fromkeys(s["metadata"]))
+    for key in keys:
+        column = key if key not in data else f"meta_{key}"
+        values = [s["metadata"].get(key) for s in summaries]
+        data[column] = _meta_column(values)
+    return pd.DataFrame(data)
+
+
+def _meta_column(values: list):
+    import pandas as pd
+
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pd.array(values, dtype="boolean")
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pd.array(values, dtype="Int64")
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pd.array([None if v is None else float(v) for v in values], dtype="Float64")
+    if present and all(isinstance(v, str) for v in present):
+        return pd.array(values, dtype="str")
+    return pd.array(values, dtype=object)
+

@@ -1,0 +1,185 @@
+"""The session JSON format: message validation, import-file parsing, atomic export.
+
+The document is the reference's session structure::
+
+    {"id", "title", "created_at", "updated_at", "messages": [...], "context": {...}, "metadata": {...}}
+
+A message is ``{"id", "role", "content", "timestamp"}`` plus, only when set, ``model_id`` (str),
+``metrics`` (dict), ``routing`` (dict), ``partial`` (only ever ``true``: a reply cut short), ``request_id``
+(str) and ``source_session_id`` (str, set by merges). Timestamps are stored and written in the canonical
+form ``2023-07-15T14:30:22.123Z``; any ISO 8601 form is accepted on the way in (the original Oblix SDK writes
+``2026-11-24T20:24:14.820825+00:00``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .._util import check_session_id, iso, new_id, normalize_iso
+from ..errors import InvalidSessionIdError
+
+ROLES = ("user", "assistant", "system")
+
+# Optional message fields, in the order they appear in a message dict, with their accepted type.
+OPTIONAL_FIELDS: dict[str, type] = {
+    "model_id": str, "metrics": dict, "routing": dict, "partial": bool, "request_id": str,
+    "source_session_id": str,
+}
+MESSAGE_FIELDS = ("id", "timestamp", *OPTIONAL_FIELDS)
+REQUIRED_SESSION_FIELDS = ("id", "title", "created_at", "updated_at", "messages")
+REQUIRED_MESSAGE_FIELDS = ("id", "role", "content", "timestamp")
+
+
+def normalize_message(role: Any, content: Any, fields: dict) -> dict:
+    """Validate one message and return it as stored: canonical timestamp, an id, optional fields only when set.
+
+    ``fields`` may hold ``id`` and ``timestamp`` (generated when absent or None) and the optional fields;
+    ``None`` means "not set" and ``partial=False`` is the same as not set. Unknown field names and wrong
+    types raise TypeError; an unknown role, an empty id or an unparseable timestamp raise ValueError.
+    """
+    unknown = set(fields) - set(MESSAGE_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown message field(s) {sorted(unknown)}; known fields: {list(MESSAGE_FIELDS)}")
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {list(ROLES)}")
+    if not isinstance(content, str):
+        raise TypeError(f"message content must be a string, not {type(content).__name__}")
+    message_id = fields.get("id")
+    if message_id is None:
+        message_id = new_id()
+    elif not isinstance(message_id, str):
+        raise TypeError(f"message id must be a string, not {type(message_id).__name__}")
+    elif not message_id:
+        raise ValueError("message id must not be empty")
+    timestamp = fields.get("timestamp")
+    if timestamp is None:
+        timestamp = iso()
+    elif not isinstance(timestamp, str):
+        raise TypeError(f"message timestamp must be an ISO 8601 string, not {type(timestamp).__name__}")
+    else:
+        timestamp = normalize_iso(timestamp)
+    message = {"id": message_id, "role": role, "content": content, "timestamp": timestamp}
+    for name, kind in OPTIONAL_FIELDS.items():
+        value = fields.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, kind):
+            raise TypeError(f"message field {name!r} must be {kind.__name__}, not {type(value).__name__}")
+        if name == "partial":
+            if value:
+                message["partial"] = True
+            continue
+        if name == "source_session_id":
+            check_session_id(value)
+        message[name] = value
+    return message
+
+
+def parse_session_file(path: str | os.PathLike) -> dict:
+    """Read and validate a session file (ours or the original Oblix SDK's); returns the normalized document.
+
+    Raises FileNotFoundError for a missing file and ValueError (naming the file and what is wrong) for
+    invalid JSON (with line and column), a missing required field, a wrong type, an unknown role, a bad
+    timestamp, duplicate message ids or an invalid session id. Message fields we do not know are ignored.
+    The returned messages are :func:`normalize_message` dicts; ``title`` may be None (file had null).
+    """
+    path = Path(os.fspath(path)).expanduser()
+    raw = path.read_bytes()
+    try:
+        doc = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+
+    def fail(message: str, error: type[ValueError] = ValueError) -> ValueError:
+        return error(f"{path}: {message}")
+
+    if not isinstance(doc, dict):
+        raise fail(f"expected a JSON object (a session), found {type(doc).__name__}")
+    missing = [name for name in REQUIRED_SESSION_FIELDS if name not in doc]
+    if missing:
+        raise fail(f"missing required field(s) {missing}")
+    session_id = doc["id"]
+    try:
+        check_session_id(session_id)
+    except InvalidSessionIdError as exc:
+        raise fail(f"field 'id': {exc}", InvalidSessionIdError) from None
+    title = doc["title"]
+    if title is not None and not isinstance(title, str):
+        raise fail(f"field 'title' must be a string or null, not {type(title).__name__}")
+    stamps = {}
+    for name in ("created_at", "updated_at"):
+        value = doc[name]
+        if not isinstance(value, str):
+            raise fail(f"field {name!r} must be an ISO 8601 string, not {type(value).__name__}")
+        try:
+            stamps[name] = normalize_iso(value)
+        except ValueError:
+            raise fail(f"field {name!r} is not an ISO 8601 timestamp: {value!r}") from None
+    objects = {}
+    for name in ("context", "metadata"):
+        value = doc.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise fail(f"field {name!r} must be an object, not {type(value).__name__}")
+        objects[name] = value or {}
+    if not isinstance(doc["messages"], list):
+        raise fail(f"field 'messages' must be a list, not {type(doc['messages']).__name__}")
+
+    messages = []
+    seen: set[str] = set()
+    for i, item in enumerate(doc["messages"]):
+        where = f"messages[{i}]"
+        if not isinstance(item, dict):
+            raise fail(f"{where} must be an object, not {type(item).__name__}")
+        missing = [name for name in REQUIRED_MESSAGE_FIELDS if name not in item]
+        if missing:
+            raise fail(f"{where} is missing required field(s) {missing}")
+        fields = {name: item[name] for name in MESSAGE_FIELDS if name in item}
+        if not isinstance(fields["timestamp"], str):  # None would mean "now" to normalize_message
+            raise fail(f"{where}.timestamp must be an ISO 8601 string, not {type(fields['timestamp']).__name__}")
+        try:
+            message = normalize_message(item["role"], item["content"], fields)
+        except (TypeError, ValueError) as exc:
+            raise fail(f"{where}: {exc}") from None
+        if message["id"] in seen:
+            raise fail(f"{where}: duplicate message id {message['id']!r}")
+        seen.add(message["id"])
+        messages.append(message)
+    return {"id": session_id, "title": title, "created_at": stamps["created_at"],
+            "updated_at": stamps["updated_at"], "messages": messages, "context": objects["context"],
+            "metadata": objects["metadata"]}
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as JSON (indent=2, UTF-8, not ASCII-escaped) to ``path`` atomically; returns the path.
+
+    Serializes first, then writes a temporary file in the destination folder (created if missing), fsyncs it
+    and renames it over ``path``: readers see the old file or the new one, never a partial one, and a failed
+    write leaves an existing file untouched. An existing file's permission bits are kept.
+    """
+    path = Path(os.fspath(path)).expanduser()
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path

@@ -1,0 +1,561 @@
+"""SessionStore: every session in one SQLite database.
+
+The database (``<home>/sessions.db``) runs in WAL mode with ``synchronous=NORMAL``, a 30 s busy timeout and
+foreign keys on; its schema comes from the numbered migrations in :mod:`.migrations`. Each write is one
+``BEGIN IMMEDIATE`` transaction, rolled back on any error, so several processes can share a database and a
+failed write changes nothing. One store may be used from several threads (the notebook's main thread and
+the package's asyncio thread): its connection is guarded by a lock.
+
+Appending a message is one INSERT plus a one-row UPDATE of its session (``updated_at``, ``message_count``);
+a session is never rewritten. Listing reads only the ``sessions`` table; metadata filters are index lookups
+in ``session_meta``; ``search`` uses FTS5, whose indexes are updated in one batch when a search runs rather
+than on every write.
+
+Default titles: ``create()`` without a title names the session after its creation time in UTC
+(``"Session 2026-11-24 20:51 UTC"``); ``copy()`` uses ``"Copy of <title>"``; ``merge()`` uses
+``"Merged: <title 1> + <title 2> ..."``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from .._util import check_session_id, iso, parse_iso, utcnow
+from .._util import new_id as fresh_id
+from ..errors import SessionNotFoundError
+from .io import normalize_message, parse_session_file, write_json_atomic
+from .migrations import migrate
+
+BUSY_TIMEOUT_S = 30.0
+MAX_MATCHES_PER_HIT = 3
+
+# A message row as read and written: the order of the columns below, after ``session_seq``.
+MESSAGE_COLUMNS = ("id", "role", "content", "timestamp", "model_id", "metrics", "routing", "partial",
+                   "request_id", "source_session_id")
+_SELECT_MESSAGES = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE session_seq = ?"
+_INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {', '.join(MESSAGE_COLUMNS)}) "
+                   f"VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + 1))})")
+_SUMMARY_COLUMNS = "id, title, created_at, updated_at, message_count, metadata"
+# (fts_progress name, content table, FTS5 table, indexed column)
+_FTS_TABLES = (("messages", "messages", "messages_fts", "content"), ("titles", "sessions", "titles_fts", "title"))
+_FTS_PENDING = "SELECT " + " OR ".join(
+    f"(SELECT last_seq FROM fts_progress WHERE name = '{name}') < IFNULL((SELECT MAX(seq) FROM {table}), 0)"
+    for name, table, _, _ in _FTS_TABLES)
+
+
+def _json_object(value: Any, what: str) -> tuple[dict, str]:
+    """``(value, its JSON text)`` for a dict of JSON values (None means {}). TypeError for anything else."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a dict, not {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"{what} keys must be strings, not {type(key).__name__} ({key!r})")
+    return value, _dumps(value, what)
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:  # ValueError: NaN/inf or a circular reference
+        raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any, what: str = "metadata value") -> str:
+    """The JSON text metadata values are compared by: keys sorted, ``1.0`` written as ``1``.
+
+    So ``1 == 1.0`` match, while ``1``, ``"1"`` and ``true`` stay distinct.
+    """
+    try:
+        return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def _update_stamp(dt: Optional[datetime] = None) -> str:
+    """``updated_at`` as stored: ISO 8601 UTC with microseconds (``2023-07-15T14:35:46.789123Z``), so sessions
+    updated within the same millisecond still list in update order. Shown with milliseconds (:func:`_ms`)."""
+    return (dt or utcnow()).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _ms(stamp: str) -> str:
+    """A stored ``updated_at`` in the canonical millisecond form."""
+    return stamp[:23] + "Z"
+
+
+def _check_limit(limit: Optional[int], name: str = "limit") -> int:
+    """SQLite LIMIT for a user limit: None means no limit (-1); negative or non-int values are refused."""
+    if limit is None:
+        return -1
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"{name} must be an int or None, not {type(limit).__name__}")
+    if limit < 0:
+        raise ValueError(f"{name} must be >= 0, not {limit}")
+    return limit
+
+
+def _check_title(title: Any) -> None:
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string, not {type(title).__name__}")
+
+
+def _message_row(message: dict) -> tuple:
+    """A normalized message dict as a row (MESSAGE_COLUMNS order)."""
+    metrics, routing = message.get("metrics"), message.get("routing")
+    return (message["id"], message["role"], message["content"], message["timestamp"],
+            message.get("model_id"),
+            None if metrics is None else _dumps(metrics, "message metrics"),
+            None if routing is None else _dumps(routing, "message routing"),
+            1 if message.get("partial") else None,
+            message.get("request_id"), message.get("source_session_id"))
+
+
+def _message_dict(row: tuple) -> dict:
+    """A message row (MESSAGE_COLUMNS order) as the reference's message dict; optional fields only when set."""
+    message = {"id": row[0], "role": row[1], "content": row[2], "timestamp": row[3]}
+    if row[4] is not None:
+        message["model_id"] = row[4]
+    if row[5] is not None:
+        message["metrics"] = json.loads(row[5])
+    if row[6] is not None:
+        message["routing"] = json.loads(row[6])
+    if row[7]:
+        message["partial"] = True
+    if row[8] is not None:
+        message["request_id"] = row[8]
+    if row[9] is not None:
+        message["source_session_id"] = row[9]
+    return message
+
+
+def _summary(row: tuple) -> dict:
+    return {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": _ms(row[3]),
+            "message_count": row[4], "metadata": json.loads(row[5])}
+
+
+def _fts_query(query: str) -> str:
+    """The user's text as an FTS5 query: every whitespace-separated term quoted (so ``-``, ``:``, ``"``,
+    ``AND``, ``*`` are plain text), all terms required."""
+    return " ".join('"' + term.replace('"', '""') + '"' for term in query.split())
+
+
+class SessionStore:
+    """Sessions and their messages in one SQLite database at ``path`` (created, with its folders, if missing).
+
+    Every method validates session ids first (``check_session_id``), so a malformed id never reaches SQL
+    or the file system. Unknown ids raise SessionNotFoundError (a KeyError), except where the reference API
+    returns False (``delete``, ``update_metadata``).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(os.fspath(path)).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                     check_same_thread=False)
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            migrate(self._conn)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<SessionStore {str(self.path)!r}>"
+
+    # ------------------------------------------------------------------ plumbing
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back if anything raises."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: the statements inside see a single snapshot of the database."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
+    @staticmethod
+    def _seq(conn: sqlite3.Connection, session_id: str) -> int:
+        row = conn.execute("SELECT seq FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        return row[0]
+
+    @staticmethod
+    def _set_meta(conn: sqlite3.Connection, seq: int, metadata: dict) -> None:
+        """Index ``metadata``'s keys for ``seq`` in session_meta (insert or replace those keys)."""
+        conn.executemany("INSERT OR REPLACE INTO session_meta (session_seq, key, value) VALUES (?, ?, ?)",
+                         [(seq, key, canonical_json(value)) for key, value in metadata.items()])
+
+    def _insert_session(self, conn: sqlite3.Connection, session_id: str, title: str, created_at: str,
+                        updated_at: str, context: dict, metadata: dict, rows: list[tuple]) -> None:
+        """Insert a whole session; ``updated_at`` as :func:`_update_stamp`, ``rows`` are message rows
+        (MESSAGE_COLUMNS order)."""
+        _, context_json = _json_object(context, "context")
+        _, metadata_json = _json_object(metadata, "metadata")
+        seq = conn.execute(
+            "INSERT INTO sessions (id, title, created_at, updated_at, context, metadata, message_count) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (session_id, title, created_at, updated_at, context_json, metadata_json, len(rows))).lastrowid
+        self._set_meta(conn, seq, metadata)
+        conn.executemany(_INSERT_MESSAGE, [(seq, *row) for row in rows])
+
+    def _source(self, conn: sqlite3.Connection, session_id: str) -> tuple[dict, list[tuple]]:
+        """A session's row (title, context, metadata) and its message rows, for copy and merge."""
+        row = conn.execute("SELECT seq, title, context, metadata FROM sessions WHERE id = ?",
+                           (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        seq, title, context, metadata = row
+        rows = conn.execute(_SELECT_MESSAGES + " ORDER BY seq", (seq,)).fetchall()
+        return {"title": title, "context": json.loads(context), "metadata": json.loads(metadata)}, rows
+
+    # ------------------------------------------------------------------ sessions
+    def create(self, title: Optional[str] = None, context: Optional[dict] = None,
+               metadata: Optional[dict] = None) -> str:
+        """Create an empty session; returns its id (a uuid4).
+
+        Without a title the session is named after its creation time: ``"Session 2026-11-24 20:51 UTC"``.
+        ``context`` and ``metadata`` must be dicts of JSON values (TypeError otherwise).
+        """
+        _check_title(title)
+        context, _ = _json_object(context, "context")
+        metadata, _ = _json_object(metadata, "metadata")
+        now = utcnow()
+        created_at = iso(now)
+        if title is None:
+            title = f"Session {created_at[:10]} {created_at[11:16]} UTC"
+        session_id = fresh_id()
+        with self._write() as conn:
+            self._insert_session(conn, session_id, title, created_at, _update_stamp(now), context, metadata, [])
+        return session_id
+
+    def exists(self, session_id: str) -> bool:
+        """True if there is a session with this id."""
+        check_session_id(session_id)
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
+
+    def get(self, session_id: str) -> dict:
+        """The whole session in the reference structure:
+        ``{id, title, created_at, updated_at, messages, context, metadata}``."""
+        check_session_id(session_id)
+        with self._read() as conn:
+            row = conn.execute("SELECT seq, id, title, created_at, updated_at, context, metadata "
+                               "FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None:
+                raise SessionNotFoundError(session_id)
+            rows = conn.execute(_SELECT_MESSAGES + " ORDER BY seq", (row[0],)).fetchall()
+        return {"id": row[1], "title": row[2], "created_at": row[3], "updated_at": _ms(row[4]),
+                "messages": [_message_dict(r) for r in rows], "context": json.loads(row[5]),
+                "metadata": json.loads(row[6])}
+
+    def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
+                  offset: int = 0) -> list[dict]:
+        """Session summaries ``{id, title, created_at, updated_at, message_count, metadata}``, most recently
+        updated first (equal ``updated_at``: most recently created first).
+
+        ``limit=None`` returns all. ``filter_metadata`` keeps sessions whose metadata has every given key with
+        an equal JSON value: types matter (``1`` != ``"1"``, ``True`` != ``1``) but ``1 == 1.0``; nested
+        values compare as whole JSON values. Served by the session_meta index; messages are not read.
+        """
+        sql_limit = _check_limit(limit)
+        sql_offset = _check_limit(offset, "offset")
+        where, params = "", []
+        if filter_metadata is not None:
+            if not isinstance(filter_metadata, dict):
+                raise TypeError(f"filter_metadata must be a dict, not {type(filter_metadata).__name__}")
+            subqueries = []
+            for key, value in filter_metadata.items():
+                if not isinstance(key, str):
+                    raise TypeError(f"filter_metadata keys must be strings, not {type(key).__name__}")
+                subqueries.append("SELECT session_seq FROM session_meta WHERE key = ? AND value = ?")
+                params += [key, canonical_json(value, f"filter_metadata[{key!r}]")]
+            if subqueries:
+                where = f"WHERE seq IN ({' INTERSECT '.join(subqueries)})"
+        sql = (f"SELECT {_SUMMARY_COLUMNS} FROM sessions {where} "
+               f"ORDER BY updated_at DESC, seq DESC LIMIT ? OFFSET ?")
+        with self._lock:
+            rows = self._conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
+        return [_summary(row) for row in rows]
+
+    def delete(self, session_id: str) -> bool:
+        """Delete a session with its messages and index entries. False if there was no such session."""
+        check_session_id(session_id)
+        with self._write() as conn:
+            return conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
+
+    def update_metadata(self, session_id: str, metadata: dict) -> bool:
+        """Shallow-merge ``metadata`` into the session's metadata and bump ``updated_at``.
+
+        False if there is no such session. A non-dict, or a value that is not JSON-serialisable, raises
+        TypeError and changes nothing.
+        """
+        check_session_id(session_id)
+        if not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
+        _json_object(metadata, "metadata")  # validate before touching the database
+        with self._write() as conn:
+            row = conn.execute("SELECT seq, metadata FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None:
+                return False
+            seq, current = row
+            merged, merged_json = _json_object({**json.loads(current), **metadata}, "metadata")
+            conn.execute("UPDATE sessions SET metadata = ?, updated_at = ? WHERE seq = ?",
+                         (merged_json, _update_stamp(), seq))
+            self._set_meta(conn, seq, metadata)
+        return True
+
+    def get_metadata(self, session_id: str) -> dict:
+        """The session's metadata, read from the sessions table alone (messages are not touched)."""
+        check_session_id(session_id)
+        with self._lock:
+            row = self._conn.execute("SELECT metadata FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        return json.loads(row[0])
+
+    # ------------------------------------------------------------------ messages
+    def append_message(self, session_id: str, role: str, content: str, **fields: Any) -> dict:
+        """Append one message: one INSERT into messages plus the session row's ``updated_at``/count update.
+
+        ``role``: "user", "assistant" or "system"; ``content``: str. ``fields``: ``id``, ``timestamp`` (any
+        ISO 8601; stored canonical; default now), ``model_id``, ``metrics``, ``routing``, ``partial``,
+        ``request_id``, ``source_session_id``; other names raise TypeError. Returns the message dict as
+        ``get()`` will show it. A message id already used in the session raises ValueError.
+        """
+        return self.append_messages(session_id, [{"role": role, "content": content, **fields}])[0]
+
+    def append_messages(self, session_id: str, messages: list[dict]) -> list[dict]:
+        """Append several messages (dicts with ``role``, ``content`` and ``append_message``'s fields) in one
+        transaction: all are stored or none. Returns the stored message dicts."""
+        check_session_id(session_id)
+        if not isinstance(messages, (list, tuple)):
+            raise TypeError(f"messages must be a list of dicts, not {type(messages).__name__}")
+        normalized = []
+        for i, item in enumerate(messages):
+            if not isinstance(item, dict):
+                raise TypeError(f"messages[{i}] must be a dict, not {type(item).__name__}")
+            fields = dict(item)
+            try:
+                role, content = fields.pop("role"), fields.pop("content")
+            except KeyError as exc:
+                raise TypeError(f"messages[{i}] is missing {exc.args[0]!r}") from None
+            normalized.append(normalize_message(role, content, fields))
+        rows = [_message_row(message) for message in normalized]
+        with self._write() as conn:
+            found = conn.execute(
+                "UPDATE sessions SET updated_at = ?, message_count = message_count + ? WHERE id = ? "
+                "RETURNING seq", (_update_stamp(), len(rows), session_id)).fetchall()
+            if not found:
+                raise SessionNotFoundError(session_id)
+            seq = found[0][0]
+            try:
+                conn.executemany(_INSERT_MESSAGE, [(seq, *row) for row in rows])
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"message ids must be unique within session {session_id}: {exc}") from None
+        return normalized
+
+    def messages(self, session_id: str) -> list[dict]:
+        """All of the session's messages, in conversation order."""
+        return self.history(session_id, limit=None)
+
+    def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
+        """The newest ``limit`` messages (all if None), in chronological order. Reads only those rows."""
+        check_session_id(session_id)
+        sql_limit = _check_limit(limit)
+        with self._read() as conn:
+            seq = self._seq(conn, session_id)
+            rows = conn.execute(_SELECT_MESSAGES + " ORDER BY seq DESC LIMIT ?", (seq, sql_limit)).fetchall()
+        rows.reverse()
+        return [_message_dict(row) for row in rows]
+
+    # ------------------------------------------------------------------ search
+    def _update_search_index(self) -> None:
+        """Index the messages and titles written since the last search (see :mod:`.migrations`)."""
+        with self._lock:
+            if not self._conn.execute(_FTS_PENDING).fetchone()[0]:
+                return
+            with self._write() as conn:
+                for name, table, fts, column in _FTS_TABLES:
+                    conn.execute(f"INSERT INTO {fts} (rowid, {column}) SELECT seq, {column} FROM {table} "
+                                 f"WHERE seq > (SELECT last_seq FROM fts_progress WHERE name = ?)", (name,))
+                    conn.execute(f"UPDATE fts_progress SET last_seq = "
+                                 f"MAX(last_seq, IFNULL((SELECT MAX(seq) FROM {table}), 0)) WHERE name = ?",
+                                 (name,))
+
+    def search(self, query: str, limit: int = 20) -> list[dict]:
+        """Full-text search over session titles and message text, best match (bm25) first.
+
+        The query is plain text: each word must occur (stemmed: "install" finds "installing"); punctuation
+        and FTS operators in it are taken literally. Each hit is a session summary plus ``"matches"``: up to
+        three ``{message_id, role, snippet}`` of its best-matching messages (empty if only the title
+        matched), with the matched words in ``**bold**``. An empty query raises ValueError.
+
+        Messages and titles written since the previous search are indexed first, in one transaction.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string, not {type(query).__name__}")
+        if not query.strip():
+            raise ValueError("search query must not be empty")
+        sql_limit = _check_limit(limit)
+        match = _fts_query(query)
+        self._update_search_index()
+        scores: dict[int, float] = {}
+        matches: dict[int, list[dict]] = {}
+        with self._read() as conn:
+            for seq, rank in conn.execute("SELECT rowid, rank FROM titles_fts WHERE titles_fts MATCH ? "
+                                          "ORDER BY rank LIMIT ?", (match, sql_limit)):
+                scores[seq] = rank
+                matches[seq] = []
+            message_sessions = 0
+            cursor = conn.execute(
+                "SELECT m.session_seq, m.id, m.role, f.snippet, f.rank FROM "
+                "(SELECT rowid, snippet(messages_fts, 0, '**', '**', '…', 16) AS snippet, rank "
+                " FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rank) AS f "
+                "JOIN messages AS m ON m.seq = f.rowid", (match,))
+            for seq, message_id, role, snippet, rank in cursor:
+                hits = matches.setdefault(seq, [])
+                if not hits:
+                    message_sessions += 1
+                    if sql_limit >= 0 and message_sessions > sql_limit:
+                        break  # rows come best first: no later session can enter the top `limit`
+                    scores[seq] = min(rank, scores.get(seq, rank))
+                if len(hits) < MAX_MATCHES_PER_HIT:
+                    hits.append({"message_id": message_id, "role": role, "snippet": snippet})
+            cursor.close()
+            ranked = sorted(scores, key=lambda s: (scores[s], -s))
+            if sql_limit >= 0:
+                ranked = ranked[:sql_limit]
+            summaries = {row[0]: _summary(row[1:]) for row in conn.execute(
+                f"SELECT seq, {_SUMMARY_COLUMNS} FROM sessions WHERE seq IN ({', '.join('?' * len(ranked))})",
+                ranked)}
+        return [{**summaries[seq], "matches": matches[seq]} for seq in ranked]
+
+    # ------------------------------------------------------------------ files
+    def export(self, session_id: str, path: str | os.PathLike) -> Path:
+        """Write the session's reference JSON to ``path`` atomically (parent folders created); returns it."""
+        return write_json_atomic(path, self.get(session_id))
+
+    def import_file(self, path: str | os.PathLike, new_id: bool = False) -> str:
+        """Import a session file (ours, or the original Oblix SDK's as is); returns the session id.
+
+        The file is validated first (see :func:`.io.parse_session_file`); timestamps are stored canonical.
+        With ``new_id=False`` the file's id is kept and an id already in the store raises ValueError (nothing
+        is overwritten). With ``new_id=True`` the session and its messages get fresh ids and the metadata
+        records ``imported_from: {session_id, file, imported_at}``. All or nothing.
+        """
+        doc = parse_session_file(path)
+        session_id, metadata, messages = doc["id"], doc["metadata"], doc["messages"]
+        if new_id:
+            metadata = {**metadata, "imported_from": {
+                "session_id": session_id, "file": str(Path(os.fspath(path)).expanduser().resolve()),
+                "imported_at": iso()}}
+            session_id = fresh_id()
+            messages = [{**message, "id": fresh_id()} for message in messages]
+        title = doc["title"]
+        if title is None:
+            title = f"Session {doc['created_at'][:10]} {doc['created_at'][11:16]} UTC"
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
+                raise ValueError(f"session {session_id} already exists in {self.path}; it was not overwritten "
+                                 f"(import with new_id=True to add the file as a new session)")
+            self._insert_session(conn, session_id, title, doc["created_at"],
+                                 _update_stamp(parse_iso(doc["updated_at"])), doc["context"], metadata, [_message_row(message) for message in messages])
+        return session_id
+
+    # ------------------------------------------------------------------ copy / merge
+    def copy(self, session_id: str, new_title: Optional[str] = None) -> str:
+        """Copy a session: new session id and message ids, same messages (timestamps too), context and
+        metadata; the metadata gains ``copied_from``. Default title ``"Copy of <title>"``. Returns the new id."""
+        check_session_id(session_id)
+        _check_title(new_title)
+        copy_id = fresh_id()
+        now = utcnow()
+        with self._write() as conn:
+            source, rows = self._source(conn, session_id)
+            title = new_title if new_title is not None else f"Copy of {source['title']}"
+            metadata = {**source["metadata"], "copied_from": session_id}
+            self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), source["context"], metadata,
+                                 [(fresh_id(), *row[1:]) for row in rows])
+        return copy_id
+
+    def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
+        """Merge sessions into a new one; returns its id.
+
+        Messages from all sources, ordered by timestamp (ties keep the order of ``session_ids``, then each
+        session's order), get fresh ids; each keeps ``source_session_id`` (the session it came from, or the
+        one it originally came from if it was already merged). A repeated id counts once. Context and
+        metadata are merged in order (later sources win); the metadata records ``merged_from`` (the ids).
+        Default title ``"Merged: <title 1> + <title 2> ..."``. An unknown id raises SessionNotFoundError and
+        creates nothing; an empty list raises ValueError.
+        """
+        if isinstance(session_ids, str) or not hasattr(session_ids, "__iter__"):
+            raise TypeError("session_ids must be a list of session ids")
+        ids = list(dict.fromkeys(session_ids))
+        for session_id in ids:
+            check_session_id(session_id)
+        if not ids:
+            raise ValueError("merge needs at least one session id")
+        _check_title(title)
+        merged_id = fresh_id()
+        now = utcnow()
+        with self._write() as conn:
+            sources = [(session_id, *self._source(conn, session_id)) for session_id in ids]
+            rows, context, metadata = [], {}, {}
+            for source_id, source, source_rows in sources:
+                context.update(source["context"])
+                metadata.update(source["metadata"])
+                rows += [(fresh_id(), *row[1:9], row[9] or source_id) for row in source_rows]
+            # Canonical timestamps sort as text in time order; sort() is stable, so ties keep source order.
+            rows.sort(key=lambda row: row[3])
+            metadata["merged_from"] = ids
+            if title is None:
+                title = "Merged: " + " + ".join(source["title"] for _, source, _ in sources)
+            self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
+        return merged_id
+
+    def close(self) -> None:
+        """Close the database connection (after letting SQLite refresh its planner statistics)."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA optimize")
+            except sqlite3.ProgrammingError:  # already closed
+                return
+            self._conn.close()

