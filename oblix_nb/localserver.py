@@ -241,12 +241,14 @@ def start_openai_server(model: str = "smollm2-135m", *, port: Optional[int] = No
     ``GET /v1/models`` answers and, with ``warmup``, one 1-token chat completion went through (the first request
     of a fresh server is slow). ``.base_url`` is ``http://127.0.0.1:PORT/v1`` -- pass it to ``openai.OpenAI``
     (any api_key); ``.url`` is the root (``/extras/tokenize`` etc. live there). The server answers to any model
-    name; ``/v1/models`` lists ``alias``. Streaming responses carry no ``usage`` (llama-cpp-python 0.3.36)."""
+    name; ``/v1/models`` lists ``alias``. Streaming responses carry no ``usage`` (llama-cpp-python 0.3.36).
+    Started with ``--interrupt_requests False``: by default that server aborts a running generation whenever
+    another request arrives (a second cell, a panel, a health check), which a notebook user never wants."""
     gguf = _gguf(model)
     port = port or free_port()
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias,
             "--host", LOOPBACK, "--port", str(port), "--n_threads", str(n_threads), "--n_ctx", str(n_ctx),
-            "--verbose", "False", *extra_args]
+            "--verbose", "False", "--interrupt_requests", "False", *extra_args]
     server = LocalServer(argv, port=port, ready_path="/v1/models", api_path="/v1", name="llama-cpp-openai",
                          kind="openai", model=alias, gguf_path=gguf)
     try:

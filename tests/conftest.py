@@ -154,7 +154,8 @@ def gguf_path():
 
 
 def _need_llama_server() -> None:
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')")
+    pytest.importorskip("llama_cpp",
+                        reason="llama-cpp-python is not installed (pip install 'llama-cpp-python[server]')")
     pytest.importorskip("uvicorn", reason="llama-cpp-python[server] extras (uvicorn) are not installed")
 
 

@@ -257,7 +257,7 @@ def closed_url():
 # ---------------------------------------------------------------------------------------------- ConnectivityAgent
 def test_connectivity_connected_to_loopback_endpoint(models_server):
     url, handler = models_server
-    agent = ConnectivityAgent()
+    agent = ConnectivityAgent(measure_bandwidth=True)
     agent.set_endpoints({"openai:tiny-model": url})
     r = agent.refresh()
     assert r["state"] == "connected" and r["target"] == "cloud"
@@ -275,16 +275,28 @@ def test_connectivity_connected_to_loopback_endpoint(models_server):
 
 def test_connectivity_measures_bandwidth_on_big_model_list(big_models_server):
     url, _ = big_models_server
-    agent = ConnectivityAgent()
+    agent = ConnectivityAgent(measure_bandwidth=True)
     agent.set_endpoints({"openai:m": url})
     r = agent.refresh()
     ep = r["metrics"]["endpoints"]["openai:m"]
     assert ep["bandwidth_mbps"] is not None and ep["bandwidth_mbps"] > 0
     assert r["state"] == "connected"
-    slow = ConnectivityAgent(bandwidth_threshold=1e12)
+    slow = ConnectivityAgent(bandwidth_threshold=1e12, measure_bandwidth=True)
     slow.set_endpoints({"openai:m": url})
     r = slow.refresh()
     assert r["state"] == "degraded" and r["target"] == "local" and "bandwidth" in r["reason"]
+
+
+def test_connectivity_sends_no_http_request_by_default(models_server):
+    """TCP connects only: an HTTP request could abort a generation in flight (llama_cpp.server does)."""
+    url, handler = models_server
+    agent = ConnectivityAgent()
+    agent.set_endpoints({"openai:tiny-model": url})
+    r = agent.refresh()
+    assert r["state"] == "connected"
+    ep = r["metrics"]["endpoints"]["openai:tiny-model"]
+    assert ep["bandwidth_mbps"] is None and "measure_bandwidth=False" in ep["bandwidth_note"]
+    assert handler.log == []
 
 
 def test_connectivity_closed_port_is_disconnected(closed_url):

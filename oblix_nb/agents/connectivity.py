@@ -6,7 +6,9 @@ Per endpoint (``set_endpoints({model_id: base_url})``, called by the client as m
   DNS is resolved once per sample and reported separately as ``dns_ms``). Through an HTTP(S) proxy configured
   in the environment (``HTTPS_PROXY``/``NO_PROXY``...) the proxy is what is probed, and ``via_proxy`` says so.
 * ``packet_loss``  — failed connects / probes × 100.
-* ``bandwidth_mbps`` — only when measurable cheaply: an unauthenticated ``GET {base}/models`` (the endpoint's
+* ``bandwidth_mbps`` — opt-in (``measure_bandwidth=True``), because some servers abort an in-flight
+  generation when any other request arrives (llama_cpp.server with its default ``interrupt_requests``): a
+  TCP connect never disturbs a server, an HTTP request may. When enabled: an unauthenticated ``GET {base}/models`` (the endpoint's
   own model list; never a completion, never billable, no API key sent) at most every ``bandwidth_interval``
   seconds, computed from the body's bytes and transfer time — and only when the body is at least
   ``bandwidth_min_bytes`` long (a few hundred bytes say nothing about throughput). Otherwise ``None``, with
@@ -22,7 +24,7 @@ Aggregate state (per-endpoint details in ``metrics["endpoints"][model_id]``):
   yet (``"pending"``) → target ``None`` (no preference).
 
 Probes run in the sampler thread with plain sockets (and httpx for the GET); ``check()`` reads the cache.
-``refresh()`` measures synchronously (bandwidth included).
+``refresh()`` measures synchronously (bandwidth included when enabled).
 """
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ class ConnectivityAgent(SampledAgent):
 
     def __init__(self, latency_threshold: float = 200.0, packet_loss_threshold: float = 10.0,
                  bandwidth_threshold: float = 5.0, interval: float = 5.0, probes: int = 3, timeout: float = 1.0,
-                 *, bandwidth_interval: float = 60.0, bandwidth_min_bytes: int = 65536,
-                 bandwidth_max_bytes: int = 4 * 2**20):
+                 *, measure_bandwidth: bool = False, bandwidth_interval: float = 60.0,
+                 bandwidth_min_bytes: int = 65536, bandwidth_max_bytes: int = 4 * 2**20):
         for key, value in (("latency_threshold", latency_threshold),
                            ("packet_loss_threshold", packet_loss_threshold),
                            ("bandwidth_threshold", bandwidth_threshold), ("timeout", timeout),
@@ -63,6 +65,7 @@ class ConnectivityAgent(SampledAgent):
         self.bandwidth_threshold = float(bandwidth_threshold)
         self.probes = probes
         self.timeout = float(timeout)
+        self.measure_bandwidth = bool(measure_bandwidth)
         self.bandwidth_interval = float(bandwidth_interval)
         self.bandwidth_min_bytes = int(bandwidth_min_bytes)
         self.bandwidth_max_bytes = int(bandwidth_max_bytes)
@@ -94,7 +97,7 @@ class ConnectivityAgent(SampledAgent):
             self._sampler.wake()
 
     def refresh(self, bandwidth: bool = True) -> dict:
-        """Measure now (synchronously; bandwidth too unless ``bandwidth=False``) and return the check."""
+        """Measure now (synchronously; bandwidth too, if enabled, unless ``bandwidth=False``); return the check."""
         self._force_bandwidth = bandwidth
         return super().refresh()
 
@@ -119,6 +122,10 @@ class ConnectivityAgent(SampledAgent):
             if models_url is None:
                 continue
             prev = self._bandwidth.get(models_url)
+            if not self.measure_bandwidth:
+                bandwidth[models_url] = {"bandwidth_mbps": None,
+                                         "bandwidth_note": "not measured (measure_bandwidth=False)"}
+                continue
             if not results.get(t["key"], {}).get("reachable"):
                 bandwidth[models_url] = prev or {}
                 continue

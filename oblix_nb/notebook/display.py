@@ -25,10 +25,20 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-from ..streaming import format_footer
+from ..streaming import format_footer as _format_footer
 
 CURSOR = "▌"
 DEFAULT_INTERVAL = 0.1
+
+
+def format_footer(response: dict) -> str:
+    """streaming.format_footer, without the doubled target when the route's reason already starts with it
+    ("local: local: ..." -> "local: ...")."""
+    text = _format_footer(response)
+    target = (response.get("routing_decision") or {}).get("target")
+    if target:
+        text = text.replace(f"{target}: {target}:", f"{target}:", 1)
+    return text
 
 
 # --------------------------------------------------------------------------- the reply as a value
@@ -318,7 +328,10 @@ def drive(sink: QueueSink, future, view: Optional[ReplyDisplay], *, interval: fl
         future.cancel()
         try:
             wait_done()
+            future.result(timeout=cancel_timeout)  # and for the task itself to have finished
         except KeyboardInterrupt:  # a second interrupt: stop waiting for the cleanup
+            pass
+        except BaseException:  # noqa: BLE001 - CancelledError, or the job's own error: already reported
             pass
     out.text = "".join(pieces)
     if view is not None:

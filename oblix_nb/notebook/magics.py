@@ -26,10 +26,9 @@ from .. import runtime
 from .._util import new_id
 from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableError, NoModelHookedError,
                       OblixError, SessionNotFoundError)
-from ..streaming import format_footer
 from . import state
-from .display import QueueSink, Reply, ReplyDisplay, drive, extract_code, has_display_frontend, \
-    notebook_sink_factory, shell_publisher
+from .display import (QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, has_display_frontend,
+                      notebook_sink_factory, shell_publisher)
 
 # --------------------------------------------------------------------------- argument parsing
 
@@ -594,7 +593,8 @@ class OblixMagics(Magics):
             return None
         if args.var is not None and not args.var.isidentifier():
             raise UsageError(f"%%oblix --var: {args.var!r} is not a valid variable name")
-        prompt = fill_template(cell or "", self.shell.user_ns)
+        prompt = fill_template(cell or "", self.shell.user_ns).rstrip()
+        prompt = re.sub(r"\A(?:[ \t]*\n)+", "", prompt)  # drop blank lines around the prompt
         if not prompt.strip():
             raise UsageError("%%oblix: the cell is the prompt; write something below the %%oblix line")
         client = self.client
@@ -632,8 +632,11 @@ class OblixMagics(Magics):
 
         if outcome.interrupted:
             reply = self._partial_reply(client, session_id, request_id, outcome)
-            note = "interrupted: the request was stopped; the partial reply was kept" + (
-                ", flagged partial in the session" if reply.text and session_id else "")
+            if reply.text:
+                note = "interrupted: the request was stopped; the partial reply was kept" + (
+                    ", flagged partial in the session" if session_id else "")
+            else:
+                note = "interrupted before the first token: the request was stopped, no reply was stored"
             self._finish(view, reply.text, note, error=True)
             if reply.text:
                 self._publish_value(reply, args)

@@ -29,19 +29,21 @@ OPTIONAL_FIELDS: dict[str, type] = {
     "source_session_id": str,
 }
 MESSAGE_FIELDS = ("id", "timestamp", *OPTIONAL_FIELDS)
+_FIELD_NAMES = frozenset(MESSAGE_FIELDS)
 REQUIRED_SESSION_FIELDS = ("id", "title", "created_at", "updated_at", "messages")
 REQUIRED_MESSAGE_FIELDS = ("id", "role", "content", "timestamp")
 
 
-def normalize_message(role: Any, content: Any, fields: dict) -> dict:
+def normalize_message(role: Any, content: Any, fields: dict, now: str | None = None) -> dict:
     """Validate one message and return it as stored: canonical timestamp, an id, optional fields only when set.
 
-    ``fields`` may hold ``id`` and ``timestamp`` (generated when absent or None) and the optional fields;
+    ``fields`` may hold ``id`` and ``timestamp`` (generated when absent or None: ``now``, else the current
+    time) and the optional fields;
     ``None`` means "not set" and ``partial=False`` is the same as not set. Unknown field names and wrong
     types raise TypeError; an unknown role, an empty id or an unparseable timestamp raise ValueError.
     """
-    unknown = set(fields) - set(MESSAGE_FIELDS)
-    if unknown:
+    if not _FIELD_NAMES.issuperset(fields):
+        unknown = set(fields) - _FIELD_NAMES
         raise TypeError(f"unknown message field(s) {sorted(unknown)}; known fields: {list(MESSAGE_FIELDS)}")
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {list(ROLES)}")
@@ -56,7 +58,7 @@ def normalize_message(role: Any, content: Any, fields: dict) -> dict:
         raise ValueError("message id must not be empty")
     timestamp = fields.get("timestamp")
     if timestamp is None:
-        timestamp = iso()
+        timestamp = now or iso()
     elif not isinstance(timestamp, str):
         raise TypeError(f"message timestamp must be an ISO 8601 string, not {type(timestamp).__name__}")
     else:

@@ -23,8 +23,9 @@ Schema (version 1):
   so the text is stored once). They are brought up to date in batches rather than per write: ``fts_progress``
   records the last ``seq`` indexed in each, and the store indexes the newer rows (one INSERT ... SELECT)
   before every search, so a search always sees every committed message while appends and creates never pay
-  for an FTS5 segment per commit. ``seq`` is AUTOINCREMENT so a new row can never take a deleted row's seq
-  at or below the mark. Triggers remove (and re-index) rows at or below the mark on DELETE (and UPDATE).
+  for an FTS5 segment per commit. Triggers remove (and re-index) rows at or below the mark on DELETE (and
+  UPDATE). Whoever deletes rows must then lower the mark to the highest remaining ``seq`` (the store's
+  ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import sqlite3
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
 CREATE TABLE sessions (
-    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq           INTEGER PRIMARY KEY,
     id            TEXT    NOT NULL UNIQUE,
     title         TEXT    NOT NULL,
     created_at    TEXT    NOT NULL,
@@ -45,7 +46,7 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_by_updated ON sessions (updated_at, seq);
 
 CREATE TABLE messages (
-    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq               INTEGER PRIMARY KEY,
     session_seq       INTEGER NOT NULL REFERENCES sessions (seq) ON DELETE CASCADE,
     id                TEXT    NOT NULL,
     role              TEXT    NOT NULL CHECK (role IN ('user', 'assistant', 'system')),

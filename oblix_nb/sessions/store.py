@@ -220,21 +220,24 @@ class SessionStore:
     @staticmethod
     def _set_meta(conn: sqlite3.Connection, seq: int, metadata: dict) -> None:
         """Index ``metadata``'s keys for ``seq`` in session_meta (insert or replace those keys)."""
-        conn.executemany("INSERT OR REPLACE INTO session_meta (session_seq, key, value) VALUES (?, ?, ?)",
-                         [(seq, key, canonical_json(value)) for key, value in metadata.items()])
+        if metadata:
+            conn.executemany("INSERT OR REPLACE INTO session_meta (session_seq, key, value) VALUES (?, ?, ?)",
+                             [(seq, key, canonical_json(value)) for key, value in metadata.items()])
 
     def _insert_session(self, conn: sqlite3.Connection, session_id: str, title: str, created_at: str,
-                        updated_at: str, context: dict, metadata: dict, rows: list[tuple]) -> None:
+                        updated_at: str, context: Optional[dict], metadata: Optional[dict],
+                        rows: list[tuple]) -> None:
         """Insert a whole session; ``updated_at`` as :func:`_update_stamp`, ``rows`` are message rows
-        (MESSAGE_COLUMNS order)."""
+        (MESSAGE_COLUMNS order). Invalid context or metadata raise TypeError (rolling the write back)."""
         _, context_json = _json_object(context, "context")
-        _, metadata_json = _json_object(metadata, "metadata")
+        metadata, metadata_json = _json_object(metadata, "metadata")
         seq = conn.execute(
             "INSERT INTO sessions (id, title, created_at, updated_at, context, metadata, message_count) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (session_id, title, created_at, updated_at, context_json, metadata_json, len(rows))).lastrowid
         self._set_meta(conn, seq, metadata)
-        conn.executemany(_INSERT_MESSAGE, [(seq, *row) for row in rows])
+        if rows:
+            conn.executemany(_INSERT_MESSAGE, [(seq, *row) for row in rows])
 
     def _source(self, conn: sqlite3.Connection, session_id: str) -> tuple[dict, list[tuple]]:
         """A session's row (title, context, metadata) and its message rows, for copy and merge."""
@@ -255,8 +258,6 @@ class SessionStore:
         ``context`` and ``metadata`` must be dicts of JSON values (TypeError otherwise).
         """
         _check_title(title)
-        context, _ = _json_object(context, "context")
-        metadata, _ = _json_object(metadata, "metadata")
         now = utcnow()
         created_at = iso(now)
         if title is None:
@@ -319,7 +320,12 @@ class SessionStore:
         """Delete a session with its messages and index entries. False if there was no such session."""
         check_session_id(session_id)
         with self._write() as conn:
-            return conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
+            if conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount == 0:
+                return False
+            for name, table, _, _ in _FTS_TABLES:  # new rows may reuse deleted seqs: keep them above the mark
+                conn.execute(f"UPDATE fts_progress SET last_seq = "
+                             f"MIN(last_seq, IFNULL((SELECT MAX(seq) FROM {table}), 0)) WHERE name = ?", (name,))
+        return True
 
     def update_metadata(self, session_id: str, metadata: dict) -> bool:
         """Shallow-merge ``metadata`` into the session's metadata and bump ``updated_at``.
@@ -368,6 +374,8 @@ class SessionStore:
         check_session_id(session_id)
         if not isinstance(messages, (list, tuple)):
             raise TypeError(f"messages must be a list of dicts, not {type(messages).__name__}")
+        now = utcnow()
+        default_timestamp = iso(now)
         normalized = []
         for i, item in enumerate(messages):
             if not isinstance(item, dict):
@@ -377,12 +385,12 @@ class SessionStore:
                 role, content = fields.pop("role"), fields.pop("content")
             except KeyError as exc:
                 raise TypeError(f"messages[{i}] is missing {exc.args[0]!r}") from None
-            normalized.append(normalize_message(role, content, fields))
+            normalized.append(normalize_message(role, content, fields, default_timestamp))
         rows = [_message_row(message) for message in normalized]
         with self._write() as conn:
             found = conn.execute(
                 "UPDATE sessions SET updated_at = ?, message_count = message_count + ? WHERE id = ? "
-                "RETURNING seq", (_update_stamp(), len(rows), session_id)).fetchall()
+                "RETURNING seq", (_update_stamp(now), len(rows), session_id)).fetchall()
             if not found:
                 raise SessionNotFoundError(session_id)
             seq = found[0][0]
@@ -552,10 +560,6 @@ class SessionStore:
         return merged_id
 
     def close(self) -> None:
-        """Close the database connection (after letting SQLite refresh its planner statistics)."""
+        """Close the database connection. Idempotent; any later call on the store raises ProgrammingError."""
         with self._lock:
-            try:
-                self._conn.execute("PRAGMA optimize")
-            except sqlite3.ProgrammingError:  # already closed
-                return
             self._conn.close()
