@@ -5,7 +5,7 @@ import asyncio
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Awaitable, Callable, List, Optional
@@ -174,6 +174,7 @@ class OblixClient:
             display_metrics)
         self.chat_handler: Optional[Callable[..., Awaitable[dict]]] = None  # notebook layer may set one
         self.max_history_messages = 1000
+        self.default_max_tokens: Optional[int] = None  # used when execute() gets no max_tokens
 
     @property
     def models(self) -> dict:
@@ -315,6 +316,8 @@ class OblixClient:
             if not self.sessions.exists(sid):
                 raise SessionNotFoundError(sid)
         options = {k: v for k, v in kwargs.items() if k in SAMPLING_OPTIONS and v is not None}
+        if max_tokens is None:
+            max_tokens = self.default_max_tokens
         return Request(prompt=prompt, params=GenerationParams(max_tokens, temperature, options),
                        request_id=request_id or new_id(), session_id=sid, model_id=kwargs.get("model_id"))
 
@@ -338,10 +341,13 @@ class OblixClient:
         failures: list[str] = []
         while True:
             backend = self._models[decision.model_id]
+            params = request.params
+            if params.max_tokens is None and backend.default_max_tokens() is not None:
+                params = replace(params, max_tokens=backend.default_max_tokens())
             fitted = fit_history(history, request.prompt, context_window=backend.context_window or 2048,
-                                 max_tokens=request.params.max_tokens, count=backend.estimate_tokens,
+                                 max_tokens=params.max_tokens, count=backend.estimate_tokens,
                                  overhead=backend.message_overhead())
-            call = Call(backend, request, decision, checks, fitted)
+            call = Call(backend, replace(request, params=params), decision, checks, fitted)
             try:
                 return await call.run(sink if stream else None, stream, self._store_reply)
             except BeforeFirstToken as exc:

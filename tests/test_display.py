@@ -73,10 +73,25 @@ def test_every_bundle_has_text_plain():
     view.update("so far")
     view.final("all of it", "footer")
     assert all("text/plain" in data for data, _, _ in rec.calls)
-    assert rec.of(view.reply_id)[-1][0] == {"text/markdown": "all of it", "text/plain": "all of it"}
+    final = rec.of(view.reply_id)[-1][0]
+    assert final["text/markdown"] == final["text/plain"] == "all of it" and "all of it" in final["text/html"]
     assert rec.of(view.reply_id)[1][0]["text/markdown"] == "so far" + CURSOR
     text_view = ReplyDisplay(Recorder(), fmt="text")
     assert set(text_view._bundle("x", final=True)) == {"text/plain"}
+
+
+def test_model_html_never_reaches_the_page_live():
+    """Frontends render text/html before text/markdown: ours is inert; the Markdown stays exact."""
+    evil = ("Hi <img src=x onerror=alert(1)> <script>alert(2)</script> [x](javascript:alert(3))\n\n"
+            "```html\n<b>code is shown, not run</b>\n```\n**bold**")
+    view = ReplyDisplay(Recorder())
+    bundle = view._bundle(evil, final=True)
+    assert bundle["text/markdown"] == bundle["text/plain"] == evil
+    html = bundle["text/html"]
+    assert "<img" not in html and "<script" not in html and 'href="javascript' not in html
+    assert "&lt;img" in html and "<strong>bold</strong>" in html and "&lt;b&gt;code is shown" in html
+    r = Reply(evil, {})
+    assert r._repr_markdown_() == evil and "<img" not in r._repr_html_()
 
 
 def test_drive_throttles_a_fast_stream():

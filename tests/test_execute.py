@@ -384,3 +384,12 @@ async def test_stdout_sink_footer():
                                             "output_tokens": 3},
               "routing_decision": {"target": "local", "reason": "why"}})
     assert buf.getvalue().startswith("abc\n[m:x · local: why · TTFT 100 ms · 12.5 tok/s · 3 tokens]")
+
+
+async def test_local_reply_capped_at_reserve_when_no_max_tokens(client):
+    await client.hook_model(ModelType.LLAMACPP, "smollm2-135m", n_ctx=256)
+    r = await client.execute("Write a very long essay about rivers.", sink=lambda t: None)
+    assert 0 < r["metrics"]["output_tokens"] <= 256 // 4 + 1  # +1: the tokenizer may split the tail differently
+    client.default_max_tokens = 5
+    r = await client.execute("Write a very long essay about rivers.", sink=lambda t: None)
+    assert r["metrics"]["output_tokens"] <= 6

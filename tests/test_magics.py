@@ -205,12 +205,15 @@ def test_session_list_filter_limit(ip):
 
 def test_session_show_transcript(ip):
     sid = seed("shown", n=3)
-    client().append_message(sid, "assistant", "cut short", partial=True, model_id=EMBEDDED)
+    client().append_message(sid, "assistant", "cut short <img src=x onerror=alert(1)>", partial=True,
+                            model_id=EMBEDDED)
     result, cap = run(ip, f"%oblix_session show {sid}")
     assert result.success
     md = cap.outputs[-1].data["text/markdown"]
     assert "### shown" in md and "message 2 about shown" in md and "partial" in md
     assert "text/plain" in cap.outputs[-1].data
+    html = cap.outputs[-1].data["text/html"]  # what frontends show: message text can't inject HTML
+    assert "<img" not in html and "&lt;img" in html
     client().use_session(sid)
     result, cap = run(ip, "%oblix_session show")
     assert result.success and "### shown" in cap.outputs[-1].data["text/markdown"]
@@ -321,6 +324,7 @@ def test_cell_streams_then_ends_as_the_stored_reply(ip):
     stored = c.sessions.messages(sid)
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert final["text/markdown"] == stored[-1]["content"] == final["text/plain"]
+    assert final["text/html"].startswith('<div class="oblix-reply">')
     last = ip.user_ns["oblix_last"]
     assert isinstance(last, Reply) and isinstance(last, str) and last == stored[-1]["content"]
     assert last.response["model_id"] == EMBEDDED and last.response["session_id"] == sid
@@ -475,7 +479,7 @@ def test_throttle_long_reply(ip):
     print(f"\nthrottle: {m['output_tokens']} tokens, {streaming:.2f} s streaming, {intermediate} updates "
           f"({rate:.1f}/s)")
     assert m["output_tokens"] >= 50
-    assert intermediate <= 10 * streaming + 2
+    assert intermediate <= 10 * streaming + 3  # one per 0.1 s from the first delta to just after the last
     assert intermediate >= 1
     assert mine[-1]["data"]["text/markdown"] == str(reply)
     assert client().sessions.messages(reply.session_id)[-1]["content"] == str(reply)

@@ -53,6 +53,7 @@ def test_database_is_wal_with_the_documented_pragmas(db_path):
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 30000
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000
     finally:
         store.close()
     other = sqlite3.connect(db_path)

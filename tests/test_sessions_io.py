@@ -124,7 +124,7 @@ def test_export_import_round_trip_keeps_every_field(store, tmp_path):
         other.close()
 
 
-# ---------------------------------------------------------------------------------------------- import: Oblix 0.1.3
+# ------------------------------------------------------------------------------------------ import: Oblix 0.1.3
 def test_original_oblix_file_imports_as_is(store, oblix_file):
     raw = json.loads(oblix_file.read_text())
 
@@ -175,6 +175,24 @@ def test_import_bad_json_names_file_and_position(store, tmp_path):
 
     message = str(info.value)
     assert str(path) in message and "line 3" in message and "column 12" in message
+
+
+def test_import_rejects_non_utf8_files(store, tmp_path):
+    path = tmp_path / "latin1.json"
+    text = json.dumps(valid_doc(title="café"), ensure_ascii=False)
+    path.write_bytes(text.encode("utf-8").replace("é".encode(), b"\xe9"))  # Latin-1 é
+
+    with pytest.raises(ValueError, match="not UTF-8") as info:
+        store.import_file(path)
+
+    assert str(path) in str(info.value)
+
+
+def test_import_rejects_non_json_constants(store, tmp_path):
+    path = write(tmp_path / "nan.json", json.dumps(valid_doc(metadata={"score": float("nan")})))
+
+    with pytest.raises(ValueError, match="NaN is not a JSON value"):
+        store.import_file(path)
 
 
 @pytest.mark.parametrize("doc, expected", [

@@ -323,6 +323,28 @@ def test_duplicate_message_id_is_refused_and_batches_are_atomic(store):
     assert store.append_message(other, "user", "same id, other session", id="m1")["id"] == "m1"
 
 
+def test_append_messages_batch(store):
+    session_id = store.create()
+    other = store.create()
+
+    assert store.append_messages(session_id, []) == []
+    assert store.summaries()[0]["id"] == other  # an empty batch changes nothing
+
+    stored = store.append_messages(session_id, [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi", "timestamp": "2024-02-03T04:05:06.789123Z", "request_id": "r"},
+        {"role": "assistant", "content": "hello", "model_id": "m", "partial": True}])
+
+    assert [m["role"] for m in stored] == ["system", "user", "assistant"]
+    assert stored[1]["timestamp"] == "2024-02-03T04:05:06.789Z"
+    assert store.messages(session_id) == stored
+    assert store.summaries()[0] == {**store.summaries()[0], "id": session_id, "message_count": 3}
+    with pytest.raises(TypeError):
+        store.append_messages(session_id, {"role": "user", "content": "not a list"})
+    with pytest.raises(TypeError):
+        store.append_messages(session_id, ["not a dict"])
+
+
 def test_history_returns_newest_in_chronological_order(store):
     session_id = store.create()
     store.append_messages(session_id, [{"role": "user", "content": str(i)} for i in range(10)])

@@ -101,6 +101,14 @@ class ModelBackend(ABC):
         """A conservative token count for budgeting history (over-estimates English by ~25%)."""
         return len(text.encode("utf-8")) // 3 + 1
 
+    def default_max_tokens(self) -> Optional[int]:
+        """Reply length when the caller gives none. Hosted APIs know their own limits (None: don't send one);
+        local engines would otherwise generate until the context is full, so they cap it at the reply reserve
+        that the history budget already set aside (a quarter of the context window)."""
+        if self.target == "local" and self.context_window:
+            return self.context_window // 4
+        return None
+
     def message_overhead(self) -> int:
         """Template tokens around each chat message (ChatML-style role markers)."""
         return 5

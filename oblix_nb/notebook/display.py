@@ -10,8 +10,10 @@ Two ways in:
   which is called on the loop thread. It remembers the cell's parent header when it is made (in the cell's
   own context) and publishes throttled ``update_display_data`` messages, which frontends route by display id.
 
-Every bundle carries a ``text/plain`` fallback. The reply's own display ends as exactly the reply (Markdown);
-a second, small display below it is the status line that ends as the footer (model, route, TTFT, tokens/s).
+Every bundle carries a ``text/plain`` fallback. The reply's own display ends as exactly the reply (its
+``text/markdown``), next to an inert ``text/html`` rendering of it that frontends prefer (model output must not
+run as HTML in the page: see :func:`safe_html`). A second, small display below it is the status line that
+ends as the footer (model, route, TTFT, tokens/s).
 In terminal IPython (no display frontend) replies are plain tokens on stdout.
 """
 from __future__ import annotations
@@ -41,6 +43,25 @@ def format_footer(response: dict) -> str:
     return text
 
 
+# --------------------------------------------------------------------------- HTML that can't run code
+def safe_html(text: str) -> str:
+    """Model text (Markdown) as inert HTML, for the ``text/html`` entry of every rich bundle.
+
+    Jupyter renders a kernel's live ``text/markdown`` output as *trusted* HTML, raw HTML included, so a reply
+    containing ``<img src=x onerror=...>`` would run script in the notebook page (and from there, code in the
+    kernel). Frontends prefer ``text/html`` over ``text/markdown``, so each bundle carries this rendering
+    (markdown-it with raw HTML escaped and only http/https/mailto links, via :mod:`.render`) next to the exact
+    Markdown. Without markdown-it-py: the escaped text in a ``<pre>``.
+    """
+    try:
+        from .render import markdown
+        return f'<div class="oblix-reply">{markdown(text)}</div>'
+    except ImportError:
+        import html
+
+        return f'<pre class="oblix-reply" style="white-space:pre-wrap">{html.escape(text)}</pre>'
+
+
 # --------------------------------------------------------------------------- the reply as a value
 class Reply(str):
     """The reply text (a ``str``) carrying execute()'s whole response dict as ``.response``.
@@ -63,6 +84,9 @@ class Reply(str):
         if self.partial:
             text += "\n\n*(partial reply: the request was stopped)*"
         return text
+
+    def _repr_html_(self) -> str:  # preferred by frontends: inert HTML (see safe_html)
+        return safe_html(self._repr_markdown_())
 
     @property
     def text(self) -> str:
@@ -150,7 +174,8 @@ class ReplyDisplay:
     def _bundle(self, text: str, final: bool) -> dict:
         if self.fmt == "text":
             return {"text/plain": text if final else text + CURSOR}
-        return {"text/markdown": text if final else text + CURSOR, "text/plain": text}
+        shown = text if final else text + CURSOR
+        return {"text/html": safe_html(shown), "text/markdown": shown, "text/plain": text}
 
     def show(self, status: str = "") -> None:
         """Create both displays (the reply empty, the status line saying what is happening)."""

@@ -28,7 +28,7 @@ from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableErr
                       OblixError, SessionNotFoundError)
 from . import state
 from .display import (QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, has_display_frontend,
-                      notebook_sink_factory, shell_publisher)
+                      notebook_sink_factory, safe_html, shell_publisher)
 
 # --------------------------------------------------------------------------- argument parsing
 
@@ -325,7 +325,7 @@ class Transcript:
 
     def _repr_markdown_(self) -> str:
         title, sub = self._head()
-        parts = [f"### {title}", f"<sub>{sub}</sub>"]
+        parts = [f"### {title}", f"*{sub}*"]
         for m in self.session.get("messages") or []:
             who = {"user": "🧑 user", "assistant": "🤖 assistant", "system": "⚙️ system"}.get(m["role"], m["role"])
             bits = [f"**{who}**"]
@@ -340,6 +340,9 @@ class Transcript:
         if not self.session.get("messages"):
             parts.append("*(no messages yet)*")
         return "\n\n".join(parts)
+
+    def _repr_html_(self) -> str:  # what frontends show: inert HTML (raw HTML in messages is escaped)
+        return safe_html(self._repr_markdown_())
 
     def __repr__(self) -> str:
         title, sub = self._head()

@@ -34,11 +34,11 @@ REQUIRED_SESSION_FIELDS = ("id", "title", "created_at", "updated_at", "messages"
 REQUIRED_MESSAGE_FIELDS = ("id", "role", "content", "timestamp")
 
 
-def normalize_message(role: Any, content: Any, fields: dict, now: str | None = None) -> dict:
+def normalize_message(role: Any, content: Any, fields: dict, default_timestamp: str | None = None) -> dict:
     """Validate one message and return it as stored: canonical timestamp, an id, optional fields only when set.
 
-    ``fields`` may hold ``id`` and ``timestamp`` (generated when absent or None: ``now``, else the current
-    time) and the optional fields;
+    ``fields`` may hold ``id`` and ``timestamp`` (generated when absent or None: ``default_timestamp``, else
+    the current time) and the optional fields;
     ``None`` means "not set" and ``partial=False`` is the same as not set. Unknown field names and wrong
     types raise TypeError; an unknown role, an empty id or an unparseable timestamp raise ValueError.
     """
@@ -58,7 +58,7 @@ def normalize_message(role: Any, content: Any, fields: dict, now: str | None = N
         raise ValueError("message id must not be empty")
     timestamp = fields.get("timestamp")
     if timestamp is None:
-        timestamp = now or iso()
+        timestamp = default_timestamp or iso()
     elif not isinstance(timestamp, str):
         raise TypeError(f"message timestamp must be an ISO 8601 string, not {type(timestamp).__name__}")
     else:
@@ -90,8 +90,12 @@ def parse_session_file(path: str | os.PathLike) -> dict:
     """
     path = Path(os.fspath(path)).expanduser()
     raw = path.read_bytes()
+
+    def no_constants(name: str):
+        raise ValueError(f"{path}: invalid JSON: {name} is not a JSON value")
+
     try:
-        doc = json.loads(raw.decode("utf-8-sig"))
+        doc = json.loads(raw.decode("utf-8-sig"), parse_constant=no_constants)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
