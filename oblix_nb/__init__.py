@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .agents import ConnectivityAgent, ResourceMonitor
 from .client import OblixClient
-from .errors import (ModelCallError, ModelUnavailableError, NoModelHookedError, OblixError,
+from .errors import (ModelCallError, ModelUnavailableError, NoModelHookedError, OblixError, SessionExistsError,
                      SessionNotFoundError)
 from .models.base import ModelType
 from .streaming import StdoutSink, StreamSink
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OblixClient", "ModelType", "ResourceMonitor", "ConnectivityAgent", "StreamSink", "StdoutSink",
-    "OblixError", "SessionNotFoundError", "ModelUnavailableError", "ModelCallError", "NoModelHookedError",
+    "OblixError", "SessionNotFoundError", "SessionExistsError", "ModelUnavailableError", "ModelCallError", "NoModelHookedError",
     "load_ipython_extension", "unload_ipython_extension",
 ]
 

@@ -17,6 +17,10 @@ class SessionNotFoundError(OblixError, KeyError):
         return f"no session with id {self.session_id!r}"
 
 
+class SessionExistsError(OblixError, ValueError):
+    """An import would overwrite an existing session (it never does; use new_id=True)."""
+
+
 class InvalidSessionIdError(OblixError, ValueError):
     """A session id that is not of the accepted form (rejected before any use)."""
 

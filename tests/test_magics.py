@@ -14,7 +14,8 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from oblix_nb import ModelType, runtime
+from oblix_nb import ModelCallError, ModelType, runtime
+from oblix_nb.models.base import ModelBackend
 from oblix_nb.models.gguf import shipped_gguf
 from oblix_nb.notebook import state
 from oblix_nb.notebook.display import Reply, extract_code
@@ -410,6 +411,35 @@ def test_model_forcing_and_default_model(ip):
     assert ip.user_ns["oblix_last"].model_id == second
     result, _ = run(ip, "%%oblix --model openai:gpt-none\nHi")
     assert "not hooked" in usage_error(result)
+
+
+class FailingBackend(ModelBackend):
+    """A model that streams a little, then fails (after its first token: no fallback, partial kept)."""
+
+    model_type = ModelType.OPENAI
+
+    async def connect(self):
+        pass
+
+    async def stream(self, messages, params):
+        yield "the start of "
+        yield "a reply"
+        raise RuntimeError("connection reset mid-stream")
+
+
+def test_model_failure_after_first_token(ip):
+    c = client()
+    c._models["openai:failing"] = FailingBackend("failing", target="local")
+    result, cap = run(ip, "%%oblix --model openai:failing\nHi")
+    assert isinstance(result.error_in_exec, ModelCallError)
+    assert "ModelCallError:" in cap.stdout + cap.stderr and "Traceback" not in cap.stdout + cap.stderr
+    stored = c.sessions.messages(c.current_session_id)[-1]
+    assert stored["role"] == "assistant" and stored["partial"] is True
+    assert stored["content"] == "the start of a reply"
+    last = ip.user_ns["oblix_last"]
+    assert last.partial and str(last) == stored["content"]
+    assert reply_publishes(cap)[-1]["data"]["text/plain"] == stored["content"]
+    assert "error" in footer_publishes(cap)[-1]["data"]["text/plain"]
 
 
 def test_no_model_message(ip):

@@ -40,6 +40,9 @@ def _run_processes(target, args_list) -> None:
         p.start()
     for p in processes:
         p.join(timeout=240)
+    for p in processes:
+        if p.is_alive():
+            p.kill()
     assert [p.exitcode for p in processes] == [0] * len(processes)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from oblix_nb.errors import InvalidSessionIdError
+from oblix_nb.errors import InvalidSessionIdError, SessionExistsError
 from oblix_nb.sessions import SessionStore
 from oblix_nb.sessions import io as session_io
 
@@ -253,7 +253,7 @@ def test_import_existing_id_never_overwrites(store, tmp_path):
     before = store.get(session_id)
     write(path, {**doc, "title": "changed", "messages": []})
 
-    with pytest.raises(ValueError, match="already exists") as info:
+    with pytest.raises(SessionExistsError, match="already exists") as info:
         store.import_file(path)
 
     assert "new_id=True" in str(info.value)

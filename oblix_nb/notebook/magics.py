@@ -473,7 +473,7 @@ class OblixMagics(Magics):
                              f"{' and more' if len(rows) > 5 else ''}; give more characters")
         return rows[0][0]
 
-    def _describe(self, session_id: str) -> str:
+    def _describe(self, session_id: str, counts: bool = True) -> str:
         try:
             with self.client.sessions._read() as conn:
                 row = conn.execute("SELECT title, message_count FROM sessions WHERE id = ?",
@@ -482,7 +482,13 @@ class OblixMagics(Magics):
             row = None
         if row is None:
             return session_id
+        if not counts:
+            return f"{session_id} ({row[0]!r})"
         return f"{session_id} ({row[0]!r}, {row[1]} message{'s' if row[1] != 1 else ''})"
+
+    def _made(self, what: str, session_id: str, current: bool) -> "_Said":
+        return _Said(session_id, f"{what} {self._describe(session_id, counts=False)}"
+                                 + (" — now current" if current else ""))
 
     # ------------------------------------------------------------------ %oblix_session
     @no_var_expand
@@ -515,7 +521,7 @@ class OblixMagics(Magics):
             sid = runtime.run(client.create_and_use_session(title=args.title, metadata=metadata or None))
         else:
             sid = runtime.run(client.create_session(title=args.title, metadata=metadata or None))
-        return _Said(sid, f"created session {self._describe(sid)}" + (" — now current" if args.use else ""))
+        return self._made("created session", sid, args.use)
 
     def _session_use(self, args):
         sid = self.resolve(args.id)
@@ -572,17 +578,17 @@ class OblixMagics(Magics):
 
     def _session_import(self, args):
         sid = runtime.run(self.client.import_session(args.path, new_id=args.new_id, use_immediately=args.use))
-        return _Said(sid, f"imported session {self._describe(sid)}" + (" — now current" if args.use else ""))
+        return self._made("imported session", sid, args.use)
 
     def _session_copy(self, args):
         sid = self.resolve(args.id)
         new = runtime.run(self.client.copy_session(sid, new_title=args.title, use_immediately=args.use))
-        return _Said(new, f"copied to session {self._describe(new)}" + (" — now current" if args.use else ""))
+        return self._made("copied to session", new, args.use)
 
     def _session_merge(self, args):
         ids = [self.resolve(i) for i in args.ids]
         new = runtime.run(self.client.merge_sessions(ids, title=args.title, use_immediately=args.use))
-        return _Said(new, f"merged into session {self._describe(new)}" + (" — now current" if args.use else ""))
+        return self._made("merged into session", new, args.use)
 
     def _session_df(self, args):
         return self.client.messages_df(self.resolve(args.id) if args.id else None)
@@ -705,8 +711,8 @@ class OblixMagics(Magics):
             self._finish(view, text, f"error: {exc}", error=True)
             exc._render_traceback_ = lambda: [f"ModelCallError: {exc}"]  # type: ignore[attr-defined]
             raise exc
-        self._finish(view, outcome.text, f"error: {type(exc).__name__}: {exc}", error=True) \
-            if view is not None else None
+        if view is not None:
+            self._finish(view, outcome.text, f"error: {type(exc).__name__}: {exc}", error=True)
         if isinstance(exc, (NoModelHookedError, SessionNotFoundError, InvalidSessionIdError, ValueError)):
             raise UsageError(f"%%oblix: {exc}") from None
         raise exc

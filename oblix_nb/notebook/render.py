@@ -6,7 +6,7 @@ inert. Model output is Markdown rendered by markdown-it-py with raw HTML **escap
 ``http``, ``https`` and ``mailto`` URLs (anything else — ``javascript:``, ``vbscript:``, ``data:``, ``file:``,
 relative paths — stays literal text) and open in a new tab with ``rel="noopener noreferrer nofollow"``.
 Images are never loaded (no tracking pixels, no requests to hosts the model chose): ``![alt](url)`` becomes a
-link labelled with its alt text. Plain strings (titles, badges) go through :func:`escape`.
+link labelled ``[image: alt]``. Plain strings (titles, badges) go through :func:`escape`.
 
 markdown-it-py is imported on first use.
 """
@@ -62,7 +62,7 @@ def _renderer():
             src = token.attrGet("src") or ""
             alt = self.renderInlineAsText(token.children or [], options, env) or "image"
             return (f'<a href="{escape(src)}" target="_blank" rel="noopener noreferrer nofollow" '
-                    f'class="oblix-image-link" title="image (not loaded)">🖼 {escape(alt)}</a>')
+                    f'class="oblix-image-link" title="image (not loaded)">[image: {escape(alt)}]</a>')
 
         md.add_render_rule("link_open", link_open)
         md.add_render_rule("image", image)

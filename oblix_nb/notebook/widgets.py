@@ -32,7 +32,6 @@ import concurrent.futures
 import json
 import os
 import re
-import shlex
 import threading
 import time
 from collections import Counter
@@ -90,6 +89,8 @@ CSS = """
 .oblix-flag { color: var(--jp-warn-color0, #b45309); font-weight: 600; }
 .oblix-err { color: var(--jp-error-color1, #b00020); font-weight: 600; }
 .oblix-cursor { color: var(--jp-brand-color1, #1976d2); }
+.oblix-chat-input textarea { font-family: var(--jp-ui-font-family, system-ui, sans-serif);
+  font-size: var(--jp-content-font-size1, 14px); }
 .oblix-status { font-size: 0.8em; color: var(--jp-ui-font-color2, #6a737d); }
 .oblix-table select { font-family: var(--jp-code-font-family, ui-monospace, monospace) !important;
   font-size: 12px !important; }
@@ -145,8 +146,6 @@ def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, m
     """One muted line under a reply: model · route: reason · TTFT · tok/s · tokens (+ flags). All escaped."""
     routing, metrics = routing or {}, metrics or {}
     bits: list[str] = []
-    if pending:
-        bits.append("⏳")
     if model_id:
         bits.append(f"<b>{escape(model_id)}</b>")
     target, reason = routing.get("target"), (routing.get("reason") or "").strip()
@@ -168,7 +167,7 @@ def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, m
     if note:
         bits.append(escape(note))
     if partial:
-        bits.append('<span class="oblix-flag">⏹ stopped — partial</span>')
+        bits.append('<span class="oblix-flag">■ stopped — partial</span>')
     if error:
         bits.append(f'<span class="oblix-err">⚠ {escape(error)}</span>')
     return '<div class="oblix-badge">' + " · ".join(bits) + "</div>" if bits else ""
@@ -183,7 +182,8 @@ def message_html(role: str, content: str, *, badge: str = "", streaming: bool = 
     else:
         body = render.markdown(content)
         if streaming:
-            body = (body or "") + f'<span class="oblix-cursor">{CURSOR}</span>'
+            cursor = f'<span class="oblix-cursor">{CURSOR}</span>'
+            body = body[:-5] + cursor + "</p>\n" if body.endswith("</p>\n") else (body or "") + cursor
         elif not body:
             body = '<span class="oblix-cursor">…</span>' if not partial and not error else "<i>(no text)</i>"
     classes = " ".join(c for c in ("oblix-msg", role, "partial" if partial else "", "error" if error else "") if c)
@@ -318,7 +318,7 @@ class _LiveReply:
                                        note=f"{len(self.text)} characters kept")
                 else:
                     badge = badge_html(info.get("model_id"), info.get("routing"),
-                                       note="⏹ stopped before the first token")
+                                       note="■ stopped before the first token")
                 self._render(message_html("assistant", self.text, partial=True, badge=badge))
             else:
                 self._render(message_html("assistant", self.text, partial=bool(self.text), error=True,
@@ -344,9 +344,10 @@ class ChatPanel(widgets.VBox):
     (``max_tokens``, ``temperature``, ``model_id``, sampling options).
 
     Attributes for code and tests: ``picker``, ``new_button``, ``transcript`` (a VBox, one HTML per message),
-    ``input``, ``send_button``, ``stop_button``, ``status``, ``session_id``, ``job`` (the running reply's
-    :class:`oblix_nb.runtime.Job`), ``last_response``, ``last_error``; methods :meth:`send`, :meth:`stop`,
-    :meth:`wait`, :meth:`select_session`, :meth:`new_session`.
+    ``input``, ``send_button``, ``stop_button``, ``status``, ``session_id``, ``messages_html``, ``busy``,
+    ``reply_text`` (the current reply so far), ``job`` (the running reply's :class:`oblix_nb.runtime.Job`),
+    ``last_response``, ``last_outcome`` ("ok", "stopped", "error"), ``last_error``; methods :meth:`send`,
+    :meth:`stop`, :meth:`wait`, :meth:`select_session`, :meth:`new_session`.
     """
 
     def __init__(self, client=None, session_id: Optional[str] = None, *, stream_interval: float = DEFAULT_INTERVAL,
@@ -377,7 +378,7 @@ class ChatPanel(widgets.VBox):
         self.transcript.add_class("oblix-transcript")
         # column-reverse keeps the view scrolled to the newest message as bubbles are added and grow
         self.scroller = widgets.Box([self.transcript], layout=widgets.Layout(
-            display="flex", flex_flow="column-reverse", overflow_y="auto", max_height="460px", min_height="120px",
+            display="flex", flex_flow="column-reverse", overflow="auto", max_height="460px", min_height="120px",
             width="100%"))
         self.scroller.add_class("oblix-scroll")
         self.input = widgets.Textarea(placeholder="Message — Enter sends, Shift+Enter for a new line",
@@ -428,7 +429,14 @@ class ChatPanel(widgets.VBox):
 
     @property
     def busy(self) -> bool:
+        """True while a reply is being generated (from Send until the reply is stored and shown)."""
         return not self._idle.is_set()
+
+    @property
+    def reply_text(self) -> str:
+        """The text of the current (or last) reply so far."""
+        reply = self.reply
+        return reply.text if reply is not None else ""
 
     def _set_status(self, text: str, *, error: bool = False, html: bool = False) -> None:
         body = text if html else escape(text)
@@ -613,6 +621,36 @@ async def chat_handler(client, prompt: str, session_id: str, **kwargs: Any) -> d
 
 
 # --------------------------------------------------------------------------------------------- SessionBrowser
+def _split_pairs(text: str) -> list[str]:
+    """Split on whitespace outside quotes ('…', "…") and brackets ([…], {…})."""
+    tokens, current, quote, depth = [], [], None, 0
+    for ch in text:
+        if quote:
+            current.append(ch)
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+            current.append(ch)
+        elif ch in "[{":
+            depth += 1
+            current.append(ch)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+            current.append(ch)
+        elif ch.isspace() and depth == 0:
+            if current:
+                tokens.append("".join(current))
+                current = []
+        else:
+            current.append(ch)
+    if quote:
+        raise ValueError("cannot parse the metadata filter: unclosed quote")
+    if current:
+        tokens.append("".join(current))
+    return tokens
+
+
 def parse_metadata_filter(text: str) -> dict:
     """``"project=alpha n=3 tags='[\"a\"]'"`` → ``{"project": "alpha", "n": 3, "tags": ["a"]}``.
 
@@ -620,11 +658,7 @@ def parse_metadata_filter(text: str) -> dict:
     strings, as in ``%oblix_session list --filter``. ValueError on a token that is not ``key=value``.
     """
     out: dict = {}
-    try:
-        tokens = shlex.split(text or "", posix=False)
-    except ValueError as exc:
-        raise ValueError(f"cannot parse the metadata filter: {exc}") from None
-    for token in tokens:
+    for token in _split_pairs(text or ""):
         key, sep, raw = token.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][\w.\-]*", key):
             raise ValueError(f"expected key=value (a key of letters, digits, '_', '-', '.'), got {token!r}")
@@ -653,7 +687,7 @@ class SessionBrowser(widgets.VBox):
     (the page's summaries), ``selected_ids``.
     """
 
-    TITLE_W, WHEN_W, COUNT_W, MIX_W = 34, 16, 5, 26
+    TITLE_W, WHEN_W, COUNT_W, MIX_W = 32, 16, 5, 32
 
     def __init__(self, client=None, *, page_size: int = 25, chat_panel: Optional[ChatPanel] = None,
                  search_limit: int = 500, detail_messages: int = 100):
@@ -710,7 +744,7 @@ class SessionBrowser(widgets.VBox):
         self.detail = widgets.HTML("", layout=widgets.Layout(width="100%"))
         self.detail.add_class("oblix-detail")
         detail_box = widgets.Box([self.detail], layout=widgets.Layout(
-            display="flex", flex_flow="column", overflow_y="auto", max_height="420px", width="100%"))
+            display="flex", flex_flow="column", overflow="auto", max_height="420px", width="100%"))
         detail_box.add_class("oblix-scroll")
         self.chat_area = widgets.VBox()
 

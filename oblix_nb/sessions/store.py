@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 
 from .._util import check_session_id, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
-from ..errors import SessionNotFoundError
+from ..errors import SessionExistsError, SessionNotFoundError
 from .io import normalize_message, parse_session_file, write_json_atomic
 from .migrations import migrate
 
@@ -523,7 +523,7 @@ class SessionStore:
             title = _default_title(doc["created_at"])
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
-                raise ValueError(f"session {session_id} already exists in {self.path}; it was not overwritten "
+                raise SessionExistsError(f"session {session_id} already exists in {self.path}; it was not overwritten "
                                  f"(import with new_id=True to add the file as a new session)")
             self._insert_session(conn, session_id, title, doc["created_at"],
                                  _update_stamp(parse_iso(doc["updated_at"])), doc["context"], metadata,
