@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -45,19 +46,34 @@ XSS_REPLY = ('Payloads: <img src=x onerror="window.__xss=1"> and <script>window.
              '<svg onload="window.__xss=5"></svg> <iframe src="javascript:window.__xss=6"></iframe>')
 
 SETUP = f"""\
-import os, sys
+import asyncio, os, sys
 from oblix_nb import OblixClient
 from oblix_nb.notebook.widgets import ChatPanel, SessionBrowser
 print("kernel python:", sys.executable)
 print("OBLIX_HOME:", os.environ["OBLIX_HOME"])
 client = OblixClient()
+await client.hook_model("llamacpp", "smollm2-135m")
+
+# Pace the embedded model to at most ~25 tokens/s, so that Stop lands mid-reply even on a fast machine.
+backend = client.models["llamacpp:smollm2-135m"]
+unpaced = backend.stream
+async def paced(messages, params):
+    inner = unpaced(messages, params)
+    try:
+        async for item in inner:
+            yield item
+            await asyncio.sleep(0.04)
+    finally:
+        await inner.aclose()
+backend.stream = paced
+
 xss_id = client.sessions.create(title={XSS_TITLE!r}, metadata={{"kind": "xss"}})
 client.append_message(xss_id, "user", "Show me some HTML")
 client.append_message(xss_id, "assistant", {XSS_REPLY!r}, model_id="llamacpp:smollm2-135m",
                       routing={{"target": "local", "reason": "test fixture"}})
 """
 PANEL = """\
-panel = ChatPanel(client, max_tokens=40, temperature=0.7, seed=1)
+panel = ChatPanel(client, max_tokens=64, temperature=0.7, seed=1)
 panel
 """
 BROWSER = """\
@@ -197,6 +213,11 @@ def test_chat_panel_in_jupyterlab(lab):
             assert page.get_by_text("Error displaying widget").count() == 0
             # the kernel is this venv's python
             expect(page.get_by_text(f"kernel python: {sys.executable}")).to_be_visible(timeout=30_000)
+            # Keep the kernel busy while typing: the frontend then holds back the textarea's value updates
+            # (ipywidgets sends one state message per model at a time), which is when a plain "click Send"
+            # could reach the kernel before the text. The panel's submit channel must not care.
+            page.evaluate("""() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel
+                .requestExecute({code: 'import time; time.sleep(4)', silent: true})""")
             textarea = panel.locator("textarea")
             send = panel.locator("button.oblix-send-button")
             stop = panel.locator("button.oblix-stop-button")
@@ -211,26 +232,39 @@ def test_chat_panel_in_jupyterlab(lab):
             assert _bubbles(page).count() == 0
             textarea.fill("")
 
-            # -- Enter sends; the reply streams in, growing, then gets its badge
-            textarea.fill("Say hello to a notebook user in one short sentence.")
+            # -- Enter sends; the reply streams in, growing (every DOM change is recorded), then gets its badge
+            page.evaluate("""() => {
+                window.__oblixLengths = [];
+                const root = document.querySelector('.oblix-chat .oblix-transcript');
+                new MutationObserver(() => {
+                    const msgs = root.querySelectorAll('.oblix-msg.assistant');
+                    const last = msgs[msgs.length - 1];
+                    if (!last) return;
+                    const bubble = last.querySelector('.oblix-bubble');
+                    if (bubble.querySelector('.oblix-cursor')) {
+                        window.__oblixLengths.push(bubble.innerText.replace('▌', '').trim().length);
+                    }
+                }).observe(root, {subtree: true, childList: true, characterData: true});
+            }""")
+            textarea.fill("In two or three sentences, what is a Jupyter notebook good for?")
             textarea.press("Enter")
             expect(panel.locator(".oblix-msg.user")).to_have_count(1, timeout=20_000)
+            # exactly what was typed last (not a stale value of the box), and the box was cleared
+            expect(panel.locator(".oblix-msg.user").first).to_have_text(
+                "In two or three sentences, what is a Jupyter notebook good for?")
+            expect(textarea).to_have_value("", timeout=10_000)
             t_send = time.monotonic()
-            lengths, shot = [], False
             while True:
                 state = _last_reply_state(page)
-                if state.get("n") and state["streaming"] and state["len"]:
-                    lengths.append(state["len"])
-                    if not shot and state["len"] >= 5:
-                        panel.screenshot(path=str(ARTIFACTS / "chat-streaming.png"))
-                        shot = True
                 if state.get("n") and not state["streaming"] and "tok/s" in state["badge"]:
                     break
-                assert time.monotonic() - t_send < 150, f"no complete reply: {state}"
+                assert time.monotonic() - t_send < 200, f"no complete reply: {state}"
                 page.wait_for_timeout(100)
             timings["first reply"] = time.monotonic() - t_send
-            assert len(set(lengths)) >= 2 and lengths == sorted(lengths), \
-                f"the reply did not stream in growing: {lengths}"
+            lengths = [n for n in page.evaluate("() => window.__oblixLengths") if n]
+            # (re-rendered Markdown may shrink by a character or two when a list or a code block forms)
+            assert len(set(lengths)) >= 2 and lengths[-1] > lengths[0], \
+                f"the reply did not stream in, growing: {lengths}"
             assert state["len"] > 0 and "llamacpp:smollm2-135m" in state["badge"] and "TTFT" in state["badge"]
             assert not state["partial"]
             expect(send).to_be_enabled(timeout=10_000)
@@ -240,15 +274,17 @@ def test_chat_panel_in_jupyterlab(lab):
             textarea.fill("Write a very long and detailed story about a dragon who learns to cook soup.")
             send.click()
             expect(panel.locator(".oblix-msg.user")).to_have_count(2, timeout=20_000)
+            expect(panel.locator(".oblix-msg.user").nth(1)).to_contain_text("dragon who learns to cook soup")
             t_long = time.monotonic()
             while True:
                 state = _last_reply_state(page)
-                if state.get("n") == 2 and state["streaming"] and state["len"] >= 12:
+                if state.get("n") == 2 and state["streaming"] and state["len"] >= 20:
                     break
                 assert not (state.get("n") == 2 and not state["streaming"] and "tok/s" in state["badge"]), \
                     f"the long reply ended before it could be stopped: {state}"
                 assert time.monotonic() - t_long < 150, f"the long reply did not start: {state}"
                 page.wait_for_timeout(100)
+            panel.screenshot(path=str(ARTIFACTS / "chat-streaming.png"))
             expect(stop).to_be_enabled()
             stop.click()
             stopped = panel.locator(".oblix-msg.assistant.partial")
@@ -266,7 +302,7 @@ def test_chat_panel_in_jupyterlab(lab):
             labels = [t.replace("\xa0", " ") for t in picker.locator("option").all_inner_texts()]
             xss_index = next(i for i, label in enumerate(labels) if "XSS" in label)
             assert "<img src=x" in labels[xss_index]  # the title is shown as text
-            chat_index = next(i for i, label in enumerate(labels) if "Say hello" in label)
+            chat_index = next(i for i, label in enumerate(labels) if "what is a Jupyter" in label)
             picker.select_option(index=xss_index)
             expect(panel.locator(".oblix-transcript")).to_contain_text('<img src=x onerror="window.__xss=1">',
                                                                         timeout=20_000)
@@ -308,6 +344,15 @@ def test_chat_panel_in_jupyterlab(lab):
             sb.scroll_into_view_if_needed()
             sb.screenshot(path=str(ARTIFACTS / "session-browser.png"))
             page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"))
+        except BaseException:
+            try:  # what the page showed when it failed
+                page.screenshot(path=str(ARTIFACTS / "failure.png"))
+                print("panel status:", page.locator(".oblix-chat .oblix-status").first.inner_text(timeout=2000))
+                print("textarea:", repr(page.locator(".oblix-chat textarea").first.input_value(timeout=2000)))
+            except Exception:  # noqa: BLE001 - diagnostics only
+                pass
+            print("jupyterlab log tail:\n", Path(lab["log"]).read_text()[-3000:])
+            raise
         finally:
             browser.close()
     timings["total"] = time.monotonic() - t0
@@ -318,12 +363,13 @@ def test_chat_panel_in_jupyterlab(lab):
 
     store = SessionStore(lab["home"] / "sessions.db")
     try:
-        chat = next(s for s in store.summaries(limit=None) if s["title"].startswith("Say hello"))
+        chat = next(s for s in store.summaries(limit=None) if s["title"].startswith("In two or three"))
         assistant = [m for m in store.messages(chat["id"]) if m["role"] == "assistant"]
     finally:
         store.close()
     assert len(assistant) == 2  # the complete reply, then the stopped one
     assert not assistant[0].get("partial") and assistant[1].get("partial") is True
-    assert assistant[1]["content"].strip() and assistant[1]["content"].strip()[:10] in partial_text
+    first_word = re.findall(r"\w+", assistant[1]["content"])[0]
+    assert first_word in partial_text
     assert not outside, f"the page tried to reach non-loopback hosts: {outside}"
     assert not [e for e in console_errors if "oblix" in e.lower()], console_errors

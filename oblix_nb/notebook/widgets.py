@@ -35,7 +35,6 @@ import re
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -104,21 +103,48 @@ CSS = """
 """
 
 # Enter sends, Shift+Enter = newline, in any .oblix-chat panel of the page. Installed once per page.
+# The text travels as ONE state update of a hidden Text (the panel's submit channel): a button click is a custom
+# message that ipywidgets sends at once, while the textarea's value updates may still be held back by the
+# frontend's per-model throttling (one message in flight per model while the kernel is busy) — so "type, then
+# click Send" could reach the kernel as click-before-text. Clicks on Send take the same route when this runs.
 KEYS_JS = r"""
 (function () {
   if (window.__oblixChatKeys) { return; }
   window.__oblixChatKeys = true;
+  var counter = 0;
+  function submit(panel) {
+    var box = panel.querySelector('.oblix-chat-input textarea');
+    var channel = panel.querySelector('.oblix-submit input');
+    var button = panel.querySelector('button.oblix-send-button');
+    if (!box || !channel || !button) { return false; }
+    if (button.disabled || !box.value.trim()) { return true; }
+    counter += 1;
+    channel.value = JSON.stringify([Date.now() + '-' + counter, box.value]);
+    channel.dispatchEvent(new Event('change', { bubbles: true }));
+    box.value = '';
+    box.dispatchEvent(new Event('input', { bubbles: true }));
+    return true;
+  }
   document.addEventListener('keydown', function (e) {
     if (e.key !== 'Enter' || e.shiftKey || e.altKey || e.isComposing || e.keyCode === 229) { return; }
     var t = e.target;
     if (!t || t.tagName !== 'TEXTAREA' || !t.closest || !t.closest('.oblix-chat-input')) { return; }
     var panel = t.closest('.oblix-chat');
-    var button = panel && panel.querySelector('button.oblix-send-button');
-    if (!button) { return; }
+    if (!panel) { return; }
     e.preventDefault();
     e.stopPropagation();
-    t.dispatchEvent(new Event('change', { bubbles: true }));  // sync the value first (same comm, in order)
-    if (!button.disabled) { button.click(); }
+    if (!submit(panel)) {
+      var button = panel.querySelector('button.oblix-send-button');
+      if (button && !button.disabled) { button.click(); }
+    }
+  }, true);
+  document.addEventListener('click', function (e) {
+    var button = e.target && e.target.closest && e.target.closest('button.oblix-send-button');
+    var panel = button && button.closest('.oblix-chat');
+    if (panel && submit(panel)) {
+      e.preventDefault();
+      e.stopPropagation();
+    }
   }, true);
 })();
 """
@@ -164,6 +190,8 @@ def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, m
     out_tokens = metrics.get("output_tokens")
     if isinstance(out_tokens, int):
         bits.append(f"{out_tokens} tokens")
+    if metrics.get("finish_reason") == "length":
+        bits.append("cut at max_tokens")
     if note:
         bits.append(escape(note))
     if partial:
@@ -200,6 +228,25 @@ def stored_message_html(message: dict) -> str:
     return message_html(role, message.get("content", ""), badge=badge, partial=bool(message.get("partial")))
 
 
+_KEY_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]{8,})")
+
+
+def redact(text: str, client=None) -> str:
+    """``text`` without API keys: the hooked models' keys and the env's, and anything shaped like one."""
+    secrets = {os.environ.get(name) for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    for backend in (getattr(client, "models", None) or {}).values():
+        for holder in (backend, getattr(backend, "_client", None)):
+            for attr in ("api_key", "_api_key"):
+                value = getattr(holder, attr, None) if holder is not None else None
+                if isinstance(value, str):
+                    secrets.add(value)
+    for secret in secrets:
+        if secret and len(secret) >= 6:
+            text = text.replace(secret, "***")
+    return _KEY_RE.sub(lambda m: m.group(0)[:3] + "***" if m.group(0).startswith("sk-")
+                       else m.group(0).split()[0] + " ***", text)
+
+
 def _row_widget(value: str) -> widgets.HTML:
     w = widgets.HTML(value, layout=widgets.Layout(width="100%"))
     w.add_class("oblix-row")
@@ -225,8 +272,9 @@ def _short_time(stamp: Optional[str]) -> str:
 class _LiveReply:
     """The StreamSink of one reply: renders into its bubble, throttled. Called on the package loop thread."""
 
-    def __init__(self, session_id: str, interval: float, on_status=None):
+    def __init__(self, session_id: str, interval: float, on_status=None, redact=lambda text: text):
         self.session_id = session_id
+        self._redact = redact
         self.interval = interval
         self.widget = _row_widget(message_html("assistant", "", badge=badge_html(note="waiting for the model…",
                                                                                    pending=True)))
@@ -324,7 +372,7 @@ class _LiveReply:
                 self._render(message_html("assistant", self.text, partial=bool(self.text), error=True,
                                           badge=badge_html(info.get("model_id"), info.get("routing"),
                                                            partial=bool(self.text),
-                                                           error=f"{type(error).__name__}: {error}")))
+                                                           error=self._redact(f"{type(error).__name__}: {error}"))))
 
     def fail(self, error: BaseException) -> None:
         """The job ended without the sink being ended (an error or a stop before the model was called)."""
@@ -369,7 +417,7 @@ class ChatPanel(widgets.VBox):
         self.last_outcome: Optional[str] = None   # "ok", "stopped" or "error"
         self._summary: Optional[dict] = None      # the shown session's summary (for the picker)
 
-        self.picker = widgets.Dropdown(options=[("＋ new session", NEW_SESSION)], value=NEW_SESSION,
+        self.picker = widgets.Dropdown(options=[("+ new session", NEW_SESSION)], value=NEW_SESSION,
                                        description="Session", layout=widgets.Layout(flex="1 1 auto", width="auto"),
                                        style={"description_width": "initial"})
         self.new_button = widgets.Button(description="New session", icon="plus", tooltip="Start a new session",
@@ -401,8 +449,11 @@ class ChatPanel(widgets.VBox):
                     widgets.HBox([self.input, widgets.VBox([self.send_button, self.stop_button])],
                                  layout=widgets.Layout(width="100%", align_items="stretch")),
                     self.status]
+        # the submit channel that the page's script (KEYS_JS) writes {nonce, text} into; hidden
+        self._submit = widgets.Text("", continuous_update=False, layout=widgets.Layout(display="none"))
+        self._submit.add_class("oblix-submit")
         if enter_sends:
-            children.append(_keys_output())
+            children += [self._submit, _keys_output()]
         super().__init__(children, layout=widgets.Layout(width="100%"))
         self.add_class("oblix-chat")
 
@@ -410,6 +461,7 @@ class ChatPanel(widgets.VBox):
         self.stop_button.on_click(lambda _b: self.stop())
         self.new_button.on_click(lambda _b: self.new_session())
         self.picker.observe(self._on_pick, names="value")
+        self._submit.observe(self._on_submit, names="value")
 
         if session_id is None:
             current = self.client.current_session_id
@@ -420,6 +472,10 @@ class ChatPanel(widgets.VBox):
             self.select_session(session_id)
         else:
             self.new_session(quiet=True)
+
+    def __repr__(self) -> str:  # the text/plain fallback of the widget's display
+        n = len(self.transcript.children)
+        return f"<ChatPanel session={self.session_id or 'new'} messages={n}{' streaming' if self.busy else ''}>"
 
     # ------------------------------------------------------------------ what is shown
     @property
@@ -451,7 +507,7 @@ class ChatPanel(widgets.VBox):
                 mine = self._summary or {"id": self.session_id, "title": self.session_id, "message_count": 0,
                                          "updated_at": ""}
                 summaries = summaries + [mine]
-            options = [("＋ new session", NEW_SESSION)] + [(self._label(s), s["id"]) for s in summaries]
+            options = [("+ new session", NEW_SESSION)] + [(self._label(s), s["id"]) for s in summaries]
             self._refreshing = True
             try:
                 self.picker.options = options
@@ -525,7 +581,8 @@ class ChatPanel(widgets.VBox):
                 self.transcript.children = ()
                 self._refresh_picker()
             sid = self.session_id
-            reply = _LiveReply(sid, self.stream_interval, on_status=self._set_status)
+            reply = _LiveReply(sid, self.stream_interval, on_status=self._set_status,
+                               redact=lambda text: redact(text, self.client))
             self.transcript.children = self.transcript.children + (
                 _row_widget(message_html("user", prompt)), reply.widget)
             self.reply = reply
@@ -538,6 +595,17 @@ class ChatPanel(widgets.VBox):
             self.job = job
             job.add_done_callback(lambda fut, reply=reply: self._on_done(fut, reply))
             return job
+
+    def _on_submit(self, change) -> None:
+        """Text sent by the page's script (Enter, or a click on Send): ``[nonce, text]`` as JSON."""
+        try:
+            _nonce, text = json.loads(change["new"])
+        except (TypeError, ValueError):
+            return
+        if not isinstance(text, str) or not text.strip():
+            return
+        if self.send(text) is None and not self.input.value:
+            self.input.value = text  # refused (a reply is still streaming): give the text back
 
     async def _run(self, prompt: str, session_id: str, reply: _LiveReply) -> dict:
         client = self.client
@@ -556,7 +624,7 @@ class ChatPanel(widgets.VBox):
                 reply.fail(exc)
                 self.last_outcome = "stopped"
                 self._set_status("stopped — the partial reply was kept, flagged partial" if reply.text
-                                 else "stopped before the first token (nothing was stored)")
+                                 else "stopped before the first token (no reply was stored)")
             except BaseException as exc:  # noqa: BLE001 - shown in the panel, kept in last_error
                 reply.fail(exc)
                 self.last_error = exc
@@ -564,7 +632,7 @@ class ChatPanel(widgets.VBox):
                 if isinstance(exc, NoModelHookedError):
                     self._set_status(escape(state.HOW_TO_HOOK).replace("\n", "<br>"), error=True, html=True)
                 else:
-                    self._set_status(f"error: {type(exc).__name__}: {exc}", error=True)
+                    self._set_status(redact(f"error: {type(exc).__name__}: {exc}", self.client), error=True)
             else:
                 self.last_response = response
                 self.last_outcome = "ok"
@@ -777,6 +845,9 @@ class SessionBrowser(widgets.VBox):
         self.confirm_delete_button.on_click(lambda _b: self.confirm_delete())
         self.cancel_delete_button.on_click(lambda _b: self.cancel_delete())
         self.refresh()
+
+    def __repr__(self) -> str:  # the text/plain fallback of the widget's display
+        return f"<SessionBrowser page {self.page + 1} of {self.pages}, {self.total} sessions>"
 
     # ------------------------------------------------------------------ table
     @property
