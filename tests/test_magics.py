@@ -442,6 +442,23 @@ def test_model_failure_after_first_token(ip):
     assert "error" in footer_publishes(cap)[-1]["data"]["text/plain"]
 
 
+@needs_model
+def test_chat_panel_magic(ip):
+    result, cap = run(ip, "%oblix_chat --new-session --title Chatty --max-tokens 8 Say hi")
+    assert result.success, result.error_in_exec
+    assert any("application/vnd.jupyter.widget-view+json" in o.data for o in cap.outputs)
+    c = client()
+    sid = c.current_session_id
+    assert c.load_session(sid)["title"] == "Chatty"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(c.sessions.messages(sid)) < 2:
+        time.sleep(0.1)
+    assert [m["role"] for m in c.sessions.messages(sid)] == ["user", "assistant"]
+    assert c.chat_handler is not None  # execute(chat=True) opens the panel while loaded in a kernel-like shell
+    result, cap = run(ip, "%oblix_chat -h")
+    assert result.success and "--new-session" in cap.stdout
+
+
 def test_no_model_message(ip):
     ip.run_line_magic("config", "OblixMagics.auto_hook = False")
     result, cap = run(ip, "%%oblix\nHello?")
@@ -494,6 +511,8 @@ def test_config_traits_take_effect(ip, tmp_path):
 
 
 @needs_model
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # 400 tokens: seconds here, minutes on a machine shared with other model runs
 def test_throttle_long_reply(ip):
     """A long reply at the default stream_interval (0.1 s): at most ~10 updates per second of streaming,
     plus the final one, and the final text is the stored reply."""

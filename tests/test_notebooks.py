@@ -21,6 +21,7 @@ def test_the_three_notebooks_are_there():
     assert {"01-quickstart.ipynb", "02-sessions-as-dataframes.ipynb", "03-local-and-cloud-routing.ipynb"} <= names
 
 
+@pytest.mark.timeout(1200)  # per notebook; each cell has its own 120 s limit
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_without_errors(path):
     result = run_notebook(path, timeout=120)

@@ -545,3 +545,18 @@ def test_merge_unknown_or_empty_creates_nothing(store):
 
     assert store.summaries(limit=None) == before
     assert store._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == messages_before
+
+
+def test_count_and_model_counts(tmp_path):
+    store = SessionStore(tmp_path / "s.db")
+    a = store.create(metadata={"p": 1})
+    b = store.create(metadata={"p": "1"})
+    store.append_message(a, "user", "q")
+    store.append_message(a, "assistant", "r1", model_id="openai:x")
+    store.append_message(a, "assistant", "r2", model_id="openai:x")
+    store.append_message(a, "assistant", "r3", model_id="llamacpp:y")
+    store.append_message(b, "assistant", "no model")
+    assert store.count() == 2 and store.count(filter_metadata={"p": 1}) == 1
+    assert store.count(filter_metadata={"p": 2}) == 0
+    assert store.model_counts([a, b]) == {a: {"openai:x": 2, "llamacpp:y": 1}, b: {}}
+    assert store.model_counts([]) == {}

@@ -1,4 +1,4 @@
-"""IPython magics: ``%oblix_session`` (sessions as data) and ``%%oblix`` (a cell is a prompt).
+"""IPython magics: ``%oblix_session`` (sessions as data), ``%%oblix`` (a cell is a prompt), ``%oblix_chat`` (a panel).
 
 ``%load_ext oblix_nb`` registers them; ``%unload_ext`` / ``%reload_ext`` work (the kernel's client, its hooked
 models and the current session survive a reload). Settings are traitlets, so both
@@ -301,6 +301,23 @@ def oblix_parser() -> MagicArgumentParser:
     return p
 
 
+def chat_parser() -> MagicArgumentParser:
+    p = MagicArgumentParser(
+        prog="%oblix_chat", description=textwrap.dedent("""\
+            Open a chat panel (a widget) on a session: type, send, watch the reply stream, stop it.
+            Default: the current session (one is created if there is none). Any PROMPT words are sent at once.
+            For a handle on the panel use oblix_nb.notebook.widgets.show_chat_panel()."""))
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--session", metavar="ID", help="chat in this session (it becomes the current one)")
+    g.add_argument("--new-session", action="store_true", help="start a new session (becomes current)")
+    p.add_argument("--title", help="title for a session this creates")
+    p.add_argument("--model", metavar="ID", help="force a hooked model")
+    p.add_argument("--temperature", type=_float_arg("temperature", 0.0, 5.0))
+    p.add_argument("--max-tokens", type=_positive_int, metavar="N")
+    p.add_argument("prompt", nargs="*", help="sent as the first message")
+    return p
+
+
 def _parse(parser: MagicArgumentParser, tokens: list[str]):
     try:
         return parser.parse_args(tokens)
@@ -375,7 +392,7 @@ _CLIENT_ERRORS = (OblixError, ValueError, OSError, KeyError)
 
 @magics_class
 class OblixMagics(Magics):
-    """``%oblix_session`` and ``%%oblix``. Configurable: ``%config OblixMagics`` lists the settings."""
+    """``%oblix_session``, ``%%oblix`` and ``%oblix_chat``. Configurable: ``%config OblixMagics`` lists the settings."""
 
     default_model = Unicode(
         "", help="Model id %%oblix forces when --model is not given (e.g. 'llamacpp:smollm2-135m'); "
@@ -441,13 +458,14 @@ class OblixMagics(Magics):
             if self._sink_factory is None:
                 self._sink_factory = notebook_sink_factory(self.shell, lambda: self.stream_interval)
             state.set_sink_factory(self._sink_factory)
+            state.set_chat_handler(_notebook_chat_handler)
         elif self._sink_factory is not None:
-            state.set_sink_factory(None)
-            self._sink_factory = None
+            self._uninstall()
 
     def _uninstall(self) -> None:
         if self._sink_factory is not None:
             state.set_sink_factory(None)
+            state.set_chat_handler(None)
             self._sink_factory = None
 
     @property
@@ -592,6 +610,28 @@ class OblixMagics(Magics):
 
     def _session_df(self, args):
         return self.client.messages_df(self.resolve(args.id) if args.id else None)
+
+    # ------------------------------------------------------------------ %oblix_chat
+    @line_magic
+    def oblix_chat(self, line: str = ""):
+        try:
+            args = _parse(chat_parser(), split_line(line))
+        except _HelpShown:
+            return None
+        from .widgets import show_chat_panel
+
+        client = self.client
+        prompt = " ".join(args.prompt)
+        session_id = self._session_for(client, args, prompt or "Chat")
+        options: dict[str, Any] = {k: v for k, v in (("max_tokens", args.max_tokens),
+                                                     ("temperature", args.temperature),
+                                                     ("model_id", args.model or self.default_model or None))
+                                   if v is not None}
+        panel = show_chat_panel(client, session_id, stream_interval=self.stream_interval,
+                                auto_hook=self.auto_hook, **options)
+        if prompt.strip():
+            panel.send(prompt)
+        return None
 
     # ------------------------------------------------------------------ %%oblix
     @cell_magic
@@ -758,6 +798,14 @@ class OblixMagics(Magics):
 
 OblixMagics.oblix_session.__doc__ = session_parser().format_help()
 OblixMagics.oblix.__doc__ = oblix_parser().format_help()
+OblixMagics.oblix_chat.__doc__ = chat_parser().format_help()
+
+
+async def _notebook_chat_handler(client, prompt: str, session_id: str, **kwargs: Any) -> dict:
+    """``execute(..., chat=True)`` in a kernel: the chat panel (imported on first use)."""
+    from .widgets import chat_handler
+
+    return await chat_handler(client, prompt, session_id, **kwargs)
 
 # --------------------------------------------------------------------------- extension entry points
 _loaded: dict[int, OblixMagics] = {}

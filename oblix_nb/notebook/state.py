@@ -15,6 +15,7 @@ _client = None
 _home: Optional[str] = None          # what %config OblixMagics.home asked for ("" = default)
 _max_history: Optional[int] = None
 _sink_factory = None                 # the notebook sink factory while the extension is loaded in a kernel
+_chat_handler = None                 # execute(chat=True) -> the chat panel, while loaded in a kernel
 
 EMBEDDED_MODEL = ("llamacpp", "smollm2-135m")
 EMBEDDED_MODEL_ID = "llamacpp:smollm2-135m"
@@ -52,6 +53,20 @@ def _apply(client) -> None:
         client.max_history_messages = _max_history
     if _sink_factory is not None:
         client.sink_factory = _sink_factory
+    if _chat_handler is not None:
+        client.chat_handler = _chat_handler
+
+
+def set_chat_handler(handler) -> None:
+    """Install (None: remove) the shared client's ``chat_handler`` (``execute(..., chat=True)``)."""
+    global _chat_handler
+    with _lock:
+        previous, _chat_handler = _chat_handler, handler
+        if _client is not None:
+            if handler is not None:
+                _client.chat_handler = handler
+            elif previous is not None and _client.chat_handler is previous:
+                _client.chat_handler = None
 
 
 def set_home(home: Optional[str]) -> None:

@@ -874,33 +874,12 @@ class SessionBrowser(widgets.VBox):
 
     def model_mix(self, session_ids: Iterable[str]) -> dict[str, Counter]:
         """``{session_id: Counter(model_id -> assistant replies)}`` for the given (visible) sessions."""
-        ids = list(session_ids)
-        store = self.client.sessions
-        counter = getattr(store, "model_counts", None)
-        if callable(counter):  # one pass in SQL, if the store offers it
-            return {sid: Counter(counts) for sid, counts in counter(ids).items()}
-        out: dict[str, Counter] = {}
-        for sid in ids:
-            try:
-                messages = store.messages(sid)
-            except KeyError:
-                messages = []
-            out[sid] = Counter(m["model_id"] for m in messages if m.get("role") == "assistant" and m.get("model_id"))
-        return out
+        counts = self.client.sessions.model_counts(list(session_ids))
+        return {sid: Counter(c) for sid, c in counts.items()}
 
     def _filters(self) -> tuple[str, dict, str]:
         return (self.title_filter.value.strip().lower(), parse_metadata_filter(self.meta_filter.value),
                 self.search_box.value.strip())
-
-    def _count(self, filter_metadata: Optional[dict]) -> int:
-        store = self.client.sessions
-        counter = getattr(store, "count", None)
-        if callable(counter):
-            try:
-                return int(counter(filter_metadata=filter_metadata))
-            except TypeError:
-                pass
-        return len(store.summaries(limit=None, filter_metadata=filter_metadata))
 
     def refresh(self, select: Optional[Iterable[str]] = None) -> None:
         """Re-read the current page with the current filters (and select ``select`` where visible)."""
@@ -928,7 +907,7 @@ class SessionBrowser(widgets.VBox):
                 offset = self.page * self.page_size
             rows = candidates[offset: offset + self.page_size]
         else:
-            self.total = self._count(meta_arg)
+            self.total = store.count(filter_metadata=meta_arg)
             if offset >= self.total and self.page > 0:
                 self.page = max(0, self.pages - 1)
                 offset = self.page * self.page_size

@@ -102,6 +102,23 @@ def _ms(stamp: str) -> str:
     return stamp[:23] + "Z"
 
 
+def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
+    """SQL WHERE clause (and its parameters) selecting sessions whose metadata matches every given key."""
+    if filter_metadata is None:
+        return "", []
+    if not isinstance(filter_metadata, dict):
+        raise TypeError(f"filter_metadata must be a dict, not {type(filter_metadata).__name__}")
+    subqueries, params = [], []
+    for key, value in filter_metadata.items():
+        if not isinstance(key, str):
+            raise TypeError(f"filter_metadata keys must be strings, not {type(key).__name__}")
+        subqueries.append("SELECT session_seq FROM session_meta WHERE key = ? AND value = ?")
+        params += [key, canonical_json(value, f"filter_metadata[{key!r}]")]
+    if not subqueries:
+        return "", []
+    return f"WHERE seq IN ({' INTERSECT '.join(subqueries)})", params
+
+
 def _check_limit(limit: Optional[int], name: str = "limit") -> int:
     """SQLite LIMIT for a user limit: None means no limit (-1); negative or non-int values are refused."""
     if limit is None:
@@ -307,23 +324,34 @@ class SessionStore:
         """
         sql_limit = _check_limit(limit)
         sql_offset = _check_limit(offset, "offset")
-        where, params = "", []
-        if filter_metadata is not None:
-            if not isinstance(filter_metadata, dict):
-                raise TypeError(f"filter_metadata must be a dict, not {type(filter_metadata).__name__}")
-            subqueries = []
-            for key, value in filter_metadata.items():
-                if not isinstance(key, str):
-                    raise TypeError(f"filter_metadata keys must be strings, not {type(key).__name__}")
-                subqueries.append("SELECT session_seq FROM session_meta WHERE key = ? AND value = ?")
-                params += [key, canonical_json(value, f"filter_metadata[{key!r}]")]
-            if subqueries:
-                where = f"WHERE seq IN ({' INTERSECT '.join(subqueries)})"
+        where, params = _metadata_where(filter_metadata)
         sql = (f"SELECT {_SUMMARY_COLUMNS} FROM sessions {where} "
                f"ORDER BY updated_at DESC, seq DESC LIMIT ? OFFSET ?")
         with self._lock:
             rows = self._conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
         return [_summary(row) for row in rows]
+
+    def count(self, filter_metadata: Optional[dict] = None) -> int:
+        """How many sessions (match ``filter_metadata``, with the same rules as :meth:`summaries`)."""
+        where, params = _metadata_where(filter_metadata)
+        with self._lock:
+            return self._conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
+
+    def model_counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
+        """``{session_id: {model_id: assistant replies}}`` for the given sessions, in one grouped query."""
+        ids = [check_session_id(sid) for sid in session_ids]
+        out: dict[str, dict[str, int]] = {sid: {} for sid in ids}
+        if not ids:
+            return out
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT s.id, m.model_id, count(*) FROM sessions s JOIN messages m ON m.session_seq = s.seq "
+                f"WHERE s.id IN ({marks}) AND m.role = 'assistant' AND m.model_id IS NOT NULL "
+                f"GROUP BY s.id, m.model_id", ids).fetchall()
+        for sid, model_id, n in rows:
+            out[sid][model_id] = n
+        return out
 
     def delete(self, session_id: str) -> bool:
         """Delete a session with its messages and index entries. False if there was no such session."""
