@@ -480,6 +480,9 @@ class Call:
             raise
         except BaseException as exc:
             end = time.perf_counter()
+            if self.pieces and self.usage.output_tokens is None:  # cut before the backend could count
+                self.usage = Usage(None, self.backend.estimate_tokens("".join(self.pieces)), "none",
+                                   self.backend.estimate_source, "interrupted")
             partial = self.response(end, partial=True)
             store(self.request, partial["response"], partial, True)
             if sink is not None:

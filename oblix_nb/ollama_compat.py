@@ -522,7 +522,10 @@ class ModelHost:
         finally:
             stream.close()
         end = time.perf_counter_ns()
-        job.record.update(prompt_eval_count=len(tokens), eval_count=meter.sampled)
+        # The meter can over-count by one when generation stops at max_tokens (llama-cpp-python evaluates the
+        # last token before its final criterion call); nothing can sample more than max_tokens.
+        sampled = min(meter.sampled, max_tokens)
+        job.record.update(prompt_eval_count=len(tokens), eval_count=sampled)
         if job.cancel.is_set():
             job.record["status"] = "cancelled"
             job.emit("cancelled")
@@ -535,7 +538,7 @@ class ModelHost:
             "load_duration": max(1, gen_start - job.received_ns),
             "prompt_eval_count": len(tokens),
             "prompt_eval_duration": max(1, first - gen_start),
-            "eval_count": meter.sampled,
+            "eval_count": sampled,
             "eval_duration": max(1, end - first),
         }
         if req.kind == "generate" and not req.raw:

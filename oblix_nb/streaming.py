@@ -24,8 +24,9 @@ def format_footer(response: dict) -> str:
     m = response.get("metrics") or {}
     route = response.get("routing_decision") or {}
     bits = [response.get("model_id") or "?"]
-    if route.get("target"):
-        bits.append(f"{route['target']}: {route.get('reason', '')}".strip())
+    target, reason = route.get("target"), (route.get("reason") or "").strip()
+    if target:  # routing reasons usually start with their target already ("local: ...")
+        bits.append(reason if reason.startswith(f"{target}:") else f"{target}: {reason}".strip().rstrip(":"))
     if route.get("fallback_from"):
         bits.append(f"fallback from {route['fallback_from']}")
     if m.get("time_to_first_token") is not None:

@@ -249,6 +249,9 @@ async def test_server_killed_mid_stream_keeps_partial(client, dedicated_openai_s
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert messages[1]["partial"] is True
     assert messages[1]["content"] == info.value.partial == "".join(seen)
+    metrics = messages[1]["metrics"]
+    assert metrics["output_tokens"] > 0 and metrics["usage_source"]["output"] == "estimate"
+    assert metrics["finish_reason"] == "interrupted"
 
 
 async def test_cancel_keeps_partial(embedded):
@@ -269,6 +272,7 @@ async def test_cancel_keeps_partial(embedded):
         await task
     reply = embedded.load_session(sid)["messages"][-1]
     assert reply["role"] == "assistant" and reply["partial"] is True
+    assert reply["metrics"]["output_tokens"] > 0 and reply["metrics"]["usage_source"]["output"] == "tokenizer"
     assert reply["content"].startswith("".join(seen[:3]))
 
 

@@ -516,20 +516,37 @@ def test_config_traits_take_effect(ip, tmp_path):
 def test_throttle_long_reply(ip):
     """A long reply at the default stream_interval (0.1 s): at most ~10 updates per second of streaming,
     plus the final one, and the final text is the stored reply."""
-    result, cap = run(ip, "%%oblix --max-tokens 400 --temperature 0.8\n"
-                          "Write a long story about a lighthouse keeper and a storm, with many details.")
+    times = []
+    with capture_output() as cap:
+        pub = ip.display_pub
+        real = pub.publish
+
+        def publish(data, metadata=None, source=None, *, transient=None, update=False):
+            times.append((time.monotonic(), (transient or {}).get("display_id"), update))
+            real(data, metadata, source, transient=transient, update=update)
+
+        pub.publish = publish
+        result = ip.run_cell("%%oblix --max-tokens 400 --temperature 0.8\n"
+                             "Write a long story about a lighthouse keeper and a storm, with many details.",
+                             store_history=False)
     assert result.success, result.error_in_exec
     reply = ip.user_ns["oblix_last"]
     m = reply.metrics
     streaming = m["total_latency"] - (m["time_to_first_token"] or 0)
     mine = reply_publishes(cap)
     intermediate = len(mine) - 2  # minus the initial display and the final update
+    reply_id = mine[0]["transient"]["display_id"]
+    update_times = [t for t, did, update in times if did == reply_id and update][:-1]
+    gaps = [b - a for a, b in zip(update_times, update_times[1:])]
+    span = update_times[-1] - update_times[0] if update_times else 0.0
     rate = intermediate / streaming if streaming > 0 else 0
     print(f"\nthrottle: {m['output_tokens']} tokens, {streaming:.2f} s streaming, {intermediate} updates "
-          f"({rate:.1f}/s)")
+          f"({rate:.1f}/s), smallest gap {min(gaps or [0]) * 1000:.0f} ms")
     assert m["output_tokens"] >= 50
-    assert intermediate <= 10 * streaming + 3  # one per 0.1 s from the first delta to just after the last
     assert intermediate >= 1
+    assert min(gaps) >= 0.095  # never two updates within one stream_interval
+    # at most one update per 0.1 s of streaming (measured by the model, or by the display if it lagged) + 3
+    assert intermediate <= 10 * max(streaming, span) + 3
     assert mine[-1]["data"]["text/markdown"] == str(reply)
     assert client().sessions.messages(reply.session_id)[-1]["content"] == str(reply)
 

@@ -97,6 +97,9 @@ class ModelBackend(ABC):
                 parts.append(item)
         return "".join(parts), usage
 
+    # What estimate_tokens() is, for metrics["usage_source"]: "estimate" here, "tokenizer" where it is exact.
+    estimate_source = "estimate"
+
     def estimate_tokens(self, text: str) -> int:
         """A conservative token count for budgeting history (over-estimates English by ~25%)."""
         return len(text.encode("utf-8")) // 3 + 1

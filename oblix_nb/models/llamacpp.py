@@ -22,6 +22,7 @@ _END = object()
 
 class LlamaCppBackend(ModelBackend):
     model_type = ModelType.LLAMACPP
+    estimate_source = "tokenizer"
 
     def __init__(self, model_name: str, endpoint: Optional[str] = None, *, model_path: Optional[str] = None,
                  n_ctx: int = 2048, n_threads: Optional[int] = None, **kwargs):

@@ -27,20 +27,10 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-from ..streaming import format_footer as _format_footer
+from ..streaming import format_footer
 
 CURSOR = "▌"
 DEFAULT_INTERVAL = 0.1
-
-
-def format_footer(response: dict) -> str:
-    """streaming.format_footer, without the doubled target when the route's reason already starts with it
-    ("local: local: ..." -> "local: ...")."""
-    text = _format_footer(response)
-    target = (response.get("routing_decision") or {}).get("target")
-    if target:
-        text = text.replace(f"{target}: {target}:", f"{target}:", 1)
-    return text
 
 
 # --------------------------------------------------------------------------- HTML that can't run code
