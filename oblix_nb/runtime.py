@@ -185,7 +185,6 @@ async def to_loop(coro: Awaitable[T]) -> T:
 
 
 def _shutdown() -> None:
-    global _loop
     loop = _loop
     if loop is not None and loop.is_running():
         loop.call_soon_threadsafe(loop.stop)

@@ -1,7 +1,10 @@
 """Where streamed tokens go: pluggable sinks. The core ships stdout; the notebook layer adds cell output."""
 from __future__ import annotations
 
+import asyncio
 import sys
+import threading
+import time
 from typing import Callable, Optional, Protocol, TextIO, Union, runtime_checkable
 
 
@@ -67,6 +70,74 @@ class StdoutSink:
             if self.display_metrics and response:
                 self.stream.write(f"[{format_footer(response)}]\n")
         self.stream.flush()
+
+
+class ThrottledSink:
+    """Base for sinks that redraw the whole reply so far at most every ``interval`` seconds.
+
+    ``write`` runs on the package's loop thread. A delta arriving before the next redraw is due schedules one
+    on that loop, so the last words before a pause show without waiting for another delta. Subclasses
+    implement :meth:`redraw` (an intermediate update) and do their final rendering in ``end`` after
+    :meth:`_close_locked`, under ``self._lock``.
+    """
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.pieces: list[str] = []
+        self.closed = False
+        self.updates = 0  # intermediate redraws
+        self._lock = threading.Lock()
+        self._next_at = 0.0
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def redraw(self, text: str) -> None:
+        raise NotImplementedError
+
+    def start(self, info: dict) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            self.pieces.append(text)
+            if self.closed:
+                return
+            now = time.monotonic()
+            if now >= self._next_at:
+                self._flush_locked(now)
+            elif self._timer is None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:  # called off the loop: the next write or the end redraws
+                    return
+                self._timer = loop.call_later(self._next_at - now, self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            if not self.closed:
+                self._flush_locked(time.monotonic())
+
+    def _flush_locked(self, now: float) -> None:
+        self.redraw(self.text)
+        self.updates += 1
+        self._next_at = now + self.interval
+
+    def _close_locked(self) -> bool:
+        """Stop intermediate redraws (call with the lock held). False if it was closed already."""
+        if self.closed:
+            return False
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return True
+
+    def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
+        raise NotImplementedError
 
 
 class CallbackSink:

@@ -7,7 +7,6 @@ import pickle
 import threading
 import time
 
-import pytest
 
 from oblix_nb import runtime
 from oblix_nb.notebook.display import (CURSOR, NotebookSink, QueueSink, Reply, ReplyDisplay, drive,

@@ -22,12 +22,11 @@ import asyncio
 import queue
 import re
 import sys
-import threading
 import time
 import uuid
 from typing import Any, Callable, Optional
 
-from ..streaming import format_footer
+from ..streaming import ThrottledSink, format_footer
 
 CURSOR = "▌"
 DEFAULT_INTERVAL = 0.1
@@ -299,7 +298,6 @@ def drive(sink: QueueSink, future, view: Optional[ReplyDisplay], *, interval: fl
             finished = True
 
     def wait_done() -> None:
-        nonlocal finished
         deadline = time.monotonic() + cancel_timeout
         while not finished:
             left = deadline - time.monotonic()
@@ -354,22 +352,17 @@ def drive(sink: QueueSink, future, view: Optional[ReplyDisplay], *, interval: fl
     return out
 
 
-class NotebookSink:
+class NotebookSink(ThrottledSink):
     """``client.sink_factory``'s sink in a kernel: called on the package loop thread, publishes throttled
     display updates with the parent header of the cell that created it."""
 
     def __init__(self, shell: Any, display_metrics: bool = True, interval: Optional[float] = None):
+        super().__init__(DEFAULT_INTERVAL if interval is None else interval)
         self.shell = shell
         pub = getattr(shell, "display_pub", None)
         parent = getattr(pub, "parent_header", None)
         self.parent = dict(parent) if isinstance(parent, dict) and parent else None
-        self.interval = DEFAULT_INTERVAL if interval is None else interval
         self.view = ReplyDisplay(shell_publisher(shell, self.parent), show_footer=display_metrics)
-        self.pieces: list[str] = []
-        self._lock = threading.Lock()
-        self._next_at = 0.0
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._closed = False
 
     def start(self, info: dict) -> None:
         with self._lock:
@@ -378,47 +371,21 @@ class NotebookSink:
             else:
                 self.view.status(_status_line(info))
 
-    def write(self, text: str) -> None:
-        with self._lock:
-            self.pieces.append(text)
-            if self._closed:
-                return
-            now = time.monotonic()
-            if now >= self._next_at:
-                self._flush_locked(now)
-            elif self._timer is None:
-                try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    return
-                self._timer = loop.call_later(self._next_at - now, self._flush)
-
-    def _flush(self) -> None:
-        with self._lock:
-            self._timer = None
-            if not self._closed:
-                self._flush_locked(time.monotonic())
-
-    def _flush_locked(self, now: float) -> None:
-        self.view.update("".join(self.pieces))
-        self._next_at = now + self.interval
+    def redraw(self, text: str) -> None:
+        self.view.update(text)
 
     def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
         with self._lock:
-            self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._close_locked()
             if not self.view.shown:
                 self.view.show()
             if error is None and response is not None:
-                self.view.final(response.get("response", "".join(self.pieces)), format_footer(response))
+                self.view.final(response.get("response", self.text), format_footer(response))
             else:
-                text = "".join(self.pieces)
                 stopped = isinstance(error, (KeyboardInterrupt, asyncio.CancelledError))
                 footer = ("interrupted: partial reply kept, flagged partial" if stopped
                           else f"error: {error}") if error is not None else "stopped"
-                self.view.final(text, footer, error=True)
+                self.view.final(self.text, footer, error=True)
 
 
 def notebook_sink_factory(shell: Any, interval: Callable[[], float] | float | None = None):

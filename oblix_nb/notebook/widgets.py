@@ -42,6 +42,7 @@ import ipywidgets as widgets
 
 from .. import runtime
 from ..errors import NoModelHookedError
+from ..streaming import ThrottledSink
 from . import render, state
 from .render import escape
 
@@ -269,32 +270,22 @@ def _short_time(stamp: Optional[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------- ChatPanel
-class _LiveReply:
+class _LiveReply(ThrottledSink):
     """The StreamSink of one reply: renders into its bubble, throttled. Called on the package loop thread."""
 
     def __init__(self, session_id: str, interval: float, on_status=None, redact=lambda text: text):
+        super().__init__(interval)
         self.session_id = session_id
         self._redact = redact
-        self.interval = interval
         self.widget = _row_widget(message_html("assistant", "", badge=badge_html(note="waiting for the model…",
                                                                                    pending=True)))
-        self.pieces: list[str] = []
         self.info: Optional[dict] = None
         self.response: Optional[dict] = None
         self.error: Optional[BaseException] = None
-        self.closed = False
-        self.updates = 0          # intermediate (throttled) renders
-        self.renders = 0          # all renders, the final one included
+        self.renders = 0          # all renders, the final one included (``updates``: the throttled ones)
         self.started_at = time.monotonic()
         self.first_text_at: Optional[float] = None
         self._on_status = on_status
-        self._lock = threading.Lock()
-        self._next_at = 0.0
-        self._timer: Optional[asyncio.TimerHandle] = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
 
     def _render(self, value: str) -> None:
         self.widget.value = value
@@ -315,41 +306,17 @@ class _LiveReply:
             self._on_status(f"streaming from {info.get('model_id', '?')} …")
 
     def write(self, text: str) -> None:
-        with self._lock:
-            if self.first_text_at is None:
-                self.first_text_at = time.monotonic()
-            self.pieces.append(text)
-            if self.closed:
-                return
-            now = time.monotonic()
-            if now >= self._next_at:
-                self._flush_locked(now)
-            elif self._timer is None:
-                try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    return
-                self._timer = loop.call_later(self._next_at - now, self._flush)
+        if self.first_text_at is None:
+            self.first_text_at = time.monotonic()
+        super().write(text)
 
-    def _flush(self) -> None:
-        with self._lock:
-            self._timer = None
-            if not self.closed:
-                self._flush_locked(time.monotonic())
-
-    def _flush_locked(self, now: float) -> None:
-        self._render(message_html("assistant", self.text, streaming=True, badge=self._pending_badge("streaming…")))
-        self.updates += 1
-        self._next_at = now + self.interval
+    def redraw(self, text: str) -> None:
+        self._render(message_html("assistant", text, streaming=True, badge=self._pending_badge("streaming…")))
 
     def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
         with self._lock:
-            if self.closed:
+            if not self._close_locked():
                 return
-            self.closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             info = self.info or {}
             if error is None and response is not None:
                 self.response = response
