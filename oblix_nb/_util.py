@@ -49,3 +49,16 @@ def check_session_id(session_id: object) -> str:
             f"invalid session id {session_id!r}: expected a uuid-like string of letters, digits, '-' or '_'"
         )
     return session_id
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"ConnectionError: first line of the message"`` (at most 200 characters of it), for reasons and logs."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
+def title_from(text: str, default: str, width: int = 60) -> str:
+    """A session title from a prompt: its first non-blank line, shortened to ``width`` with an ellipsis."""
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), default)
+    return first if len(first) <= width else first[: width - 1].rstrip() + "…"

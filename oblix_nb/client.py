@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, List, Optional
 
 from . import runtime
-from ._util import check_session_id, iso, new_id, utcnow
+from ._util import check_session_id, describe_error, iso, new_id, utcnow
 from .agents import ConnectivityAgent, ResourceMonitor, run_check
 from .context import fit_history
 from .errors import ModelCallError, NoModelHookedError, SessionNotFoundError
@@ -342,7 +342,7 @@ class OblixClient:
         while True:
             backend = self._models[decision.model_id]
             params = request.params
-            if params.max_tokens is None and backend.default_max_tokens() is not None:
+            if params.max_tokens is None:
                 params = replace(params, max_tokens=backend.default_max_tokens())
             fitted = fit_history(history, request.prompt, context_window=backend.context_window or 2048,
                                  max_tokens=params.max_tokens, count=backend.estimate_tokens,
@@ -423,11 +423,6 @@ class BeforeFirstToken(Exception):
         self.retryable = retryable
 
 
-def _summary(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
-
-
 class Call:
     """One attempt at one model: streams, measures, stores the reply (or the partial one)."""
 
@@ -490,7 +485,7 @@ class Call:
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 raise
             raise ModelCallError(
-                f"{self.backend.model_id} failed after {len(self.pieces)} chunk(s): {_summary(exc)}"
+                f"{self.backend.model_id} failed after {len(self.pieces)} chunk(s): {describe_error(exc)}"
                 + ("; the partial reply was kept, flagged partial" if self.pieces and self.request.session_id
                    else ""),
                 model_id=self.backend.model_id, partial=partial["response"], response=partial) from exc
@@ -501,7 +496,7 @@ class Call:
         return response
 
     def _fail_early(self, exc: BaseException) -> BeforeFirstToken:
-        return BeforeFirstToken(_summary(exc), is_connection_failure(exc))
+        return BeforeFirstToken(describe_error(exc), is_connection_failure(exc))
 
     async def _stream(self, sink: Optional[StreamSink]) -> None:
         agen = self.backend.stream(self.fitted.messages, self.request.params)

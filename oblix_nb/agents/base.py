@@ -17,7 +17,7 @@ import time
 import weakref
 from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
-from .._util import iso, utcnow
+from .._util import describe_error, iso, utcnow
 
 TARGETS = ("local", "cloud")
 
@@ -293,11 +293,6 @@ def _agent_name(agent: Any) -> str:
     return name if isinstance(name, str) and name else type(agent).__name__
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
-
-
 async def run_check(agent: Any, timeout: float = 0.5) -> dict:
     """Call ``agent.check()`` (sync or async) without blocking the event loop for long; never raises.
 
@@ -331,7 +326,7 @@ async def run_check(agent: Any, timeout: float = 0.5) -> dict:
             result = await asyncio.wait_for(_guard(lambda: result), timeout)
         return normalize_result(result, name)
     except _CheckFailed as failed:  # raised by the agent itself (even if it is a TimeoutError)
-        return error_result(f"{name}.check() failed: {_describe(failed.exc)}")
+        return error_result(f"{name}.check() failed: {describe_error(failed.exc)}")
     except _Hung as exc:
         return error_result(str(exc))
     except asyncio.TimeoutError:
@@ -339,7 +334,7 @@ async def run_check(agent: Any, timeout: float = 0.5) -> dict:
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # pragma: no cover - defensive
-        return error_result(f"{name}.check() failed: {_describe(exc)}")
+        return error_result(f"{name}.check() failed: {describe_error(exc)}")
 
 
 class _CheckFailed(Exception):

@@ -38,7 +38,7 @@ import urllib.request
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from .._util import iso
+from .._util import describe_error, iso
 from .base import SampledAgent
 
 
@@ -149,7 +149,7 @@ class ConnectivityAgent(SampledAgent):
         try:
             addrs = _resolve(t["host"], t["port"], self.timeout)
         except Exception as exc:
-            out["error"] = f"DNS: {_describe(exc)}"
+            out["error"] = f"DNS: {describe_error(exc)}"
             return out
         out["dns_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
         latencies, last_error, good = [], None, None
@@ -175,7 +175,7 @@ class ConnectivityAgent(SampledAgent):
             out["latency_ms"] = round(statistics.median(latencies), 2)
             out["address"] = good[3][0]
         if last_error is not None and ok < self.probes:
-            out["error"] = _describe(last_error)
+            out["error"] = describe_error(last_error)
         return out
 
     def _measure_bandwidth(self, models_url: str) -> dict:
@@ -197,7 +197,7 @@ class ConnectivityAgent(SampledAgent):
                             break
                     elapsed = time.perf_counter() - t_headers
         except Exception as exc:
-            out["bandwidth_note"] = f"GET {models_url} failed: {_describe(exc)}"
+            out["bandwidth_note"] = f"GET {models_url} failed: {describe_error(exc)}"
             return out
         out["bytes"] = n
         if n < self.bandwidth_min_bytes:
@@ -295,11 +295,6 @@ class ConnectivityAgent(SampledAgent):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
-
-
 def _ms(value: Optional[float]) -> str:
     if value is None:
         return "? ms"

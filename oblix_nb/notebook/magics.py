@@ -11,7 +11,6 @@ No event loop ever runs in the kernel's thread: every coroutine runs on the pack
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import sys
@@ -23,12 +22,13 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from traitlets import Bool, Enum, Float, Int, Unicode, observe, validate
 
 from .. import runtime
-from .._util import new_id
+from .._util import new_id, title_from
 from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableError, NoModelHookedError,
                       OblixError, SessionNotFoundError)
 from . import state
 from .display import (QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, has_display_frontend,
                       notebook_sink_factory, safe_html, shell_publisher)
+from .kv import parse_pairs
 
 # --------------------------------------------------------------------------- argument parsing
 
@@ -114,38 +114,16 @@ _KV_RE = re.compile(r"^[A-Za-z_][\w.\-]*=")
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
-def _no_constants(name: str):
-    raise ValueError(name)
-
-
-def parse_value(raw: str) -> Any:
-    """A ``k=v`` value with its JSON type: ``3`` → 3, ``2.5`` → 2.5, ``true`` → True, ``null`` → None,
-    ``"3"`` → "3", ``[1,2]`` → list, ``'{"a": 1}'`` (single quotes are shell quoting) → dict;
-    anything else (bare words) → str."""
-    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
-        inner = raw[1:-1]
-        try:
-            return json.loads(inner, parse_constant=_no_constants)
-        except ValueError:
-            return inner
-    try:
-        return json.loads(raw, parse_constant=_no_constants)
-    except ValueError:
-        try:
-            parts = shlex.split(raw)
-        except ValueError:
-            return raw
-        return " ".join(parts)
-
-
 def parse_kv(tokens: Optional[list[str]]) -> dict:
-    out: dict = {}
-    for token in tokens or []:
-        key, sep, value = token.partition("=")
-        if not sep or not key or not re.match(r"^[A-Za-z_][\w.\-]*$", key):
-            raise UsageError(f"expected key=value (a key of letters, digits, '_', '-', '.'), got {token!r}")
-        out[key] = parse_value(value)
-    return out
+    """JSON-typed ``key=value`` tokens (see :func:`oblix_nb.notebook.kv.parse_value`); bad ones: UsageError."""
+    try:
+        return parse_pairs(tokens or [])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _title(prompt: str) -> str:
+    return title_from(prompt, "Notebook session")
 
 
 def fill_template(text: str, namespace: dict) -> str:
@@ -173,11 +151,6 @@ def _expand_dollars(tokens: list[str], namespace: dict) -> list[str]:
         m = re.fullmatch(r"\$(" + _IDENT + r")", token)
         out.append(str(namespace[m.group(1)]) if m and m.group(1) in namespace else token)
     return out
-
-
-def _title_from(prompt: str, width: int = 60) -> str:
-    first = next((ln.strip() for ln in prompt.splitlines() if ln.strip()), "Notebook session")
-    return first if len(first) <= width else first[: width - 1].rstrip() + "…"
 
 
 def _float_arg(name: str, lo: float, hi: float):
@@ -785,7 +758,7 @@ class OblixMagics(Magics):
 
     def _session_for(self, client, args, prompt: str) -> str:
         if args.new_session:
-            return runtime.run(client.create_and_use_session(title=args.title or _title_from(prompt)))
+            return runtime.run(client.create_and_use_session(title=args.title or _title(prompt)))
         if args.session:
             sid = self.resolve(args.session)
             client.use_session(sid)
@@ -793,7 +766,7 @@ class OblixMagics(Magics):
         sid = client.current_session_id
         if sid is not None and client.sessions.exists(sid):
             return sid
-        return runtime.run(client.create_and_use_session(title=args.title or _title_from(prompt)))
+        return runtime.run(client.create_and_use_session(title=args.title or _title(prompt)))
 
 
 OblixMagics.oblix_session.__doc__ = session_parser().format_help()

@@ -41,9 +41,11 @@ from typing import Any, Iterable, Optional
 import ipywidgets as widgets
 
 from .. import runtime
+from .._util import title_from
 from ..errors import NoModelHookedError
 from ..streaming import ThrottledSink
 from . import render, state
+from .kv import parse_pairs
 from .render import escape
 
 DEFAULT_INTERVAL = 0.1
@@ -252,11 +254,6 @@ def _row_widget(value: str) -> widgets.HTML:
     w = widgets.HTML(value, layout=widgets.Layout(width="100%"))
     w.add_class("oblix-row")
     return w
-
-
-def _title_from(prompt: str, width: int = 60) -> str:
-    first = next((ln.strip() for ln in prompt.splitlines() if ln.strip()), "Chat")
-    return first if len(first) <= width else first[: width - 1].rstrip() + "…"
 
 
 def _one_line(text: Any, width: int) -> str:
@@ -542,8 +539,9 @@ class ChatPanel(widgets.VBox):
             if from_input:
                 self.input.value = ""
             if self.session_id is None or not self.client.sessions.exists(self.session_id):
-                self.session_id = self.client.sessions.create(title=_title_from(prompt))
-                self._summary = {"id": self.session_id, "title": _title_from(prompt), "message_count": 0,
+                title = title_from(prompt, "Chat")
+                self.session_id = self.client.sessions.create(title=title)
+                self._summary = {"id": self.session_id, "title": title, "message_count": 0,
                                  "updated_at": ""}
                 self.transcript.children = ()
                 self._refresh_picker()
@@ -689,21 +687,10 @@ def _split_pairs(text: str) -> list[str]:
 def parse_metadata_filter(text: str) -> dict:
     """``"project=alpha n=3 tags='[\"a\"]'"`` → ``{"project": "alpha", "n": 3, "tags": ["a"]}``.
 
-    Values are JSON when they parse as JSON (``3``, ``2.5``, ``true``, ``null``, ``"3"``, ``[1,2]``), else
-    strings, as in ``%oblix_session list --filter``. ValueError on a token that is not ``key=value``.
+    Values keep their JSON type exactly as in ``%oblix_session list --filter`` (:mod:`oblix_nb.notebook.kv`).
+    ValueError on a token that is not ``key=value``.
     """
-    out: dict = {}
-    for token in _split_pairs(text or ""):
-        key, sep, raw = token.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][\w.\-]*", key):
-            raise ValueError(f"expected key=value (a key of letters, digits, '_', '-', '.'), got {token!r}")
-        if len(raw) >= 2 and raw[0] == raw[-1] == "'":
-            raw = raw[1:-1]
-        try:
-            out[key] = json.loads(raw)
-        except ValueError:
-            out[key] = raw
-    return out
+    return parse_pairs(_split_pairs(text or ""))
 
 
 def _model_name(model_id: str) -> str:
