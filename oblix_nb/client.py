@@ -339,6 +339,7 @@ class OblixClient:
             self.sessions.append_message(request.session_id, "user", request.prompt,
                                          request_id=request.request_id)
         failures: list[str] = []
+        tried: set[str] = set()
         while True:
             backend = self._models[decision.model_id]
             params = request.params
@@ -351,10 +352,9 @@ class OblixClient:
             try:
                 return await call.run(sink if stream else None, stream, self._store_reply)
             except BeforeFirstToken as exc:
+                tried.add(backend.model_id)
                 failures.append(f"{backend.model_id}: {exc.summary}")
-                remaining = [m for m in decision.candidates
-                             if m != backend.model_id and not any(f.startswith(m + ":") for f in failures)]
-                remaining = [m for m in remaining if m in self._models]
+                remaining = [m for m in decision.candidates if m not in tried and m in self._models]
                 if not exc.retryable or not remaining:
                     raise ModelCallError(
                         "no model could answer: " + "; ".join(failures), model_id=backend.model_id
