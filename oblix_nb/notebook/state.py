@@ -51,8 +51,6 @@ def peek_client():
 def _apply(client) -> None:
     if _max_history is not None:
         client.max_history_messages = _max_history
-    if _sink_factory is not None:
-        client.sink_factory = _sink_factory
     if _chat_handler is not None:
         client.chat_handler = _chat_handler
 
@@ -104,34 +102,17 @@ def set_max_history(n: Optional[int]) -> None:
 
 
 def set_sink_factory(factory) -> None:
-    """Install (or with None, remove) the notebook sink factory: on the shared client and as the default for
-    every OblixClient made afterwards in this kernel."""
+    """Install (or with None, remove) the notebook sink factory as the default of every OblixClient in this
+    kernel. Clients look the default up at call time, so the shared one and those made earlier follow it."""
     global _sink_factory
     from .. import client as client_module
 
     with _lock:
-        previous = _sink_factory
-        _sink_factory = factory
-        if hasattr(client_module, "default_sink_factory"):
-            if factory is not None:
-                client_module.default_sink_factory = factory
-            elif previous is not None and client_module.default_sink_factory is previous:
-                client_module.default_sink_factory = client_module.stdout_sink_factory
-        if _client is not None:
-            if factory is not None:
-                _client.sink_factory = factory
-            elif previous is not None and _client.sink_factory is previous:
-                _client.sink_factory = _default_instance_factory()
-
-
-def _default_instance_factory():
-    from .. import client as client_module
-
-    if hasattr(client_module, "default_sink_factory"):
-        return lambda display_metrics: client_module.default_sink_factory(display_metrics)
-    from ..streaming import StdoutSink
-
-    return lambda display_metrics: StdoutSink(display_metrics=display_metrics)
+        previous, _sink_factory = _sink_factory, factory
+        if factory is not None:
+            client_module.default_sink_factory = factory
+        elif previous is not None and client_module.default_sink_factory is previous:
+            client_module.default_sink_factory = client_module.stdout_sink_factory
 
 
 def embedded_model_available() -> bool:
