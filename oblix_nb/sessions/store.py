@@ -534,9 +534,9 @@ class SessionStore:
         """Import a session file (ours, or the original Oblix SDK's as is); returns the session id.
 
         The file is validated first (see :func:`.io.parse_session_file`); timestamps are stored canonical.
-        With ``new_id=False`` the file's id is kept and an id already in the store raises ValueError (nothing
-        is overwritten). With ``new_id=True`` the session and its messages get fresh ids and the metadata
-        records ``imported_from: {session_id, file, imported_at}``. All or nothing.
+        With ``new_id=False`` the file's id is kept and an id already in the store raises SessionExistsError
+        (a ValueError; nothing is overwritten). With ``new_id=True`` the session and its messages get fresh ids
+        and the metadata records ``imported_from: {session_id, file, imported_at}``. All or nothing.
         """
         doc = parse_session_file(path)
         session_id, metadata, messages = doc["id"], doc["metadata"], doc["messages"]
@@ -551,8 +551,9 @@ class SessionStore:
             title = _default_title(doc["created_at"])
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
-                raise SessionExistsError(f"session {session_id} already exists in {self.path}; it was not overwritten "
-                                 f"(import with new_id=True to add the file as a new session)")
+                raise SessionExistsError(
+                    f"session {session_id} already exists in {self.path}; it was not overwritten "
+                    f"(import with new_id=True to add the file as a new session)")
             self._insert_session(conn, session_id, title, doc["created_at"],
                                  _update_stamp(parse_iso(doc["updated_at"])), doc["context"], metadata,
                                  [_message_row(message) for message in messages])
