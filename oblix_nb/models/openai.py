@@ -120,10 +120,12 @@ class OpenAIBackend(ModelBackend):
 
     async def _counted_usage(self, messages: list[dict], text: str, finish, chunks: Optional[int]) -> Usage:
         contents = [m.get("content") or "" for m in messages]
-        counts = await self._tokenizer_counts(contents + [text])
+        # Two requests whatever the history's length: the messages' text joined (each "\n" stands for part of
+        # the template's per-message markup, counted in message_overhead) and the reply.
+        counts = await self._tokenizer_counts(["\n".join(contents), text])
         if counts is not None:
             overhead = self.message_overhead() * len(contents)
-            return Usage(sum(counts[:-1]) + overhead, counts[-1], "tokenizer", "tokenizer", finish)
+            return Usage(counts[0] + overhead, counts[1], "tokenizer", "tokenizer", finish)
         input_tokens = sum(self.estimate_tokens(c) + self.message_overhead() for c in contents)
         if chunks is not None:
             return Usage(input_tokens, chunks, "estimate", "stream_chunks", finish)
