@@ -28,9 +28,9 @@ from typing import Any, Iterator, Optional
 
 from .._util import check_session_id, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
-from ..errors import SessionExistsError, SessionNotFoundError
+from ..errors import SessionExistsError, SessionNotFoundError, StorageError
 from .io import normalize_message, parse_session_file, write_json_atomic
-from .migrations import migrate
+from .migrations import LATEST_VERSION, migrate, schema_version
 from .validate import canonical_json, check_json, check_limit, check_query, check_text, check_title, dumps, \
     json_object
 
@@ -130,6 +130,52 @@ def _fts_query(query: str) -> str:
     return " ".join('"' + term.replace('"', '""').replace("\x00", " ") + '"' for term in query.split())
 
 
+# SQLite primary result codes that mean the storage failed (not the caller's input).
+_STORAGE_CODES = {
+    3: "permission denied",                                          # SQLITE_PERM
+    5: "the database is locked by another process",                  # SQLITE_BUSY
+    8: "the database is read-only (read-only file system or home, or no write permission)",  # SQLITE_READONLY
+    10: "disk I/O error",                                            # SQLITE_IOERR
+    11: "the database file is corrupt",                              # SQLITE_CORRUPT
+    13: "the disk is full",                                          # SQLITE_FULL
+    14: "cannot open the database file (missing folder or no permission)",  # SQLITE_CANTOPEN
+    26: "the file is not a session database",                        # SQLITE_NOTADB
+}
+
+
+def storage_error(exc: sqlite3.Error, path: Path, action: str) -> Exception:
+    """SQLite's error as the StorageError a user sees (naming the database and the cause), if it is a storage
+    failure; otherwise ``exc`` itself (a bug or a constraint, not the disk)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    reason = _STORAGE_CODES.get(code & 0xFF) if isinstance(code, int) else None
+    if reason is None:
+        text = str(exc).lower()
+        reason = next((r for c, r in _STORAGE_CODES.items() if _MESSAGES[c] in text), None)
+    if reason is None:
+        return exc
+    error = StorageError(f"cannot {action} the session database {path}: {reason} ({exc})", path=str(path),
+                         cause=exc)
+    error.reason = reason
+    return error
+
+
+_MESSAGES = {3: "access permission denied", 5: "database is locked", 8: "readonly database", 10: "disk i/o error",
+             11: "malformed", 13: "database or disk is full", 14: "unable to open database file",
+             26: "file is not a database"}
+
+
+def _not_writable(path: Path) -> Optional[str]:
+    """Why the database file or its folder cannot be written (None if they can)."""
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        return None
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError:
+        pass
+    return "no write permission"
+
+
 class SessionStore:
     """Sessions and their messages in one SQLite database at ``path`` (created, with its folders, if missing).
 
@@ -142,32 +188,90 @@ class SessionStore:
         self.path = Path(os.fspath(path)).expanduser()
         #: import_file's size cap in bytes (None: env OBLIX_MAX_IMPORT_BYTES, else 256 MiB)
         self.max_import_bytes = max_import_bytes
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: why the store could only be opened read-only (a read-only home), else None
+        self.read_only: Optional[str] = None
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                     check_same_thread=False)
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the folder of the session database {self.path}: "
+                               f"{exc.strerror or exc}", path=str(self.path), cause=exc) from exc
+        try:
+            self._conn = self._open_read_write()
+        except sqlite3.Error as exc:
+            error = storage_error(exc, self.path, "open")
+            if not isinstance(error, StorageError) or not self.path.is_file():
+                raise error from exc
+            self._conn = self._open_read_only(error)
+        else:
+            self.read_only = _not_writable(self.path)  # SQLite falls back to reading silently
+
+    def _open_read_write(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
             # Checkpoint every ~40 MB of WAL rather than every 4 MB: each checkpoint costs two fsyncs, which
             # would otherwise dominate the wall time of many small appends.
-            self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            migrate(self._conn)
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate(conn)
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
+        return conn
+
+    def _open_read_only(self, why: "StorageError") -> sqlite3.Connection:
+        """A read-only home: open the existing database for reading only (``mode=ro``; ``immutable=1`` when
+        the folder cannot even hold WAL's shared-memory file). Writes then raise StorageError."""
+        uri = self.path.resolve().as_uri()
+        last: BaseException = why
+        for params in ("mode=ro", "immutable=1"):
+            try:
+                conn = sqlite3.connect(f"{uri}?{params}", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                       check_same_thread=False)
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            try:
+                version = schema_version(conn)
+                conn.execute("SELECT count(*) FROM sessions").fetchone()
+            except sqlite3.Error as exc:
+                conn.close()
+                last = exc
+                continue
+            if version != LATEST_VERSION:
+                conn.close()
+                raise StorageError(f"the session database {self.path} is read-only ({why.reason}) and has schema "
+                                   f"version {version}, not {LATEST_VERSION}: it cannot be upgraded in place",
+                                   path=str(self.path), cause=why)
+            self.read_only = _not_writable(self.path) or why.reason
+            return conn
+        raise StorageError(f"cannot open the session database {self.path}: {why.reason}",
+                           path=str(self.path), cause=last) from last
 
     def __repr__(self) -> str:
         return f"<SessionStore {str(self.path)!r}>"
 
     # ------------------------------------------------------------------ plumbing
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back if anything raises."""
+    def _locked(self, action: str) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; SQLite's storage failures come out as one StorageError."""
         with self._lock:
-            conn = self._conn
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise storage_error(exc, self.path, action) from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back if anything raises: a failed write
+        (disk full, read-only, I/O error: StorageError) leaves the database as it was."""
+        if self.read_only is not None:
+            raise StorageError(f"cannot write to the session database {self.path}: it is open read-only "
+                               f"({self.read_only})", path=str(self.path))
+        with self._locked("write to") as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -180,8 +284,7 @@ class SessionStore:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: the statements inside see a single snapshot of the database."""
-        with self._lock:
-            conn = self._conn
+        with self._locked("read") as conn:
             conn.execute("BEGIN")
             try:
                 yield conn
@@ -253,8 +356,8 @@ class SessionStore:
     def exists(self, session_id: str) -> bool:
         """True if there is a session with this id."""
         check_session_id(session_id)
-        with self._lock:
-            return self._conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
+        with self._locked("read") as conn:
+            return conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
 
     def get(self, session_id: str) -> dict:
         """The whole session in the reference structure:
@@ -284,15 +387,15 @@ class SessionStore:
         where, params = _metadata_where(filter_metadata)
         sql = (f"SELECT {_SUMMARY_COLUMNS} FROM sessions {where} "
                f"ORDER BY updated_at DESC, seq DESC LIMIT ? OFFSET ?")
-        with self._lock:
-            rows = self._conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
+        with self._locked("read") as conn:
+            rows = conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
         return [_summary(row) for row in rows]
 
     def count(self, filter_metadata: Optional[dict] = None) -> int:
         """How many sessions (match ``filter_metadata``, with the same rules as :meth:`summaries`)."""
         where, params = _metadata_where(filter_metadata)
-        with self._lock:
-            return self._conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
+        with self._locked("read") as conn:
+            return conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
 
     def model_counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         """``{session_id: {model_id: assistant replies}}`` for the given sessions, in one grouped query."""
@@ -301,8 +404,8 @@ class SessionStore:
         if not ids:
             return out
         marks = ",".join("?" * len(ids))
-        with self._lock:
-            rows = self._conn.execute(
+        with self._locked("read") as conn:
+            rows = conn.execute(
                 f"SELECT s.id, m.model_id, count(*) FROM sessions s JOIN messages m ON m.session_seq = s.seq "
                 f"WHERE s.id IN ({marks}) AND m.role = 'assistant' AND m.model_id IS NOT NULL "
                 f"GROUP BY s.id, m.model_id", ids).fetchall()
@@ -345,8 +448,8 @@ class SessionStore:
     def get_metadata(self, session_id: str) -> dict:
         """The session's metadata, read from the sessions table alone (messages are not touched)."""
         check_session_id(session_id)
-        with self._lock:
-            row = self._conn.execute("SELECT metadata FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        with self._locked("read") as conn:
+            row = conn.execute("SELECT metadata FROM sessions WHERE id = ?", (session_id,)).fetchone()
         if row is None:
             raise SessionNotFoundError(session_id)
         return json.loads(row[0])
@@ -507,7 +610,12 @@ class SessionStore:
     # ------------------------------------------------------------------ files
     def export(self, session_id: str, path: str | os.PathLike) -> Path:
         """Write the session's reference JSON to ``path`` atomically (parent folders created); returns it."""
-        return write_json_atomic(path, self.get(session_id))
+        session = self.get(session_id)
+        try:
+            return write_json_atomic(path, session)
+        except OSError as exc:
+            raise StorageError(f"cannot export session {session_id} to {path}: {exc.strerror or exc}",
+                               path=os.fspath(path), cause=exc) from exc
 
     def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
         """Import a session file (ours, or the original Oblix SDK's as is); returns the session id.
