@@ -8,8 +8,13 @@ threads (the notebook's main thread and the package's asyncio thread): its conne
 
 Appending a message is one INSERT plus a one-row UPDATE of its session (``updated_at``, ``message_count``);
 a session is never rewritten. Listing reads only the ``sessions`` table; metadata filters are index lookups
-in ``session_meta``; ``search`` uses FTS5, whose indexes are updated in one batch when a search runs rather
-than on every write.
+in ``session_meta``; ``search`` uses FTS5, whose indexes are updated in batches by a background pass shortly
+after writes (not on every write, which would cost each append an FTS5 segment, nor all at the first search,
+which made that search pay the whole backlog).
+
+Failures of the storage itself (disk full, read-only file system or home, unwritable folder, I/O error, not
+a database) raise one :class:`~oblix_nb.errors.StorageError` naming the database and the cause; input is
+checked first (:mod:`.validate`), so bad input raises before any SQL and changes nothing.
 
 Default titles: ``create()`` without a title names the session after its creation time in UTC
 (``"Session 2026-11-24 20:51 UTC"``); ``copy()`` uses ``"Copy of <title>"``; ``merge()`` uses
@@ -17,15 +22,18 @@ Default titles: ``create()`` without a title names the session after its creatio
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from .. import runtime
 from .._util import check_session_id, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError, StorageError
@@ -37,6 +45,9 @@ from .validate import canonical_json, check_json, check_limit, check_query, chec
 BUSY_TIMEOUT_S = 30.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 MAX_MATCHES_PER_HIT = 3
+INDEX_DELAY_S = 0.05      # a background indexing pass starts this long after a write (writes in between share it)
+INDEX_CHUNK_ROWS = 500    # rows indexed per transaction: a writer waits at most one chunk (a few ms)
+SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing pending rows itself
 
 # A message row as read and written: the order of the columns below, after ``session_seq``.
 MESSAGE_COLUMNS = ("id", "role", "content", "timestamp", "model_id", "metrics", "routing", "partial",
@@ -190,6 +201,11 @@ class SessionStore:
         self.max_import_bytes = max_import_bytes
         #: why the store could only be opened read-only (a read-only home), else None
         self.read_only: Optional[str] = None
+        #: index new text for search in the background after writes (False: only when a search runs)
+        self.background_index = True
+        self.index_error: Optional[BaseException] = None  # the last background indexing failure, if any
+        self._index_wanted = False
+        self._closed = False
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +221,9 @@ class SessionStore:
             self._conn = self._open_read_only(error)
         else:
             self.read_only = _not_writable(self.path)  # SQLite falls back to reading silently
+            with self._locked("read") as conn:
+                if conn.execute(_FTS_PENDING).fetchone()[0]:  # e.g. written by an older version
+                    self._written()
 
     def _open_read_write(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
@@ -351,6 +370,7 @@ class SessionStore:
             if title is None:
                 title = _default_title(created_at)
             self._insert_session(conn, session_id, title, created_at, _update_stamp(now), context, metadata, [])
+        self._written()
         return session_id
 
     def exists(self, session_id: str) -> bool:
@@ -508,6 +528,7 @@ class SessionStore:
                 conn.executemany(_INSERT_MESSAGE, [(seq, *row) for row in rows])
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"message ids must be unique within session {session_id}: {exc}") from None
+        self._written()
 
     def upsert_message(self, session_id: str, role: str, content: str, **fields: Any) -> dict:
         """Store a message under its ``id`` (required): insert it if the session has no message with that id,
@@ -549,18 +570,74 @@ class SessionStore:
         return [_message_dict(row) for row in rows]
 
     # ------------------------------------------------------------------ search
-    def _update_search_index(self) -> None:
-        """Index the messages and titles written since the last search (see :mod:`.migrations`)."""
-        with self._lock:
-            if not self._conn.execute(_FTS_PENDING).fetchone()[0]:
-                return
-            with self._write() as conn:
-                for name, table, fts, column in _FTS_TABLES:
-                    conn.execute(f"INSERT INTO {fts} (rowid, {column}) SELECT seq, {column} FROM {table} "
-                                 f"WHERE seq > (SELECT last_seq FROM fts_progress WHERE name = ?)", (name,))
-                    conn.execute(f"UPDATE fts_progress SET last_seq = "
-                                 f"MAX(last_seq, IFNULL((SELECT MAX(seq) FROM {table}), 0)) WHERE name = ?",
-                                 (name,))
+    def _written(self) -> None:
+        """After a committed write of searchable text: schedule a background indexing pass (at most one
+        pending; it starts ``INDEX_DELAY_S`` later on the package loop, so a burst of writes shares one)."""
+        if self._index_wanted or not self.background_index or self.read_only is not None:
+            return
+        self._index_wanted = True
+        runtime.get_loop().call_soon_threadsafe(self._schedule_index_pass)
+
+    def _schedule_index_pass(self) -> None:  # on the package loop
+        asyncio.get_running_loop().call_later(INDEX_DELAY_S, self._start_index_pass)
+
+    def _start_index_pass(self) -> None:  # on the package loop; the work runs on a daemon thread
+        threading.Thread(target=self._index_pass, name="oblix-search-index", daemon=True).start()
+
+    def _index_pass(self) -> None:
+        self._index_wanted = False  # writes from now on schedule another pass
+        try:
+            self._index_backlog()
+        except Exception as exc:  # noqa: BLE001 - a failed pass is retried by the next write or search
+            self.index_error = exc
+
+    def _index_backlog(self, budget_s: Optional[float] = None) -> bool:
+        """Index pending messages and titles, ``INDEX_CHUNK_ROWS`` per transaction (so writers wait at most
+        one chunk); stop after ``budget_s`` seconds if given. True when nothing is left to index."""
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        while True:
+            with self._lock:
+                if self._closed:
+                    return True
+                if self._index_chunk(INDEX_CHUNK_ROWS):
+                    return True
+            if deadline is not None and time.perf_counter() >= deadline:
+                return False
+
+    def _index_chunk(self, rows: int) -> bool:
+        """Index up to ``rows`` pending rows of each FTS table in one transaction; True if none remain."""
+        with self._locked("read") as conn:
+            if not conn.execute(_FTS_PENDING).fetchone()[0]:
+                return True
+        done = True
+        with self._write() as conn:
+            for name, table, fts, column in _FTS_TABLES:
+                last = conn.execute("SELECT last_seq FROM fts_progress WHERE name = ?", (name,)).fetchone()[0]
+                upper = conn.execute(f"SELECT seq FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+                                     (last, rows - 1)).fetchone()
+                if upper is None:
+                    upper = conn.execute(f"SELECT IFNULL(MAX(seq), 0) FROM {table}").fetchone()
+                else:
+                    done = False
+                if upper[0] <= last:
+                    continue
+                conn.execute(f"INSERT INTO {fts} (rowid, {column}) SELECT seq, {column} FROM {table} "
+                             f"WHERE seq > ? AND seq <= ?", (last, upper[0]))
+                conn.execute("UPDATE fts_progress SET last_seq = ? WHERE name = ?", (upper[0], name))
+        return done
+
+    def _catch_up_for_search(self) -> None:
+        """Before a search: index what is pending, for at most ``SEARCH_CATCHUP_S`` (normally the background
+        pass has left little or nothing); a larger backlog is left to the background pass."""
+        if self.read_only is not None:
+            return
+        try:
+            caught_up = self._index_backlog(budget_s=SEARCH_CATCHUP_S)
+        except StorageError:  # a full disk must not stop searching what is indexed
+            caught_up = False
+        if not caught_up:
+            self._index_wanted = False
+            self._written()
 
     def search(self, query: str, limit: int = 20) -> list[dict]:
         """Full-text search over session titles and message text, best match (bm25) first.
@@ -570,12 +647,17 @@ class SessionStore:
         three ``{message_id, role, snippet}`` of its best-matching messages (empty if only the title
         matched), with the matched words in ``**bold**``. An empty query raises ValueError.
 
-        Messages and titles written since the previous search are indexed first, in one transaction.
+        Indexing runs in the background (a pass starts ``INDEX_DELAY_S`` after a write, on a daemon thread
+        scheduled by the package loop), so a search normally finds everything committed with nothing left to
+        index. A search first indexes what is still pending for at most ``SEARCH_CATCHUP_S`` (20 ms); only a
+        larger backlog (a bulk import by another process, a database from an older version) is finished in
+        the background, and until then the newest of those rows are not found yet. A read-only store
+        searches what was indexed when it was writable.
         """
         check_query(query)
         sql_limit = check_limit(limit)
         match = _fts_query(query)
-        self._update_search_index()
+        self._catch_up_for_search()
         scores: dict[int, float] = {}
         matches: dict[int, list[dict]] = {}
         with self._read() as conn:
@@ -646,6 +728,7 @@ class SessionStore:
             self._insert_session(conn, session_id, title, doc["created_at"],
                                  _update_stamp(parse_iso(doc["updated_at"])), doc["context"], metadata,
                                  [_message_row(message) for message in messages])
+        self._written()
         return session_id
 
     # ------------------------------------------------------------------ copy / merge
@@ -662,6 +745,7 @@ class SessionStore:
             metadata = {**source["metadata"], "copied_from": session_id}
             self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), source["context"], metadata,
                                  [(fresh_id(), *row[1:]) for row in rows])
+        self._written()
         return copy_id
 
     def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
@@ -697,9 +781,11 @@ class SessionStore:
             if title is None:
                 title = "Merged: " + " + ".join(source["title"] for _, source, _ in sources)
             self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
+        self._written()
         return merged_id
 
     def close(self) -> None:
         """Close the database connection. Idempotent; any later call on the store raises ProgrammingError."""
         with self._lock:
+            self._closed = True
             self._conn.close()
