@@ -46,7 +46,7 @@ BUSY_TIMEOUT_S = 30.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 MAX_MATCHES_PER_HIT = 3
 INDEX_DELAY_S = 0.05      # a background indexing pass starts this long after a write (writes in between share it)
-INDEX_CHUNK_ROWS = 500    # rows indexed per transaction: a writer waits at most one chunk (a few ms)
+INDEX_CHUNK_ROWS = 200    # rows indexed per transaction: a writer waits at most one chunk (~1-2 ms)
 SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing pending rows itself
 
 # A message row as read and written: the order of the columns below, after ``session_seq``.
@@ -203,6 +203,8 @@ class SessionStore:
         self.read_only: Optional[str] = None
         #: index new text for search in the background after writes (False: only when a search runs)
         self.background_index = True
+        #: the longest a search indexes pending rows itself, in seconds (None: all of them, the old behaviour)
+        self.search_catchup_s: Optional[float] = SEARCH_CATCHUP_S
         self.index_error: Optional[BaseException] = None  # the last background indexing failure, if any
         self._index_wanted = False
         self._closed = False
@@ -632,7 +634,7 @@ class SessionStore:
         if self.read_only is not None:
             return
         try:
-            caught_up = self._index_backlog(budget_s=SEARCH_CATCHUP_S)
+            caught_up = self._index_backlog(budget_s=self.search_catchup_s)
         except StorageError:  # a full disk must not stop searching what is indexed
             caught_up = False
         if not caught_up:
