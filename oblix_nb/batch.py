@@ -11,7 +11,8 @@ and returns a DataFrame on the input's index. The pieces:
   exchange as it finishes, and builds the result.
 
 Caching and resuming: each row's **cache key** is a hash of its rendered prompt (the row's content through the
-template) and the batch key (template, schema, forced model, sampling parameters, system message). The batch
+template) and the batch key (template, schema, model -- the forced one, else the set of hooked models --, sampling
+parameters, system message). The batch
 session's metadata holds the batch key (``oblix_map``) with the template, schema and model; its messages carry
 the row's cache key as ``request_id`` and ``metrics["map"]`` = ``{"row": position, "index": index label,
 "attempt": n, "error": ...}``. A row is finished when its last stored reply has no error; re-running the same map
@@ -284,7 +285,8 @@ class MapJob:
 
     def _batch_key(self, system: Optional[str]) -> str:
         blob = json.dumps({"template": self.template_text, "schema": self.schema.fingerprint if self.schema else None,
-                           "model_id": self.model_id, "params": self._params_json(), "system": system},
+                           "model_id": self.model_id or sorted(self.client.models), "params": self._params_json(),
+                           "system": system},
                           sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
