@@ -147,6 +147,31 @@ class PromptTemplate:
         return "".join(out)
 
 
+def fill_constants(text: str, namespace: dict, exclude) -> str:
+    """Replace ``{name}`` by ``str(namespace[name])`` for names that are in ``namespace`` but not in ``exclude``
+    (the row fields); escapes (``{{name}}``), fields and every other brace are left for the row template."""
+    def sub(m: "re.Match") -> str:
+        name = m.group(2)
+        if name is not None and name.isidentifier() and name not in exclude and name in namespace:
+            return str(namespace[name])
+        return m.group(0)
+
+    return _BRACES.sub(sub, text)
+
+
+def input_fields(data: Any) -> list[str]:
+    """The template fields ``data`` offers (as :class:`RowTable` names them), without reading its rows."""
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return [str(c) for c in data.columns]
+    if isinstance(data, pd.Series):
+        return ["value"] + ([str(data.name)] if data.name is not None else [])
+    if isinstance(data, (list, tuple)):
+        return list(dict.fromkeys(str(k) for x in data if isinstance(x, dict) for k in x)) or ["value"]
+    return []
+
+
 def _callable_name(fn: Callable) -> str:
     return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
 
