@@ -691,6 +691,23 @@ class SessionStore:
                 ranked)}
         return [{**summaries[seq], "matches": matches[seq]} for seq in ranked]
 
+    # ------------------------------------------------------------------ replies by request id
+    def last_replies(self, session_id: str, metrics: Optional[dict] = None) -> dict[str, tuple]:
+        """Each ``request_id``'s last complete (not partial) assistant message in the session, without decoding
+        JSON in Python: ``{request_id: (content, model_id, route target, *metric values)}``, where ``metrics``
+        maps names to JSON paths inside the message's metrics (``{"out": "$.output_tokens"}``), in its order.
+        ``map()`` reads a batch's finished rows with it (10,000 rows in well under a second)."""
+        check_session_id(session_id)
+        paths = list((metrics or {}).values())
+        extra = "".join(", json_extract(metrics, ?)" for _ in paths)
+        with self._read() as conn:
+            seq = self._seq(conn, session_id)
+            rows = conn.execute(
+                f"SELECT request_id, content, model_id, json_extract(routing, '$.target'){extra} FROM messages "
+                f"WHERE session_seq = ? AND role = 'assistant' AND partial IS NULL AND request_id IS NOT NULL "
+                f"ORDER BY seq", (*paths, seq)).fetchall()
+        return {row[0]: row[1:] for row in rows}
+
     # ------------------------------------------------------------------ files
     def export(self, session_id: str, path: str | os.PathLike) -> Path:
         """Write the session's reference JSON to ``path`` atomically (parent folders created); returns it."""
