@@ -578,7 +578,10 @@ class SessionStore:
         if self._index_wanted or not self.background_index or self.read_only is not None:
             return
         self._index_wanted = True
-        runtime.get_loop().call_soon_threadsafe(self._schedule_index_pass)
+        try:
+            runtime.get_loop().call_soon_threadsafe(self._schedule_index_pass)
+        except RuntimeError:  # no threads any more (interpreter shutdown): the next search indexes instead
+            self._index_wanted = False
 
     def _schedule_index_pass(self) -> None:  # on the package loop
         asyncio.get_running_loop().call_later(INDEX_DELAY_S, self._start_index_pass)
