@@ -176,11 +176,11 @@ _MESSAGES = {3: "access permission denied", 5: "database is locked", 8: "readonl
 
 
 def _not_writable(path: Path) -> Optional[str]:
-    """Why the database file or its folder cannot be written (None if they can)."""
-    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+    """Why the database file (if it exists) or its folder cannot be written (None if they can)."""
+    if (not path.exists() or os.access(path, os.W_OK)) and os.access(path.parent, os.W_OK):
         return None
     try:
-        if os.statvfs(path).f_flag & os.ST_RDONLY:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
             return "read-only file system"
     except OSError:
         pass
@@ -218,6 +218,11 @@ class SessionStore:
             self._conn = self._open_read_write()
         except sqlite3.Error as exc:
             error = storage_error(exc, self.path, "open")
+            if isinstance(error, StorageError) and not self.path.is_file():
+                why = _not_writable(self.path)
+                if why:
+                    error = StorageError(f"cannot create the session database {self.path}: {why}",
+                                         path=str(self.path), cause=exc)
             if not isinstance(error, StorageError) or not self.path.is_file():
                 raise error from exc
             self._conn = self._open_read_only(error)
