@@ -21,9 +21,9 @@ Schema (version 1):
   ``sessions.metadata``.
 - ``messages_fts`` / ``titles_fts``: FTS5 indexes over message text and session titles (external content,
   so the text is stored once). They are brought up to date in batches rather than per write: ``fts_progress``
-  records the last ``seq`` indexed in each, and the store indexes the newer rows (one INSERT ... SELECT)
-  before every search, so a search always sees every committed message while appends and creates never pay
-  for an FTS5 segment per commit. Triggers remove (and re-index) rows at or below the mark on DELETE (and
+  records the last ``seq`` indexed in each, and the store indexes the newer rows (INSERT ... SELECT, in
+  chunks) in a background pass shortly after writes, and what is left before a search, so appends and creates
+  never pay for an FTS5 segment per commit and a search never pays for a large backlog. Triggers remove (and re-index) rows at or below the mark on DELETE (and
   UPDATE). Whoever deletes rows must then lower the mark to the highest remaining ``seq`` (the store's
   ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
 """
