@@ -209,6 +209,8 @@ class SessionStore:
         self._index_wanted = False
         self._closed = False
         self._lock = threading.RLock()
+        self._reader: Optional[sqlite3.Connection] = None  # searches' own connection, opened on first search
+        self._reader_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -637,17 +639,53 @@ class SessionStore:
         return done
 
     def _catch_up_for_search(self) -> None:
-        """Before a search: index what is pending, for at most ``SEARCH_CATCHUP_S`` (normally the background
-        pass has left little or nothing); a larger backlog is left to the background pass."""
+        """Before a search: index what is pending, for at most ``search_catchup_s`` (normally the background
+        pass has left little or nothing); a larger backlog is left to the background pass. If a writer or the
+        background pass holds the connection longer than that, the search does not wait for it."""
         if self.read_only is not None:
             return
+        budget = self.search_catchup_s
+        if not self._lock.acquire(timeout=-1 if budget is None else budget):
+            self._written()
+            return
         try:
-            caught_up = self._index_backlog(budget_s=self.search_catchup_s)
+            caught_up = self._index_backlog(budget_s=budget)
         except StorageError:  # a full disk must not stop searching what is indexed
             caught_up = False
+        finally:
+            self._lock.release()
         if not caught_up:
             self._index_wanted = False
             self._written()
+
+    @contextmanager
+    def _search_read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction on the store's second, read-only connection: a search reads a snapshot of the
+        committed data while a writer or the background index pass holds the main one (WAL readers never
+        wait for the writer). A read-only store has just the one connection."""
+        if self.read_only is not None:
+            with self._read() as conn:
+                yield conn
+            return
+        with self._reader_lock:
+            if self._reader is None:
+                if self._closed:
+                    raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+                try:
+                    self._reader = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                                   timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                                   check_same_thread=False)
+                except sqlite3.Error as exc:
+                    raise storage_error(exc, self.path, "open") from exc
+            conn = self._reader
+            try:
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise storage_error(exc, self.path, "read") from exc
 
     def search(self, query: str, limit: int = 20) -> list[dict]:
         """Full-text search over session titles and message text, best match (bm25) first.
@@ -670,7 +708,7 @@ class SessionStore:
         self._catch_up_for_search()
         scores: dict[int, float] = {}
         matches: dict[int, list[dict]] = {}
-        with self._read() as conn:
+        with self._search_read() as conn:
             for seq, rank in conn.execute("SELECT rowid, rank FROM titles_fts WHERE titles_fts MATCH ? "
                                           "ORDER BY rank LIMIT ?", (match, sql_limit)):
                 scores[seq] = rank
@@ -816,3 +854,6 @@ class SessionStore:
         with self._lock:
             self._closed = True
             self._conn.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
