@@ -40,10 +40,8 @@ def check_text(value: str, field: str) -> str:
     return value
 
 
-def check_str(value: Any, field: str, *, optional: bool = False) -> Optional[str]:
-    """A str field: TypeError for another type (None allowed when ``optional``), ValueError as check_text."""
-    if value is None and optional:
-        return None
+def check_str(value: Any, field: str) -> str:
+    """A str field: TypeError for another type, ValueError as check_text."""
     if not isinstance(value, str):
         raise TypeError(f"{field} must be a string, not {type(value).__name__}")
     return check_text(value, field)
