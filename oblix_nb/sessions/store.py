@@ -299,15 +299,19 @@ class SessionStore:
         if self.read_only is not None:
             raise StorageError(f"cannot write to the session database {self.path}: it is open read-only "
                                f"({self.read_only})", path=str(self.path))
-        with self._locked("write to") as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._lock:
+            conn = self._conn
             try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise storage_error(exc, self.path, "write to") from exc
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
