@@ -25,7 +25,7 @@ from .. import runtime
 from .._util import new_id, title_from
 from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableError, NoModelHookedError,
                       OblixError, SessionNotFoundError)
-from . import state
+from . import state, transform
 from .display import (QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, has_display_frontend,
                       notebook_sink_factory, safe_html, shell_publisher)
 from .kv import parse_pairs
@@ -363,6 +363,14 @@ class _Said(str):
 _CLIENT_ERRORS = (OblixError, ValueError, OSError, KeyError)
 
 
+def _clean_interrupt(note: str) -> KeyboardInterrupt:
+    """The KeyboardInterrupt %%oblix re-raises after an interrupt (so "Run All" stops there), shown by IPython
+    and Jupyter as the one line ``note`` instead of a traceback."""
+    exc = KeyboardInterrupt(note)
+    exc._render_traceback_ = lambda: [note]  # type: ignore[attr-defined]
+    return exc
+
+
 @magics_class
 class OblixMagics(Magics):
     """``%oblix_session``, ``%%oblix`` and ``%oblix_chat``. Configurable: ``%config OblixMagics`` lists the settings."""
@@ -659,10 +667,12 @@ class OblixMagics(Magics):
                     ", flagged partial in the session" if session_id else "")
             else:
                 note = "interrupted before the first token: the request was stopped, no reply was stored"
-            self._finish(view, reply.text, note, error=True)
+            # The note is said once, as the cell's error line (no traceback); the footer is the partial reply's.
+            self._finish(view, reply.text, format_footer(reply.response) if reply.text else "no reply",
+                         error=True)
             if reply.text:
                 self._publish_value(reply, args)
-            raise KeyboardInterrupt
+            raise _clean_interrupt(note)
         if outcome.error is not None:
             return self._failed(view, outcome, args, client)
         response = outcome.response or {}
@@ -792,6 +802,7 @@ def load_ipython_extension(ipython) -> None:
     ipython.register_magics(magics)
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)
+    transform.register(ipython)  # `%oblix_chat What is X?` is a prompt, not a help lookup
     _loaded[id(ipython)] = magics
 
 
@@ -800,6 +811,7 @@ def unload_ipython_extension(ipython) -> None:
     magics = _loaded.pop(id(ipython), None)
     if magics is None:
         return
+    transform.unregister(ipython)
     manager = ipython.magics_manager
     for kind, names in magics.magics.items():
         table = manager.magics.get(kind, {})
