@@ -5,7 +5,7 @@
 // checkboxes). Filters, paging and actions are custom messages to Python; every value shown from a session
 // (titles, metadata, model ids) is set as text. The transcript pane's HTML is made inert by the kernel.
 
-const DEFAULT_WIDTHS = { select: 36, title: 300, updated: 140, messages: 92, models: 200, cost: 90, metadata: 240 };
+const DEFAULT_WIDTHS = { select: 44, title: 300, updated: 170, messages: 92, models: 200, cost: 90, metadata: 240 };
 const MIN_WIDTH = 48;
 
 function h(tag, attrs = {}, ...children) {
@@ -88,6 +88,8 @@ function render({ model, el }) {
   const chatSlot = h("div", { class: "oblix-chat-slot" });
   const root = h("div", { class: "oblix-widget oblix-browser", role: "group", "aria-label": "Oblix sessions" },
     filters, gridWrap, empty, pager, actions, confirmBox, status, detail, chatSlot);
+  // JupyterLab: no notebook shortcuts (Shift+Enter runs the cell, A/B/D,D…) while focus is in here
+  root.setAttribute("data-lm-suppress-shortcuts", "true");
   el.append(root);
 
   // ---------------------------------------------------------------- rendering

@@ -92,6 +92,8 @@ function render({ model, el }) {
   const announcer = h("div", { class: "oblix-offscreen", "aria-live": "polite", "aria-atomic": "true" });
   const root = h("div", { class: "oblix-widget oblix-chat", role: "group", "aria-label": "Oblix chat" },
     header, view, reason, inputRow, status, announcer);
+  // JupyterLab: no notebook shortcuts (Shift+Enter runs the cell, A/B/D,D…) while focus is in here
+  root.setAttribute("data-lm-suppress-shortcuts", "true");
   el.append(root);
 
   // ---------------------------------------------------------------- scrolling
@@ -243,8 +245,13 @@ function render({ model, el }) {
   input.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" || event.isComposing || event.keyCode === 229) return;
     event.stopPropagation(); // the notebook's own Enter / Shift+Enter shortcuts do not apply in here
-    if (event.shiftKey || event.altKey) return; // a newline
     event.preventDefault();
+    if (event.shiftKey || event.altKey) {
+      // a newline, inserted here: hosts may swallow Shift+Enter's default action (it runs cells)
+      input.setRangeText("\n", input.selectionStart, input.selectionEnd, "end");
+      input.dispatchEvent(new Event("input", { bubbles: true }));
+      return;
+    }
     submit();
   });
   input.addEventListener("input", () => {
