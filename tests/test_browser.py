@@ -559,7 +559,7 @@ def test_chat_panel_and_browser_in_jupyterlab(lab):
             sb.screenshot(path=str(ARTIFACTS / "session-browser.png"))
 
             # -- contrast and axe-core in Light and Dark
-            for theme in ("JupyterLab Light", "JupyterLab Dark"):
+            for theme in ("JupyterLab Light", "JupyterLab Dark", "JupyterLab Dark High Contrast"):
                 _set_theme(page, theme)
                 failures, n = _contrast_failures(page, ".oblix-chat, .oblix-browser, .oblix-footer")
                 contrast_report[theme] = n
@@ -569,10 +569,11 @@ def test_chat_panel_and_browser_in_jupyterlab(lab):
                     violations = _axe(page, ".oblix-chat, .oblix-browser")
                     axe_report[theme] = len(violations)
                     assert not violations, f"{theme}: axe-core serious/critical violations: {violations}"
-                slug = theme.split()[-1].lower()
+                slug = theme.replace("JupyterLab ", "").replace(" ", "-").lower()
                 panel.screenshot(path=str(ARTIFACTS / f"chat-{slug}.png"))
                 sb.screenshot(path=str(ARTIFACTS / f"session-browser-{slug}.png"))
             # the user's own bubble in Dark: the case the issue measured at 1.14:1
+            _set_theme(page, "JupyterLab Dark")
             dark_user = page.evaluate(CONTRAST_JS, ".oblix-chat .oblix-msg.user")
             assert dark_user and min(c["ratio"] for c in dark_user) >= 4.5, dark_user
             _set_theme(page, "JupyterLab Light")
