@@ -291,6 +291,7 @@ class SessionBrowser(anywidget.AnyWidget):
     def _on_selected(self, _change) -> None:
         if self._quiet:
             return
+        self._action()  # a new selection is a new action: the last one's status goes
         visible = {r["id"] for r in self.rows}
         kept = [sid for sid in self.selected if sid in visible]
         if kept != list(self.selected):
