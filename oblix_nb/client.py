@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -29,6 +30,10 @@ def stdout_sink_factory(display_metrics: bool = True) -> StreamSink:
 
 # Where a client streams when execute() gets no sink: stdout; oblix_nb.notebook swaps in cell output in a kernel.
 default_sink_factory: Callable[[bool], Optional[StreamSink]] = stdout_sink_factory
+
+
+_ALIAS_PREFIX = "alias:"
+_ALIAS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 
 
 def default_home() -> Path:
@@ -141,6 +146,45 @@ class OblixClient:
     def search_sessions(self, query: str, limit: int = 20) -> List[dict]:
         """Full-text search (SQLite FTS5) over titles and message text; best match first."""
         return self.sessions.search(query, limit=limit)
+
+    # ------------------------------------------------------------------ model aliases (kept in the store)
+    def set_model_alias(self, name: str, model_id: str) -> None:
+        """Let ``name`` stand for ``model_id`` wherever a model id is taken (``execute(model_id=name)``,
+        ``%%oblix --model name``). Kept in the session store, so it outlives the kernel; replaces an earlier
+        alias of that name. ``name``: letters, digits, ``_ . -`` (no ``:``, so it never looks like a model id);
+        ``model_id``: ``type:name`` of a known model type (it need not be hooked yet)."""
+        if not isinstance(name, str) or not _ALIAS_RE.match(name):
+            raise ValueError(f"invalid alias {name!r}: use letters, digits, '_', '.', '-' (at most 64, no ':')")
+        if not isinstance(model_id, str) or ":" not in model_id:
+            raise ValueError(f"an alias names a model id 'type:name' (e.g. 'llamacpp:smollm2-135m'), "
+                             f"not {model_id!r}")
+        kind, _, model_name = model_id.partition(":")
+        ModelType.parse(kind)
+        if not model_name.strip():
+            raise ValueError(f"model id {model_id!r} has no model name")
+        self.sessions.set_setting(_ALIAS_PREFIX + name, model_id)
+
+    def remove_model_alias(self, name: str) -> bool:
+        """Forget an alias. False if there was none."""
+        if not isinstance(name, str) or not _ALIAS_RE.match(name):
+            return False
+        return self.sessions.delete_setting(_ALIAS_PREFIX + name)
+
+    def model_aliases(self) -> dict[str, str]:
+        """``{alias: model_id}``, sorted by alias."""
+        return {key[len(_ALIAS_PREFIX):]: value for key, value in self.sessions.settings(_ALIAS_PREFIX).items()}
+
+    def resolve_model_id(self, model_id: Optional[str]) -> Optional[str]:
+        """``model_id`` itself if it is one (``type:name``) or None; the model an alias stands for; else
+        NoModelHookedError naming the hooked models and the aliases."""
+        if model_id is None or (isinstance(model_id, str) and ":" in model_id):
+            return model_id
+        if isinstance(model_id, str) and _ALIAS_RE.match(model_id):
+            target = self.sessions.get_setting(_ALIAS_PREFIX + model_id)
+            if isinstance(target, str):
+                return target
+        raise NoModelHookedError(f"model {model_id!r} is neither a model id (type:name) nor an alias; "
+                                 f"hooked: {list(self._models)}, aliases: {self.model_aliases()}")
 
     # ------------------------------------------------------------------ DataFrames (pandas imported on call)
     def sessions_df(self, limit: Optional[int] = None, filter_metadata: dict = None):
@@ -274,7 +318,7 @@ class OblixClient:
                       **kwargs: Any) -> dict:
         """Send ``prompt`` to the routed model, with the session's history as context.
 
-        Extra keyword arguments: ``model_id`` (force a hooked model), ``sink`` (a StreamSink or callable for
+        Extra keyword arguments: ``model_id`` (force a hooked model; an alias works too), ``sink`` (a StreamSink or callable for
         streamed text; default stdout, or cell output in a notebook), and sampling options
         ``top_p, top_k, seed, stop, presence_penalty, frequency_penalty, repeat_penalty``.
         """
@@ -319,7 +363,8 @@ class OblixClient:
         if max_tokens is None:
             max_tokens = self.default_max_tokens
         return Request(prompt=prompt, params=GenerationParams(max_tokens, temperature, options),
-                       request_id=request_id or new_id(), session_id=sid, model_id=kwargs.get("model_id"))
+                       request_id=request_id or new_id(), session_id=sid,
+                       model_id=self.resolve_model_id(kwargs.get("model_id")))
 
     async def _route(self, forced: Optional[str]):
         if not self._models:

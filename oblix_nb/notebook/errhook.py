@@ -214,19 +214,25 @@ def _intercepted_set_custom_exc(shell, exc_tuple, handler):
 
 
 # --------------------------------------------------------------------------- one log per shell
+_retired: dict[int, "OrderedDict[int, CellError]"] = {}  # errors kept across %reload_ext, by id(shell)
+
+
 def install(shell: Any) -> ErrorLog:
-    """The shell's ErrorLog, installed (made on first call)."""
+    """The shell's ErrorLog, installed (made on first call; the errors of an earlier one are kept)."""
     log = shell.__dict__.get("_oblix_error_log")
     if log is None:
         log = ErrorLog(shell)
+        log.errors.update(_retired.pop(id(shell), {}))
         log.install()
     return log
 
 
 def uninstall(shell: Any) -> None:
+    """Remove the handler (the user's own handler stays in force). The errors are kept for a reload."""
     log = shell.__dict__.get("_oblix_error_log")
     if log is not None:
         log.uninstall()
+        _retired[id(shell)] = log.errors
 
 
 def current_cell(shell: Any) -> int:

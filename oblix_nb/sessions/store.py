@@ -140,6 +140,11 @@ def _check_title(title: Any) -> None:
         raise TypeError(f"title must be a string, not {type(title).__name__}")
 
 
+def _check_setting_key(key: Any) -> None:
+    if not isinstance(key, str) or not key or len(key) > 200:
+        raise TypeError(f"a setting key must be a non-empty string of at most 200 characters, not {key!r}")
+
+
 def _message_row(message: dict) -> tuple:
     """A normalized message dict as a row (MESSAGE_COLUMNS order)."""
     metrics, routing = message.get("metrics"), message.get("routing")
@@ -609,6 +614,37 @@ class SessionStore:
                 title = "Merged: " + " + ".join(source["title"] for _, source, _ in sources)
             self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
         return merged_id
+
+    # ------------------------------------------------------------------ settings
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key`` (``default`` if there is none)."""
+        _check_setting_key(key)
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store ``value`` (any JSON value) under ``key``, replacing what was there. TypeError if not JSON."""
+        _check_setting_key(key)
+        text = _dumps(value, f"setting {key!r}")
+        with self._write() as conn:
+            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, text))
+
+    def delete_setting(self, key: str) -> bool:
+        """Remove ``key``. False if it was not set."""
+        _check_setting_key(key)
+        with self._write() as conn:
+            return conn.execute("DELETE FROM settings WHERE key = ?", (key,)).rowcount > 0
+
+    def settings(self, prefix: str = "") -> dict[str, Any]:
+        """``{key: value}`` of the settings whose key starts with ``prefix``, sorted by key."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        with self._lock:
+            rows = self._conn.execute("SELECT key, value FROM settings WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                      (len(prefix), prefix)).fetchall()
+        return {key: json.loads(value) for key, value in rows}
 
     def close(self) -> None:
         """Close the database connection. Idempotent; any later call on the store raises ProgrammingError."""
