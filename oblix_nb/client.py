@@ -6,7 +6,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Awaitable, Callable, List, Optional
@@ -318,9 +318,17 @@ class OblixClient:
                       **kwargs: Any) -> dict:
         """Send ``prompt`` to the routed model, with the session's history as context.
 
-        Extra keyword arguments: ``model_id`` (force a hooked model; an alias works too), ``sink`` (a StreamSink or callable for
-        streamed text; default stdout, or cell output in a notebook), and sampling options
+        Extra keyword arguments: ``model_id`` (force a hooked model; an alias works too), ``sink`` (a StreamSink
+        or callable for streamed text; default stdout, or cell output in a notebook), ``system`` (a system
+        message for this call), ``schema`` (structured output, below), and sampling options
         ``top_p, top_k, seed, stop, presence_penalty, frequency_penalty, repeat_penalty``.
+
+        ``schema``: a JSON Schema dict, a pydantic model class or a spec like ``"label, score float"`` (see
+        :mod:`oblix_nb.structured`). The model is told the schema, the backend enforces it where it can
+        (llama.cpp grammar, OpenAI ``response_format``, Ollama ``format``), and the reply is parsed and validated:
+        ``response["parsed"]`` holds the value (a pydantic instance for a pydantic class). An invalid reply is
+        retried once with the validation error; if that fails too, StructuredOutputError (both replies stay
+        stored in the session).
         """
         if chat:
             return await self._chat(prompt, temperature=temperature, max_tokens=max_tokens,
@@ -331,7 +339,52 @@ class OblixClient:
         if stream:
             sink = as_sink(kwargs.get("sink")) if kwargs.get("sink") is not None else \
                 self.sink_factory(display_metrics)
+        if request.schema is not None:
+            return await runtime.to_loop(self._run_structured(request, sink, stream))
         return await runtime.to_loop(self._run(request, sink, stream))
+
+    async def _run_structured(self, request: "Request", sink: Optional[StreamSink], stream: bool) -> dict:
+        """``_run`` with the schema enforced and the reply parsed: one retry on an invalid reply."""
+        from .structured import StructuredOutputError
+
+        response = await self._run(request, sink, stream)
+        try:
+            response["parsed"] = request.schema.parse(response["response"])
+            return response
+        except StructuredOutputError as first:
+            prior = [] if request.session_id else [{"role": "user", "content": request.prompt},
+                                                   {"role": "assistant", "content": response["response"]}]
+            retry = replace(request, prompt=retry_prompt(first), request_id=new_id(), prior=prior)
+        response = await self._run(retry, sink, stream)
+        try:
+            response["parsed"] = retry.schema.parse(response["response"])
+        except StructuredOutputError as second:
+            raise StructuredOutputError(
+                f"the reply of {response['model_id']} does not match the schema, even after one retry: {second}",
+                text=response["response"], response=response) from None
+        return response
+
+    async def map(self, data: Any, prompt: Any, *, schema: Any = None, model_id: Optional[str] = None,
+                  concurrency: Optional[int] = None, temperature: Optional[float] = None,
+                  max_tokens: Optional[int] = None, system: Optional[str] = None,
+                  session_id: Optional[str] = None, cache: bool = True, on_error: str = "record",
+                  progress: bool = True, **options: Any):
+        """Run ``prompt`` over every row of ``data``; returns a DataFrame on the input's index.
+
+        See :func:`oblix_nb.batch.map_frame` for the arguments, the result's columns, caching and resuming.
+        ``map_sync`` is the same call for code without an event loop at hand (a cell, a script).
+        """
+        from .batch import map_frame
+
+        return await map_frame(
+            self, data, prompt, schema=schema, model_id=model_id, concurrency=concurrency,
+            temperature=temperature, max_tokens=max_tokens, system=system, session_id=session_id, cache=cache,
+            on_error=on_error, progress=progress, **options)
+
+    def map_sync(self, data: Any, prompt: Any, **kwargs: Any):
+        """``map()`` from synchronous code, e.g. a notebook cell: runs on the package's loop thread (no nested
+        event loop). A kernel interrupt stops the batch; finished rows are stored and the next call resumes."""
+        return runtime.run(self.map(data, prompt, **kwargs))
 
     def stream(self, prompt: str, **kwargs: Any) -> "ExecutionStream":
         """``async for text in client.stream(prompt, ...)``: the reply's deltas as they arrive.
@@ -350,10 +403,19 @@ class OblixClient:
             raise ValueError(f"max_tokens must be a positive integer, not {max_tokens!r}")
         if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 5):
             raise ValueError(f"temperature must be a number between 0 and 5, not {temperature!r}")
-        unknown = set(kwargs) - set(SAMPLING_OPTIONS) - {"model_id", "sink"}
+        unknown = set(kwargs) - set(SAMPLING_OPTIONS) - {"model_id", "sink", "schema", "system"}
         if unknown:
             raise TypeError(f"execute() got unexpected keyword argument(s) {sorted(unknown)}; sampling options "
-                            f"are {list(SAMPLING_OPTIONS)}, plus model_id= and sink=")
+                            f"are {list(SAMPLING_OPTIONS)}, plus model_id=, sink=, system= and schema=")
+        system = kwargs.get("system")
+        if system is not None and not isinstance(system, str):
+            raise TypeError(f"system must be a string, not {type(system).__name__}")
+        schema = None
+        if kwargs.get("schema") is not None:
+            from .structured import compile_schema
+
+            schema = compile_schema(kwargs["schema"])
+            system = "\n\n".join(s for s in (system, schema.instruction()) if s)
         sid = session_id if session_id is not None else self.current_session_id
         if sid is not None:
             check_session_id(sid)
@@ -362,9 +424,11 @@ class OblixClient:
         options = {k: v for k, v in kwargs.items() if k in SAMPLING_OPTIONS and v is not None}
         if max_tokens is None:
             max_tokens = self.default_max_tokens
-        return Request(prompt=prompt, params=GenerationParams(max_tokens, temperature, options),
+        return Request(prompt=prompt, params=GenerationParams(max_tokens, temperature, options,
+                                                              schema.json_schema if schema else None),
                        request_id=request_id or new_id(), session_id=sid,
-                       model_id=self.resolve_model_id(kwargs.get("model_id")))
+                       model_id=self.resolve_model_id(kwargs.get("model_id")), system=system or None,
+                       schema=schema)
 
     async def _route(self, forced: Optional[str]):
         if not self._models:
@@ -383,6 +447,16 @@ class OblixClient:
         if request.session_id:
             self.sessions.append_message(request.session_id, "user", request.prompt,
                                          request_id=request.request_id)
+        return await self._attempts(request, decision, checks, history, sink, stream, self._store_reply)
+
+    async def _attempts(self, request: "Request", decision, checks: list, history: list[dict],
+                        sink: Optional[StreamSink], stream: bool, store) -> dict:
+        """Call the decided model; on a failure before its first token, the next candidate (routing's
+        fallback order). ``history`` comes before the prompt (plus ``request.prior`` and ``request.system``);
+        ``store(request, text, response, partial)`` records the reply."""
+        history = list(history) + list(request.prior)
+        if request.system:
+            history.insert(0, {"role": "system", "content": request.system})
         failures: list[str] = []
         tried: set[str] = set()
         while True:
@@ -457,6 +531,15 @@ class Request:
     request_id: str
     session_id: Optional[str]
     model_id: Optional[str] = None
+    system: Optional[str] = None        # an extra system message (the schema instruction goes here too)
+    schema: Any = None                  # a compiled oblix_nb.structured.Schema
+    prior: list = field(default_factory=list)  # messages before the prompt that are not in the session
+
+
+def retry_prompt(error: BaseException) -> str:
+    """The follow-up that asks for a corrected structured reply."""
+    return (f"Your reply was not valid: {error}. Reply again with only the JSON value, matching the schema "
+            f"exactly.")
 
 
 class BeforeFirstToken(Exception):
