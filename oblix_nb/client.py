@@ -445,8 +445,12 @@ class OblixClient:
         history = (self.sessions.history(request.session_id, limit=self.max_history_messages)
                    if request.session_id else [])
         if request.session_id:
-            self.sessions.append_message(request.session_id, "user", request.prompt,
-                                         request_id=request.request_id)
+            # What the model sees is stored: a system message is kept in the session (once: a session whose
+            # history already has it does not get it again), so later turns and re-runs see it too.
+            turn = [{"role": "user", "content": request.prompt, "request_id": request.request_id}]
+            if request.system and not _has_system(history, request.system):
+                turn.insert(0, {"role": "system", "content": request.system, "request_id": request.request_id})
+            self.sessions.append_messages(request.session_id, turn)
         return await self._attempts(request, decision, checks, history, sink, stream, self._store_reply)
 
     async def _attempts(self, request: "Request", decision, checks: list, history: list[dict],
@@ -455,7 +459,7 @@ class OblixClient:
         fallback order). ``history`` comes before the prompt (plus ``request.prior`` and ``request.system``);
         ``store(request, text, response, partial)`` records the reply."""
         history = list(history) + list(request.prior)
-        if request.system:
+        if request.system and not _has_system(history, request.system):
             history.insert(0, {"role": "system", "content": request.system})
         failures: list[str] = []
         tried: set[str] = set()
@@ -522,6 +526,10 @@ class OblixClient:
             stop = getattr(agent, "stop", None)
             if callable(stop):
                 stop()
+
+
+def _has_system(history: list[dict], text: str) -> bool:
+    return any(m["role"] == "system" and m["content"] == text for m in history)
 
 
 @dataclass

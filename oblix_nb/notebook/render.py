@@ -98,6 +98,7 @@ ALLOWED_TAGS = frozenset("""
     i ins kbd li mark ol p pre q s samp small span strong sub summary sup table tbody td tfoot th thead tr u ul
 """.split())
 VOID_TAGS = frozenset({"br", "hr"})
+SELF_CLOSING_SIBLINGS = frozenset({"li", "p", "td", "th", "tr", "dt", "dd"})
 DROP_CONTENT = frozenset({"script", "style", "iframe", "object", "embed", "template", "noscript", "svg", "math",
                           "head", "title", "textarea", "select", "frame", "frameset", "applet", "xmp",
                           "noembed", "noframes", "plaintext"})
@@ -145,6 +146,8 @@ def sanitize_html(text: Optional[str]) -> str:
                 out.append(f'<a{link} target="_blank" rel="noopener noreferrer nofollow" class="oblix-image-link" '
                            f'title="image (not loaded)">[image: {escape(alt)}]</a>')
             elif tag in ALLOWED_TAGS:
+                if tag in SELF_CLOSING_SIBLINGS and open_tags and open_tags[-1] == tag:  # <li>a<li>b
+                    out.append(f"</{open_tags.pop()}>")
                 out.append(f"<{tag}{_attrs(tag, attrs)}>")
                 if tag not in VOID_TAGS:
                     open_tags.append(tag)
