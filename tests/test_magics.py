@@ -480,7 +480,7 @@ def test_cell_usage_errors(ip):
     assert "no session" in usage_error(result)
     result, _ = run(ip, "%%oblix --session a --new-session\nHi")
     assert "not allowed" in usage_error(result)
-    result, _ = run(ip, "%%oblix -f html\nHi")
+    result, _ = run(ip, "%%oblix -f pdf\nHi")
     assert "invalid choice" in usage_error(result)
 
 
