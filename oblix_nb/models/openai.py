@@ -121,15 +121,17 @@ class OpenAIBackend(ModelBackend):
             "name": "reply", "schema": schema, "strict": _strict_compatible(schema)}}}
 
     async def _create(self, payload: dict, **kwargs):
-        """``chat.completions.create``; a server that rejects the ``json_schema`` response format (HTTP 400/422
+        """``chat.completions.create``; a server that rejects the ``json_schema`` response format (an HTTP error
         naming response_format) is asked again with ``json_object`` + schema, and remembered."""
         import openai
 
         try:
             return await self._client.chat.completions.create(**payload, **kwargs)
-        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+        except openai.APIStatusError as exc:
+            # llama_cpp.server answers 500 (its request validation error), others 400/422.
             fmt = payload.get("response_format") or {}
-            if fmt.get("type") != "json_schema" or "response_format" not in str(exc):
+            if fmt.get("type") != "json_schema" or exc.status_code not in (400, 422, 500) or \
+                    "response_format" not in str(exc) + str(getattr(exc, "body", "")):
                 raise
             self._schema_style = "json_object"
             retry = dict(payload, response_format={"type": "json_object", "schema": fmt["json_schema"]["schema"]})

@@ -132,23 +132,6 @@ def _title(prompt: str) -> str:
     return title_from(prompt, "Notebook session")
 
 
-def fill_template(text: str, namespace: dict) -> str:
-    """Replace each ``{name}`` whose ``name`` is a variable in ``namespace`` by ``str(value)``.
-
-    Only plain identifiers are replaced; unknown names, ``{expressions}`` and other braces (code, JSON) are
-    left as they are. ``{{name}}`` is the escape: it becomes the literal ``{name}``, never substituted.
-    """
-    def sub(match: "re.Match") -> str:
-        if match.group(1) is not None:
-            return "{" + match.group(1) + "}"
-        name = match.group(2)
-        if name in namespace:
-            return str(namespace[name])
-        return match.group(0)
-
-    return re.sub(r"\{\{(" + _IDENT + r")\}\}|\{(" + _IDENT + r")\}", sub, text)
-
-
 def _expand_dollars(tokens: list[str], namespace: dict) -> list[str]:
     """``%oblix_session`` skips IPython's whole-line ``{}``/``$`` expansion (it would mangle JSON values);
     instead a token that is exactly ``$name`` becomes ``str(name's value)``."""
@@ -284,9 +267,19 @@ def oblix_parser() -> MagicArgumentParser:
                         "json: parsed, shown as a JSON tree (default with --schema); html: sanitised HTML; "
                         "math: LaTeX")
     p.add_argument("--schema", metavar="SPEC",
-                   help="structured output: a spec like \"label, score float\" or the name of a variable holding "
-                        "a JSON Schema dict or a pydantic class; the value is oblix_last.parsed")
+                   help="structured output: a spec like \"label, score float, tags list[str]\", a JSON Schema as "
+                        "JSON, or the name of a variable holding one (or a pydantic class); the value is "
+                        "oblix_last.parsed (with --over: one typed column per field)")
     p.add_argument("--var", metavar="NAME", help="also store the reply in this variable")
+    over = p.add_argument_group("prompts over a DataFrame (--over)", textwrap.dedent("""\
+        With --over DF the cell is a template run once per row of DF (client.map): {column} is the row's
+        value ({name} of a notebook variable that is not a column: that value). The result is a DataFrame on
+        DF's index, shown and stored in NAME (--into, default oblix_result); finished rows are stored, so
+        re-running the cell only calls the model for rows that have not finished."""))
+    over.add_argument("--over", metavar="DF", help="a DataFrame / Series / list variable to run the cell over")
+    over.add_argument("--into", metavar="NAME", help="store the result DataFrame in this variable")
+    over.add_argument("--concurrency", type=_positive_int, metavar="N", help="rows in flight (default 1 "
+                      "for the embedded model, 4 for servers)")
     return p
 
 
@@ -771,6 +764,10 @@ class OblixMagics(Magics):
             return None
         if args.var is not None and not args.var.isidentifier():
             raise UsageError(f"%%oblix --var: {args.var!r} is not a valid variable name")
+        if args.over is not None:
+            return self._over(args, cell or "")
+        if args.into is not None or args.concurrency is not None:
+            raise UsageError("%%oblix: --into and --concurrency go with --over DF")
         template = re.sub(r"\A(?:[ \t]*\n)+", "", (cell or "").rstrip())  # drop blank lines around the prompt
         if not template.strip():
             raise UsageError("%%oblix: the cell is the prompt; write something below the %%oblix line")
@@ -802,14 +799,11 @@ class OblixMagics(Magics):
         return value if isinstance(value, str) else None
 
     def _schema_arg(self, spec: str):
-        """--schema: a variable holding a JSON Schema dict / pydantic class / Schema, else a concise spec."""
-        from ..structured import SchemaError, compile_schema
+        """--schema: a variable holding any ``schema=`` form, JSON Schema text, or a concise spec."""
+        from ..structured import SchemaError, schema_from_text
 
-        value = self.shell.user_ns.get(spec) if spec.isidentifier() else None
-        if not (isinstance(value, (dict, type)) or type(value).__name__ == "Schema"):
-            value = spec
         try:
-            return compile_schema(value)
+            return schema_from_text(spec, self.shell.user_ns)
         except SchemaError as exc:
             raise UsageError(f"%%oblix --schema: {exc}") from None
 
@@ -890,6 +884,43 @@ class OblixMagics(Magics):
         if fmt == "code":
             self.shell.set_next_input(extract_code(text), replace=False)
         return None
+
+    def _over(self, args, cell: str):
+        """``%%oblix --over DF``: the cell as a template over DF's rows (client.map)."""
+        from ..batch import fill_constants, input_fields
+
+        ns = self.shell.user_ns
+        if not args.over.isidentifier() or args.over not in ns:
+            raise UsageError(f"%%oblix --over: no variable named {args.over!r}")
+        if args.var or args.new_session or args.no_stream or args.format == "code" or args.context:
+            raise UsageError("%%oblix --over: --var, --new-session, --no-stream, --context and -f code do not "
+                             "apply; the result DataFrame goes to --into NAME")
+        into = args.into or "oblix_result"
+        if not into.isidentifier():
+            raise UsageError(f"%%oblix --into: {into!r} is not a valid variable name")
+        data = ns[args.over]
+        schema = self._schema_arg(args.schema) if args.schema is not None else None
+        template = fill_constants(cell.strip(), ns, set(input_fields(data)))
+        if not template.strip():
+            raise UsageError("%%oblix --over: the cell is the template; write it below the %%oblix line, "
+                             "with {column} fields")
+        client = self.client
+        model_id = self._model_arg(client, args.model, "%%oblix --over")
+        if not self._ensure_model(client, model_id):
+            return None
+        kwargs: dict[str, Any] = dict(schema=schema, model_id=model_id, temperature=args.temperature,
+                                      max_tokens=args.max_tokens, concurrency=args.concurrency, system=args.system)
+        if args.session:
+            kwargs["session_id"] = self.resolve(args.session)
+        try:
+            result = client.map_sync(data, template, **kwargs)
+        except (TypeError, ValueError, NoModelHookedError, SessionNotFoundError) as exc:
+            raise UsageError(f"%%oblix --over: {exc}") from None
+        ns[into] = result
+        errors = int(result["error"].notna().sum()) if "error" in result else 0
+        cached = int(result["cached"].sum()) if "cached" in result else 0
+        print(f"{len(result)} rows -> {into} ({cached} from the store, {errors} with errors)")
+        return result
 
     def _finish(self, view: Optional[ReplyDisplay], text: str, footer: Optional[str], *, error: bool = False,
                 streamed: bool = True, bundle: Optional[dict] = None) -> None:
