@@ -547,3 +547,49 @@ def test_embedded_model_with_references_context_and_formats(ip):
     parsed = ip.user_ns["oblix_last"].parsed
     assert set(parsed) == {"city", "warm"} and isinstance(parsed["warm"], bool)
     assert any("application/json" in o.data for o in cap.outputs)
+
+
+TERMINAL_SCRIPT = r'''
+import json, sys
+from IPython.terminal.interactiveshell import TerminalInteractiveShell
+from oblix_nb.models.base import ModelBackend, ModelType, Usage
+from oblix_nb.notebook import state
+
+class Fixed(ModelBackend):
+    model_type = ModelType.OPENAI
+    async def connect(self):
+        pass
+    async def stream(self, messages, params):
+        self.prompt = messages[-1]["content"]
+        yield "Use a valid index:\n```python\nitems = [1]\nprint(items[0])\n```"
+        yield Usage(1, 1, "tokenizer", "tokenizer", "stop")
+
+shell = TerminalInteractiveShell.instance()
+shell.run_cell("%load_ext oblix_nb", store_history=True)
+backend = Fixed("fixed", target="local")
+state.get_client()._models = {backend.model_id: backend}
+shell.run_cell("items = [1]\nitems[3]", store_history=True)
+shell.run_cell("%oblix_fix -f code", store_history=True)
+sys.stdout.flush()
+print("\nREPORT " + json.dumps({"next": shell.rl_next_input, "prompt": backend.prompt}))
+'''
+
+
+def test_oblix_fix_in_terminal_ipython(tmp_path):
+    """Terminal IPython (no display frontend): the reply streams to stdout and -f code pre-fills the next prompt."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, OBLIX_HOME=str(tmp_path / "home"), PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    out = subprocess.run([sys.executable, "-c", TERMINAL_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert "IndexError" in out.stdout + out.stderr  # IPython showed the error as usual
+    assert "Use a valid index:" in out.stdout  # streamed as plain text
+    report = json.loads(out.stdout.split("REPORT ", 1)[1])
+    assert report["next"] == "items = [1]\nprint(items[0])"
+    assert "items[3]" in report["prompt"] and "IndexError" in report["prompt"]
