@@ -482,6 +482,7 @@ def test_oblix_fix_sends_source_and_traceback_and_code_goes_to_a_new_cell(ip, mo
     assert isinstance(result.error_in_exec, UsageError) and "no error recorded" in str(result.error_in_exec)
     r_err, _ = run(ip, "divisor = 0\nresult = 1 / divisor")
     run(ip, "x = 'a cell without an error'")
+    run(ip, "%oblix_fix --max-tokens 0")  # a usage error of %oblix_fix itself is not "the last error"
     result, _ = run(ip, "%oblix_fix -f code")
     assert result.success, result.error_in_exec
     prompt = backend.seen[-1][-1]["content"]

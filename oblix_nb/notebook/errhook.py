@@ -69,8 +69,9 @@ class ErrorLog:
     def get(self, n: int) -> Optional[CellError]:
         return self.errors.get(n)
 
-    def last(self) -> Optional[CellError]:
-        return next(reversed(self.errors.values()), None) if self.errors else None
+    def last(self, skip: Optional[Callable[[CellError], bool]] = None) -> Optional[CellError]:
+        """The most recent error (the most recent one ``skip`` does not reject)."""
+        return next((e for e in reversed(self.errors.values()) if skip is None or not skip(e)), None)
 
     def counts(self) -> list[int]:
         return list(self.errors)

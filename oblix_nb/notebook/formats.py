@@ -68,7 +68,10 @@ def final_bundle(fmt: str, text: str, parsed: Any = None, *, has_parsed: bool = 
         value = plain(parsed)
         pretty = json.dumps(value, indent=2, ensure_ascii=False, default=str)
         if isinstance(value, (dict, list)):
-            return {"application/json": value, "text/plain": pretty}
+            from IPython.display import JSON
+
+            data, _ = JSON(value)._repr_json_()  # what display(JSON(value)) publishes
+            return {"application/json": data, "text/plain": pretty}
         return {"text/plain": pretty}
     if fmt == "html":
         from .render import sanitize_html

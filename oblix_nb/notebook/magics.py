@@ -683,8 +683,8 @@ class OblixMagics(Magics):
         log = error_log(self.shell)
         if log is None:
             raise UsageError("%oblix_fix: errors are recorded only while the extension is loaded (%load_ext oblix_nb)")
-        if args.cell is None:
-            record = log.last()
+        if args.cell is None:  # the last error, not one of %oblix_fix itself
+            record = log.last(skip=lambda e: e.source.lstrip().startswith("%oblix_fix"))
             if record is None:
                 raise UsageError("%oblix_fix: no error recorded yet (errors are recorded from the moment "
                                  "%load_ext oblix_nb ran)")
