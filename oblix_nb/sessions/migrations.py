@@ -26,6 +26,9 @@ Schema (version 1):
   for an FTS5 segment per commit. Triggers remove (and re-index) rows at or below the mark on DELETE (and
   UPDATE). Whoever deletes rows must then lower the mark to the highest remaining ``seq`` (the store's
   ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
+
+Version 2 adds ``settings``: store-wide key/value pairs (value: JSON text) that outlive a kernel, such as
+model aliases (``alias:<name>`` -> model id). Only the store's ``*_setting`` methods touch it.
 """
 from __future__ import annotations
 
@@ -101,6 +104,12 @@ WHEN old.seq <= (SELECT last_seq FROM fts_progress WHERE name = 'titles') BEGIN
     INSERT INTO titles_fts (titles_fts, rowid, title) VALUES ('delete', old.seq, old.title);
     INSERT INTO titles_fts (rowid, title) VALUES (new.seq, new.title);
 END;
+"""),
+    (2, """
+CREATE TABLE settings (
+    key   TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 """),
 ]
 

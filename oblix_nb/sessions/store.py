@@ -39,8 +39,8 @@ from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError, StorageError
 from .io import normalize_message, parse_session_file, write_json_atomic
 from .migrations import LATEST_VERSION, migrate, schema_version
-from .validate import canonical_json, check_json, check_limit, check_query, check_text, check_title, dumps, \
-    json_object
+from .validate import canonical_json, check_json, check_limit, check_query, check_setting_key, check_text, \
+    check_title, dumps, json_object
 
 BUSY_TIMEOUT_S = 30.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
@@ -854,6 +854,37 @@ class SessionStore:
             self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
         self._written()
         return merged_id
+
+    # ------------------------------------------------------------------ settings
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key`` (``default`` if there is none)."""
+        check_setting_key(key)
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store ``value`` (any JSON value) under ``key``, replacing what was there. TypeError if not JSON."""
+        check_setting_key(key)
+        text = dumps(value, f"setting {key!r}")
+        with self._write() as conn:
+            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, text))
+
+    def delete_setting(self, key: str) -> bool:
+        """Remove ``key``. False if it was not set."""
+        check_setting_key(key)
+        with self._write() as conn:
+            return conn.execute("DELETE FROM settings WHERE key = ?", (key,)).rowcount > 0
+
+    def settings(self, prefix: str = "") -> dict[str, Any]:
+        """``{key: value}`` of the settings whose key starts with ``prefix``, sorted by key."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        with self._lock:
+            rows = self._conn.execute("SELECT key, value FROM settings WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                      (len(prefix), prefix)).fetchall()
+        return {key: json.loads(value) for key, value in rows}
 
     def close(self) -> None:
         """Close the database connection. Idempotent; any later call on the store raises ProgrammingError."""
