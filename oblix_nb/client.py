@@ -22,6 +22,7 @@ from .models.base import SAMPLING_OPTIONS, GenerationParams, ModelBackend, Model
     is_connection_failure
 from .routing import decide
 from .sessions import SessionStore
+from .sessions.validate import check_text
 from .streaming import StdoutSink, StreamSink, as_sink
 
 
@@ -402,6 +403,7 @@ class OblixClient:
     def _request(self, prompt, temperature, max_tokens, request_id, session_id, kwargs) -> "Request":
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
+        check_text(prompt, "prompt")  # a lone surrogate could be neither stored nor sent
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
             raise ValueError(f"max_tokens must be a positive integer, not {max_tokens!r}")
         if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 5):
