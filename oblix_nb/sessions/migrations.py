@@ -26,10 +26,116 @@ Schema (version 1):
   for an FTS5 segment per commit. Triggers remove (and re-index) rows at or below the mark on DELETE (and
   UPDATE). Whoever deletes rows must then lower the mark to the highest remaining ``seq`` (the store's
   ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
+
+Version 2 adds what :meth:`.store.SessionStore.stats` reads, so analytics scan narrow plain columns instead of
+parsing every message's JSON (``json_extract`` over a million messages takes seconds):
+
+- ``reply_stats``: one row per assistant message (``seq`` = the message's ``seq``): ``day`` (UTC date of its
+  timestamp), ``model_id``, ``route`` (``routing.target``), ``partial``, ``error`` (``metrics.error`` is set:
+  the reply was cut by a failure, not stopped), ``fallback`` (``routing.fallback_from`` is set), ``ttft`` /
+  ``tps`` (``metrics.time_to_first_token`` / ``tokens_per_second``), ``input_tokens`` / ``output_tokens`` and
+  ``cost_usd`` (``metrics.cost_usd``). A value of the wrong JSON type (or absent) is NULL.
+  Percentiles are read with ``ORDER BY <metric> LIMIT 1 OFFSET k`` per group, which the partial covering
+  indexes ``(<group key>, <metric>, timestamp, session_seq)`` answer without sorting.
+- ``request_prompts``: one row per user message carrying a ``request_id`` (a prompt sent by ``execute``);
+  ``answered`` says whether the session holds a reply with that ``request_id``. An unanswered prompt is a
+  request that failed on every candidate (or was stopped before its first token).
+- Triggers keep both in step with ``messages``: on INSERT and DELETE (session deletes cascade into them),
+  and on UPDATE of the columns the rows derive from (not ``content``, so a reply checkpointed while it
+  streams costs nothing extra).
 """
 from __future__ import annotations
 
 import sqlite3
+
+# Migration 2's SQL is spelled out once here for its backfill and its triggers (backfills run before the
+# indexes are built: a sorted index build is much faster than a million index inserts). Frozen like every released
+# migration: a later change to these tables is a new migration, not an edit of these strings.
+def _v2_number(column: str, key: str, types: str = "'integer', 'real'") -> str:
+    """``new.<column>``'s JSON number at ``$.<key>``; NULL when absent or not a number."""
+    return (f"CASE WHEN json_type(new.{column}, '$.{key}') IN ({types}) "
+            f"THEN json_extract(new.{column}, '$.{key}') END")
+
+
+def _v2_set(column: str, key: str) -> str:
+    """1 if ``new.<column>`` holds a non-null value at ``$.<key>``, else 0."""
+    return f"IFNULL(json_type(new.{column}, '$.{key}') != 'null', 0)"
+
+
+_V2_REPLY_COLUMNS = ("seq, session_seq, request_id, timestamp, day, model_id, route, partial, error, fallback, "
+                     "ttft, tps, input_tokens, output_tokens, cost_usd")
+_V2_REPLY = f"""INSERT INTO reply_stats ({_V2_REPLY_COLUMNS})
+    SELECT new.seq, new.session_seq, new.request_id, new.timestamp, substr(new.timestamp, 1, 10), new.model_id,
+           CASE WHEN json_type(new.routing, '$.target') = 'text' THEN json_extract(new.routing, '$.target') END,
+           new.partial IS NOT NULL, {_v2_set("metrics", "error")}, {_v2_set("routing", "fallback_from")},
+           {_v2_number("metrics", "time_to_first_token")}, {_v2_number("metrics", "tokens_per_second")},
+           {_v2_number("metrics", "input_tokens", "'integer'")},
+           {_v2_number("metrics", "output_tokens", "'integer'")}, {_v2_number("metrics", "cost_usd")}"""
+_V2_PROMPT = """INSERT INTO request_prompts (seq, session_seq, request_id, timestamp, answered)
+    SELECT new.seq, new.session_seq, new.request_id, new.timestamp,
+           EXISTS (SELECT 1 FROM reply_stats
+                   WHERE session_seq = new.session_seq AND request_id = new.request_id)"""
+_V2_IS_REPLY = "new.role = 'assistant'"
+_V2_IS_PROMPT = "new.role = 'user' AND new.request_id IS NOT NULL"
+_V2_ON_INSERT = f"""
+    {_V2_REPLY} WHERE {_V2_IS_REPLY};
+    {_V2_PROMPT} WHERE {_V2_IS_PROMPT};
+    UPDATE request_prompts SET answered = 1
+    WHERE {_V2_IS_REPLY} AND new.request_id IS NOT NULL
+      AND session_seq = new.session_seq AND request_id = new.request_id;"""
+_V2_ON_DELETE = """
+    DELETE FROM reply_stats WHERE seq = old.seq;
+    DELETE FROM request_prompts WHERE seq = old.seq;
+    UPDATE request_prompts SET answered = EXISTS (
+        SELECT 1 FROM reply_stats AS r WHERE r.session_seq = old.session_seq AND r.request_id = old.request_id)
+    WHERE old.role = 'assistant' AND old.request_id IS NOT NULL
+      AND session_seq = old.session_seq AND request_id = old.request_id;"""
+# (group key column, metric column) pairs with a percentile index.
+STATS_PERCENTILE_INDEXES = [(key, metric) for key in ("model_id", "route", "session_seq", "day")
+                            for metric in ("ttft", "tps")]
+_V2 = f"""
+CREATE TABLE reply_stats (
+    seq           INTEGER PRIMARY KEY,
+    session_seq   INTEGER NOT NULL,
+    request_id    TEXT,
+    timestamp     TEXT    NOT NULL,
+    day           TEXT    NOT NULL,
+    model_id      TEXT,
+    route         TEXT,
+    partial       INTEGER NOT NULL,
+    error         INTEGER NOT NULL,
+    fallback      INTEGER NOT NULL,
+    ttft          REAL,
+    tps           REAL,
+    input_tokens  INTEGER,
+    output_tokens INTEGER,
+    cost_usd      REAL
+);
+{_V2_REPLY} FROM messages AS new WHERE {_V2_IS_REPLY};
+CREATE INDEX reply_stats_by_request ON reply_stats (session_seq, request_id) WHERE request_id IS NOT NULL;
+""" + "".join(f"CREATE INDEX reply_stats_{key}_{metric} ON reply_stats ({key}, {metric}, timestamp, session_seq) "
+              f"WHERE {metric} IS NOT NULL;\n" for key, metric in STATS_PERCENTILE_INDEXES) + f"""
+CREATE TABLE request_prompts (
+    seq         INTEGER PRIMARY KEY,
+    session_seq INTEGER NOT NULL,
+    request_id  TEXT    NOT NULL,
+    timestamp   TEXT    NOT NULL,
+    answered    INTEGER NOT NULL
+);
+{_V2_PROMPT} FROM messages AS new WHERE {_V2_IS_PROMPT};
+CREATE INDEX request_prompts_by_request ON request_prompts (session_seq, request_id);
+CREATE INDEX request_prompts_unanswered ON request_prompts (timestamp) WHERE answered = 0;
+
+CREATE TRIGGER stats_on_insert AFTER INSERT ON messages BEGIN{_V2_ON_INSERT}
+END;
+CREATE TRIGGER stats_on_delete AFTER DELETE ON messages BEGIN{_V2_ON_DELETE}
+END;
+CREATE TRIGGER stats_on_update
+AFTER UPDATE OF seq, session_seq, role, timestamp, model_id, metrics, routing, partial, request_id ON messages
+BEGIN{_V2_ON_DELETE}{_V2_ON_INSERT}
+END;
+"""
+
 
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
@@ -102,6 +208,7 @@ WHEN old.seq <= (SELECT last_seq FROM fts_progress WHERE name = 'titles') BEGIN
     INSERT INTO titles_fts (rowid, title) VALUES (new.seq, new.title);
 END;
 """),
+    (2, _V2),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
