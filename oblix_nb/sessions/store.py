@@ -32,6 +32,8 @@ from ..errors import SessionExistsError, SessionNotFoundError
 from . import stats as stats_module
 from .io import normalize_message, parse_session_file, write_json_atomic
 from .migrations import migrate
+from .validate import canonical_json, check_json, check_limit, check_query, check_text, check_title, dumps, \
+    json_object
 
 BUSY_TIMEOUT_S = 30.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
@@ -53,53 +55,14 @@ MESSAGE_COLUMNS = ("id", "role", "content", "timestamp", "model_id", "metrics", 
 _SELECT_MESSAGES = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE session_seq = ?"
 _INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {', '.join(MESSAGE_COLUMNS)}) "
                    f"VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + 1))})")
+_UPDATE_MESSAGE = (f"UPDATE messages SET {', '.join(f'{c} = ?' for c in MESSAGE_COLUMNS[1:])} "
+                   f"WHERE session_seq = ? AND id = ?")
 _SUMMARY_COLUMNS = "id, title, created_at, updated_at, message_count, metadata"
 # (fts_progress name, content table, FTS5 table, indexed column)
 _FTS_TABLES = (("messages", "messages", "messages_fts", "content"), ("titles", "sessions", "titles_fts", "title"))
 _FTS_PENDING = "SELECT " + " OR ".join(
     f"(SELECT last_seq FROM fts_progress WHERE name = '{name}') < IFNULL((SELECT MAX(seq) FROM {table}), 0)"
     for name, table, _, _ in _FTS_TABLES)
-
-
-def _json_object(value: Any, what: str) -> tuple[dict, str]:
-    """``(value, its JSON text)`` for a dict of JSON values (None means {}). TypeError for anything else."""
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise TypeError(f"{what} must be a dict, not {type(value).__name__}")
-    for key in value:
-        if not isinstance(key, str):
-            raise TypeError(f"{what} keys must be strings, not {type(key).__name__} ({key!r})")
-    return value, _dumps(value, what)
-
-
-def _dumps(value: Any, what: str) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:  # ValueError: NaN/inf or a circular reference
-        raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return value
-
-
-def canonical_json(value: Any, what: str = "metadata value") -> str:
-    """The JSON text metadata values are compared by: keys sorted, ``1.0`` written as ``1``.
-
-    So ``1 == 1.0`` match, while ``1``, ``"1"`` and ``true`` stay distinct.
-    """
-    try:
-        return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
 def _update_stamp(dt: Optional[datetime] = None) -> str:
@@ -120,10 +83,12 @@ def _metadata_sessions(filter_metadata: Optional[dict]) -> tuple[str, list]:
         return "", []
     if not isinstance(filter_metadata, dict):
         raise TypeError(f"filter_metadata must be a dict, not {type(filter_metadata).__name__}")
+    check_json(filter_metadata, "filter_metadata")  # depth counted as for stored metadata
     subqueries, params = [], []
     for key, value in filter_metadata.items():
         if not isinstance(key, str):
             raise TypeError(f"filter_metadata keys must be strings, not {type(key).__name__}")
+        check_text(key, "filter_metadata key")
         subqueries.append("SELECT session_seq FROM session_meta WHERE key = ? AND value = ?")
         params += [key, canonical_json(value, f"filter_metadata[{key!r}]")]
     return " INTERSECT ".join(subqueries), params
@@ -151,34 +116,18 @@ def _stats_where(since: Optional[str], until: Optional[str], filter_metadata: Op
     return "".join(f" AND {c}" for c in conditions), params
 
 
-def _check_limit(limit: Optional[int], name: str = "limit") -> int:
-    """SQLite LIMIT for a user limit: None means no limit (-1); negative or non-int values are refused."""
-    if limit is None:
-        return -1
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"{name} must be an int or None, not {type(limit).__name__}")
-    if limit < 0:
-        raise ValueError(f"{name} must be >= 0, not {limit}")
-    return limit
-
-
 def _default_title(created_at: str) -> str:
     """``"Session 2026-11-24 20:51 UTC"`` for a session created at that (canonical) time."""
     return f"Session {created_at[:10]} {created_at[11:16]} UTC"
 
 
-def _check_title(title: Any) -> None:
-    if title is not None and not isinstance(title, str):
-        raise TypeError(f"title must be a string, not {type(title).__name__}")
-
-
 def _message_row(message: dict) -> tuple:
-    """A normalized message dict as a row (MESSAGE_COLUMNS order)."""
+    """A message dict checked by ``normalize_message`` as a row (MESSAGE_COLUMNS order)."""
     metrics, routing = message.get("metrics"), message.get("routing")
     return (message["id"], message["role"], message["content"], message["timestamp"],
             message.get("model_id"),
-            None if metrics is None else _dumps(metrics, "message metrics"),
-            None if routing is None else _dumps(routing, "message routing"),
+            None if metrics is None else dumps(metrics, "message metrics", checked=True),
+            None if routing is None else dumps(routing, "message routing", checked=True),
             1 if message.get("partial") else None,
             message.get("request_id"), message.get("source_session_id"))
 
@@ -209,7 +158,8 @@ def _summary(row: tuple) -> dict:
 def _fts_query(query: str) -> str:
     """The user's text as an FTS5 query: every whitespace-separated term quoted (so ``-``, ``:``, ``"``,
     ``AND``, ``*`` are plain text), all terms required."""
-    return " ".join('"' + term.replace('"', '""') + '"' for term in query.split())
+    # NUL would end the FTS5 query string early; the tokenizer treats it as a separator anyway.
+    return " ".join('"' + term.replace('"', '""').replace("\x00", " ") + '"' for term in query.split())
 
 
 class SessionStore:
@@ -220,8 +170,10 @@ class SessionStore:
     returns False (``delete``, ``update_metadata``).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, max_import_bytes: Optional[int] = None):
         self.path = Path(os.fspath(path)).expanduser()
+        #: import_file's size cap in bytes (None: env OBLIX_MAX_IMPORT_BYTES, else 256 MiB)
+        self.max_import_bytes = max_import_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
@@ -268,6 +220,9 @@ class SessionStore:
             finally:
                 conn.execute("COMMIT")
 
+    def _written(self) -> None:
+        """Called after every committed write that adds or changes searchable text."""
+
     @staticmethod
     def _seq(conn: sqlite3.Connection, session_id: str) -> int:
         row = conn.execute("SELECT seq FROM sessions WHERE id = ?", (session_id,)).fetchone()
@@ -287,8 +242,8 @@ class SessionStore:
                         rows: list[tuple]) -> None:
         """Insert a whole session; ``updated_at`` as :func:`_update_stamp`, ``rows`` are message rows
         (MESSAGE_COLUMNS order). Invalid context or metadata raise TypeError (rolling the write back)."""
-        _, context_json = _json_object(context, "context")
-        metadata, metadata_json = _json_object(metadata, "metadata")
+        _, context_json = json_object(context, "context")
+        metadata, metadata_json = json_object(metadata, "metadata")
         seq = conn.execute(
             "INSERT INTO sessions (id, title, created_at, updated_at, context, metadata, message_count) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -315,7 +270,9 @@ class SessionStore:
         Without a title the session is named after its creation time: ``"Session 2026-11-24 20:51 UTC"``.
         ``context`` and ``metadata`` must be dicts of JSON values (TypeError otherwise).
         """
-        _check_title(title)
+        check_title(title)
+        json_object(context, "context")  # validate before touching the database
+        json_object(metadata, "metadata")
         session_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
@@ -354,8 +311,8 @@ class SessionStore:
         an equal JSON value: types matter (``1`` != ``"1"``, ``True`` != ``1``) but ``1 == 1.0``; nested
         values compare as whole JSON values. Served by the session_meta index; messages are not read.
         """
-        sql_limit = _check_limit(limit)
-        sql_offset = _check_limit(offset, "offset")
+        sql_limit = check_limit(limit)
+        sql_offset = check_limit(offset, "offset")
         where, params = _metadata_where(filter_metadata)
         sql = (f"SELECT {_SUMMARY_COLUMNS} FROM sessions {where} "
                f"ORDER BY updated_at DESC, seq DESC LIMIT ? OFFSET ?")
@@ -451,7 +408,7 @@ class SessionStore:
         fallback, ttft, tps, input_tokens, output_tokens}``, for plots of distributions. Larger sets are
         thinned by a hash of the row id, so the sample spreads evenly over time and groups and is the same
         on every call."""
-        sql_limit = _check_limit(limit)
+        sql_limit = check_limit(limit)
         where, params = _stats_where(since, until, filter_metadata)
         columns = ("timestamp", "model_id", "route", "partial", "fallback", "ttft", "tps", "input_tokens",
                    "output_tokens")
@@ -515,13 +472,13 @@ class SessionStore:
         check_session_id(session_id)
         if not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
-        _json_object(metadata, "metadata")  # validate before touching the database
+        json_object(metadata, "metadata")  # validate before touching the database
         with self._write() as conn:
             row = conn.execute("SELECT seq, metadata FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 return False
             seq, current = row
-            merged, merged_json = _json_object({**json.loads(current), **metadata}, "metadata")
+            merged, merged_json = json_object({**json.loads(current), **metadata}, "metadata")
             conn.execute("UPDATE sessions SET metadata = ?, updated_at = ? WHERE seq = ?",
                          (merged_json, _update_stamp(), seq))
             self._set_meta(conn, seq, metadata)
@@ -591,6 +548,31 @@ class SessionStore:
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"message ids must be unique within session {session_id}: {exc}") from None
 
+    def upsert_message(self, session_id: str, role: str, content: str, **fields: Any) -> dict:
+        """Store a message under its ``id`` (required): insert it if the session has no message with that id,
+        else replace that message in place (same position in the conversation, ``message_count`` unchanged).
+
+        Streamed replies use it: checkpoints flagged ``partial`` while the reply arrives, then the finished
+        reply under the same id, so a reply is one row whatever happens. Fields and errors as
+        :meth:`append_message`; returns the stored message dict.
+        """
+        check_session_id(session_id)
+        if fields.get("id") is None:
+            raise TypeError("upsert_message needs the message's id=")
+        message = normalize_message(role, content, fields)
+        row = _message_row(message)
+        with self._write() as conn:
+            found = conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ? RETURNING seq",
+                                 (_update_stamp(), session_id)).fetchall()
+            if not found:
+                raise SessionNotFoundError(session_id)
+            seq = found[0][0]
+            if not conn.execute(_UPDATE_MESSAGE, (*row[1:], seq, row[0])).rowcount:
+                conn.execute(_INSERT_MESSAGE, (seq, *row))
+                conn.execute("UPDATE sessions SET message_count = message_count + 1 WHERE seq = ?", (seq,))
+        self._written()
+        return message
+
     def messages(self, session_id: str) -> list[dict]:
         """All of the session's messages, in conversation order."""
         return self.history(session_id, limit=None)
@@ -598,7 +580,7 @@ class SessionStore:
     def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
         """The newest ``limit`` messages (all if None), in chronological order. Reads only those rows."""
         check_session_id(session_id)
-        sql_limit = _check_limit(limit)
+        sql_limit = check_limit(limit)
         with self._read() as conn:
             seq = self._seq(conn, session_id)
             rows = conn.execute(_SELECT_MESSAGES + " ORDER BY seq DESC LIMIT ?", (seq, sql_limit)).fetchall()
@@ -629,11 +611,8 @@ class SessionStore:
 
         Messages and titles written since the previous search are indexed first, in one transaction.
         """
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a string, not {type(query).__name__}")
-        if not query.strip():
-            raise ValueError("search query must not be empty")
-        sql_limit = _check_limit(limit)
+        check_query(query)
+        sql_limit = check_limit(limit)
         match = _fts_query(query)
         self._update_search_index()
         scores: dict[int, float] = {}
@@ -672,15 +651,17 @@ class SessionStore:
         """Write the session's reference JSON to ``path`` atomically (parent folders created); returns it."""
         return write_json_atomic(path, self.get(session_id))
 
-    def import_file(self, path: str | os.PathLike, new_id: bool = False) -> str:
+    def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
         """Import a session file (ours, or the original Oblix SDK's as is); returns the session id.
 
-        The file is validated first (see :func:`.io.parse_session_file`); timestamps are stored canonical.
+        The file is validated first (see :func:`.io.parse_session_file`: SessionFileError, a ValueError, for a
+        directory, FIFO, device, a file above ``max_bytes`` (default: the store's ``max_import_bytes``) or
+        invalid content); timestamps are stored canonical.
         With ``new_id=False`` the file's id is kept and an id already in the store raises SessionExistsError
         (a ValueError; nothing is overwritten). With ``new_id=True`` the session and its messages get fresh ids
         and the metadata records ``imported_from: {session_id, file, imported_at}``. All or nothing.
         """
-        doc = parse_session_file(path)
+        doc = parse_session_file(path, max_bytes=max_bytes if max_bytes is not None else self.max_import_bytes)
         session_id, metadata, messages = doc["id"], doc["metadata"], doc["messages"]
         if new_id:
             metadata = {**metadata, "imported_from": {
@@ -706,7 +687,7 @@ class SessionStore:
         """Copy a session: new session id and message ids, same messages (timestamps too), context and
         metadata; the metadata gains ``copied_from``. Default title ``"Copy of <title>"``. Returns the new id."""
         check_session_id(session_id)
-        _check_title(new_title)
+        check_title(new_title)
         copy_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
@@ -734,7 +715,7 @@ class SessionStore:
             check_session_id(session_id)
         if not ids:
             raise ValueError("merge needs at least one session id")
-        _check_title(title)
+        check_title(title)
         merged_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
