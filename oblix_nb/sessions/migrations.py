@@ -40,17 +40,20 @@ parsing every message's JSON (``json_extract`` over a million messages takes sec
 - ``request_prompts``: one row per user message carrying a ``request_id`` (a prompt sent by ``execute``);
   ``answered`` says whether the session holds a reply with that ``request_id``. An unanswered prompt is a
   request that failed on every candidate (or was stopped before its first token).
-- Triggers keep both in step with ``messages``: on INSERT and DELETE (session deletes cascade into them),
-  and on UPDATE of the columns the rows derive from (not ``content``, so a reply checkpointed while it
-  streams costs nothing extra).
+- Like the FTS indexes, both are brought up to date in batches, not per write: ``stats_progress`` holds the
+  last message ``seq`` indexed, and the store indexes the newer messages (:data:`STATS_CATCH_UP`) before
+  computing stats, so an append pays nothing for them. Triggers update (and remove) the rows of messages at
+  or below the mark on UPDATE of the columns they derive from (not ``content``: a reply checkpointed while
+  it streams costs nothing extra) and on DELETE (session deletes cascade into them); whoever deletes
+  messages lowers the mark afterwards (:data:`STATS_LOWER_MARK`), as for FTS.
 """
 from __future__ import annotations
 
 import sqlite3
 
-# Migration 2's SQL is spelled out once here for its backfill and its triggers (backfills run before the
-# indexes are built: a sorted index build is much faster than a million index inserts). Frozen like every released
-# migration: a later change to these tables is a new migration, not an edit of these strings.
+# Migration 2's SQL is spelled out once here for its backfill, its triggers and the store's catch-up
+# (:data:`STATS_CATCH_UP`). Frozen like every released migration: a later change to these tables is a new
+# migration, not an edit of these strings.
 def _v2_number(column: str, key: str, types: str = "'integer', 'real'") -> str:
     """``new.<column>``'s JSON number at ``$.<key>``; NULL when absent or not a number."""
     return (f"CASE WHEN json_type(new.{column}, '$.{key}') IN ({types}) "
@@ -77,6 +80,21 @@ _V2_PROMPT = """INSERT INTO request_prompts (seq, session_seq, request_id, times
                    WHERE session_seq = new.session_seq AND request_id = new.request_id)"""
 _V2_IS_REPLY = "new.role = 'assistant'"
 _V2_IS_PROMPT = "new.role = 'user' AND new.request_id IS NOT NULL"
+_V2_PENDING = "new.seq > (SELECT last_seq FROM stats_progress)"
+_V2_INDEXED = "(SELECT last_seq FROM stats_progress)"
+# Index the messages written since the last catch-up: replies first, so prompts see their answers; then
+# older unanswered prompts answered by the new replies; then move the mark.
+STATS_CATCH_UP = [
+    f"{_V2_REPLY} FROM messages AS new WHERE {_V2_PENDING} AND {_V2_IS_REPLY}",
+    f"{_V2_PROMPT} FROM messages AS new WHERE {_V2_PENDING} AND {_V2_IS_PROMPT}",
+    """UPDATE request_prompts SET answered = 1 WHERE answered = 0 AND EXISTS (
+        SELECT 1 FROM reply_stats AS r
+        WHERE r.session_seq = request_prompts.session_seq AND r.request_id = request_prompts.request_id)""",
+    "UPDATE stats_progress SET last_seq = MAX(last_seq, IFNULL((SELECT MAX(seq) FROM messages), 0))",
+]
+STATS_PENDING = "SELECT last_seq < IFNULL((SELECT MAX(seq) FROM messages), 0) FROM stats_progress"
+# After deleting messages: keep new rows that may reuse a deleted seq above the mark.
+STATS_LOWER_MARK = "UPDATE stats_progress SET last_seq = MIN(last_seq, IFNULL((SELECT MAX(seq) FROM messages), 0))"
 _V2_ON_INSERT = f"""
     {_V2_REPLY} WHERE {_V2_IS_REPLY};
     {_V2_PROMPT} WHERE {_V2_IS_PROMPT};
@@ -111,10 +129,6 @@ CREATE TABLE reply_stats (
     output_tokens INTEGER,
     cost_usd      REAL
 );
-{_V2_REPLY} FROM messages AS new WHERE {_V2_IS_REPLY};
-CREATE INDEX reply_stats_by_request ON reply_stats (session_seq, request_id) WHERE request_id IS NOT NULL;
-""" + "".join(f"CREATE INDEX reply_stats_{key}_{metric} ON reply_stats ({key}, {metric}, timestamp, session_seq) "
-              f"WHERE {metric} IS NOT NULL;\n" for key, metric in STATS_PERCENTILE_INDEXES) + f"""
 CREATE TABLE request_prompts (
     seq         INTEGER PRIMARY KEY,
     session_seq INTEGER NOT NULL,
@@ -122,20 +136,23 @@ CREATE TABLE request_prompts (
     timestamp   TEXT    NOT NULL,
     answered    INTEGER NOT NULL
 );
-{_V2_PROMPT} FROM messages AS new WHERE {_V2_IS_PROMPT};
+CREATE TABLE stats_progress (last_seq INTEGER NOT NULL);
+INSERT INTO stats_progress (last_seq) VALUES (0);
+{STATS_CATCH_UP[0]};
+CREATE INDEX reply_stats_by_request ON reply_stats (session_seq, request_id) WHERE request_id IS NOT NULL;
+{STATS_CATCH_UP[1]};
+{STATS_CATCH_UP[3]};
 CREATE INDEX request_prompts_by_request ON request_prompts (session_seq, request_id);
 CREATE INDEX request_prompts_unanswered ON request_prompts (timestamp) WHERE answered = 0;
-
-CREATE TRIGGER stats_on_insert AFTER INSERT ON messages BEGIN{_V2_ON_INSERT}
-END;
-CREATE TRIGGER stats_on_delete AFTER DELETE ON messages BEGIN{_V2_ON_DELETE}
+""" + "".join(f"CREATE INDEX reply_stats_{key}_{metric} ON reply_stats ({key}, {metric}, timestamp, session_seq) "
+              f"WHERE {metric} IS NOT NULL;\n" for key, metric in STATS_PERCENTILE_INDEXES) + f"""
+CREATE TRIGGER stats_on_delete AFTER DELETE ON messages WHEN old.seq <= {_V2_INDEXED} BEGIN{_V2_ON_DELETE}
 END;
 CREATE TRIGGER stats_on_update
 AFTER UPDATE OF seq, session_seq, role, timestamp, model_id, metrics, routing, partial, request_id ON messages
-BEGIN{_V2_ON_DELETE}{_V2_ON_INSERT}
+WHEN old.seq <= {_V2_INDEXED} BEGIN{_V2_ON_DELETE}{_V2_ON_INSERT}
 END;
 """
-
 
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """

@@ -31,7 +31,7 @@ from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError
 from . import stats as stats_module
 from .io import normalize_message, parse_session_file, write_json_atomic
-from .migrations import migrate
+from .migrations import STATS_CATCH_UP, STATS_LOWER_MARK, STATS_PENDING, migrate
 from .validate import canonical_json, check_json, check_limit, check_query, check_text, check_title, dumps, \
     json_object
 
@@ -358,6 +358,7 @@ class SessionStore:
         by = stats_module.check_by(by)
         key, prompt_key = _STATS_KEYS[by]
         where, params = _stats_where(since, until, filter_metadata)
+        self._update_stats_tables()
         groups: dict = {}
         with self._read() as conn:
             for row in conn.execute(
@@ -394,6 +395,7 @@ class SessionStore:
             if column not in ("day", "model_id", "route"):
                 raise ValueError(f"group_by columns must be 'day', 'model_id' or 'route', not {column!r}")
         where, params = _stats_where(since, until, filter_metadata)
+        self._update_stats_tables()
         keys = ", ".join(columns) or "NULL"
         with self._read() as conn:
             rows = conn.execute(f"SELECT {keys}, {_STATS_SUMS} FROM reply_stats NOT INDEXED WHERE 1{where} "
@@ -410,6 +412,7 @@ class SessionStore:
         on every call."""
         sql_limit = check_limit(limit)
         where, params = _stats_where(since, until, filter_metadata)
+        self._update_stats_tables()
         columns = ("timestamp", "model_id", "route", "partial", "fallback", "ttft", "tps", "input_tokens",
                    "output_tokens")
         with self._read() as conn:
@@ -420,6 +423,16 @@ class SessionStore:
             rows = conn.execute(f"SELECT {', '.join(columns)} FROM reply_stats NOT INDEXED WHERE 1{where}{thin} "
                                 f"ORDER BY seq", params).fetchall()
         return [dict(zip(columns, row)) for row in rows]
+
+    def _update_stats_tables(self) -> None:
+        """Index the messages written since the last stats call into the stats tables (see
+        :mod:`.migrations`, version 2), in one write transaction; nothing to do costs one read."""
+        with self._lock:
+            if not self._conn.execute(STATS_PENDING).fetchone()[0]:
+                return
+            with self._write() as conn:
+                for statement in STATS_CATCH_UP:
+                    conn.execute(statement)
 
     @staticmethod
     def _stats_percentiles(conn: sqlite3.Connection, key: str, where: str, params: list,
@@ -458,7 +471,8 @@ class SessionStore:
         with self._write() as conn:
             if conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount == 0:
                 return False
-            for name, table, _, _ in _FTS_TABLES:  # new rows may reuse deleted seqs: keep them above the mark
+            conn.execute(STATS_LOWER_MARK)  # new rows may reuse deleted seqs: keep them above the marks
+            for name, table, _, _ in _FTS_TABLES:
                 conn.execute(f"UPDATE fts_progress SET last_seq = "
                              f"MIN(last_seq, IFNULL((SELECT MAX(seq) FROM {table}), 0)) WHERE name = ?", (name,))
         return True
