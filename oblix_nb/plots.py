@@ -307,13 +307,12 @@ def _tokens_and_cost(plt, rows: list[dict], daily, order: list, group, colour_of
     ax_cost.set_ylabel("cost (USD)")
     ax_cost.set_xlabel("day (UTC)")
     unknown = int(daily["cost_unknown"].sum())
-    if unknown:
-        ax_cost.text(0.01, 0.97, f"{unknown:,} replies of unknown cost not included", transform=ax_cost.transAxes,
-                     va="top", fontsize="small")
+    ax_cost.set_title(f"cost: sum of known costs; {unknown:,} replies of unknown cost not included" if unknown
+                      else "cost: every reply's cost is known", loc="left", fontsize="small")
     if not bottom_c.any():
         ax_cost.set_ylim(0, 1)
     _day_axis(ax_cost)
-    _legend(fig, handles, "model")
+    _legend(fig, handles[::-1], "model")  # top entry = top of the stacks
     return fig
 
 
@@ -356,5 +355,5 @@ def _routes(plt, rows: list[dict], daily) -> "Figure":
     rate_ax.set_ylim(0, max(5.0, float(np.nanmax(rate)) * 1.2) if np.isfinite(rate).any() else 5.0)
     rate_ax.grid(False)
     _day_axis(ax)
-    _legend(fig, handles + [line], "requests by route")
+    _legend(fig, handles[::-1] + [line], "requests by route")
     return fig
