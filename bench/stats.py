@@ -3,7 +3,7 @@
     python bench/stats.py [--messages 1000000] [--per-session 100] [--repeat 3] [--keep PATH]
 
 Seeds a throwaway store through ``append_messages`` (one transaction per session, so the stats triggers of
-migration 2 run as they do in use): half prompts, half replies from 12 models (some with 60-character ids),
+migration 3 run as they do in use): half prompts, half replies from 12 models (some with 60-character ids),
 local and cloud routes, 30 days of timestamps, 3 % partial replies, 1 % cut by an error, 2 % fallbacks,
 0.5 % prompts without a reply, a cost on the hosted models' replies. Then, best of ``--repeat``:
 

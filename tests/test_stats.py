@@ -305,3 +305,16 @@ def test_stats_never_load_messages_into_python(client):
     # only the check for new messages to index reads `messages` (its max seq)
     assert [sql for sql in fetched if "FROM messages" in sql] == [STATS_PENDING]
     assert any("GROUP BY" in sql for sql in fetched)
+
+
+def test_indexing_in_small_chunks_gives_the_same_frame(client, monkeypatch):
+    """The stats tables are filled chunk by chunk; a prompt and its reply in different chunks still pair."""
+    import oblix_nb.sessions.store as store_module
+
+    monkeypatch.setattr(store_module, "STATS_CHUNK_ROWS", 7)
+    sessions, requests = generate(11, **SHAPES["few models"])
+    ids = load(client, sessions[:3])
+    client.stats()  # index part of the history, then add the rest
+    ids += load(client, sessions[3:])
+    for by in ("model", "session"):
+        compare(client.stats(by=by), expected(requests, by, ids, [t for t, _, _ in sessions]), by)
