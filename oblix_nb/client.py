@@ -210,6 +210,30 @@ class OblixClient:
 
         return messages_df(self.sessions, session_ids=session_ids)
 
+    def stats(self, by: str = "model", since: Any = None, until: Any = None, filter_metadata: dict = None):
+        """Request statistics per ``by`` ("model", "route", "session" or "day") as a DataFrame, computed in
+        the store's SQL (messages are not loaded into pandas).
+
+        Columns: requests, errors, partial, fallbacks, ttft_p50, ttft_p95 (seconds), tokens_per_second_p50,
+        input_tokens, output_tokens, cost_usd (sum of known costs; NaN when none is known) and cost_unknown
+        (replies whose cost is unknown); sessions also get their title. ``since``/``until`` (inclusive /
+        exclusive): a datetime, a date, an ISO string or an age like ``"7d"``/``"12h"``; ``filter_metadata``
+        as in ``list_sessions``. By day, days without requests are rows of zeros. See ``oblix_nb.sessions.stats``
+        for exactly what each column counts.
+        """
+        from .sessions import stats
+
+        lo, hi = stats.window(since, until)
+        return stats.stats_frame(self.sessions.stats(by, lo, hi, filter_metadata), by, lo, hi)
+
+    def plot_stats(self, since: Any = None, until: Any = None, filter_metadata: dict = None, **kwargs: Any):
+        """A dashboard of matplotlib figures over the store's requests (see ``oblix_nb.plots.dashboard``):
+        TTFT per model, TTFT vs input tokens, tokens and cost per day, route mix and fallback rate.
+        Returns ``{name: Figure}``; matplotlib is imported only here."""
+        from .plots import dashboard
+
+        return dashboard(self, since=since, until=until, filter_metadata=filter_metadata, **kwargs)
+
     # ------------------------------------------------------------------ orchestration
     def _init_orchestration(self) -> None:
         self._models: dict[str, ModelBackend] = {}   # model_id -> backend, in hook order
@@ -631,6 +655,8 @@ class Call:
                 self.usage = Usage(None, self.backend.estimate_tokens("".join(self.pieces)), "none",
                                    self.backend.estimate_source, "interrupted")
             partial = self.response(end, partial=True)
+            if not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                partial["metrics"]["error"] = describe_error(exc)  # cut by a failure, not stopped
             not_stored = self.save(store, partial, True)
             if sink is not None:
                 sink.end(None, exc)
