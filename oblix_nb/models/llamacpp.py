@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import os
 import threading
 import weakref
@@ -101,6 +102,7 @@ class LlamaCppBackend(ModelBackend):
         self.sampling = dict(sampling)
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # set at exit: running generations stop at their next token
+        self._grammars: dict = {}  # schema JSON -> LlamaGrammar
 
     async def connect(self) -> None:
         try:
@@ -128,7 +130,24 @@ class LlamaCppBackend(ModelBackend):
         if params.temperature is not None:
             kwargs["temperature"] = params.temperature
         kwargs.update({k: v for k, v in params.options.items() if k in LLAMA_OPTIONS})
+        if params.schema is not None:
+            kwargs.update(self.structured_output(params.schema))
         return kwargs
+
+    schema_enforcement = "grammar"
+    in_process = True
+
+    def structured_output(self, schema: dict) -> dict:
+        """A llama.cpp grammar compiled from the JSON Schema (``LlamaGrammar.from_json_schema``), cached per
+        schema: decoding can only produce JSON that matches it (up to ``max_tokens``)."""
+        key = json.dumps(schema, sort_keys=True)
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            from llama_cpp import LlamaGrammar
+
+            grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            self._grammars = {**dict(list(self._grammars.items())[-15:]), key: grammar}
+        return {"grammar": grammar}
 
     def _count(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0

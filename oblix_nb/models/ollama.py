@@ -131,13 +131,25 @@ class OllamaBackend(ModelBackend):
         options.update(params.options)  # every SAMPLING_OPTIONS key is an Ollama option of the same name
         return options
 
+    schema_enforcement = "format"
+
+    def structured_output(self, schema: dict) -> dict:
+        """Ollama's ``format``: a JSON Schema that the server turns into a decoding grammar."""
+        return {"format": schema}
+
+    def _extra(self, params: GenerationParams) -> dict:
+        kwargs = {"keep_alive": self._keep_alive} if self._keep_alive else {}
+        if params.schema is not None:
+            kwargs.update(self.structured_output(params.schema))
+        return kwargs
+
     @staticmethod
     def _usage(final) -> Usage:
         return Usage(input_tokens=final.prompt_eval_count, output_tokens=final.eval_count,
                      input_source="server", output_source="server", finish_reason=final.done_reason)
 
     async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
-        kwargs = {"keep_alive": self._keep_alive} if self._keep_alive else {}
+        kwargs = self._extra(params)
         response = await self._client.chat(model=self.model_name, messages=messages, stream=True,
                                            options=self._options(params), **kwargs)
         final = None
@@ -153,7 +165,7 @@ class OllamaBackend(ModelBackend):
         yield self._usage(final) if final is not None else Usage(input_source="none", output_source="none")
 
     async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
-        kwargs = {"keep_alive": self._keep_alive} if self._keep_alive else {}
+        kwargs = self._extra(params)
         reply = await self._client.chat(model=self.model_name, messages=messages, stream=False,
                                         options=self._options(params), **kwargs)
         return reply.message.content or "", self._usage(reply)
