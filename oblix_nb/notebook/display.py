@@ -102,6 +102,11 @@ class Reply(str):
         return bool(self.response.get("partial"))
 
     @property
+    def parsed(self) -> Any:
+        """The structured value (``%%oblix --schema`` / ``-f json``), else None."""
+        return self.response.get("parsed")
+
+    @property
     def footer(self) -> str:
         return format_footer(self.response) if self.response else ""
 
@@ -193,10 +198,11 @@ class ReplyDisplay:
         self._publish(self._bundle(text, final=False), self.reply_id, True)
         self.updates += 1
 
-    def final(self, text: str, footer: Optional[str] = None, *, error: bool = False) -> None:
-        """The last update: exactly ``text``; the status line becomes ``footer``."""
+    def final(self, text: str, footer: Optional[str] = None, *, error: bool = False,
+              bundle: Optional[dict] = None) -> None:
+        """The last update: exactly ``text`` (or the given MIME ``bundle``); the status line becomes ``footer``."""
         self.text = text
-        self._publish(self._bundle(text, final=True), self.reply_id, True)
+        self._publish(bundle if bundle is not None else self._bundle(text, final=True), self.reply_id, True)
         if self.show_footer and footer is not None:
             self._publish(_footer_bundle(footer, error=error), self.footer_id, True)
 
