@@ -340,7 +340,11 @@ class OblixClient:
     def map_sync(self, data: Any, prompt: Any, **kwargs: Any):
         """``map()`` from synchronous code, e.g. a notebook cell: runs on the package's loop thread (no nested
         event loop). A kernel interrupt stops the batch; finished rows are stored and the next call resumes."""
-        return runtime.run(self.map(data, prompt, **kwargs))
+        from .batch import map_frame_sync
+
+        if runtime.in_loop_thread():
+            raise RuntimeError("map_sync() called from the package's loop thread; await map() instead")
+        return map_frame_sync(self, data, prompt, **kwargs)
 
     def stream(self, prompt: str, **kwargs: Any) -> "ExecutionStream":
         """``async for text in client.stream(prompt, ...)``: the reply's deltas as they arrive.

@@ -398,3 +398,26 @@ def test_job_memory_is_only_the_result(client):
 
     runtime.run(job.run())
     assert job.prompts == {} and job.pending == {} and len(job.frame()) == 50
+
+
+def test_kernel_interrupt_during_map_sync_keeps_finished_rows(tmp_path, capsys):
+    """A kernel interrupt is a KeyboardInterrupt in the main thread while map_sync() waits."""
+    import _thread
+
+    c = OblixClient(home=tmp_path)
+    backend = FakeBackend(delay=0.05)
+    hook(c, backend)
+    data = [f"line {i}" for i in range(30)]
+    timer = threading.Timer(0.4, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        c.map_sync(data, "{value}", concurrency=2, progress=False)
+    timer.join()
+    assert "run the same map again to resume" in capsys.readouterr().err
+    stored = c.messages_df()
+    finished = int((stored.role == "assistant").sum())
+    assert 0 < finished < 30 and (stored.role == "user").sum() == finished
+    calls = backend.calls
+    out = c.map_sync(data, "{value}", concurrency=2, progress=False)
+    assert out["cached"].sum() == finished and backend.calls - calls == 30 - finished
+    assert out["response"].tolist() == [f"echo: line {i}" for i in range(30)]
