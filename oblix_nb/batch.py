@@ -107,7 +107,10 @@ class PromptTemplate:
     """A template compiled once against the input's fields; ``render(row)`` is a join of parts."""
 
     def __init__(self, text: str, fields: list[str], duplicated: set = frozenset()):
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise TypeError(f"the prompt must be a template string or a callable row -> str, not "
+                            f"{type(text).__name__}")
+        if not text.strip():
             raise ValueError("the prompt template must be a non-empty string (or a callable row -> str)")
         self.text = text
         position = {name: i for i, name in reversed(list(enumerate(fields)))}
@@ -216,8 +219,6 @@ class MapJob:
                  max_tokens: Optional[int] = None, system: Optional[str] = None,
                  session_id: Optional[str] = None, cache: bool = True, on_error: str = "record",
                  progress: bool = True, **options: Any):
-        from .client import Request  # noqa: F401 - fail early if the client module is broken
-
         self.client = client
         unknown = set(options) - set(SAMPLING_OPTIONS)
         if unknown:
@@ -234,9 +235,7 @@ class MapJob:
             raise NoModelHookedError(f"model_id {model_id!r} is not hooked; hooked: {list(client.models)}")
         if not client.models:
             raise NoModelHookedError("no model is hooked: await client.hook_model(ModelType..., ...) first")
-        # The same checks as execute() on the sampling parameters (a throwaway request).
-        probe = client._request("x", temperature, max_tokens, None, None, dict(options))
-        self.params: GenerationParams = probe.params
+        self.params: GenerationParams = client._params(temperature, max_tokens, options)
         self.schema: Optional[Schema] = compile_schema(schema) if schema is not None else None
         if self.schema is not None:
             clash = set(self.schema.columns()) & set(META_COLUMNS)
@@ -281,7 +280,8 @@ class MapJob:
             try:
                 text = render(row)
                 if not isinstance(text, str) or not text.strip():
-                    raise ValueError(f"the prompt for this row is {'empty' if isinstance(text, str) else type(text).__name__}")
+                    what = "empty" if isinstance(text, str) else f"a {type(text).__name__}, not a string"
+                    raise ValueError(f"the prompt for this row is {what}")
             except Exception as exc:  # noqa: BLE001 - a callable's failure is this row's error
                 self._write([pos], RowOutcome(None, None, None, None, None, None,
                                               f"prompt: {type(exc).__name__}: {exc}", False))

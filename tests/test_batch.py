@@ -421,3 +421,21 @@ def test_kernel_interrupt_during_map_sync_keeps_finished_rows(tmp_path, capsys):
     out = c.map_sync(data, "{value}", concurrency=2, progress=False)
     assert out["cached"].sum() == finished and backend.calls - calls == 30 - finished
     assert out["response"].tolist() == [f"echo: line {i}" for i in range(30)]
+
+
+def test_store_last_replies(tmp_path):
+    from oblix_nb.sessions import SessionStore
+
+    store = SessionStore(tmp_path / "s.db")
+    sid = store.create()
+    store.append_messages(sid, [
+        {"role": "user", "content": "q1", "request_id": "k1"},
+        {"role": "assistant", "content": "a1", "request_id": "k1", "model_id": "m", "metrics": {"x": {"y": 1}},
+         "routing": {"target": "local"}},
+        {"role": "assistant", "content": "a1 again", "request_id": "k1", "metrics": {"x": {"y": 2}}},
+        {"role": "assistant", "content": "cut", "request_id": "k2", "partial": True},
+        {"role": "assistant", "content": "no key"},
+    ])
+    assert store.last_replies(sid, {"y": "$.x.y"}) == {"k1": ("a1 again", None, None, 2)}
+    assert store.last_replies(sid) == {"k1": ("a1 again", None, None)}
+    store.close()
