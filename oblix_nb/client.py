@@ -5,6 +5,7 @@ import asyncio
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ from . import runtime
 from ._util import check_session_id, describe_error, iso, new_id, utcnow
 from .agents import ConnectivityAgent, ResourceMonitor, run_check
 from .context import fit_history
-from .errors import ModelCallError, NoModelHookedError, SessionNotFoundError
+from .errors import ModelCallError, NoModelHookedError, ReplyNotStoredError, SessionNotFoundError
 from .models import make_backend
 from .models.base import SAMPLING_OPTIONS, GenerationParams, ModelBackend, ModelType, Usage, \
     is_connection_failure
@@ -175,6 +176,8 @@ class OblixClient:
         self.chat_handler: Optional[Callable[..., Awaitable[dict]]] = None  # notebook layer may set one
         self.max_history_messages = 1000
         self.default_max_tokens: Optional[int] = None  # used when execute() gets no max_tokens
+        # A streaming reply is persisted (flagged partial) at least this often, in seconds; None: only at the end.
+        self.checkpoint_interval: Optional[float] = 1.0
 
     @property
     def models(self) -> dict:
@@ -433,7 +436,8 @@ class OblixClient:
                                  overhead=backend.message_overhead())
             call = Call(backend, replace(request, params=params), decision, checks, fitted)
             try:
-                return await call.run(sink if stream else None, stream, self._store_reply)
+                return await call.run(sink if stream else None, stream, self._store_reply,
+                                      self.checkpoint_interval)
             except BeforeFirstToken as exc:
                 tried.add(backend.model_id)
                 failures.append(f"{backend.model_id}: {exc.summary}")
@@ -444,13 +448,16 @@ class OblixClient:
                     ) from exc.__cause__
                 decision = decision.fell_back(backend.model_id, exc.summary, remaining[0])
 
-    def _store_reply(self, request: "Request", text: str, response: dict, partial: bool) -> None:
+    def _store_reply(self, request: "Request", text: str, response: dict, partial: bool,
+                     message_id: Optional[str] = None, replace: bool = False) -> None:
+        """Store a reply (finished, partial, or a checkpoint of it) as message ``message_id``; ``replace``: an
+        earlier checkpoint may hold that id, so the row is updated in place instead of appended."""
         if not request.session_id or (partial and not text):
             return
-        self.sessions.append_message(
-            request.session_id, "assistant", text, model_id=response["model_id"],
-            metrics=response["metrics"], routing=response["routing_decision"], partial=partial,
-            request_id=request.request_id)
+        write = self.sessions.upsert_message if replace else self.sessions.append_message
+        write(request.session_id, "assistant", text, id=message_id, model_id=response["model_id"],
+              metrics=response["metrics"], routing=response["routing_decision"], partial=partial,
+              request_id=request.request_id)
 
     async def _chat(self, prompt: str, *, session_id: Optional[str], **kwargs: Any) -> dict:
         """Interactive chat: the notebook's chat handler if set, else a terminal prompt loop."""
@@ -506,6 +513,9 @@ def retry_prompt(error: BaseException) -> str:
             f"exactly.")
 
 
+STORE_RETRY_DELAY_S = 0.2  # before the second try at storing a reply
+
+
 class BeforeFirstToken(Exception):
     """A model failed before its first token; ``retryable`` if the next candidate should be tried."""
 
@@ -524,6 +534,8 @@ class Call:
         self.pieces: list[str] = []
         self.first_token_at: Optional[float] = None
         self.usage = Usage(input_source="none", output_source="none")
+        self.message_id = new_id()  # the reply's row: checkpoints and the final reply share it
+        self.checkpoint: Optional[Checkpoint] = None
 
     def response(self, end: float, partial: bool) -> dict:
         b, u = self.backend, self.usage
@@ -552,9 +564,12 @@ class Call:
             out["partial"] = True
         return out
 
-    async def run(self, sink: Optional[StreamSink], stream: bool, store) -> dict:
+    async def run(self, sink: Optional[StreamSink], stream: bool, store,
+                  checkpoint_interval: Optional[float] = None) -> dict:
         self.started = utcnow()
         self.t0 = time.perf_counter()
+        if stream and checkpoint_interval and self.request.session_id:
+            self.checkpoint = Checkpoint(self, store, checkpoint_interval)
         if sink is not None:
             sink.start({"model_id": self.backend.model_id, "request_id": self.request.request_id,
                         "session_id": self.request.session_id, "routing": self.decision.as_dict()})
@@ -571,21 +586,54 @@ class Call:
                 self.usage = Usage(None, self.backend.estimate_tokens("".join(self.pieces)), "none",
                                    self.backend.estimate_source, "interrupted")
             partial = self.response(end, partial=True)
-            store(self.request, partial["response"], partial, True)
+            not_stored = self.save(store, partial, True)
             if sink is not None:
                 sink.end(None, exc)
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                if not_stored is not None:
+                    warnings.warn(str(not_stored), RuntimeWarning, stacklevel=2)
                 raise
+            kept = ""
+            if self.pieces and self.request.session_id:
+                kept = ("; the partial reply was kept, flagged partial" if not_stored is None else
+                        f"; {not_stored}")
             raise ModelCallError(
-                f"{self.backend.model_id} failed after {len(self.pieces)} chunk(s): {describe_error(exc)}"
-                + ("; the partial reply was kept, flagged partial" if self.pieces and self.request.session_id
-                   else ""),
+                f"{self.backend.model_id} failed after {len(self.pieces)} chunk(s): {describe_error(exc)}" + kept,
                 model_id=self.backend.model_id, partial=partial["response"], response=partial) from exc
         response = self.response(self.end, partial=False)
-        store(self.request, response["response"], response, False)
+        not_stored = self.save(store, response, False)
         if sink is not None:
             sink.end(response)
+        if not_stored is not None:
+            raise not_stored
         return response
+
+    def save(self, store, response: dict, partial: bool) -> Optional[ReplyNotStoredError]:
+        """Store the reply, replacing its checkpoint; if that fails, wait a moment and try once more.
+
+        Returns None when stored, else the ReplyNotStoredError to raise: it carries the full response and says
+        where the reply could not be written (the session and the database path).
+        """
+        replace = self.checkpoint is not None and self.checkpoint.attempted
+        for attempt in (1, 2):
+            try:
+                store(self.request, response["response"], response, partial, self.message_id, replace)
+                return None
+            except Exception as exc:  # noqa: BLE001 - reported with the reply attached, never dropped
+                cause = exc
+                replace = True  # the first try may have committed before failing: never add a second row
+                if attempt == 1:
+                    time.sleep(STORE_RETRY_DELAY_S)
+        sessions = getattr(getattr(store, "__self__", None), "sessions", None)
+        path = str(getattr(sessions, "path", "")) or None
+        what = "the partial reply" if partial else "the reply"
+        error = ReplyNotStoredError(
+            f"{what} ({len(response['response'])} characters from {response['model_id']}) could not be stored "
+            f"in session {self.request.session_id} of {path or 'the session store'} (tried twice): "
+            f"{describe_error(cause)}; the full response is in exc.response",
+            response=response, session_id=self.request.session_id, path=path)
+        error.__cause__ = cause
+        return error
 
     def _fail_early(self, exc: BaseException) -> BeforeFirstToken:
         return BeforeFirstToken(describe_error(exc), is_connection_failure(exc))
@@ -609,11 +657,15 @@ class Call:
                     self.pieces.append(item)
                     if sink is not None:
                         sink.write(item)
+                    if self.checkpoint is not None:
+                        self.checkpoint.arrived()
                 try:
                     item = await anext(agen)
                 except StopAsyncIteration:
                     break
         finally:
+            if self.checkpoint is not None:
+                self.checkpoint.cancel()
             await agen.aclose()
             # The reply ends at its last token, not after any token counting the backend did afterwards.
             self.end = last_token_at or self.first_token_at or time.perf_counter()
@@ -627,6 +679,54 @@ class Call:
             raise self._fail_early(exc) from exc
         self.end = self.first_token_at = time.perf_counter()
         self.pieces.append(text)
+
+
+class Checkpoint:
+    """Keeps a streaming reply durable while it arrives: text is in the session at most ``interval`` seconds
+    after it arrived (one row, updated in place, flagged partial, ``finish_reason`` "interrupted"), so a killed
+    process loses at most the last ``interval`` seconds. The first write comes ``interval`` after the first
+    token, so short replies cost nothing extra. Runs on the package loop (a timer covers pauses in the
+    stream); a failed checkpoint is remembered, not raised: the final store retries and reports.
+    """
+
+    def __init__(self, call: Call, store, interval: float):
+        self.call, self.store, self.interval = call, store, interval
+        self.due: Optional[float] = None
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.attempted = False   # a row may exist: the final reply must replace it
+        self.saved = 0           # pieces persisted so far
+        self.writes = 0
+        self.error: Optional[BaseException] = None
+
+    def arrived(self) -> None:
+        """After each text delta (cheap: a clock read, at most one timer per interval)."""
+        now = time.monotonic()
+        if self.due is None:
+            self.due = now + self.interval
+        if now >= self.due:
+            self.flush()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.due - now, self.flush)
+
+    def flush(self) -> None:
+        self.cancel()
+        call = self.call
+        if len(call.pieces) > self.saved:
+            self.saved = len(call.pieces)
+            response = call.response(time.perf_counter(), partial=True)
+            response["metrics"]["finish_reason"] = "interrupted"  # what it is if this process dies now
+            self.attempted = True
+            try:
+                self.store(call.request, response["response"], response, True, call.message_id, True)
+                self.writes += 1
+            except Exception as exc:  # noqa: BLE001 - the final store retries and reports
+                self.error = exc
+        self.due = time.monotonic() + self.interval
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class ExecutionStream:
