@@ -420,7 +420,7 @@ class OblixClient:
                         sink: Optional[StreamSink], stream: bool, store) -> dict:
         """Call the decided model; on a failure before its first token, the next candidate (routing's
         fallback order). ``history`` comes before the prompt (plus ``request.prior`` and ``request.system``);
-        ``store(request, text, response, partial)`` records the reply."""
+        ``store(request, text, response, partial, message_id, replace)`` records the reply (see _store_reply)."""
         history = list(history) + list(request.prior)
         if request.system:
             history.insert(0, {"role": "system", "content": request.system})
@@ -436,8 +436,7 @@ class OblixClient:
                                  overhead=backend.message_overhead())
             call = Call(backend, replace(request, params=params), decision, checks, fitted)
             try:
-                return await call.run(sink if stream else None, stream, self._store_reply,
-                                      self.checkpoint_interval)
+                return await call.run(sink if stream else None, stream, store, self.checkpoint_interval)
             except BeforeFirstToken as exc:
                 tried.add(backend.model_id)
                 failures.append(f"{backend.model_id}: {exc.summary}")
