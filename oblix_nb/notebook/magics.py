@@ -278,7 +278,9 @@ def oblix_parser() -> MagicArgumentParser:
         re-running the cell only calls the model for rows that have not finished."""))
     over.add_argument("--over", metavar="DF", help="a DataFrame / Series / list variable to run the cell over")
     over.add_argument("--schema", metavar="SPEC",
-                      help="structured output: 'label, score float, tags list[str]', a JSON Schema, or a variable")
+                      help="structured output (also without --over: the reply's parsed value is "
+                           "oblix_last.response['parsed']): 'label, score float, tags list[str]', a JSON Schema, "
+                           "or a variable")
     over.add_argument("--into", metavar="NAME", help="store the result DataFrame in this variable")
     over.add_argument("--concurrency", type=_positive_int, metavar="N", help="rows in flight (default 1 "
                       "for the embedded model, 4 for servers)")
@@ -649,6 +651,8 @@ class OblixMagics(Magics):
                                       stream=not args.no_stream, display_metrics=self.show_footer, sink=sink)
         if model_id:
             kwargs["model_id"] = model_id
+        if args.schema is not None:  # structured reply: oblix_last.response["parsed"]
+            kwargs["schema"] = self._schema(args.schema)
 
         async def job():
             try:
@@ -690,10 +694,18 @@ class OblixMagics(Magics):
             self.shell.set_next_input(extract_code(text), replace=False)
         return None
 
+    def _schema(self, text: str):
+        """``--schema``: a spec, a JSON Schema as JSON, or a notebook variable holding a schema."""
+        from ..structured import SchemaError, schema_from_text
+
+        try:
+            return schema_from_text(text, self.shell.user_ns)
+        except SchemaError as exc:
+            raise UsageError(f"%%oblix --schema: {exc}") from None
+
     def _over(self, args, cell: str):
         """``%%oblix --over DF``: the cell as a template over DF's rows (client.map)."""
         from ..batch import fill_constants, input_fields
-        from ..structured import SchemaError, schema_from_text
 
         ns = self.shell.user_ns
         if not args.over.isidentifier() or args.over not in ns:
@@ -705,10 +717,7 @@ class OblixMagics(Magics):
         if not into.isidentifier():
             raise UsageError(f"%%oblix --into: {into!r} is not a valid variable name")
         data = ns[args.over]
-        try:
-            schema = schema_from_text(args.schema, ns) if args.schema is not None else None
-        except SchemaError as exc:
-            raise UsageError(f"%%oblix --schema: {exc}") from None
+        schema = self._schema(args.schema) if args.schema is not None else None
         template = fill_constants(cell.strip(), ns, set(input_fields(data)))
         if not template.strip():
             raise UsageError("%%oblix --over: the cell is the template; write it below the %%oblix line, "
