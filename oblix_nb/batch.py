@@ -467,9 +467,10 @@ class MapJob:
                 while not waiter.done():
                     await asyncio.wait([waiter], timeout=PROGRESS_INTERVAL)
                     self._show(bar)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, KeyboardInterrupt) as exc:
                 job.cancel()  # cancels the task on the package loop; wait (bounded) for its cleanup
-                await asyncio.wait([waiter], timeout=10)
+                if isinstance(exc, asyncio.CancelledError):
+                    await asyncio.wait([waiter], timeout=10)
                 raise
             waiter.result()
         except (asyncio.CancelledError, KeyboardInterrupt):
