@@ -245,6 +245,7 @@ class MapJob:
             self.params.schema = self.schema.json_schema
         self.system = "\n\n".join(s for s in (system, self.schema.instruction() if self.schema else None) if s) \
             or None
+        self.user_system = system
         self.model_id = model_id
         self.on_error = on_error
         self.progress = progress
@@ -336,6 +337,7 @@ class MapJob:
         title = "map: " + (first if len(first) <= 50 else first[:49] + "…")
         metadata = {"oblix_map": self.batch_key, "kind": "map", "template": self.template_text,
                     "schema": self.schema.json_schema if self.schema else None, "model_id": self.model_id,
+                    "models": sorted(self.client.models), "system": self.user_system,
                     "params": json.loads(json.dumps(self._params_json(), default=str)), "rows": self.n}
         return store.create(title=title, metadata=metadata)
 
