@@ -231,6 +231,7 @@ class MapJob:
             raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
         if system is not None and not isinstance(system, str):
             raise TypeError(f"system must be a string, not {type(system).__name__}")
+        model_id = client.resolve_model_id(model_id)  # an alias names a model id
         if model_id is not None and model_id not in client.models:
             raise NoModelHookedError(f"model_id {model_id!r} is not hooked; hooked: {list(client.models)}")
         if not client.models:
