@@ -384,7 +384,9 @@ async def test_execute_with_schema_returns_parsed(client):
     with pytest.raises(StructuredOutputError) as info:
         await client.execute("x", schema={"type": "object"}, model_id="openai:bad", stream=False)
     assert bad.calls == 2 and info.value.response["model_id"] == "openai:bad"
-    assert len(client.load_session(sid)["messages"]) == 8  # both attempts stored
+    messages = client.load_session(sid)["messages"]
+    assert sum(m["role"] != "system" for m in messages) == 8  # both attempts stored
+    assert sum(m["role"] == "system" for m in messages) == 3  # each schema's instruction, stored once
     with pytest.raises(SchemaError):
         await client.execute("x", schema="a b c d", stream=False)
 
