@@ -441,3 +441,26 @@ def test_store_last_replies(tmp_path):
     assert store.last_replies(sid, {"y": "$.x.y"}) == {"k1": ("a1 again", None, None, 2)}
     assert store.last_replies(sid) == {"k1": ("a1 again", None, None)}
     store.close()
+
+
+def test_each_backend_turns_a_schema_into_its_own_constraint():
+    from oblix_nb.models.ollama import OllamaBackend
+    from oblix_nb.models.openai import OpenAIBackend, _strict_compatible
+
+    schema = compile_schema("label a|b, score float, tags list[str], note str?").json_schema
+    assert _strict_compatible(schema)
+    assert not _strict_compatible(compile_schema(Review).json_schema)  # pydantic: no additionalProperties
+    openai_backend = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1")
+    fmt = openai_backend.structured_output(schema)["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == schema and fmt["json_schema"]["strict"]
+    openai_backend._schema_style = "json_object"  # what a llama_cpp.server taught it
+    assert openai_backend.structured_output(schema) == {"response_format": {"type": "json_object",
+                                                                            "schema": schema}}
+    assert OllamaBackend("m", "http://127.0.0.1:9").structured_output(schema) == {"format": schema}
+    assert FakeBackend().structured_output(schema) == {} and FakeBackend.schema_enforcement is None
+    pytest.importorskip("llama_cpp")
+    from oblix_nb.models.llamacpp import LlamaCppBackend
+
+    local = LlamaCppBackend("smollm2-135m")
+    grammar = local.structured_output(schema)["grammar"]
+    assert "root" in grammar._grammar and local.structured_output(dict(schema))["grammar"] is grammar  # cached
