@@ -433,7 +433,11 @@ class OblixClient:
     def map_sync(self, data: Any, prompt: Any, **kwargs: Any):
         """``map()`` from synchronous code, e.g. a notebook cell: runs on the package's loop thread (no nested
         event loop). A kernel interrupt stops the batch; finished rows are stored and the next call resumes."""
-        return runtime.run(self.map(data, prompt, **kwargs))
+        from .batch import map_frame_sync
+
+        if runtime.in_loop_thread():
+            raise RuntimeError("map_sync() called from the package's loop thread; await map() instead")
+        return map_frame_sync(self, data, prompt, **kwargs)
 
     def stream(self, prompt: str, **kwargs: Any) -> "ExecutionStream":
         """``async for text in client.stream(prompt, ...)``: the reply's deltas as they arrive.
@@ -449,14 +453,11 @@ class OblixClient:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
         check_text(prompt, "prompt")  # a lone surrogate could be neither stored nor sent
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
-            raise ValueError(f"max_tokens must be a positive integer, not {max_tokens!r}")
-        if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 5):
-            raise ValueError(f"temperature must be a number between 0 and 5, not {temperature!r}")
         unknown = set(kwargs) - set(SAMPLING_OPTIONS) - {"model_id", "sink", "schema", "system"}
         if unknown:
             raise TypeError(f"execute() got unexpected keyword argument(s) {sorted(unknown)}; sampling options "
                             f"are {list(SAMPLING_OPTIONS)}, plus model_id=, sink=, system= and schema=")
+        params = self._params(temperature, max_tokens, kwargs)
         system = kwargs.get("system")
         if system is not None and not isinstance(system, str):
             raise TypeError(f"system must be a string, not {type(system).__name__}")
@@ -466,19 +467,27 @@ class OblixClient:
 
             schema = compile_schema(kwargs["schema"])
             system = "\n\n".join(s for s in (system, schema.instruction()) if s)
+            params.schema = schema.json_schema
         sid = session_id if session_id is not None else self.current_session_id
         if sid is not None:
             check_session_id(sid)
             if not self.sessions.exists(sid):
                 raise SessionNotFoundError(sid)
-        options = {k: v for k, v in kwargs.items() if k in SAMPLING_OPTIONS and v is not None}
-        if max_tokens is None:
-            max_tokens = self.default_max_tokens
-        return Request(prompt=prompt, params=GenerationParams(max_tokens, temperature, options,
-                                                              schema.json_schema if schema else None),
-                       request_id=request_id or new_id(), session_id=sid,
+        return Request(prompt=prompt, params=params, request_id=request_id or new_id(), session_id=sid,
                        model_id=self.resolve_model_id(kwargs.get("model_id")), system=system or None,
                        schema=schema)
+
+    def _params(self, temperature, max_tokens, options: dict) -> GenerationParams:
+        """Checked generation parameters (sampling options taken from ``options``, other keys ignored)."""
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens <= 0):
+            raise ValueError(f"max_tokens must be a positive integer, not {max_tokens!r}")
+        if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 5):
+            raise ValueError(f"temperature must be a number between 0 and 5, not {temperature!r}")
+        sampling = {k: v for k, v in options.items() if k in SAMPLING_OPTIONS and v is not None}
+        if max_tokens is None:
+            max_tokens = self.default_max_tokens
+        return GenerationParams(max_tokens, temperature, sampling)
 
     async def _route(self, forced: Optional[str]):
         if not self._models:
