@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -31,6 +35,28 @@ def stdout_sink_factory(display_metrics: bool = True) -> StreamSink:
 
 # Where a client streams when execute() gets no sink: stdout; oblix_nb.notebook swaps in cell output in a kernel.
 default_sink_factory: Callable[[bool], Optional[StreamSink]] = stdout_sink_factory
+
+
+CHAT_EXIT_WORDS = ("exit", "quit", "/exit", "/quit", ":q")
+CHAT_HELP = ("Chatting in session {session_id}. Type a message and press Enter. To leave: type exit or quit, "
+             "press Ctrl-D, or Ctrl-C at the prompt (Ctrl-C during a reply stops that reply).")
+
+
+@contextlib.contextmanager
+def _sigint_raises():
+    """While inside: Ctrl-C raises KeyboardInterrupt in the main thread (Python's default handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+_ALIAS_PREFIX = "alias:"
+_ALIAS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 
 
 def default_home() -> Path:
@@ -144,6 +170,45 @@ class OblixClient:
         """Full-text search (SQLite FTS5) over titles and message text; best match first."""
         return self.sessions.search(query, limit=limit)
 
+    # ------------------------------------------------------------------ model aliases (kept in the store)
+    def set_model_alias(self, name: str, model_id: str) -> None:
+        """Let ``name`` stand for ``model_id`` wherever a model id is taken (``execute(model_id=name)``,
+        ``%%oblix --model name``). Kept in the session store, so it outlives the kernel; replaces an earlier
+        alias of that name. ``name``: letters, digits, ``_ . -`` (no ``:``, so it never looks like a model id);
+        ``model_id``: ``type:name`` of a known model type (it need not be hooked yet)."""
+        if not isinstance(name, str) or not _ALIAS_RE.match(name):
+            raise ValueError(f"invalid alias {name!r}: use letters, digits, '_', '.', '-' (at most 64, no ':')")
+        if not isinstance(model_id, str) or ":" not in model_id:
+            raise ValueError(f"an alias names a model id 'type:name' (e.g. 'llamacpp:smollm2-135m'), "
+                             f"not {model_id!r}")
+        kind, _, model_name = model_id.partition(":")
+        ModelType.parse(kind)
+        if not model_name.strip():
+            raise ValueError(f"model id {model_id!r} has no model name")
+        self.sessions.set_setting(_ALIAS_PREFIX + name, model_id)
+
+    def remove_model_alias(self, name: str) -> bool:
+        """Forget an alias. False if there was none."""
+        if not isinstance(name, str) or not _ALIAS_RE.match(name):
+            return False
+        return self.sessions.delete_setting(_ALIAS_PREFIX + name)
+
+    def model_aliases(self) -> dict[str, str]:
+        """``{alias: model_id}``, sorted by alias."""
+        return {key[len(_ALIAS_PREFIX):]: value for key, value in self.sessions.settings(_ALIAS_PREFIX).items()}
+
+    def resolve_model_id(self, model_id: Optional[str]) -> Optional[str]:
+        """``model_id`` itself if it is one (``type:name``) or None; the model an alias stands for; else
+        NoModelHookedError naming the hooked models and the aliases."""
+        if model_id is None or (isinstance(model_id, str) and ":" in model_id):
+            return model_id
+        if isinstance(model_id, str) and _ALIAS_RE.match(model_id):
+            target = self.sessions.get_setting(_ALIAS_PREFIX + model_id)
+            if isinstance(target, str):
+                return target
+        raise NoModelHookedError(f"model {model_id!r} is neither a model id (type:name) nor an alias; "
+                                 f"hooked: {list(self._models)}, aliases: {self.model_aliases()}")
+
     # ------------------------------------------------------------------ DataFrames (pandas imported on call)
     def sessions_df(self, limit: Optional[int] = None, filter_metadata: dict = None):
         """One row per session (newest ``updated_at`` first), metadata keys expanded to columns.
@@ -165,6 +230,30 @@ class OblixClient:
         from .sessions.frames import messages_df
 
         return messages_df(self.sessions, session_ids=session_ids)
+
+    def stats(self, by: str = "model", since: Any = None, until: Any = None, filter_metadata: dict = None):
+        """Request statistics per ``by`` ("model", "route", "session" or "day") as a DataFrame, computed in
+        the store's SQL (messages are not loaded into pandas).
+
+        Columns: requests, errors, partial, fallbacks, ttft_p50, ttft_p95 (seconds), tokens_per_second_p50,
+        input_tokens, output_tokens, cost_usd (sum of known costs; NaN when none is known) and cost_unknown
+        (replies whose cost is unknown); sessions also get their title. ``since``/``until`` (inclusive /
+        exclusive): a datetime, a date, an ISO string or an age like ``"7d"``/``"12h"``; ``filter_metadata``
+        as in ``list_sessions``. By day, days without requests are rows of zeros. See ``oblix_nb.sessions.stats``
+        for exactly what each column counts.
+        """
+        from .sessions import stats
+
+        lo, hi = stats.window(since, until)
+        return stats.stats_frame(self.sessions.stats(by, lo, hi, filter_metadata), by, lo, hi)
+
+    def plot_stats(self, since: Any = None, until: Any = None, filter_metadata: dict = None, **kwargs: Any):
+        """A dashboard of matplotlib figures over the store's requests (see ``oblix_nb.plots.dashboard``):
+        TTFT per model, TTFT vs input tokens, tokens and cost per day, route mix and fallback rate.
+        Returns ``{name: Figure}``; matplotlib is imported only here."""
+        from .plots import dashboard
+
+        return dashboard(self, since=since, until=until, filter_metadata=filter_metadata, **kwargs)
 
     # ------------------------------------------------------------------ orchestration
     def _init_orchestration(self) -> None:
@@ -278,9 +367,9 @@ class OblixClient:
                       **kwargs: Any) -> dict:
         """Send ``prompt`` to the routed model, with the session's history as context.
 
-        Extra keyword arguments: ``model_id`` (force a hooked model), ``sink`` (a StreamSink or callable for
-        streamed text; default stdout, or cell output in a notebook), ``system`` (a system message for this
-        call), ``schema`` (structured output, below), and sampling options
+        Extra keyword arguments: ``model_id`` (force a hooked model; an alias works too), ``sink`` (a StreamSink
+        or callable for streamed text; default stdout, or cell output in a notebook), ``system`` (a system
+        message for this call), ``schema`` (structured output, below), and sampling options
         ``top_p, top_k, seed, stop, presence_penalty, frequency_penalty, repeat_penalty``.
 
         ``schema``: a JSON Schema dict, a pydantic model class or a spec like ``"label, score float"`` (see
@@ -337,14 +426,18 @@ class OblixClient:
         from .batch import map_frame
 
         return await map_frame(
-            self, data, prompt, schema=schema, model_id=model_id, concurrency=concurrency,
+            self, data, prompt, schema=schema, model_id=self.resolve_model_id(model_id), concurrency=concurrency,
             temperature=temperature, max_tokens=max_tokens, system=system, session_id=session_id, cache=cache,
             on_error=on_error, progress=progress, **options)
 
     def map_sync(self, data: Any, prompt: Any, **kwargs: Any):
         """``map()`` from synchronous code, e.g. a notebook cell: runs on the package's loop thread (no nested
         event loop). A kernel interrupt stops the batch; finished rows are stored and the next call resumes."""
-        return runtime.run(self.map(data, prompt, **kwargs))
+        from .batch import map_frame_sync
+
+        if runtime.in_loop_thread():
+            raise RuntimeError("map_sync() called from the package's loop thread; await map() instead")
+        return map_frame_sync(self, data, prompt, **kwargs)
 
     def stream(self, prompt: str, **kwargs: Any) -> "ExecutionStream":
         """``async for text in client.stream(prompt, ...)``: the reply's deltas as they arrive.
@@ -360,14 +453,11 @@ class OblixClient:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
         check_text(prompt, "prompt")  # a lone surrogate could be neither stored nor sent
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
-            raise ValueError(f"max_tokens must be a positive integer, not {max_tokens!r}")
-        if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 5):
-            raise ValueError(f"temperature must be a number between 0 and 5, not {temperature!r}")
         unknown = set(kwargs) - set(SAMPLING_OPTIONS) - {"model_id", "sink", "schema", "system"}
         if unknown:
             raise TypeError(f"execute() got unexpected keyword argument(s) {sorted(unknown)}; sampling options "
                             f"are {list(SAMPLING_OPTIONS)}, plus model_id=, sink=, system= and schema=")
+        params = self._params(temperature, max_tokens, kwargs)
         system = kwargs.get("system")
         if system is not None and not isinstance(system, str):
             raise TypeError(f"system must be a string, not {type(system).__name__}")
@@ -377,18 +467,27 @@ class OblixClient:
 
             schema = compile_schema(kwargs["schema"])
             system = "\n\n".join(s for s in (system, schema.instruction()) if s)
+            params.schema = schema.json_schema
         sid = session_id if session_id is not None else self.current_session_id
         if sid is not None:
             check_session_id(sid)
             if not self.sessions.exists(sid):
                 raise SessionNotFoundError(sid)
-        options = {k: v for k, v in kwargs.items() if k in SAMPLING_OPTIONS and v is not None}
+        return Request(prompt=prompt, params=params, request_id=request_id or new_id(), session_id=sid,
+                       model_id=self.resolve_model_id(kwargs.get("model_id")), system=system or None,
+                       schema=schema)
+
+    def _params(self, temperature, max_tokens, options: dict) -> GenerationParams:
+        """Checked generation parameters (sampling options taken from ``options``, other keys ignored)."""
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens <= 0):
+            raise ValueError(f"max_tokens must be a positive integer, not {max_tokens!r}")
+        if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 5):
+            raise ValueError(f"temperature must be a number between 0 and 5, not {temperature!r}")
+        sampling = {k: v for k, v in options.items() if k in SAMPLING_OPTIONS and v is not None}
         if max_tokens is None:
             max_tokens = self.default_max_tokens
-        return Request(prompt=prompt, params=GenerationParams(max_tokens, temperature, options,
-                                                              schema.json_schema if schema else None),
-                       request_id=request_id or new_id(), session_id=sid, model_id=kwargs.get("model_id"),
-                       system=system or None, schema=schema)
+        return GenerationParams(max_tokens, temperature, sampling)
 
     async def _route(self, forced: Optional[str]):
         if not self._models:
@@ -405,8 +504,12 @@ class OblixClient:
         history = (self.sessions.history(request.session_id, limit=self.max_history_messages)
                    if request.session_id else [])
         if request.session_id:
-            self.sessions.append_message(request.session_id, "user", request.prompt,
-                                         request_id=request.request_id)
+            # What the model sees is stored: a system message is kept in the session (once: a session whose
+            # history already has it does not get it again), so later turns and re-runs see it too.
+            turn = [{"role": "user", "content": request.prompt, "request_id": request.request_id}]
+            if request.system and not _has_system(history, request.system):
+                turn.insert(0, {"role": "system", "content": request.system, "request_id": request.request_id})
+            self.sessions.append_messages(request.session_id, turn)
         return await self._attempts(request, decision, checks, history, sink, stream, self._store_reply)
 
     async def _attempts(self, request: "Request", decision, checks: list, history: list[dict],
@@ -415,7 +518,7 @@ class OblixClient:
         fallback order). ``history`` comes before the prompt (plus ``request.prior`` and ``request.system``);
         ``store(request, text, response, partial, message_id, replace)`` records the reply (see _store_reply)."""
         history = list(history) + list(request.prior)
-        if request.system:
+        if request.system and not _has_system(history, request.system):
             history.insert(0, {"role": "system", "content": request.system})
         failures: list[str] = []
         tried: set[str] = set()
@@ -458,19 +561,40 @@ class OblixClient:
             sid = await self.create_session(title=f"Chat: {prompt[:40]}" if isinstance(prompt, str) else None)
         if self.chat_handler is not None:
             return await self.chat_handler(self, prompt, sid, **kwargs)
+        if runtime.in_loop_thread():
+            raise RuntimeError("execute(chat=True) reads the terminal; call it from your own code, not from "
+                               "the package's loop")
+        return self._terminal_chat(prompt, sid, kwargs)
+
+    def _terminal_chat(self, prompt: Optional[str], sid: str, kwargs: dict) -> dict:
+        """The terminal chat loop: ``you>`` prompts until ``exit``/``quit``, Ctrl-D or Ctrl-C at the prompt.
+
+        It owns the terminal while it runs, so it reads stdin and waits for each reply synchronously (blocking
+        the caller's event loop, which has nothing else to do meanwhile; replies run on the package loop).
+        Ctrl-C during a reply stops that reply (kept, flagged partial) and returns to the prompt; Ctrl-C at the
+        prompt ends the chat. SIGINT raises KeyboardInterrupt here even under ``asyncio.run``, whose own
+        handler would only cancel the task once ``input()`` returned.
+        """
+        print(CHAT_HELP.format(session_id=sid), file=sys.stderr, flush=True)
         next_prompt: Optional[str] = prompt
-        while True:
-            if next_prompt and next_prompt.strip():
+        with _sigint_raises():
+            while True:
+                if next_prompt and next_prompt.strip():
+                    try:
+                        runtime.run(self.execute(next_prompt, session_id=sid, **kwargs))
+                    except KeyboardInterrupt:
+                        print("(reply stopped; what arrived was kept, flagged partial)", file=sys.stderr,
+                              flush=True)
+                    except ModelCallError as exc:
+                        print(f"[error] {exc}", file=sys.stderr, flush=True)
                 try:
-                    await self.execute(next_prompt, session_id=sid, **kwargs)
-                except ModelCallError as exc:
-                    print(f"[error] {exc}", file=sys.stderr)
-            try:
-                next_prompt = await asyncio.to_thread(input, "you> ")
-            except EOFError:
-                break
-            if next_prompt.strip().lower() in ("exit", "quit"):
-                break
+                    next_prompt = input("you> ")
+                except (EOFError, KeyboardInterrupt):
+                    print(file=sys.stderr)
+                    break
+                if next_prompt.strip().lower() in CHAT_EXIT_WORDS:
+                    break
+        print(f"(chat ended; the conversation is session {sid})", file=sys.stderr, flush=True)
         return {"session_id": sid}
 
     async def shutdown(self) -> None:
@@ -485,6 +609,10 @@ class OblixClient:
             stop = getattr(agent, "stop", None)
             if callable(stop):
                 stop()
+
+
+def _has_system(history: list[dict], text: str) -> bool:
+    return any(m["role"] == "system" and m["content"] == text for m in history)
 
 
 @dataclass
@@ -578,6 +706,8 @@ class Call:
                 self.usage = Usage(None, self.backend.estimate_tokens("".join(self.pieces)), "none",
                                    self.backend.estimate_source, "interrupted")
             partial = self.response(end, partial=True)
+            if not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                partial["metrics"]["error"] = describe_error(exc)  # cut by a failure, not stopped
             not_stored = self.save(store, partial, True)
             if sink is not None:
                 sink.end(None, exc)

@@ -37,10 +37,12 @@ from .. import runtime
 from .._util import check_session_id, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError, StorageError
+from . import stats as stats_module
 from .io import normalize_message, parse_session_file, write_json_atomic
-from .migrations import LATEST_VERSION, migrate, schema_version
-from .validate import canonical_json, check_json, check_limit, check_query, check_text, check_title, dumps, \
-    json_object
+from .migrations import LATEST_VERSION, STATS_CATCH_UP_CHUNK, STATS_LOWER_MARK, STATS_PENDING, migrate, \
+    schema_version
+from .validate import canonical_json, check_json, check_limit, check_query, check_setting_key, check_text, \
+    check_title, dumps, json_object
 
 BUSY_TIMEOUT_S = 30.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
@@ -48,6 +50,17 @@ MAX_MATCHES_PER_HIT = 3
 INDEX_DELAY_S = 0.05      # a background indexing pass starts this long after a write (writes in between share it)
 INDEX_CHUNK_ROWS = 200    # rows indexed per transaction: a writer waits at most one chunk (~1-2 ms)
 SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing pending rows itself
+# stats(): (reply_stats group column, request_prompts group expression) per ``by``; the columns have
+# percentile indexes (migration 3). Unanswered prompts have no model or route.
+_STATS_KEYS = {"model": ("model_id", "NULL"), "route": ("route", "NULL"),
+               "session": ("session_seq", "session_seq"), "day": ("day", "substr(timestamp, 1, 10)")}
+STATS_CHUNK_ROWS = 20_000  # messages indexed into the stats tables per write transaction
+_STATS_MAX_PARAMS = 30_000  # below SQLite's 32,766 bound parameters per statement
+_STATS_READS_PER_STATEMENT = 500  # result columns per statement (SQLite allows 2,000)
+_STATS_SUM_NAMES = ("requests", "errors", "partial", "fallbacks", "input_tokens", "output_tokens", "cost_usd",
+                    "cost_unknown")
+_STATS_SUMS = ("count(*), sum(error), sum(partial), sum(fallback), IFNULL(sum(input_tokens), 0), "
+               "IFNULL(sum(output_tokens), 0), sum(cost_usd), count(*) - count(cost_usd)")
 
 # A message row as read and written: the order of the columns below, after ``session_seq``.
 MESSAGE_COLUMNS = ("id", "role", "content", "timestamp", "model_id", "metrics", "routing", "partial",
@@ -76,8 +89,9 @@ def _ms(stamp: str) -> str:
     return stamp[:23] + "Z"
 
 
-def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
-    """SQL WHERE clause (and its parameters) selecting sessions whose metadata matches every given key."""
+def _metadata_sessions(filter_metadata: Optional[dict]) -> tuple[str, list]:
+    """A SELECT of the ``seq`` of sessions whose metadata matches every given key (and its parameters);
+    ``("", [])`` when there is no filter."""
     if filter_metadata is None:
         return "", []
     if not isinstance(filter_metadata, dict):
@@ -90,9 +104,53 @@ def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
         check_text(key, "filter_metadata key")
         subqueries.append("SELECT session_seq FROM session_meta WHERE key = ? AND value = ?")
         params += [key, canonical_json(value, f"filter_metadata[{key!r}]")]
-    if not subqueries:
-        return "", []
-    return f"WHERE seq IN ({' INTERSECT '.join(subqueries)})", params
+    return " INTERSECT ".join(subqueries), params
+
+
+def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
+    """SQL WHERE clause (and its parameters) selecting sessions whose metadata matches every given key."""
+    select, params = _metadata_sessions(filter_metadata)
+    return (f"WHERE seq IN ({select})", params) if select else ("", [])
+
+
+def _stats_where(since: Optional[str], until: Optional[str], filter_metadata: Optional[dict]) -> tuple[str, list]:
+    """`` AND ...`` conditions (and parameters) on a stats table's ``timestamp`` and ``session_seq``."""
+    conditions, params = [], []
+    if since is not None:
+        conditions.append("timestamp >= ?")
+        params.append(since)
+    if until is not None:
+        conditions.append("timestamp < ?")
+        params.append(until)
+    sessions_select, meta_params = _metadata_sessions(filter_metadata)
+    if sessions_select:
+        conditions.append(f"session_seq IN ({sessions_select})")
+        params += meta_params
+    return "".join(f" AND {c}" for c in conditions), params
+
+
+# summaries(order=...): the SQL sort key of each order (ties: most recently created first)
+SUMMARY_ORDERS = {
+    "updated": "updated_at",
+    "created": "created_at",
+    "title": "title COLLATE NOCASE",
+    "messages": "message_count",
+    # the alphabetically first model that answered in the session (NULL — none — sorts first ascending)
+    "models": "(SELECT min(m.model_id) FROM messages m WHERE m.session_seq = sessions.seq "
+              "AND m.role = 'assistant')",
+}
+
+
+def _summary_where(filter_metadata: Optional[dict], title_contains: Optional[str]) -> tuple[str, list]:
+    """WHERE clause for :meth:`SessionStore.summaries`/``count``: metadata match and a title substring."""
+    where, params = _metadata_where(filter_metadata)
+    if title_contains:
+        if not isinstance(title_contains, str):
+            raise TypeError(f"title_contains must be a str, not {type(title_contains).__name__}")
+        pattern = "%" + title_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where = (where + " AND " if where else "WHERE ") + "title LIKE ? ESCAPE '\\'"
+        params = params + [pattern]
+    return where, params
 
 
 def _default_title(created_at: str) -> str:
@@ -211,6 +269,7 @@ class SessionStore:
         self._lock = threading.RLock()
         self._reader: Optional[sqlite3.Connection] = None  # searches' own connection, opened on first search
         self._reader_lock = threading.Lock()
+        self._writes = 0  # visible writes committed through this connection (data_version skips them)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -293,9 +352,10 @@ class SessionStore:
                 raise storage_error(exc, self.path, action) from exc
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, visible: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back if anything raises: a failed write
-        (disk full, read-only, I/O error: StorageError) leaves the database as it was."""
+        (disk full, read-only, I/O error: StorageError) leaves the database as it was. ``visible=False``: a
+        write that changes nothing a reader sees (search indexing): it does not move :meth:`change_token`."""
         if self.read_only is not None:
             raise StorageError(f"cannot write to the session database {self.path}: it is open read-only "
                                f"({self.read_only})", path=str(self.path))
@@ -306,6 +366,8 @@ class SessionStore:
                 try:
                     yield conn
                     conn.execute("COMMIT")
+                    if visible:
+                        self._writes += 1
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -322,9 +384,6 @@ class SessionStore:
                 yield conn
             finally:
                 conn.execute("COMMIT")
-
-    def _written(self) -> None:
-        """Called after every committed write that adds or changes searchable text."""
 
     @staticmethod
     def _seq(conn: sqlite3.Connection, session_id: str) -> int:
@@ -407,28 +466,52 @@ class SessionStore:
                 "metadata": json.loads(row[6])}
 
     def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
-                  offset: int = 0) -> list[dict]:
+                  offset: int = 0, *, title_contains: Optional[str] = None, order: str = "updated",
+                  descending: bool = True) -> list[dict]:
         """Session summaries ``{id, title, created_at, updated_at, message_count, metadata}``, most recently
         updated first (equal ``updated_at``: most recently created first).
 
         ``limit=None`` returns all. ``filter_metadata`` keeps sessions whose metadata has every given key with
         an equal JSON value: types matter (``1`` != ``"1"``, ``True`` != ``1``) but ``1 == 1.0``; nested
         values compare as whole JSON values. Served by the session_meta index; messages are not read.
+        ``title_contains`` keeps titles containing that text (case-insensitive for ASCII letters).
+        ``order`` sorts by ``"updated"`` (default), ``"created"``, ``"title"`` (case-insensitive),
+        ``"messages"`` (count) or ``"models"`` (the alphabetically first model that replied), descending
+        unless ``descending=False``; ValueError for another order.
         """
         sql_limit = check_limit(limit)
         sql_offset = check_limit(offset, "offset")
-        where, params = _metadata_where(filter_metadata)
+        if order not in SUMMARY_ORDERS:
+            raise ValueError(f"order must be one of {sorted(SUMMARY_ORDERS)}, not {order!r}")
+        where, params = _summary_where(filter_metadata, title_contains)
+        direction = "DESC" if descending else "ASC"
         sql = (f"SELECT {_SUMMARY_COLUMNS} FROM sessions {where} "
-               f"ORDER BY updated_at DESC, seq DESC LIMIT ? OFFSET ?")
+               f"ORDER BY {SUMMARY_ORDERS[order]} {direction}, seq {direction} LIMIT ? OFFSET ?")
         with self._locked("read") as conn:
             rows = conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
         return [_summary(row) for row in rows]
 
-    def count(self, filter_metadata: Optional[dict] = None) -> int:
-        """How many sessions (match ``filter_metadata``, with the same rules as :meth:`summaries`)."""
-        where, params = _metadata_where(filter_metadata)
+    def summary(self, session_id: str) -> dict:
+        """One session's summary (the dict :meth:`summaries` lists), without reading its messages."""
+        check_session_id(session_id)
+        with self._locked("read") as conn:
+            row = conn.execute(f"SELECT {_SUMMARY_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        return _summary(row)
+
+    def count(self, filter_metadata: Optional[dict] = None, *, title_contains: Optional[str] = None) -> int:
+        """How many sessions match ``filter_metadata`` and ``title_contains`` (the rules of :meth:`summaries`)."""
+        where, params = _summary_where(filter_metadata, title_contains)
         with self._locked("read") as conn:
             return conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
+
+    def change_token(self) -> tuple[int, int]:
+        """A cheap value that changes whenever the database may have changed: SQLite's ``PRAGMA data_version``
+        (bumped by commits of *other* connections, e.g. another kernel) and the count of this store's own
+        visible writes. Equal tokens mean nothing changed, so a view polling this can skip re-reading."""
+        with self._locked("read") as conn:
+            return conn.execute("PRAGMA data_version").fetchone()[0], self._writes
 
     def model_counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         """``{session_id: {model_id: assistant replies}}`` for the given sessions, in one grouped query."""
@@ -446,13 +529,147 @@ class SessionStore:
             out[sid][model_id] = n
         return out
 
+    def stats(self, by: str = "model", since: Optional[str] = None, until: Optional[str] = None,
+              filter_metadata: Optional[dict] = None) -> list[dict]:
+        """Request statistics per group, computed in SQL from the ``reply_stats`` / ``request_prompts`` tables
+        (see :mod:`.migrations`, version 3, and :mod:`.stats` for what each column counts).
+
+        ``by``: "model", "route", "session" or "day"; ``since``/``until``: canonical ISO bounds (inclusive /
+        exclusive) or None; ``filter_metadata`` as in :meth:`summaries`. Returns one dict per group:
+        ``key`` (model id, route, session id or ``YYYY-MM-DD``; None for requests without a model/route),
+        the :data:`.stats.STATS_COLUMNS`, and ``title`` for sessions. Groups come in no particular order.
+
+        One aggregate scan (GROUP BY) gives the counts and sums; each percentile is read per group with
+        ``ORDER BY metric LIMIT 1 OFFSET rank`` on a covering index, batched into a few statements.
+        """
+        by = stats_module.check_by(by)
+        key, prompt_key = _STATS_KEYS[by]
+        where, params = _stats_where(since, until, filter_metadata)
+        self._update_stats_tables()
+        groups: dict = {}
+        with self._read() as conn:
+            for row in conn.execute(
+                    f"SELECT {key}, {_STATS_SUMS}, count(ttft), count(tps) FROM reply_stats NOT INDEXED "
+                    f"WHERE 1{where} GROUP BY 1", params):
+                groups[row[0]] = {"key": row[0], **dict(zip(_STATS_SUM_NAMES, row[1:-2])),
+                                  "_n": {"ttft": row[-2], "tps": row[-1]}}
+            for group_key, unanswered in conn.execute(
+                    f"SELECT {prompt_key}, count(*) FROM request_prompts WHERE answered = 0{where} GROUP BY 1",
+                    params):
+                group = groups.setdefault(group_key, {
+                    "key": group_key, **dict.fromkeys(_STATS_SUM_NAMES, 0), "cost_usd": None,
+                    "_n": {"ttft": 0, "tps": 0}})
+                group["requests"] += unanswered
+                group["errors"] += unanswered
+            self._stats_percentiles(conn, key, where, params, list(groups.values()))
+            if by == "session":
+                names = {seq: (sid, title) for seq, sid, title in conn.execute(
+                    "SELECT seq, id, title FROM sessions WHERE seq IN (SELECT value FROM json_each(?))",
+                    (json.dumps(list(groups)),))}
+                for group in groups.values():
+                    group["key"], group["title"] = names[group["key"]]
+        for group in groups.values():
+            del group["_n"]
+        return list(groups.values())
+
+    def stats_totals(self, group_by: tuple[str, ...] = ("day", "model_id"), since: Optional[str] = None,
+                     until: Optional[str] = None, filter_metadata: Optional[dict] = None) -> list[dict]:
+        """Reply counts and sums per combination of ``group_by`` columns ("day", "model_id", "route"), in
+        one GROUP BY: dicts with those columns and ``requests`` (replies here: unanswered prompts are not
+        included), errors, partial, fallbacks, input_tokens, output_tokens, cost_usd, cost_unknown."""
+        columns = list(group_by)
+        for column in columns:
+            if column not in ("day", "model_id", "route"):
+                raise ValueError(f"group_by columns must be 'day', 'model_id' or 'route', not {column!r}")
+        where, params = _stats_where(since, until, filter_metadata)
+        self._update_stats_tables()
+        keys = ", ".join(columns) or "NULL"
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {keys}, {_STATS_SUMS} FROM reply_stats NOT INDEXED WHERE 1{where} "
+                                f"GROUP BY {', '.join(str(i + 1) for i in range(max(1, len(columns))))}",
+                                params).fetchall()
+        return [{**dict(zip(columns, row)), **dict(zip(_STATS_SUM_NAMES, row[max(1, len(columns)):]))}
+                for row in rows]
+
+    def stats_sample(self, since: Optional[str] = None, until: Optional[str] = None,
+                     filter_metadata: Optional[dict] = None, limit: int = 20_000) -> list[dict]:
+        """Up to about ``limit`` replies (all when fewer) as dicts ``{timestamp, model_id, route, partial,
+        fallback, ttft, tps, input_tokens, output_tokens}``, for plots of distributions. Larger sets are
+        thinned by a hash of the row id, so the sample spreads evenly over time and groups and is the same
+        on every call."""
+        sql_limit = check_limit(limit)
+        where, params = _stats_where(since, until, filter_metadata)
+        self._update_stats_tables()
+        columns = ("timestamp", "model_id", "route", "partial", "fallback", "ttft", "tps", "input_tokens",
+                   "output_tokens")
+        with self._read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM reply_stats NOT INDEXED WHERE 1{where}", params).fetchone()[0]
+            thin = ""
+            if sql_limit >= 0 and total > sql_limit:
+                thin = f" AND (seq * 2654435761) % 1000003 < {int(1000003 * sql_limit / total)}"
+            rows = conn.execute(f"SELECT {', '.join(columns)} FROM reply_stats NOT INDEXED WHERE 1{where}{thin} "
+                                f"ORDER BY seq", params).fetchall()
+        return [dict(zip(columns, row)) for row in rows]
+
+    def _update_stats_tables(self) -> None:
+        """Index the messages written since the last stats call into the stats tables (see
+        :mod:`.migrations`, version 3), ``STATS_CHUNK_ROWS`` messages per write transaction (so a writer in
+        another kernel waits at most one chunk); nothing to do costs one read. A read-only store is not
+        brought up to date: its stats show what was indexed while it was writable."""
+        if self.read_only is not None:
+            return
+        while True:
+            with self._locked("read") as conn:
+                if not conn.execute(STATS_PENDING).fetchone()[0]:
+                    return
+            with self._write(visible=False) as conn:
+                last = conn.execute("SELECT last_seq FROM stats_progress").fetchone()[0]
+                upper = conn.execute("SELECT seq FROM messages WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+                                     (last, STATS_CHUNK_ROWS - 1)).fetchone()
+                if upper is None:
+                    upper = conn.execute("SELECT IFNULL(MAX(seq), 0) FROM messages").fetchone()
+                for statement in STATS_CATCH_UP_CHUNK:
+                    conn.execute(statement, (last, upper[0]) if "?" in statement else ())
+
+    @staticmethod
+    def _stats_percentiles(conn: sqlite3.Connection, key: str, where: str, params: list,
+                           groups: list[dict]) -> None:
+        """Fill each group's percentile columns: the values at the ranks around each quantile, read with
+        ``ORDER BY LIMIT 1 OFFSET`` from the ``(key, metric, timestamp, session_seq)`` index, many groups per
+        statement; interpolated as numpy does."""
+        picks = []  # (group, column, metric, lo, hi, weight)
+        for group in groups:
+            for column, metric, q in stats_module.PERCENTILES:
+                n = group["_n"][metric]
+                group[column] = None
+                if n:
+                    picks.append((group, column, metric, *stats_module.positions(n, q)))
+        reads = sorted({(id(g), metric, rank) for g, _, metric, lo, hi, _ in picks for rank in (lo, hi)})
+        by_id = {id(g): g for g in groups}
+        per_read = 1 + len(params)
+        batch = max(1, min(_STATS_READS_PER_STATEMENT, _STATS_MAX_PARAMS // per_read))
+        values: dict = {}
+        for start in range(0, len(reads), batch):
+            chunk = reads[start:start + batch]
+            sql = ", ".join(
+                f"(SELECT {metric} FROM reply_stats INDEXED BY reply_stats_{key}_{metric} WHERE {key} IS ? AND "
+                f"{metric} IS NOT NULL{where} ORDER BY {metric} LIMIT 1 OFFSET {int(rank)})"
+                for _, metric, rank in chunk)
+            args = [a for gid, _, _ in chunk for a in (by_id[gid]["key"], *params)]
+            row = conn.execute(f"SELECT {sql}", args).fetchone()
+            values.update(zip(chunk, row))
+        for group, column, metric, lo, hi, weight in picks:
+            a, b = values[(id(group), metric, lo)], values[(id(group), metric, hi)]
+            group[column] = stats_module.lerp(a, b, weight)
+
     def delete(self, session_id: str) -> bool:
         """Delete a session with its messages and index entries. False if there was no such session."""
         check_session_id(session_id)
         with self._write() as conn:
             if conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount == 0:
                 return False
-            for name, table, _, _ in _FTS_TABLES:  # new rows may reuse deleted seqs: keep them above the mark
+            conn.execute(STATS_LOWER_MARK)  # new rows may reuse deleted seqs: keep them above the marks
+            for name, table, _, _ in _FTS_TABLES:
                 conn.execute(f"UPDATE fts_progress SET last_seq = "
                              f"MIN(last_seq, IFNULL((SELECT MAX(seq) FROM {table}), 0)) WHERE name = ?", (name,))
         return True
@@ -626,7 +843,7 @@ class SessionStore:
             if not conn.execute(_FTS_PENDING).fetchone()[0]:
                 return True
         done = True
-        with self._write() as conn:
+        with self._write(visible=False) as conn:
             for name, table, fts, column in _FTS_TABLES:
                 last = conn.execute("SELECT last_seq FROM fts_progress WHERE name = ?", (name,)).fetchone()[0]
                 upper = conn.execute(f"SELECT seq FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
@@ -852,6 +1069,37 @@ class SessionStore:
             self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
         self._written()
         return merged_id
+
+    # ------------------------------------------------------------------ settings
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key`` (``default`` if there is none)."""
+        check_setting_key(key)
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store ``value`` (any JSON value) under ``key``, replacing what was there. TypeError if not JSON."""
+        check_setting_key(key)
+        text = dumps(value, f"setting {key!r}")
+        with self._write() as conn:
+            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, text))
+
+    def delete_setting(self, key: str) -> bool:
+        """Remove ``key``. False if it was not set."""
+        check_setting_key(key)
+        with self._write() as conn:
+            return conn.execute("DELETE FROM settings WHERE key = ?", (key,)).rowcount > 0
+
+    def settings(self, prefix: str = "") -> dict[str, Any]:
+        """``{key: value}`` of the settings whose key starts with ``prefix``, sorted by key."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        with self._lock:
+            rows = self._conn.execute("SELECT key, value FROM settings WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                      (len(prefix), prefix)).fetchall()
+        return {key: json.loads(value) for key, value in rows}
 
     def close(self) -> None:
         """Close the database connection. Idempotent; any later call on the store raises ProgrammingError."""

@@ -144,6 +144,13 @@ def check_json(value: Any, what: str) -> None:
             raise TypeError(f"{what} is not JSON-serialisable: {_where(path)} is a {type(item).__name__}")
 
 
+def check_setting_key(key: Any) -> None:
+    """A settings key (``SessionStore.set_setting``): a non-empty string of at most 200 characters."""
+    if not isinstance(key, str) or not key or len(key) > 200:
+        raise TypeError(f"a setting key must be a non-empty string of at most 200 characters, not {key!r}")
+    check_text(key, "setting key")
+
+
 def dumps(value: Any, what: str, checked: bool = False) -> str:
     """``value`` as JSON text (UTF-8, not ASCII-escaped), after :func:`check_json` unless already ``checked``."""
     if not checked:
