@@ -34,9 +34,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .errors import ModelCallError, NoModelHookedError, OblixError
+from .errors import ModelCallError, NoModelHookedError, RowError, SchemaError, StructuredOutputError
 from .models.base import SAMPLING_OPTIONS, GenerationParams
-from .structured import Schema, SchemaError, StructuredOutputError, compile_schema
+from .structured import Schema, compile_schema, extract_json
 
 META_COLUMNS = ("model_id", "route", "input_tokens", "output_tokens", "latency_s", "error", "cached")
 DEFAULT_CONCURRENCY = {True: 1, False: 4}  # in-process model (not re-entrant) : servers
@@ -355,8 +355,6 @@ class MapJob:
         text, model_id, route, input_tokens, output_tokens, latency = reply
         if self.schema is not None:
             try:
-                from .structured import extract_json
-
                 value = extract_json(text)
             except StructuredOutputError:  # stored valid; unreadable now means the store was edited
                 value = None
@@ -602,14 +600,6 @@ class MapJob:
             bar.refresh()
         if final:
             bar.close()
-
-
-class RowError(OblixError):
-    """``on_error="raise"``: a row failed. ``positions`` are its row positions; finished rows stay stored."""
-
-    def __init__(self, message: str, *, positions: list[int]):
-        super().__init__(message)
-        self.positions = positions
 
 
 def _no_store(*_args) -> None:
