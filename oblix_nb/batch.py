@@ -29,12 +29,15 @@ import hashlib
 import json
 import math
 import re
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .errors import ModelCallError, NoModelHookedError, RowError, SchemaError, StructuredOutputError
+from ._util import describe_error
+from .errors import (ModelCallError, NoModelHookedError, OblixError, RowError, SchemaError,
+                     StructuredOutputError)
 from .models.base import SAMPLING_OPTIONS, GenerationParams
 from .structured import Schema, compile_schema, extract_json
 
@@ -554,7 +557,14 @@ class MapJob:
                               model_id=self.model_id, system=self.system, schema=self.schema,
                               prior=[{"role": "user", "content": prompt}, {"role": "assistant", "content": text}])
         if to_store:
-            client.sessions.append_messages(self.session_id, to_store)
+            try:
+                client.sessions.append_messages(self.session_id, to_store)
+            except (OSError, sqlite3.Error, OblixError) as exc:
+                # The reply is not dropped: it stays in the result; the error says it is not in the store
+                # (so the next call will ask the model again).
+                error = "; ".join(e for e in (error, f"reply not stored: {describe_error(exc)}") if e)
+                return RowOutcome(value, response["model_id"], response["routing_decision"]["target"],
+                                  input_tokens, output_tokens, latency, error, False)
         if response is None:
             return RowOutcome(None, None, None, None, None, None, error, False)
         return RowOutcome(value if error is None else None, response["model_id"],
@@ -624,6 +634,9 @@ async def map_frame(client, data: Any, prompt: Any, **kwargs: Any):
 
     Result columns: ``response`` (or the schema's properties), ``model_id``, ``route``, ``input_tokens``,
     ``output_tokens``, ``latency_s``, ``error``, ``cached`` -- on a copy of the input's index, same order.
+    ``error`` is None for a finished row; else what failed: ``ModelCallError: ...`` (no model could answer),
+    ``StructuredOutputError: ...`` (invalid even after the retry), ``prompt: ...`` (the callable failed), or
+    ``reply not stored: ...`` (the store refused the write: the reply is in the result, not in the store).
     """
     job = MapJob(client, data, prompt, **kwargs)
     await job.drive()
