@@ -253,7 +253,6 @@ class MapJob:
         self.model_id = model_id
         self.on_error = on_error
         self.progress = progress
-        self.use_cache = cache
         # The model routing tries first: the forced one, else (routing prefers local) the first local one.
         models = list(client.models.values())
         backend = client.models[model_id] if model_id else next((m for m in models if m.target == "local"),
@@ -307,7 +306,6 @@ class MapJob:
         del finished
         self.done = self.cached + self.errors
         self.output_tokens = 0
-        self.interrupted = False
 
     # ------------------------------------------------------------------------------------------ keys, session
     def _params_json(self) -> dict:
@@ -443,12 +441,10 @@ class MapJob:
         workers = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, len(self.pending)))]
         try:
             await asyncio.gather(*workers)
-        except BaseException as exc:
+        except BaseException:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
-                self.interrupted = True
             raise
 
     async def drive(self) -> None:
