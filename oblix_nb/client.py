@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -33,6 +36,24 @@ def stdout_sink_factory(display_metrics: bool = True) -> StreamSink:
 
 # Where a client streams when execute() gets no sink: stdout; oblix_nb.notebook swaps in cell output in a kernel.
 default_sink_factory: Callable[[bool], Optional[StreamSink]] = stdout_sink_factory
+
+
+CHAT_EXIT_WORDS = ("exit", "quit", "/exit", "/quit", ":q")
+CHAT_HELP = ("Chatting in session {session_id}. Type a message and press Enter. To leave: type exit or quit, "
+             "press Ctrl-D, or Ctrl-C at the prompt (Ctrl-C during a reply stops that reply).")
+
+
+@contextlib.contextmanager
+def _sigint_raises():
+    """While inside: Ctrl-C raises KeyboardInterrupt in the main thread (Python's default handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 _ALIAS_PREFIX = "alias:"
@@ -539,19 +560,40 @@ class OblixClient:
             sid = await self.create_session(title=f"Chat: {prompt[:40]}" if isinstance(prompt, str) else None)
         if self.chat_handler is not None:
             return await self.chat_handler(self, prompt, sid, **kwargs)
+        if runtime.in_loop_thread():
+            raise RuntimeError("execute(chat=True) reads the terminal; call it from your own code, not from "
+                               "the package's loop")
+        return self._terminal_chat(prompt, sid, kwargs)
+
+    def _terminal_chat(self, prompt: Optional[str], sid: str, kwargs: dict) -> dict:
+        """The terminal chat loop: ``you>`` prompts until ``exit``/``quit``, Ctrl-D or Ctrl-C at the prompt.
+
+        It owns the terminal while it runs, so it reads stdin and waits for each reply synchronously (blocking
+        the caller's event loop, which has nothing else to do meanwhile; replies run on the package loop).
+        Ctrl-C during a reply stops that reply (kept, flagged partial) and returns to the prompt; Ctrl-C at the
+        prompt ends the chat. SIGINT raises KeyboardInterrupt here even under ``asyncio.run``, whose own
+        handler would only cancel the task once ``input()`` returned.
+        """
+        print(CHAT_HELP.format(session_id=sid), file=sys.stderr, flush=True)
         next_prompt: Optional[str] = prompt
-        while True:
-            if next_prompt and next_prompt.strip():
+        with _sigint_raises():
+            while True:
+                if next_prompt and next_prompt.strip():
+                    try:
+                        runtime.run(self.execute(next_prompt, session_id=sid, **kwargs))
+                    except KeyboardInterrupt:
+                        print("(reply stopped; what arrived was kept, flagged partial)", file=sys.stderr,
+                              flush=True)
+                    except ModelCallError as exc:
+                        print(f"[error] {exc}", file=sys.stderr, flush=True)
                 try:
-                    await self.execute(next_prompt, session_id=sid, **kwargs)
-                except ModelCallError as exc:
-                    print(f"[error] {exc}", file=sys.stderr)
-            try:
-                next_prompt = await asyncio.to_thread(input, "you> ")
-            except EOFError:
-                break
-            if next_prompt.strip().lower() in ("exit", "quit"):
-                break
+                    next_prompt = input("you> ")
+                except (EOFError, KeyboardInterrupt):
+                    print(file=sys.stderr)
+                    break
+                if next_prompt.strip().lower() in CHAT_EXIT_WORDS:
+                    break
+        print(f"(chat ended; the conversation is session {sid})", file=sys.stderr, flush=True)
         return {"session_id": sid}
 
     async def shutdown(self) -> None:

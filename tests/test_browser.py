@@ -89,7 +89,7 @@ client.append_message(xss_id, "assistant", {XSS_REPLY!r}, model_id="llamacpp:smo
 # a long session: 80 messages, the last reply with a code block
 long_id = client.sessions.create(title="Long session", metadata={{"kind": "long"}})
 client.sessions.append_messages(long_id, [
-    {{"role": "user" if i % 2 == 0 else "assistant", "content": f"Message number {{i}}: " + "words " * 8,
+    {{"role": "user" if i % 2 == 0 else "assistant", "content": f"Message {{i}}.",
       **({{"model_id": "llamacpp:smollm2-135m"}} if i % 2 else {{}})}} for i in range(79)])
 client.append_message(long_id, "assistant", {CODE_REPLY!r}, model_id="llamacpp:smollm2-135m",
                       metrics={{"time_to_first_token": 0.1, "tokens_per_second": 20.0, "output_tokens": 12}})
@@ -651,6 +651,14 @@ def test_chat_panel_and_browser_in_jupyterlab(lab):
             page.set_viewport_size({"width": 1280, "height": 1000})
             page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"))
 
+            # -- "Open in chat" from the grid: a chat panel below the grid, on that session
+            sb.locator("tbody tr", has_text="Long session").click()
+            sb.get_by_role("button", name="Open in chat").click()
+            inner = sb.locator(".oblix-chat-slot .oblix-chat")
+            expect(inner).to_be_visible(timeout=30_000)
+            expect(inner.locator(".oblix-transcript > .oblix-row")).to_have_count(82, timeout=20_000)  # 80 + prompt + partial
+            expect(sb.locator(".oblix-status").first).to_contain_text("opened “Long session”")
+
             # -- the kernel restarts: the old panel says so and does not take input
             textarea.fill("typed before the restart")
             page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
@@ -660,6 +668,8 @@ def test_chat_panel_and_browser_in_jupyterlab(lab):
             expect(textarea).to_be_disabled()
             expect(send).to_be_disabled()
             assert textarea.input_value() == "typed before the restart"  # not silently dropped
+            expect(sb.locator(".oblix-status").first).to_contain_text("disconnected")
+            expect(sb.get_by_role("button", name="Refresh")).to_be_disabled()
             panel.screenshot(path=str(ARTIFACTS / "chat-disconnected.png"))
         except BaseException:
             try:  # what the page showed when it failed

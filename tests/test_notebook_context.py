@@ -351,6 +351,8 @@ def test_latex_and_formats():
         r"click \frac{1}{2} {c}{x} u"
     assert latex("x^2 + 1") == "$$ x^2 + 1 $$" and latex("```latex\n$x$\n```") == "$x$"
     assert latex(r"\[ a \]") == r"\[ a \]"
+    assert latex("The area is pi r squared.") == "The area is pi r squared."  # prose is not set as math
+    assert latex(r"A = \pi r^2") == r"$$ A = \pi r^2 $$"
     assert unfence("```html\n<b>x</b>\n```") == "<b>x</b>" and unfence("a ```b```") == "a ```b```"
     assert final_bundle("json", '{"a": 1}', {"a": 1}, has_parsed=True)["application/json"] == {"a": 1}
     assert final_bundle("json", "3", 3, has_parsed=True) == {"text/plain": "3"}

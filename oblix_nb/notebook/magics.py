@@ -31,7 +31,7 @@ from .. import runtime
 from .._util import new_id, title_from
 from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableError, NoModelHookedError,
                       OblixError, SessionNotFoundError)
-from . import errhook, state
+from . import errhook, state, transform
 from .display import (QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, has_display_frontend,
                       notebook_sink_factory, safe_html, shell_publisher)
 from .formats import ANY_JSON_SCHEMA, FORMATS, HINTS, final_bundle, stream_format
@@ -442,6 +442,14 @@ class _Said(str):
 
 _CLIENT_ERRORS = (OblixError, ValueError, OSError, KeyError)
 _DEFAULT_MODEL_KEY = "notebook:default_model"  # the store setting %oblix_model default writes
+
+
+def _clean_interrupt(note: str) -> KeyboardInterrupt:
+    """The KeyboardInterrupt %%oblix re-raises after an interrupt (so "Run All" stops there), shown by IPython
+    and Jupyter as the one line ``note`` instead of a traceback."""
+    exc = KeyboardInterrupt(note)
+    exc._render_traceback_ = lambda: [note]  # type: ignore[attr-defined]
+    return exc
 
 
 @magics_class
@@ -925,10 +933,12 @@ class OblixMagics(Magics):
                     ", flagged partial in the session" if session_id else "")
             else:
                 note = "interrupted before the first token: the request was stopped, no reply was stored"
-            self._finish(view, reply.text, note, error=True)
+            # The note is said once, as the cell's error line (no traceback); the footer is the partial reply's.
+            self._finish(view, reply.text, format_footer(reply.response) if reply.text else "no reply",
+                         error=True)
             if reply.text:
                 self._publish_value(reply, args)
-            raise KeyboardInterrupt
+            raise _clean_interrupt(note)
         if outcome.error is not None:
             return self._failed(view, outcome, args, client)
         response = outcome.response or {}
@@ -1121,6 +1131,7 @@ def load_ipython_extension(ipython) -> None:
     errhook.install(ipython)
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)
+    transform.register(ipython)  # `%oblix_chat What is X?` is a prompt, not a help lookup
     _loaded[id(ipython)] = magics
 
 
@@ -1130,6 +1141,7 @@ def unload_ipython_extension(ipython) -> None:
     if magics is None:
         return
     errhook.uninstall(ipython)
+    transform.unregister(ipython)
     manager = ipython.magics_manager
     for kind, names in magics.magics.items():
         table = manager.magics.get(kind, {})
