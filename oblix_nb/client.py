@@ -19,7 +19,8 @@ from . import runtime
 from ._util import check_session_id, describe_error, iso, new_id, utcnow
 from .agents import ConnectivityAgent, ResourceMonitor, run_check
 from .context import fit_history
-from .errors import ModelCallError, NoModelHookedError, ReplyNotStoredError, SessionNotFoundError
+from .errors import (ModelCallError, NoModelHookedError, ReplyNotStoredError, SessionNotFoundError,
+                     StructuredOutputError)
 from .models import make_backend
 from .models.base import SAMPLING_OPTIONS, GenerationParams, ModelBackend, ModelType, Usage, \
     is_connection_failure
@@ -394,8 +395,6 @@ class OblixClient:
 
     async def _run_structured(self, request: "Request", sink: Optional[StreamSink], stream: bool) -> dict:
         """``_run`` with the schema enforced and the reply parsed: one retry on an invalid reply."""
-        from .structured import StructuredOutputError
-
         response = await self._run(request, sink, stream)
         try:
             response["parsed"] = request.schema.parse(response["response"])
