@@ -384,7 +384,9 @@ async def test_execute_with_schema_returns_parsed(client):
     with pytest.raises(StructuredOutputError) as info:
         await client.execute("x", schema={"type": "object"}, model_id="openai:bad", stream=False)
     assert bad.calls == 2 and info.value.response["model_id"] == "openai:bad"
-    assert len(client.load_session(sid)["messages"]) == 8  # both attempts stored
+    messages = client.load_session(sid)["messages"]
+    assert len([m for m in messages if m["role"] != "system"]) == 8  # both attempts stored
+    assert [m["role"] for m in messages].count("system") == 3  # what the model saw: each schema's instruction
     with pytest.raises(SchemaError):
         await client.execute("x", schema="a b c d", stream=False)
 
