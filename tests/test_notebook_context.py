@@ -241,7 +241,9 @@ def _frames():
     mixed = pd.DataFrame({"num": [1.0, np.nan, 3.0], "text": ["a|b", "line\nbreak", None],
                           "when": pd.to_datetime(["2024-01-01", None, "2024-03-01"]), "flag": [True, False, True],
                           "cat": pd.Categorical(["u", "v", "u"]), "obj": [{"x": 1}, [1, 2], None]})
-    return {"empty": pd.DataFrame(), "no_rows": pd.DataFrame({"a": pd.Series([], dtype=float)}),
+    odd = pd.DataFrame([[1, "a", None, 1 + 2j, [1]], [2, "b", None, 3j, [2]]],
+                       columns=["x", "x", "allnan", "cplx", "lists"])  # duplicate names, unhashable values
+    return {"empty": pd.DataFrame(), "no_rows": pd.DataFrame({"a": pd.Series([], dtype=float)}), "odd": odd,
             "wide": wide, "multi": multi, "mixed": mixed, "series": mixed["num"],
             "dt_index": pd.DataFrame({"v": range(3)}, index=pd.date_range("2024", periods=3))}
 
@@ -264,6 +266,8 @@ def test_description_has_dtypes_missing_stats_and_rows():
     for piece in ("float64", "datetime64", "bool", "category", "1 (33.3%)", "| mean |", "| unique |",
                   "First 3 rows", "a\\|b", "line break"):
         assert piece in text, piece
+    odd = describe(_frames()["odd"], "odd", max_chars=6000)
+    assert "| lists | object | 0 |" in odd and "| [1] |" in odd and odd.count("| x |") == 2
     wide = describe(_frames()["wide"], "wide", max_chars=6000)
     assert "…and 260 more columns" in wide and "c299" not in wide.split("…and")[0]
 
