@@ -495,6 +495,9 @@ def test_oblix_fix_sends_source_and_traceback_and_code_goes_to_a_new_cell(ip, mo
     assert "divisor = 0\nresult = 1 / divisor" in prompt and "ZeroDivisionError" in prompt
     assert f"In [{count(r_err)}]" in prompt
     assert nexts == [("result = 1 / 1", False)]
+    result, cap = run(ip, f"%%oblix\nAbout {{Err[{count(r_err) + 1}]}} and {{In[{count(r_err)}]}}")
+    assert result.success and f"{{Err[{count(r_err) + 1}]}}" in backend.seen[-1][-1]["content"]
+    assert "left as written" in cap.stderr and f"Err[{count(r_err) + 1}]" in cap.stderr
     result, _ = run(ip, f"%oblix_fix {count(r_err)}")
     assert result.success and len(nexts) == 1  # markdown: no new cell
     result, _ = run(ip, f"%oblix_fix {count(r_err) + 1}")
