@@ -783,8 +783,11 @@ class OblixMagics(Magics):
         command = args.command or "list"
         try:
             if command == "list":
-                return model_table(client, self.default_model or self._stored_default(client),
-                                   timeout=getattr(args, "timeout", 3.0))
+                table = model_table(client, self.default_model or self._stored_default(client),
+                                    timeout=getattr(args, "timeout", 3.0))
+                if not client.models:
+                    print("no model is hooked yet (%%oblix hooks the embedded one on first use)", file=sys.stderr)
+                return table
             if command == "alias":
                 if args.name is None:
                     return client.model_aliases()
@@ -886,11 +889,16 @@ class OblixMagics(Magics):
         from .references import UnknownReference, build_prompt
 
         try:
-            return build_prompt(template, self.shell, context=args.context,
-                                budget_chars=self._context_budget(client, model_id, args.max_tokens))
+            prompt = build_prompt(template, self.shell, context=args.context,
+                                  budget_chars=self._context_budget(client, model_id, args.max_tokens))
         except UnknownReference as exc:
             raise UsageError(f"{prog} --context: {exc.args[0]!r} is not a variable or a reference "
                              f"(In[N], Out[N], Err[N], name.attr, name[key])") from None
+        missing = [ref for ref in prompt.unresolved if re.match(r"(In|Out|Err)\[-?\d+\]", ref)]
+        if missing:  # other unknown braces are code or JSON; a cell reference that finds nothing is a slip
+            print(f"{prog}: left as written (no such cell, result or error): "
+                  + ", ".join("{" + ref + "}" for ref in missing), file=sys.stderr)
+        return prompt
 
     def _ask(self, client, prompt: str, args, model_id: Optional[str], *, fmt: str = "markdown",
              schema: Any = None):
