@@ -26,6 +26,9 @@ Schema (version 1):
   for an FTS5 segment per commit. Triggers remove (and re-index) rows at or below the mark on DELETE (and
   UPDATE). Whoever deletes rows must then lower the mark to the highest remaining ``seq`` (the store's
   ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
+
+Version 2 (teams): ``sessions.author`` and ``messages.author``, who wrote the row (``OBLIX_USER``, else the
+OS user); NULL for rows written before. ``sessions_by_author`` serves ``list_sessions(author=...)``.
 """
 from __future__ import annotations
 
@@ -101,6 +104,11 @@ WHEN old.seq <= (SELECT last_seq FROM fts_progress WHERE name = 'titles') BEGIN
     INSERT INTO titles_fts (titles_fts, rowid, title) VALUES ('delete', old.seq, old.title);
     INSERT INTO titles_fts (rowid, title) VALUES (new.seq, new.title);
 END;
+"""),
+    (2, """
+ALTER TABLE sessions ADD COLUMN author TEXT;
+ALTER TABLE messages ADD COLUMN author TEXT;
+CREATE INDEX sessions_by_author ON sessions (author, updated_at, seq);
 """),
 ]
 

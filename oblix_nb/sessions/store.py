@@ -24,9 +24,9 @@ import threading
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
-from .._util import check_session_id, iso, parse_iso, utcnow
+from .._util import check_session_id, current_user, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError
 from .io import normalize_message, parse_session_file, write_json_atomic
@@ -37,8 +37,9 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000
 MAX_MATCHES_PER_HIT = 3
 
 # A message row as read and written: the order of the columns below, after ``session_seq``.
+# ``author`` (who wrote the row) is last: it is not part of the message dict.
 MESSAGE_COLUMNS = ("id", "role", "content", "timestamp", "model_id", "metrics", "routing", "partial",
-                   "request_id", "source_session_id")
+                   "request_id", "source_session_id", "author")
 _SELECT_MESSAGES = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE session_seq = ?"
 _INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {', '.join(MESSAGE_COLUMNS)}) "
                    f"VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + 1))})")
@@ -102,6 +103,14 @@ def _ms(stamp: str) -> str:
     return stamp[:23] + "Z"
 
 
+def _where(filter_metadata: Optional[dict], author: Optional[str]) -> tuple[str, list]:
+    """SQL WHERE clause (and parameters) for a metadata filter and an author filter on ``sessions``."""
+    where, params = _metadata_where(filter_metadata)
+    if check_author(author) is None:
+        return where, params
+    return (f"{where} AND author = ?" if where else "WHERE author = ?"), [*params, author]
+
+
 def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
     """SQL WHERE clause (and its parameters) selecting sessions whose metadata matches every given key."""
     if filter_metadata is None:
@@ -140,15 +149,15 @@ def _check_title(title: Any) -> None:
         raise TypeError(f"title must be a string, not {type(title).__name__}")
 
 
-def _message_row(message: dict) -> tuple:
-    """A normalized message dict as a row (MESSAGE_COLUMNS order)."""
+def _message_row(message: dict, author: Optional[str]) -> tuple:
+    """A normalized message dict, written by ``author``, as a row (MESSAGE_COLUMNS order)."""
     metrics, routing = message.get("metrics"), message.get("routing")
     return (message["id"], message["role"], message["content"], message["timestamp"],
             message.get("model_id"),
             None if metrics is None else _dumps(metrics, "message metrics"),
             None if routing is None else _dumps(routing, "message routing"),
             1 if message.get("partial") else None,
-            message.get("request_id"), message.get("source_session_id"))
+            message.get("request_id"), message.get("source_session_id"), author)
 
 
 def _message_dict(row: tuple) -> dict:
@@ -170,8 +179,107 @@ def _message_dict(row: tuple) -> dict:
 
 
 def _summary(row: tuple) -> dict:
-    return {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": _ms(row[3]),
-            "message_count": row[4], "metadata": json.loads(row[5])}
+    """A summary dict from a row of ``_SUMMARY_COLUMNS`` (plus ``author``, if selected, under that key)."""
+    summary = {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": _ms(row[3]),
+               "message_count": row[4], "metadata": json.loads(row[5])}
+    if len(row) > 6:
+        summary["author"] = row[6]
+    return summary
+
+
+def check_author(author: Any) -> Optional[str]:
+    """An ``author`` filter: None (anyone) or a non-empty string."""
+    if author is not None and (not isinstance(author, str) or not author):
+        raise TypeError(f"author must be a non-empty string or None, not {author!r}")
+    return author
+
+
+def check_search_query(query: Any) -> str:
+    """A search query as given, after the checks both engines share (a non-blank string)."""
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a string, not {type(query).__name__}")
+    if not query.strip():
+        raise ValueError("search query must not be empty")
+    return query
+
+
+def copy_plan(source: dict, rows: list[tuple], new_title: Optional[str], session_id: str) -> tuple:
+    """``(title, context, metadata, rows)`` of a copy of ``source`` (title/context/metadata) with message
+    ``rows``: fresh message ids, everything else (authors too) kept; the metadata gains ``copied_from``."""
+    title = new_title if new_title is not None else f"Copy of {source['title']}"
+    metadata = {**source["metadata"], "copied_from": session_id}
+    return title, source["context"], metadata, [(fresh_id(), *row[1:]) for row in rows]
+
+
+def merge_plan(sources: list[tuple[str, dict, list[tuple]]], title: Optional[str]) -> tuple:
+    """``(title, context, metadata, rows)`` of the merge of ``sources`` (``(id, source, rows)`` in order):
+    see :meth:`SessionStore.merge`."""
+    rows, context, metadata = [], {}, {}
+    for source_id, source, source_rows in sources:
+        context.update(source["context"])
+        metadata.update(source["metadata"])
+        rows += [(fresh_id(), *row[1:9], row[9] or source_id, *row[10:]) for row in source_rows]
+    # Canonical timestamps sort as text in time order; sort() is stable, so ties keep source order.
+    rows.sort(key=lambda row: row[3])
+    metadata["merged_from"] = [source_id for source_id, _, _ in sources]
+    if title is None:
+        title = "Merged: " + " + ".join(source["title"] for _, source, _ in sources)
+    return title, context, metadata, rows
+
+
+def merge_ids(session_ids: Any) -> list[str]:
+    """The distinct, validated ids of a merge (TypeError for a non-list, ValueError for none)."""
+    if isinstance(session_ids, str) or not hasattr(session_ids, "__iter__"):
+        raise TypeError("session_ids must be a list of session ids")
+    ids = list(dict.fromkeys(session_ids))
+    for session_id in ids:
+        check_session_id(session_id)
+    if not ids:
+        raise ValueError("merge needs at least one session id")
+    return ids
+
+
+def import_plan(path: str | os.PathLike, new_id: bool, author: Optional[str]) -> dict:
+    """A session file parsed and ready to insert: ``{id, title, created_at, updated_at (as stored), context,
+    metadata, rows}`` (see :meth:`SessionStore.import_file`); its messages are recorded as ``author``'s."""
+    doc = parse_session_file(path)
+    session_id, metadata, messages = doc["id"], doc["metadata"], doc["messages"]
+    if new_id:
+        metadata = {**metadata, "imported_from": {
+            "session_id": session_id, "file": str(Path(os.fspath(path)).expanduser().resolve()),
+            "imported_at": iso()}}
+        session_id = fresh_id()
+        messages = [{**message, "id": fresh_id()} for message in messages]
+    title = doc["title"]
+    if title is None:
+        title = _default_title(doc["created_at"])
+    return {"id": session_id, "title": title, "created_at": doc["created_at"],
+            "updated_at": _update_stamp(parse_iso(doc["updated_at"])), "context": doc["context"],
+            "metadata": metadata, "rows": [_message_row(message, author) for message in messages]}
+
+
+def frame_ids(session_ids: Optional[Iterable[str]]) -> Optional[list[str]]:
+    """The distinct, validated ids of a ``message_rows`` call (None: every session)."""
+    if session_ids is None:
+        return None
+    if isinstance(session_ids, str):
+        session_ids = [session_ids]
+    return [check_session_id(session_id) for session_id in dict.fromkeys(session_ids)]
+
+
+# frames.MESSAGE_COLUMNS, as SQLite expressions over messages m JOIN sessions s.
+_FRAME_SELECT = ", ".join([
+    "s.id", "s.title", "m.id", "m.role", "m.content", "m.timestamp", "m.model_id",
+    "json_extract(m.routing, '$.target')", "json_extract(m.metrics, '$.time_to_first_token')",
+    "json_extract(m.metrics, '$.tokens_per_second')", "json_extract(m.metrics, '$.total_latency')",
+    "json_extract(m.metrics, '$.input_tokens')", "json_extract(m.metrics, '$.output_tokens')",
+    "m.partial", "m.request_id", "m.author"])
+
+
+def exists_message(session_id: str, where: str) -> str:
+    """The SessionExistsError text for an import whose id is already in the store at ``where``."""
+    return (f"session {session_id} already exists in {where}; it was not overwritten "
+            f"(import with new_id=True to add the file as a new session)")
 
 
 def _fts_query(query: str) -> str:
@@ -186,9 +294,15 @@ class SessionStore:
     Every method validates session ids first (``check_session_id``), so a malformed id never reaches SQL
     or the file system. Unknown ids raise SessionNotFoundError (a KeyError), except where the reference API
     returns False (``delete``, ``update_metadata``).
+
+    ``author`` (default :func:`current_user`: env ``OBLIX_USER``, else the OS user) is recorded on every
+    session and message this store writes. The PostgreSQL engine (:mod:`.pg`) has the same interface.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    engine = "sqlite"
+
+    def __init__(self, path: str | os.PathLike, *, author: Optional[str] = None):
+        self.author = check_author(author) or current_user()
         self.path = Path(os.fspath(path)).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -209,6 +323,11 @@ class SessionStore:
 
     def __repr__(self) -> str:
         return f"<SessionStore {str(self.path)!r}>"
+
+    @property
+    def url(self) -> str:
+        """``sqlite:PATH``: where this store lives, as ``python -m oblix_nb migrate`` takes it."""
+        return f"sqlite:{self.path}"
 
     # ------------------------------------------------------------------ plumbing
     @contextmanager
@@ -252,15 +371,17 @@ class SessionStore:
 
     def _insert_session(self, conn: sqlite3.Connection, session_id: str, title: str, created_at: str,
                         updated_at: str, context: Optional[dict], metadata: Optional[dict],
-                        rows: list[tuple]) -> None:
+                        rows: list[tuple], author: Optional[str] = None) -> None:
         """Insert a whole session; ``updated_at`` as :func:`_update_stamp`, ``rows`` are message rows
-        (MESSAGE_COLUMNS order). Invalid context or metadata raise TypeError (rolling the write back)."""
+        (MESSAGE_COLUMNS order); ``author`` defaults to this store's. Invalid context or metadata raise
+        TypeError (rolling the write back)."""
         _, context_json = _json_object(context, "context")
         metadata, metadata_json = _json_object(metadata, "metadata")
         seq = conn.execute(
-            "INSERT INTO sessions (id, title, created_at, updated_at, context, metadata, message_count) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (session_id, title, created_at, updated_at, context_json, metadata_json, len(rows))).lastrowid
+            "INSERT INTO sessions (id, title, created_at, updated_at, context, metadata, message_count, author) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (session_id, title, created_at, updated_at, context_json, metadata_json, len(rows),
+             author or self.author)).lastrowid
         self._set_meta(conn, seq, metadata)
         if rows:
             conn.executemany(_INSERT_MESSAGE, [(seq, *row) for row in rows])
@@ -314,28 +435,46 @@ class SessionStore:
                 "metadata": json.loads(row[6])}
 
     def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
-                  offset: int = 0) -> list[dict]:
+                  offset: int = 0, author: Optional[str] = None, with_author: bool = False) -> list[dict]:
         """Session summaries ``{id, title, created_at, updated_at, message_count, metadata}``, most recently
         updated first (equal ``updated_at``: most recently created first).
 
         ``limit=None`` returns all. ``filter_metadata`` keeps sessions whose metadata has every given key with
         an equal JSON value: types matter (``1`` != ``"1"``, ``True`` != ``1``) but ``1 == 1.0``; nested
         values compare as whole JSON values. Served by the session_meta index; messages are not read.
+        ``author`` keeps the sessions that user created; ``with_author=True`` adds an ``author`` key.
         """
         sql_limit = _check_limit(limit)
         sql_offset = _check_limit(offset, "offset")
-        where, params = _metadata_where(filter_metadata)
-        sql = (f"SELECT {_SUMMARY_COLUMNS} FROM sessions {where} "
+        where, params = _where(filter_metadata, author)
+        columns = _SUMMARY_COLUMNS + (", author" if with_author else "")
+        sql = (f"SELECT {columns} FROM sessions {where} "
                f"ORDER BY updated_at DESC, seq DESC LIMIT ? OFFSET ?")
         with self._lock:
             rows = self._conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
         return [_summary(row) for row in rows]
 
-    def count(self, filter_metadata: Optional[dict] = None) -> int:
-        """How many sessions (match ``filter_metadata``, with the same rules as :meth:`summaries`)."""
-        where, params = _metadata_where(filter_metadata)
+    def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None) -> int:
+        """How many sessions (match ``filter_metadata`` and ``author``, as in :meth:`summaries`)."""
+        where, params = _where(filter_metadata, author)
         with self._lock:
             return self._conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
+
+    def brief(self, session_id: str) -> Optional[tuple[str, int]]:
+        """``(title, message_count)`` of a session, or None if there is none (for one-line descriptions)."""
+        check_session_id(session_id)
+        with self._lock:
+            return self._conn.execute("SELECT title, message_count FROM sessions WHERE id = ?",
+                                      (session_id,)).fetchone()
+
+    def ids_with_prefix(self, prefix: str, limit: int = 6) -> list[tuple[str, str]]:
+        """``(id, title)`` of up to ``limit`` sessions whose id starts with ``prefix``, newest update first."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        with self._lock:
+            return self._conn.execute(
+                "SELECT id, title FROM sessions WHERE substr(id, 1, ?) = ? ORDER BY updated_at DESC LIMIT ?",
+                (len(prefix), prefix, _check_limit(limit))).fetchall()
 
     def model_counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         """``{session_id: {model_id: assistant replies}}`` for the given sessions, in one grouped query."""
@@ -352,6 +491,30 @@ class SessionStore:
         for sid, model_id, n in rows:
             out[sid][model_id] = n
         return out
+
+    def message_rows(self, session_ids: Optional[Iterable[str]] = None,
+                     author: Optional[str] = None) -> list[tuple]:
+        """Rows for ``frames.messages_df`` (its MESSAGE_COLUMNS, JSON fields extracted by SQLite): the messages
+        of ``session_ids`` (None: all), only ``author``'s if given, sessions in creation order, messages in
+        conversation order. An unknown id raises SessionNotFoundError."""
+        ids = frame_ids(session_ids)
+        check_author(author)
+        sql = f"SELECT {_FRAME_SELECT} FROM messages AS m JOIN sessions AS s ON s.seq = m.session_seq WHERE 1"
+        params: list = []
+        with self._read() as conn:
+            if ids is not None:
+                marks = ", ".join("?" * len(ids))
+                found = {row[0] for row in conn.execute(
+                    f"SELECT id FROM sessions WHERE id IN ({marks})", ids)} if ids else set()
+                missing = [i for i in ids if i not in found]
+                if missing:
+                    raise SessionNotFoundError(missing[0])
+                sql += f" AND s.id IN ({marks})" if ids else " AND 0"
+                params += ids
+            if author is not None:
+                sql += " AND m.author = ?"
+                params.append(author)
+            return conn.execute(sql + " ORDER BY m.session_seq, m.seq", params).fetchall()
 
     def delete(self, session_id: str) -> bool:
         """Delete a session with its messages and index entries. False if there was no such session."""
@@ -436,7 +599,7 @@ class SessionStore:
     def _append(self, session_id: str, messages: list[dict]) -> None:
         """Insert normalized messages and bump the session's ``updated_at`` (to the commit time, so it is
         never before the messages' default timestamps) and ``message_count``."""
-        rows = [_message_row(message) for message in messages]
+        rows = [_message_row(message, self.author) for message in messages]
         with self._write() as conn:
             found = conn.execute(
                 "UPDATE sessions SET updated_at = ?, message_count = message_count + ? WHERE id = ? "
@@ -487,12 +650,8 @@ class SessionStore:
 
         Messages and titles written since the previous search are indexed first, in one transaction.
         """
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a string, not {type(query).__name__}")
-        if not query.strip():
-            raise ValueError("search query must not be empty")
         sql_limit = _check_limit(limit)
-        match = _fts_query(query)
+        match = _fts_query(check_search_query(query))
         self._update_search_index()
         scores: dict[int, float] = {}
         matches: dict[int, list[dict]] = {}
@@ -538,25 +697,13 @@ class SessionStore:
         (a ValueError; nothing is overwritten). With ``new_id=True`` the session and its messages get fresh ids
         and the metadata records ``imported_from: {session_id, file, imported_at}``. All or nothing.
         """
-        doc = parse_session_file(path)
-        session_id, metadata, messages = doc["id"], doc["metadata"], doc["messages"]
-        if new_id:
-            metadata = {**metadata, "imported_from": {
-                "session_id": session_id, "file": str(Path(os.fspath(path)).expanduser().resolve()),
-                "imported_at": iso()}}
-            session_id = fresh_id()
-            messages = [{**message, "id": fresh_id()} for message in messages]
-        title = doc["title"]
-        if title is None:
-            title = _default_title(doc["created_at"])
+        plan = import_plan(path, new_id, self.author)
+        session_id = plan["id"]
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
-                raise SessionExistsError(
-                    f"session {session_id} already exists in {self.path}; it was not overwritten "
-                    f"(import with new_id=True to add the file as a new session)")
-            self._insert_session(conn, session_id, title, doc["created_at"],
-                                 _update_stamp(parse_iso(doc["updated_at"])), doc["context"], metadata,
-                                 [_message_row(message) for message in messages])
+                raise SessionExistsError(exists_message(session_id, str(self.path)))
+            self._insert_session(conn, session_id, plan["title"], plan["created_at"], plan["updated_at"],
+                                 plan["context"], plan["metadata"], plan["rows"])
         return session_id
 
     # ------------------------------------------------------------------ copy / merge
@@ -568,11 +715,8 @@ class SessionStore:
         copy_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
-            source, rows = self._source(conn, session_id)
-            title = new_title if new_title is not None else f"Copy of {source['title']}"
-            metadata = {**source["metadata"], "copied_from": session_id}
-            self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), source["context"], metadata,
-                                 [(fresh_id(), *row[1:]) for row in rows])
+            title, context, metadata, rows = copy_plan(*self._source(conn, session_id), new_title, session_id)
+            self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), context, metadata, rows)
         return copy_id
 
     def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
@@ -585,28 +729,13 @@ class SessionStore:
         Default title ``"Merged: <title 1> + <title 2> ..."``. An unknown id raises SessionNotFoundError and
         creates nothing; an empty list raises ValueError.
         """
-        if isinstance(session_ids, str) or not hasattr(session_ids, "__iter__"):
-            raise TypeError("session_ids must be a list of session ids")
-        ids = list(dict.fromkeys(session_ids))
-        for session_id in ids:
-            check_session_id(session_id)
-        if not ids:
-            raise ValueError("merge needs at least one session id")
+        ids = merge_ids(session_ids)
         _check_title(title)
         merged_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
             sources = [(session_id, *self._source(conn, session_id)) for session_id in ids]
-            rows, context, metadata = [], {}, {}
-            for source_id, source, source_rows in sources:
-                context.update(source["context"])
-                metadata.update(source["metadata"])
-                rows += [(fresh_id(), *row[1:9], row[9] or source_id) for row in source_rows]
-            # Canonical timestamps sort as text in time order; sort() is stable, so ties keep source order.
-            rows.sort(key=lambda row: row[3])
-            metadata["merged_from"] = ids
-            if title is None:
-                title = "Merged: " + " + ".join(source["title"] for _, source, _ in sources)
+            title, context, metadata, rows = merge_plan(sources, title)
             self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
         return merged_id
 

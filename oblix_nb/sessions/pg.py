@@ -1,0 +1,607 @@
+"""PostgresSessionStore: the session store on a shared PostgreSQL database (psycopg 3 + psycopg_pool).
+
+Same methods, semantics and JSON as the SQLite :class:`~.store.SessionStore` (the shared rules live in
+:mod:`.store` and :mod:`.io`: validation, default titles, copy/merge/import plans); selected by
+``OblixClient(database_url="postgresql://...")`` or env ``OBLIX_DATABASE_URL``. Schema: :mod:`.pg_migrations`.
+
+Built for many kernels on many machines writing at once:
+
+- Connections come from a pool (``min_size=1``, ``max_size`` 4 by default) in autocommit mode; a write of
+  several statements is one explicit transaction, so a failed write changes nothing. A store used after
+  ``fork()`` opens a fresh pool in the child rather than sharing sockets with its parent.
+- Appending a message is ONE statement: a CTE updates the session row (``updated_at``,
+  ``message_count = message_count + 1``) and inserts the message from its ``RETURNING``. The row lock taken
+  by the UPDATE serialises appends to one session, so counters never lose an update and messages keep their
+  commit order; appends to different sessions never wait for each other.
+- ``update_metadata`` reads the row ``FOR UPDATE`` (no lost update between two writers).
+- ``filter_metadata`` is ``meta @> filter`` (GIN index) plus per-key JSONB equality; search is
+  ``plainto_tsquery`` (the query is plain text: no operator in it means anything) against generated
+  ``tsvector`` columns with GIN indexes, ranked by ``ts_rank``; a query that has no searchable word (only
+  punctuation or stop words, e.g. ``C++``, ``-``, ``"``) falls back to a literal case-insensitive substring
+  match, so any character is literal.
+
+PostgreSQL text cannot hold U+0000 (NUL). Message content holding NUL is stored escaped and read back
+exactly; a NUL in a title, a message id, ``model_id``, ``request_id`` or an author raises ValueError (nothing
+is written). Metadata and context are stored as JSON text, which escapes NUL, so they take any string.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Optional
+
+from .._util import check_session_id, current_user, iso, utcnow
+from .._util import new_id as fresh_id
+from ..errors import SessionExistsError, SessionNotFoundError
+from .io import normalize_message, write_json_atomic
+from .pg_migrations import migrate
+from .store import (MAX_MATCHES_PER_HIT, MESSAGE_COLUMNS, _check_limit, _check_title, _default_title,
+                    _json_object, _message_dict, _message_row, _summary, _update_stamp, canonical_json,
+                    check_author, check_search_query, copy_plan, exists_message, frame_ids, import_plan,
+                    merge_ids, merge_plan)
+
+DEFAULT_POOL_MAX = 4
+CONNECT_TIMEOUT_S = 10
+POOL_TIMEOUT_S = 30.0
+_TS_CONFIG = "english"
+_SNIPPET_OPTIONS = "StartSel=**, StopSel=**, MaxWords=16, MinWords=6, ShortWord=2"
+
+_COLUMNS = ", ".join(MESSAGE_COLUMNS)
+_M_COLUMNS = ", ".join(f"m.{c}" for c in MESSAGE_COLUMNS)
+# Message columns are text but for partial (smallint); casts let a parameter stand in a SELECT list.
+_CASTS = ["::smallint" if c == "partial" else "::text" for c in MESSAGE_COLUMNS]
+_INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {_COLUMNS}, content_escaped) "
+                   f"VALUES (%s, {', '.join(['%s'] * len(MESSAGE_COLUMNS))}, %s)")
+_APPEND_ONE = (
+    "WITH s AS (UPDATE sessions SET updated_at = %s, message_count = message_count + 1 WHERE id = %s "
+    "RETURNING seq) "
+    f"INSERT INTO messages (session_seq, {_COLUMNS}, content_escaped) "
+    f"SELECT s.seq, {', '.join('%s' + cast for cast in _CASTS)}, %s::boolean FROM s RETURNING seq")
+_SUMMARY_COLUMNS = "id, title, created_at, updated_at, message_count, metadata"
+
+# frames.MESSAGE_COLUMNS as PostgreSQL expressions (plus content_escaped, fixed up in Python).
+_NUMBER = "CASE WHEN jsonb_typeof(j.mj -> '{0}') = 'number' THEN (j.mj ->> '{0}')::{1} END"
+_FRAME_SELECT = ", ".join([
+    "s.id", "s.title", "m.id", "m.role", "m.content", "m.timestamp", "m.model_id", "j.rj ->> 'target'",
+    _NUMBER.format("time_to_first_token", "float8"), _NUMBER.format("tokens_per_second", "float8"),
+    _NUMBER.format("total_latency", "float8"), _NUMBER.format("input_tokens", "numeric::bigint"),
+    _NUMBER.format("output_tokens", "numeric::bigint"), "m.partial", "m.request_id", "m.author",
+    "m.content_escaped"])
+
+
+def _psycopg():
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("the PostgreSQL store needs psycopg 3 and psycopg_pool: "
+                          "pip install 'oblix-nb[postgres]'") from exc
+    return psycopg, psycopg_pool
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for reprs, logs and errors)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://<unparseable URL>"
+    if parts.password is None:
+        netloc = parts.netloc
+    else:
+        netloc = parts.netloc.rsplit("@", 1)
+        netloc = f"{parts.username or ''}:***@{netloc[-1]}"
+    query = "&".join("password=***" if q.lower().startswith("password=") else q for q in parts.query.split("&"))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# ---------------------------------------------------------------------------------------------- NUL handling
+def _escape_index(value: Any) -> Any:
+    """An injective rewrite of every string (keys too) so JSONB can hold it: ``\\`` -> ``\\\\``, NUL -> ``\\0``."""
+    if isinstance(value, str):
+        return value.replace("\\", "\\\\").replace("\x00", "\\0")
+    if isinstance(value, dict):
+        return {_escape_index(k): _escape_index(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape_index(v) for v in value]
+    return value
+
+
+def index_json(value: Any, what: str = "metadata") -> str:
+    """The JSON text stored in (or compared with) the JSONB ``meta`` column for a metadata value."""
+    return canonical_json(_escape_index(value), what)
+
+
+def _no_nul(what: str, value: Optional[str]) -> None:
+    if value is not None and "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL (U+0000): PostgreSQL text cannot store it")
+
+
+def _write_row(row: tuple) -> tuple:
+    """A message row (MESSAGE_COLUMNS) as written: content escaped if it holds NUL, plus the flag."""
+    for name, value in zip(MESSAGE_COLUMNS, row):
+        if name not in ("content", "metrics", "routing", "partial"):
+            _no_nul(f"message {name}", value)
+    content = row[2]
+    if "\x00" in content:
+        return (*row[:2], json.dumps(content, ensure_ascii=False)[1:-1], *row[3:], True)
+    return (*row, False)
+
+
+def _unescape(content: str) -> str:
+    return json.loads(f'"{content}"')
+
+
+def _read_row(row: tuple) -> tuple:
+    """A row read as MESSAGE_COLUMNS + content_escaped, back to MESSAGE_COLUMNS with the content as written."""
+    if row[-1]:
+        return (*row[:2], _unescape(row[2]), *row[3:-1])
+    return row[:-1]
+
+
+def _like_pattern(term: str) -> str:
+    return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _ellipsize(snippet: str, content: str) -> str:
+    """``…`` where the snippet starts after the text's start or ends before its end (as FTS5's snippet)."""
+    plain = snippet.replace("**", "").strip()
+    text = content.strip()
+    if plain and not text.startswith(plain[:24]):
+        snippet = "…" + snippet
+    if plain and not text.endswith(plain[-24:]):
+        snippet = snippet + "…"
+    return snippet
+
+
+def _like_snippet(content: str, terms: list[str], width: int = 60) -> str:
+    """A window of ``content`` around the first term found, each found term in ``**bold**``."""
+    lower = content.lower()
+    at = min((i for i in (lower.find(t.lower()) for t in terms) if i >= 0), default=0)
+    start, end = max(0, at - width), min(len(content), at + width)
+    window = content[start:end]
+    for term in sorted(set(terms), key=len, reverse=True):
+        i = window.lower().find(term.lower())
+        if i >= 0:
+            window = f"{window[:i]}**{window[i:i + len(term)]}**{window[i + len(term):]}"
+            break
+    return ("…" if start else "") + window + ("…" if end < len(content) else "")
+
+
+# ---------------------------------------------------------------------------------------------- store
+class PostgresSessionStore:
+    """Sessions and their messages in a PostgreSQL database at ``url`` (``postgresql://user@host:port/db``;
+    libpq options such as ``?options=-csearch_path%3Dmyschema`` apply). The schema is created on first use.
+
+    The interface is :class:`~.store.SessionStore`'s (see there for each method's contract). ``author``
+    (default env ``OBLIX_USER``, else the OS user) is recorded on every session and message written.
+    ``pool_max`` bounds this store's connections (each kernel has its own pool).
+    """
+
+    engine = "postgresql"
+
+    def __init__(self, url: str, *, author: Optional[str] = None, pool_max: int = DEFAULT_POOL_MAX):
+        psycopg, _ = _psycopg()
+        self.author = check_author(author) or current_user()
+        _no_nul("author", self.author)
+        self._url = url
+        self._pool_max = pool_max
+        self._lock = threading.Lock()
+        self._pool = None
+        self._pid = -1
+        self._closed = False
+        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            migrate(conn)
+        self._open_pool()
+
+    def __repr__(self) -> str:
+        return f"<PostgresSessionStore {self.url!r}>"
+
+    @property
+    def url(self) -> str:
+        """The database URL, password redacted."""
+        return redact(self._url)
+
+    # ------------------------------------------------------------------ plumbing
+    def _open_pool(self) -> None:
+        _, psycopg_pool = _psycopg()
+        self._pool = psycopg_pool.ConnectionPool(
+            self._url, min_size=1, max_size=self._pool_max, open=True, timeout=POOL_TIMEOUT_S,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S}, name="oblix_nb")
+        self._pid = os.getpid()
+
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        """A pooled autocommit connection (a fresh pool after ``fork()``)."""
+        if self._closed:
+            raise RuntimeError("this session store is closed")
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._open_pool()  # the parent's sockets stay the parent's
+        with self._pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """One transaction on a pooled connection: committed at the end, rolled back if anything raises."""
+        with self._conn() as conn, conn.transaction():
+            yield conn
+
+    def _unique_violation(self):
+        psycopg, _ = _psycopg()
+        return psycopg.errors.UniqueViolation
+
+    def _insert_session(self, conn: Any, session_id: str, title: str, created_at: str, updated_at: str,
+                        context: Optional[dict], metadata: Optional[dict], rows: list[tuple],
+                        author: Optional[str] = None) -> None:
+        """Insert a whole session (see SessionStore._insert_session); an existing id: SessionExistsError."""
+        _, context_json = _json_object(context, "context")
+        metadata, metadata_json = _json_object(metadata, "metadata")
+        _no_nul("title", title)
+        written = [_write_row(row) for row in rows]
+        found = conn.execute(
+            "INSERT INTO sessions (id, title, created_at, updated_at, context, metadata, meta, message_count, "
+            "author) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING seq",
+            (session_id, title, created_at, updated_at, context_json, metadata_json, index_json(metadata),
+             len(rows), author or self.author)).fetchone()
+        if found is None:
+            raise SessionExistsError(exists_message(session_id, self.url))
+        if written:
+            try:
+                with conn.cursor() as cur:
+                    cur.executemany(_INSERT_MESSAGE, [(found[0], *row) for row in written])
+            except self._unique_violation() as exc:
+                raise ValueError(f"message ids must be unique within session {session_id}: "
+                                 f"{str(exc).splitlines()[0]}") from None
+
+    def _source(self, conn: Any, session_id: str) -> tuple[dict, list[tuple]]:
+        """A session's title, context and metadata and its message rows (copy, merge)."""
+        rows = conn.execute(
+            f"SELECT s.title, s.context, s.metadata, {_M_COLUMNS}, m.content_escaped FROM sessions s "
+            f"LEFT JOIN messages m ON m.session_seq = s.seq WHERE s.id = %s ORDER BY m.seq",
+            (session_id,)).fetchall()
+        if not rows:
+            raise SessionNotFoundError(session_id)
+        title, context, metadata = rows[0][:3]
+        messages = [_read_row(row[3:]) for row in rows if row[3] is not None]
+        return {"title": title, "context": json.loads(context), "metadata": json.loads(metadata)}, messages
+
+    # ------------------------------------------------------------------ sessions
+    def create(self, title: Optional[str] = None, context: Optional[dict] = None,
+               metadata: Optional[dict] = None) -> str:
+        _check_title(title)
+        session_id = fresh_id()
+        now = utcnow()
+        created_at = iso(now)
+        with self._conn() as conn:
+            self._insert_session(conn, session_id, _default_title(created_at) if title is None else title,
+                                 created_at, _update_stamp(now), context, metadata, [])
+        return session_id
+
+    def exists(self, session_id: str) -> bool:
+        check_session_id(session_id)
+        with self._conn() as conn:
+            return conn.execute("SELECT 1 FROM sessions WHERE id = %s", (session_id,)).fetchone() is not None
+
+    def get(self, session_id: str) -> dict:
+        check_session_id(session_id)
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT s.id, s.title, s.created_at, s.updated_at, s.context, s.metadata, {_M_COLUMNS}, "
+                f"m.content_escaped FROM sessions s LEFT JOIN messages m ON m.session_seq = s.seq "
+                f"WHERE s.id = %s ORDER BY m.seq", (session_id,)).fetchall()
+        if not rows:
+            raise SessionNotFoundError(session_id)
+        head = rows[0]
+        messages = [_message_dict(_read_row(row[6:])) for row in rows if row[6] is not None]
+        return {"id": head[0], "title": head[1], "created_at": head[2], "updated_at": head[3][:23] + "Z",
+                "messages": messages, "context": json.loads(head[4]), "metadata": json.loads(head[5])}
+
+    def _where(self, filter_metadata: Optional[dict], author: Optional[str]) -> tuple[str, list]:
+        """WHERE clause for a metadata filter (GIN containment + per-key equality) and an author."""
+        clauses, params = [], []
+        if filter_metadata is not None:
+            if not isinstance(filter_metadata, dict):
+                raise TypeError(f"filter_metadata must be a dict, not {type(filter_metadata).__name__}")
+            for key, value in filter_metadata.items():
+                if not isinstance(key, str):
+                    raise TypeError(f"filter_metadata keys must be strings, not {type(key).__name__}")
+                clauses.append("meta -> %s = %s::jsonb")
+                params += [_escape_index(key), index_json(value, f"filter_metadata[{key!r}]")]
+            if filter_metadata:
+                clauses.insert(0, "meta @> %s::jsonb")
+                params.insert(0, index_json(filter_metadata, "filter_metadata"))
+        if check_author(author) is not None:
+            _no_nul("author", author)
+            clauses.append("author = %s")
+            params.append(author)
+        return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
+                  offset: int = 0, author: Optional[str] = None, with_author: bool = False) -> list[dict]:
+        sql_limit = _check_limit(limit)
+        sql_offset = _check_limit(offset, "offset")
+        where, params = self._where(filter_metadata, author)
+        columns = _SUMMARY_COLUMNS + (", author" if with_author else "")
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT {columns} FROM sessions {where} ORDER BY updated_at DESC, seq DESC LIMIT %s OFFSET %s",
+                (*params, None if sql_limit < 0 else sql_limit, sql_offset)).fetchall()
+        return [_summary(row) for row in rows]
+
+    def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None) -> int:
+        where, params = self._where(filter_metadata, author)
+        with self._conn() as conn:
+            return conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
+
+    def brief(self, session_id: str) -> Optional[tuple[str, int]]:
+        check_session_id(session_id)
+        with self._conn() as conn:
+            row = conn.execute("SELECT title, message_count FROM sessions WHERE id = %s",
+                               (session_id,)).fetchone()
+        return None if row is None else tuple(row)
+
+    def ids_with_prefix(self, prefix: str, limit: int = 6) -> list[tuple[str, str]]:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        _no_nul("prefix", prefix)
+        sql_limit = _check_limit(limit)
+        with self._conn() as conn:
+            rows = conn.execute("SELECT id, title FROM sessions WHERE starts_with(id, %s) "
+                                "ORDER BY updated_at DESC LIMIT %s",
+                                (prefix, None if sql_limit < 0 else sql_limit)).fetchall()
+        return [tuple(row) for row in rows]
+
+    def model_counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
+        ids = [check_session_id(sid) for sid in session_ids]
+        out: dict[str, dict[str, int]] = {sid: {} for sid in ids}
+        if not ids:
+            return out
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT s.id, m.model_id, count(*) FROM sessions s JOIN messages m ON m.session_seq = s.seq "
+                "WHERE s.id = ANY(%s) AND m.role = 'assistant' AND m.model_id IS NOT NULL "
+                "GROUP BY s.id, m.model_id", (ids,)).fetchall()
+        for sid, model_id, n in rows:
+            out[sid][model_id] = n
+        return out
+
+    def message_rows(self, session_ids: Optional[Iterable[str]] = None,
+                     author: Optional[str] = None) -> list[tuple]:
+        ids = frame_ids(session_ids)
+        check_author(author)
+        sql = (f"SELECT {_FRAME_SELECT} FROM messages m JOIN sessions s ON s.seq = m.session_seq "
+               f"CROSS JOIN LATERAL (SELECT m.metrics::jsonb AS mj, m.routing::jsonb AS rj) j WHERE true")
+        params: list = []
+        with self._write() as conn:  # one snapshot for the id check and the rows
+            if ids is not None:
+                found = {row[0] for row in conn.execute("SELECT id FROM sessions WHERE id = ANY(%s)", (ids,))}
+                missing = [i for i in ids if i not in found]
+                if missing:
+                    raise SessionNotFoundError(missing[0])
+                sql += " AND s.id = ANY(%s)"
+                params.append(ids)
+            if author is not None:
+                _no_nul("author", author)
+                sql += " AND m.author = %s"
+                params.append(author)
+            rows = conn.execute(sql + " ORDER BY m.session_seq, m.seq", params).fetchall()
+        return [(*row[:4], _unescape(row[4]), *row[5:-1]) if row[-1] else row[:-1] for row in rows]
+
+    def delete(self, session_id: str) -> bool:
+        check_session_id(session_id)
+        with self._conn() as conn:
+            return conn.execute("DELETE FROM sessions WHERE id = %s", (session_id,)).rowcount > 0
+
+    def update_metadata(self, session_id: str, metadata: dict) -> bool:
+        check_session_id(session_id)
+        if not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
+        _json_object(metadata, "metadata")  # validate before touching the database
+        with self._write() as conn:
+            row = conn.execute("SELECT seq, metadata FROM sessions WHERE id = %s FOR UPDATE",
+                               (session_id,)).fetchone()
+            if row is None:
+                return False
+            merged, merged_json = _json_object({**json.loads(row[1]), **metadata}, "metadata")
+            conn.execute("UPDATE sessions SET metadata = %s, meta = %s::jsonb, updated_at = %s WHERE seq = %s",
+                         (merged_json, index_json(merged), _update_stamp(), row[0]))
+        return True
+
+    def get_metadata(self, session_id: str) -> dict:
+        check_session_id(session_id)
+        with self._conn() as conn:
+            row = conn.execute("SELECT metadata FROM sessions WHERE id = %s", (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        return json.loads(row[0])
+
+    # ------------------------------------------------------------------ messages
+    def append_message(self, session_id: str, role: str, content: str, **fields: Any) -> dict:
+        check_session_id(session_id)
+        message = normalize_message(role, content, fields)
+        row = _write_row(_message_row(message, self.author))
+        try:
+            with self._conn() as conn:
+                found = conn.execute(_APPEND_ONE, (_update_stamp(), session_id, *row)).fetchone()
+        except self._unique_violation() as exc:
+            raise ValueError(f"message ids must be unique within session {session_id}: "
+                             f"{str(exc).splitlines()[0]}") from None
+        if found is None:
+            raise SessionNotFoundError(session_id)
+        return message
+
+    def append_messages(self, session_id: str, messages: list[dict]) -> list[dict]:
+        check_session_id(session_id)
+        if not isinstance(messages, (list, tuple)):
+            raise TypeError(f"messages must be a list of dicts, not {type(messages).__name__}")
+        default_timestamp = iso()
+        normalized = []
+        for i, item in enumerate(messages):
+            if not isinstance(item, dict):
+                raise TypeError(f"messages[{i}] must be a dict, not {type(item).__name__}")
+            fields = dict(item)
+            try:
+                role, content = fields.pop("role"), fields.pop("content")
+            except KeyError as exc:
+                raise TypeError(f"messages[{i}] is missing {exc.args[0]!r}") from None
+            normalized.append(normalize_message(role, content, fields, default_timestamp))
+        rows = [_write_row(_message_row(message, self.author)) for message in normalized]
+        if not rows:
+            if not self.exists(session_id):
+                raise SessionNotFoundError(session_id)
+            return []
+        try:
+            with self._write() as conn:
+                found = conn.execute("UPDATE sessions SET updated_at = %s, message_count = message_count + %s "
+                                     "WHERE id = %s RETURNING seq", (_update_stamp(), len(rows), session_id)
+                                     ).fetchone()
+                if found is None:
+                    raise SessionNotFoundError(session_id)
+                with conn.cursor() as cur:
+                    cur.executemany(_INSERT_MESSAGE, [(found[0], *row) for row in rows])
+        except self._unique_violation() as exc:
+            raise ValueError(f"message ids must be unique within session {session_id}: "
+                             f"{str(exc).splitlines()[0]}") from None
+        return normalized
+
+    def messages(self, session_id: str) -> list[dict]:
+        return self.history(session_id, limit=None)
+
+    def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
+        check_session_id(session_id)
+        sql_limit = _check_limit(limit)
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT s.seq, m.* FROM sessions s LEFT JOIN LATERAL (SELECT {_COLUMNS}, content_escaped, seq "
+                f"FROM messages WHERE session_seq = s.seq ORDER BY seq DESC LIMIT %s) m ON true "
+                f"WHERE s.id = %s ORDER BY m.seq", (None if sql_limit < 0 else sql_limit, session_id)).fetchall()
+        if not rows:
+            raise SessionNotFoundError(session_id)
+        return [_message_dict(_read_row(row[1:-1])) for row in rows if row[1] is not None]
+
+    # ------------------------------------------------------------------ search
+    def search(self, query: str, limit: int = 20) -> list[dict]:
+        query = check_search_query(query)
+        sql_limit = _check_limit(limit)
+        top = None if sql_limit < 0 else sql_limit
+        with self._write() as conn:  # one snapshot
+            if "\x00" not in query and conn.execute(
+                    "SELECT numnode(plainto_tsquery(%s::regconfig, %s))", (_TS_CONFIG, query)).fetchone()[0]:
+                scores, matches = self._search_words(conn, query, top)
+            else:
+                scores, matches = self._search_literal(conn, query, top)
+            ranked = sorted(scores, key=lambda s: (scores[s], -s))
+            if top is not None:
+                ranked = ranked[:top]
+            summaries = {row[0]: _summary(row[1:]) for row in conn.execute(
+                f"SELECT seq, {_SUMMARY_COLUMNS} FROM sessions WHERE seq = ANY(%s)", (ranked,))}
+        return [{**summaries[seq], "matches": matches[seq]} for seq in ranked if seq in summaries]
+
+    def _search_words(self, conn: Any, query: str, top: Optional[int]) -> tuple[dict, dict]:
+        """tsvector search: ``{session seq: score (lower is better)}`` and each session's best matches."""
+        q = "plainto_tsquery(%s::regconfig, %s)"
+        scores: dict[int, float] = {}
+        matches: dict[int, list[dict]] = {}
+        for seq, rank in conn.execute(
+                f"SELECT seq, ts_rank(title_tsv, q, 1) AS r FROM sessions, {q} AS q WHERE title_tsv @@ q "
+                f"ORDER BY r DESC, seq DESC LIMIT %s", (_TS_CONFIG, query, top)):
+            scores[seq] = -rank
+            matches[seq] = []
+        best = conn.execute(
+            f"SELECT session_seq, max(ts_rank(content_tsv, q, 1)) AS r FROM messages, {q} AS q "
+            f"WHERE content_tsv @@ q GROUP BY session_seq ORDER BY r DESC, session_seq DESC LIMIT %s",
+            (_TS_CONFIG, query, top)).fetchall()
+        for seq, rank in best:
+            scores[seq] = min(-rank, scores.get(seq, -rank))
+        if best:
+            hits = conn.execute(
+                f"SELECT session_seq, id, role, ts_headline(%s::regconfig, content, q, %s), content, "
+                f"content_escaped FROM (SELECT session_seq, seq, id, role, content, content_escaped, q, "
+                f"row_number() OVER (PARTITION BY session_seq ORDER BY ts_rank(content_tsv, q, 1) DESC, seq) AS n "
+                f"FROM messages, {q} AS q WHERE content_tsv @@ q AND session_seq = ANY(%s)) AS h "
+                f"WHERE n <= %s ORDER BY session_seq, n",
+                (_TS_CONFIG, _SNIPPET_OPTIONS, _TS_CONFIG, query, [seq for seq, _ in best], MAX_MATCHES_PER_HIT))
+            for seq, message_id, role, snippet, content, escaped in hits:
+                if escaped:
+                    content = _unescape(content)
+                    try:
+                        snippet = _unescape(snippet)
+                    except ValueError:  # the fragment cut an escape sequence in two
+                        pass
+                matches.setdefault(seq, []).append(
+                    {"message_id": message_id, "role": role, "snippet": _ellipsize(snippet, content)})
+        return scores, matches
+
+    def _search_literal(self, conn: Any, query: str, top: Optional[int]) -> tuple[dict, dict]:
+        """Case-insensitive substring search (every term must occur): for queries without a searchable word.
+        Newer sessions first. Terms holding NUL match the escaped form of content stored with NUL."""
+        terms = query.split()
+        with_nul = any("\x00" in t for t in terms)
+        patterns = [_like_pattern(json.dumps(t, ensure_ascii=False)[1:-1] if with_nul else t) for t in terms]
+        scores: dict[int, float] = {}
+        matches: dict[int, list[dict]] = {}
+        if not with_nul:
+            for (seq,) in conn.execute("SELECT seq FROM sessions WHERE title ILIKE ALL(%s) ORDER BY seq DESC "
+                                       "LIMIT %s", (patterns, top)):
+                scores[seq] = -seq
+                matches[seq] = []
+        rows = conn.execute(
+            "SELECT session_seq, seq, id, role, content, content_escaped FROM messages WHERE content ILIKE ALL(%s) "
+            + ("AND content_escaped " if with_nul else "") + "ORDER BY seq DESC", (patterns,))
+        sessions = 0
+        for session_seq, seq, message_id, role, content, escaped in rows:
+            hits = matches.setdefault(session_seq, [])
+            if not hits:
+                sessions += 1
+                if top is not None and sessions > top:
+                    break
+                scores[session_seq] = min(-seq, scores.get(session_seq, -seq))
+            if len(hits) < MAX_MATCHES_PER_HIT:
+                text = _unescape(content) if escaped else content
+                hits.append({"message_id": message_id, "role": role, "snippet": _like_snippet(text, terms)})
+        return scores, matches
+
+    # ------------------------------------------------------------------ files
+    def export(self, session_id: str, path: str | os.PathLike):
+        return write_json_atomic(path, self.get(session_id))
+
+    def import_file(self, path: str | os.PathLike, new_id: bool = False) -> str:
+        plan = import_plan(path, new_id, self.author)
+        with self._write() as conn:
+            self._insert_session(conn, plan["id"], plan["title"], plan["created_at"], plan["updated_at"],
+                                 plan["context"], plan["metadata"], plan["rows"])
+        return plan["id"]
+
+    # ------------------------------------------------------------------ copy / merge
+    def copy(self, session_id: str, new_title: Optional[str] = None) -> str:
+        check_session_id(session_id)
+        _check_title(new_title)
+        copy_id = fresh_id()
+        with self._write() as conn:
+            now = utcnow()
+            title, context, metadata, rows = copy_plan(*self._source(conn, session_id), new_title, session_id)
+            self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), context, metadata, rows)
+        return copy_id
+
+    def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
+        ids = merge_ids(session_ids)
+        _check_title(title)
+        merged_id = fresh_id()
+        with self._write() as conn:
+            now = utcnow()
+            sources = [(session_id, *self._source(conn, session_id)) for session_id in ids]
+            title, context, metadata, rows = merge_plan(sources, title)
+            self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
+        return merged_id
+
+    def close(self) -> None:
+        """Close the pool. Idempotent; any later call on the store raises RuntimeError."""
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            pool.close()
