@@ -21,6 +21,12 @@ class SessionExistsError(OblixError, ValueError):
     """An import would overwrite an existing session (it never does; use new_id=True)."""
 
 
+class SessionFileError(OblixError, ValueError):
+    """A file cannot be imported as a session: not a regular file (a directory, FIFO, device, socket), larger
+    than the import size cap, not valid JSON, or not a valid session. The message names the file and the
+    problem; nothing was imported."""
+
+
 class InvalidSessionIdError(OblixError, ValueError):
     """A session id that is not of the accepted form (rejected before any use)."""
 

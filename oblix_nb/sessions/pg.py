@@ -20,9 +20,10 @@ Built for many kernels on many machines writing at once:
   punctuation or stop words, e.g. ``C++``, ``-``, ``"``) falls back to a literal case-insensitive substring
   match, so any character is literal.
 
-PostgreSQL text cannot hold U+0000 (NUL). Message content holding NUL is stored escaped and read back
-exactly; a NUL in a title, a message id, ``model_id``, ``request_id`` or an author raises ValueError (nothing
-is written). Metadata and context are stored as JSON text, which escapes NUL, so they take any string.
+PostgreSQL text cannot hold U+0000 (NUL), which is ordinary text for the store (see :mod:`.validate`): a
+title or message holding NUL is stored escaped (the body of its JSON string) and flagged, and read back exactly;
+its ``tsvector`` sees NUL as a space, as FTS5 does. Metadata and context are JSON text, which escapes NUL. An
+author name holding NUL raises ValueError. In a search query NUL separates words (as in FTS5).
 """
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError
 from .io import normalize_message, write_json_atomic
 from .pg_migrations import migrate
-from .store import (MAX_MATCHES_PER_HIT, MESSAGE_COLUMNS, _check_limit, _check_title, _default_title,
-                    _json_object, _message_dict, _message_row, _summary, _update_stamp, canonical_json,
-                    check_author, check_search_query, copy_plan, exists_message, frame_ids, import_plan,
-                    merge_ids, merge_plan)
+from .store import (MAX_MATCHES_PER_HIT, MESSAGE_COLUMNS, _default_title, _message_dict, _message_row, _summary,
+                    _update_stamp, check_author, copy_plan, exists_message, frame_ids, import_plan, merge_ids,
+                    merge_plan)
+from .validate import canonical_json, check_json, check_limit, check_query, check_text, check_title, json_object
 
 DEFAULT_POOL_MAX = 4
 CONNECT_TIMEOUT_S = 10
@@ -52,23 +53,34 @@ _COLUMNS = ", ".join(MESSAGE_COLUMNS)
 _M_COLUMNS = ", ".join(f"m.{c}" for c in MESSAGE_COLUMNS)
 # Message columns are text but for partial (smallint); casts let a parameter stand in a SELECT list.
 _CASTS = ["::smallint" if c == "partial" else "::text" for c in MESSAGE_COLUMNS]
-_INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {_COLUMNS}, content_escaped) "
+_INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {_COLUMNS}, escaped) "
                    f"VALUES (%s, {', '.join(['%s'] * len(MESSAGE_COLUMNS))}, %s)")
 _APPEND_ONE = (
     "WITH s AS (UPDATE sessions SET updated_at = %s, message_count = message_count + 1 WHERE id = %s "
     "RETURNING seq) "
-    f"INSERT INTO messages (session_seq, {_COLUMNS}, content_escaped) "
+    f"INSERT INTO messages (session_seq, {_COLUMNS}, escaped) "
     f"SELECT s.seq, {', '.join('%s' + cast for cast in _CASTS)}, %s::boolean FROM s RETURNING seq")
 _SUMMARY_COLUMNS = "id, title, created_at, updated_at, message_count, metadata"
 
-# frames.MESSAGE_COLUMNS as PostgreSQL expressions (plus content_escaped, fixed up in Python).
+
+def _pg_summary(row: tuple) -> dict:
+    """A summary from ``_SUMMARY_COLUMNS, title_escaped[, author]``."""
+    return _summary((row[0], _title(row[1], row[6]), *row[2:6], *row[7:]))
+
+# frames.MESSAGE_COLUMNS as PostgreSQL expressions (plus escaped, fixed up in Python).
 _NUMBER = "CASE WHEN jsonb_typeof(j.mj -> '{0}') = 'number' THEN (j.mj ->> '{0}')::{1} END"
+# an integer count: NULL unless a whole number within BIGINT (as frames does for SQLite's values)
+_COUNT = ("CASE WHEN jsonb_typeof(j.mj -> '{0}') = 'number' AND (j.mj ->> '{0}')::numeric "
+          "BETWEEN -9223372036854775808 AND 9223372036854775807 AND (j.mj ->> '{0}')::numeric = "
+          "trunc((j.mj ->> '{0}')::numeric) THEN (j.mj ->> '{0}')::numeric::bigint END")
 _FRAME_SELECT = ", ".join([
-    "s.id", "s.title", "m.id", "m.role", "m.content", "m.timestamp", "m.model_id", "j.rj ->> 'target'",
+    "s.id", "CASE WHEN s.title_escaped THEN NULL ELSE s.title END", "m.id", "m.role", "m.content", "m.timestamp", "m.model_id", "j.rj ->> 'target'",
     _NUMBER.format("time_to_first_token", "float8"), _NUMBER.format("tokens_per_second", "float8"),
-    _NUMBER.format("total_latency", "float8"), _NUMBER.format("input_tokens", "numeric::bigint"),
-    _NUMBER.format("output_tokens", "numeric::bigint"), "m.partial", "m.request_id", "m.author",
-    "m.content_escaped"])
+    _NUMBER.format("total_latency", "float8"), _COUNT.format("input_tokens"),
+    _COUNT.format("output_tokens"), "m.partial", "m.request_id", "m.author",
+    "m.escaped", "s.title_escaped", "s.title"])
+# positions in a frame row of the message text columns stored escaped when the row's flag is set
+_FRAME_TEXT_AT = (2, 4, 6, 14)
 
 
 def _psycopg():
@@ -105,13 +117,14 @@ def _escape_index(value: Any) -> Any:
         return value.replace("\\", "\\\\").replace("\x00", "\\0")
     if isinstance(value, dict):
         return {_escape_index(k): _escape_index(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_escape_index(v) for v in value]
     return value
 
 
 def index_json(value: Any, what: str = "metadata") -> str:
     """The JSON text stored in (or compared with) the JSONB ``meta`` column for a metadata value."""
+    check_json(value, what)  # bounds the recursion below
     return canonical_json(_escape_index(value), what)
 
 
@@ -120,25 +133,37 @@ def _no_nul(what: str, value: Optional[str]) -> None:
         raise ValueError(f"{what} must not contain NUL (U+0000): PostgreSQL text cannot store it")
 
 
+# Message text columns that may hold NUL (metrics/routing are JSON text, which escapes it).
+_TEXT_AT = tuple(i for i, c in enumerate(MESSAGE_COLUMNS)
+                 if c in ("id", "content", "model_id", "request_id", "source_session_id"))
+
+
+def _escape(text: str) -> str:
+    """Text with NUL as PostgreSQL can store it: the body of its JSON string (``\\u0000`` for NUL)."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def _unescape(text: str) -> str:
+    return json.loads(f'"{text}"')
+
+
+def _title(title: str, escaped: bool) -> str:
+    return _unescape(title) if escaped else title
+
+
 def _write_row(row: tuple) -> tuple:
-    """A message row (MESSAGE_COLUMNS) as written: content escaped if it holds NUL, plus the flag."""
-    for name, value in zip(MESSAGE_COLUMNS, row):
-        if name not in ("content", "metrics", "routing", "partial"):
-            _no_nul(f"message {name}", value)
-    content = row[2]
-    if "\x00" in content:
-        return (*row[:2], json.dumps(content, ensure_ascii=False)[1:-1], *row[3:], True)
-    return (*row, False)
-
-
-def _unescape(content: str) -> str:
-    return json.loads(f'"{content}"')
+    """A message row (MESSAGE_COLUMNS) as written, plus its ``escaped`` flag: if any of its text holds NUL,
+    all of its text columns are stored escaped (:func:`_escape`)."""
+    _no_nul("author", row[-1])
+    if not any(row[i] is not None and "\x00" in row[i] for i in _TEXT_AT):
+        return (*row, False)
+    return (*(_escape(v) if i in _TEXT_AT and v is not None else v for i, v in enumerate(row)), True)
 
 
 def _read_row(row: tuple) -> tuple:
-    """A row read as MESSAGE_COLUMNS + content_escaped, back to MESSAGE_COLUMNS with the content as written."""
+    """A row read as MESSAGE_COLUMNS + escaped, back to MESSAGE_COLUMNS as it was written."""
     if row[-1]:
-        return (*row[:2], _unescape(row[2]), *row[3:-1])
+        return tuple(_unescape(v) if i in _TEXT_AT and v is not None else v for i, v in enumerate(row[:-1]))
     return row[:-1]
 
 
@@ -183,8 +208,11 @@ class PostgresSessionStore:
 
     engine = "postgresql"
 
-    def __init__(self, url: str, *, author: Optional[str] = None, pool_max: int = DEFAULT_POOL_MAX):
+    def __init__(self, url: str, *, author: Optional[str] = None, pool_max: int = DEFAULT_POOL_MAX,
+                 max_import_bytes: Optional[int] = None):
         psycopg, _ = _psycopg()
+        #: import_file's size cap in bytes (None: env OBLIX_MAX_IMPORT_BYTES, else 256 MiB)
+        self.max_import_bytes = max_import_bytes
         self.author = check_author(author) or current_user()
         _no_nul("author", self.author)
         self._url = url
@@ -239,15 +267,16 @@ class PostgresSessionStore:
                         context: Optional[dict], metadata: Optional[dict], rows: list[tuple],
                         author: Optional[str] = None) -> None:
         """Insert a whole session (see SessionStore._insert_session); an existing id: SessionExistsError."""
-        _, context_json = _json_object(context, "context")
-        metadata, metadata_json = _json_object(metadata, "metadata")
-        _no_nul("title", title)
+        _, context_json = json_object(context, "context")
+        metadata, metadata_json = json_object(metadata, "metadata")
         written = [_write_row(row) for row in rows]
+        title_escaped = "\x00" in title
         found = conn.execute(
-            "INSERT INTO sessions (id, title, created_at, updated_at, context, metadata, meta, message_count, "
-            "author) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING seq",
-            (session_id, title, created_at, updated_at, context_json, metadata_json, index_json(metadata),
-             len(rows), author or self.author)).fetchone()
+            "INSERT INTO sessions (id, title, title_escaped, created_at, updated_at, context, metadata, meta, "
+            "message_count, author) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) "
+            "ON CONFLICT (id) DO NOTHING RETURNING seq",
+            (session_id, _escape(title) if title_escaped else title, title_escaped, created_at, updated_at,
+             context_json, metadata_json, index_json(metadata), len(rows), author or self.author)).fetchone()
         if found is None:
             raise SessionExistsError(exists_message(session_id, self.url))
         if written:
@@ -261,19 +290,21 @@ class PostgresSessionStore:
     def _source(self, conn: Any, session_id: str) -> tuple[dict, list[tuple]]:
         """A session's title, context and metadata and its message rows (copy, merge)."""
         rows = conn.execute(
-            f"SELECT s.title, s.context, s.metadata, {_M_COLUMNS}, m.content_escaped FROM sessions s "
+            f"SELECT s.title, s.title_escaped, s.context, s.metadata, {_M_COLUMNS}, m.escaped FROM sessions s "
             f"LEFT JOIN messages m ON m.session_seq = s.seq WHERE s.id = %s ORDER BY m.seq",
             (session_id,)).fetchall()
         if not rows:
             raise SessionNotFoundError(session_id)
-        title, context, metadata = rows[0][:3]
-        messages = [_read_row(row[3:]) for row in rows if row[3] is not None]
-        return {"title": title, "context": json.loads(context), "metadata": json.loads(metadata)}, messages
+        title, escaped, context, metadata = rows[0][:4]
+        messages = [_read_row(row[4:]) for row in rows if row[4] is not None]
+        return {"title": _title(title, escaped), "context": json.loads(context), "metadata": json.loads(metadata)}, messages
 
     # ------------------------------------------------------------------ sessions
     def create(self, title: Optional[str] = None, context: Optional[dict] = None,
                metadata: Optional[dict] = None) -> str:
-        _check_title(title)
+        check_title(title)
+        json_object(context, "context")  # validate before taking a connection
+        json_object(metadata, "metadata")
         session_id = fresh_id()
         now = utcnow()
         created_at = iso(now)
@@ -291,14 +322,14 @@ class PostgresSessionStore:
         check_session_id(session_id)
         with self._conn() as conn:
             rows = conn.execute(
-                f"SELECT s.id, s.title, s.created_at, s.updated_at, s.context, s.metadata, {_M_COLUMNS}, "
-                f"m.content_escaped FROM sessions s LEFT JOIN messages m ON m.session_seq = s.seq "
+                f"SELECT s.id, s.title, s.created_at, s.updated_at, s.context, s.metadata, s.title_escaped, "
+                f"{_M_COLUMNS}, m.escaped FROM sessions s LEFT JOIN messages m ON m.session_seq = s.seq "
                 f"WHERE s.id = %s ORDER BY m.seq", (session_id,)).fetchall()
         if not rows:
             raise SessionNotFoundError(session_id)
         head = rows[0]
-        messages = [_message_dict(_read_row(row[6:])) for row in rows if row[6] is not None]
-        return {"id": head[0], "title": head[1], "created_at": head[2], "updated_at": head[3][:23] + "Z",
+        messages = [_message_dict(_read_row(row[7:])) for row in rows if row[7] is not None]
+        return {"id": head[0], "title": _title(head[1], head[6]), "created_at": head[2], "updated_at": head[3][:23] + "Z",
                 "messages": messages, "context": json.loads(head[4]), "metadata": json.loads(head[5])}
 
     def _where(self, filter_metadata: Optional[dict], author: Optional[str]) -> tuple[str, list]:
@@ -307,6 +338,7 @@ class PostgresSessionStore:
         if filter_metadata is not None:
             if not isinstance(filter_metadata, dict):
                 raise TypeError(f"filter_metadata must be a dict, not {type(filter_metadata).__name__}")
+            check_json(filter_metadata, "filter_metadata")
             for key, value in filter_metadata.items():
                 if not isinstance(key, str):
                     raise TypeError(f"filter_metadata keys must be strings, not {type(key).__name__}")
@@ -323,15 +355,15 @@ class PostgresSessionStore:
 
     def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
                   offset: int = 0, author: Optional[str] = None, with_author: bool = False) -> list[dict]:
-        sql_limit = _check_limit(limit)
-        sql_offset = _check_limit(offset, "offset")
+        sql_limit = check_limit(limit)
+        sql_offset = check_limit(offset, "offset")
         where, params = self._where(filter_metadata, author)
-        columns = _SUMMARY_COLUMNS + (", author" if with_author else "")
+        columns = _SUMMARY_COLUMNS + ", title_escaped" + (", author" if with_author else "")
         with self._conn() as conn:
             rows = conn.execute(
                 f"SELECT {columns} FROM sessions {where} ORDER BY updated_at DESC, seq DESC LIMIT %s OFFSET %s",
                 (*params, None if sql_limit < 0 else sql_limit, sql_offset)).fetchall()
-        return [_summary(row) for row in rows]
+        return [_pg_summary(row) for row in rows]
 
     def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None) -> int:
         where, params = self._where(filter_metadata, author)
@@ -341,20 +373,21 @@ class PostgresSessionStore:
     def brief(self, session_id: str) -> Optional[tuple[str, int]]:
         check_session_id(session_id)
         with self._conn() as conn:
-            row = conn.execute("SELECT title, message_count FROM sessions WHERE id = %s",
+            row = conn.execute("SELECT title, message_count, title_escaped FROM sessions WHERE id = %s",
                                (session_id,)).fetchone()
-        return None if row is None else tuple(row)
+        return None if row is None else (_title(row[0], row[2]), row[1])
 
     def ids_with_prefix(self, prefix: str, limit: int = 6) -> list[tuple[str, str]]:
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
-        _no_nul("prefix", prefix)
-        sql_limit = _check_limit(limit)
+        sql_limit = check_limit(limit)
+        if "\x00" in prefix:
+            return []  # ids never hold NUL
         with self._conn() as conn:
-            rows = conn.execute("SELECT id, title FROM sessions WHERE starts_with(id, %s) "
+            rows = conn.execute("SELECT id, title, title_escaped FROM sessions WHERE starts_with(id, %s) "
                                 "ORDER BY updated_at DESC LIMIT %s",
                                 (prefix, None if sql_limit < 0 else sql_limit)).fetchall()
-        return [tuple(row) for row in rows]
+        return [(row[0], _title(row[1], row[2])) for row in rows]
 
     def model_counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         ids = [check_session_id(sid) for sid in session_ids]
@@ -363,11 +396,11 @@ class PostgresSessionStore:
             return out
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT s.id, m.model_id, count(*) FROM sessions s JOIN messages m ON m.session_seq = s.seq "
-                "WHERE s.id = ANY(%s) AND m.role = 'assistant' AND m.model_id IS NOT NULL "
-                "GROUP BY s.id, m.model_id", (ids,)).fetchall()
-        for sid, model_id, n in rows:
-            out[sid][model_id] = n
+                "SELECT s.id, m.model_id, m.escaped, count(*) FROM sessions s JOIN messages m "
+                "ON m.session_seq = s.seq WHERE s.id = ANY(%s) AND m.role = 'assistant' AND m.model_id IS NOT NULL "
+                "GROUP BY s.id, m.model_id, m.escaped", (ids,)).fetchall()
+        for sid, model_id, escaped, n in rows:
+            out[sid][_title(model_id, escaped)] = n
         return out
 
     def message_rows(self, session_ids: Optional[Iterable[str]] = None,
@@ -390,7 +423,17 @@ class PostgresSessionStore:
                 sql += " AND m.author = %s"
                 params.append(author)
             rows = conn.execute(sql + " ORDER BY m.session_seq, m.seq", params).fetchall()
-        return [(*row[:4], _unescape(row[4]), *row[5:-1]) if row[-1] else row[:-1] for row in rows]
+        return [self._frame_row(row) for row in rows]
+
+    @staticmethod
+    def _frame_row(row: tuple) -> tuple:
+        """A message_rows row from _FRAME_SELECT's: escaped text restored, the helper columns dropped."""
+        *row, escaped, title_escaped, title = row
+        if escaped:
+            row = [_unescape(v) if i in _FRAME_TEXT_AT and v is not None else v for i, v in enumerate(row)]
+        if title_escaped:
+            row[1] = _unescape(title)
+        return tuple(row)
 
     def delete(self, session_id: str) -> bool:
         check_session_id(session_id)
@@ -401,13 +444,13 @@ class PostgresSessionStore:
         check_session_id(session_id)
         if not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
-        _json_object(metadata, "metadata")  # validate before touching the database
+        json_object(metadata, "metadata")  # validate before touching the database
         with self._write() as conn:
             row = conn.execute("SELECT seq, metadata FROM sessions WHERE id = %s FOR UPDATE",
                                (session_id,)).fetchone()
             if row is None:
                 return False
-            merged, merged_json = _json_object({**json.loads(row[1]), **metadata}, "metadata")
+            merged, merged_json = json_object({**json.loads(row[1]), **metadata}, "metadata")
             conn.execute("UPDATE sessions SET metadata = %s, meta = %s::jsonb, updated_at = %s WHERE seq = %s",
                          (merged_json, index_json(merged), _update_stamp(), row[0]))
         return True
@@ -474,10 +517,10 @@ class PostgresSessionStore:
 
     def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
         check_session_id(session_id)
-        sql_limit = _check_limit(limit)
+        sql_limit = check_limit(limit)
         with self._conn() as conn:
             rows = conn.execute(
-                f"SELECT s.seq, m.* FROM sessions s LEFT JOIN LATERAL (SELECT {_COLUMNS}, content_escaped, seq "
+                f"SELECT s.seq, m.* FROM sessions s LEFT JOIN LATERAL (SELECT {_COLUMNS}, escaped, seq "
                 f"FROM messages WHERE session_seq = s.seq ORDER BY seq DESC LIMIT %s) m ON true "
                 f"WHERE s.id = %s ORDER BY m.seq", (None if sql_limit < 0 else sql_limit, session_id)).fetchall()
         if not rows:
@@ -486,11 +529,12 @@ class PostgresSessionStore:
 
     # ------------------------------------------------------------------ search
     def search(self, query: str, limit: int = 20) -> list[dict]:
-        query = check_search_query(query)
-        sql_limit = _check_limit(limit)
+        check_query(query)
+        query = query.replace("\x00", " ")  # NUL separates words (as in FTS5)
+        sql_limit = check_limit(limit)
         top = None if sql_limit < 0 else sql_limit
         with self._write() as conn:  # one snapshot
-            if "\x00" not in query and conn.execute(
+            if conn.execute(
                     "SELECT numnode(plainto_tsquery(%s::regconfig, %s))", (_TS_CONFIG, query)).fetchone()[0]:
                 scores, matches = self._search_words(conn, query, top)
             else:
@@ -498,8 +542,8 @@ class PostgresSessionStore:
             ranked = sorted(scores, key=lambda s: (scores[s], -s))
             if top is not None:
                 ranked = ranked[:top]
-            summaries = {row[0]: _summary(row[1:]) for row in conn.execute(
-                f"SELECT seq, {_SUMMARY_COLUMNS} FROM sessions WHERE seq = ANY(%s)", (ranked,))}
+            summaries = {row[0]: _pg_summary(row[1:]) for row in conn.execute(
+                f"SELECT seq, {_SUMMARY_COLUMNS}, title_escaped FROM sessions WHERE seq = ANY(%s)", (ranked,))}
         return [{**summaries[seq], "matches": matches[seq]} for seq in ranked if seq in summaries]
 
     def _search_words(self, conn: Any, query: str, top: Optional[int]) -> tuple[dict, dict]:
@@ -521,7 +565,7 @@ class PostgresSessionStore:
         if best:
             hits = conn.execute(
                 f"SELECT session_seq, id, role, ts_headline(%s::regconfig, content, q, %s), content, "
-                f"content_escaped FROM (SELECT session_seq, seq, id, role, content, content_escaped, q, "
+                f"escaped FROM (SELECT session_seq, seq, id, role, content, escaped, q, "
                 f"row_number() OVER (PARTITION BY session_seq ORDER BY ts_rank(content_tsv, q, 1) DESC, seq) AS n "
                 f"FROM messages, {q} AS q WHERE content_tsv @@ q AND session_seq = ANY(%s)) AS h "
                 f"WHERE n <= %s ORDER BY session_seq, n",
@@ -529,30 +573,26 @@ class PostgresSessionStore:
             for seq, message_id, role, snippet, content, escaped in hits:
                 if escaped:
                     content = _unescape(content)
-                    try:
-                        snippet = _unescape(snippet)
-                    except ValueError:  # the fragment cut an escape sequence in two
-                        pass
+                    snippet = snippet.replace("\\u0000", " ")
                 matches.setdefault(seq, []).append(
                     {"message_id": message_id, "role": role, "snippet": _ellipsize(snippet, content)})
         return scores, matches
 
     def _search_literal(self, conn: Any, query: str, top: Optional[int]) -> tuple[dict, dict]:
-        """Case-insensitive substring search (every term must occur): for queries without a searchable word.
-        Newer sessions first. Terms holding NUL match the escaped form of content stored with NUL."""
+        """Case-insensitive substring search (every term must occur), for queries without a searchable word.
+        Sessions with the newest matching message (or title) first."""
         terms = query.split()
-        with_nul = any("\x00" in t for t in terms)
-        patterns = [_like_pattern(json.dumps(t, ensure_ascii=False)[1:-1] if with_nul else t) for t in terms]
+        patterns = [_like_pattern(t) for t in terms]
         scores: dict[int, float] = {}
         matches: dict[int, list[dict]] = {}
-        if not with_nul:
-            for (seq,) in conn.execute("SELECT seq FROM sessions WHERE title ILIKE ALL(%s) ORDER BY seq DESC "
-                                       "LIMIT %s", (patterns, top)):
-                scores[seq] = -seq
-                matches[seq] = []
-        rows = conn.execute(
-            "SELECT session_seq, seq, id, role, content, content_escaped FROM messages WHERE content ILIKE ALL(%s) "
-            + ("AND content_escaped " if with_nul else "") + "ORDER BY seq DESC", (patterns,))
+        if not terms:
+            return scores, matches
+        for (seq,) in conn.execute("SELECT seq FROM sessions WHERE title ILIKE ALL(%s) ORDER BY seq DESC "
+                                   "LIMIT %s", (patterns, top)):
+            scores[seq] = -seq
+            matches[seq] = []
+        rows = conn.execute("SELECT session_seq, seq, id, role, content, escaped FROM messages "
+                            "WHERE content ILIKE ALL(%s) ORDER BY seq DESC", (patterns,))
         sessions = 0
         for session_seq, seq, message_id, role, content, escaped in rows:
             hits = matches.setdefault(session_seq, [])
@@ -570,8 +610,9 @@ class PostgresSessionStore:
     def export(self, session_id: str, path: str | os.PathLike):
         return write_json_atomic(path, self.get(session_id))
 
-    def import_file(self, path: str | os.PathLike, new_id: bool = False) -> str:
-        plan = import_plan(path, new_id, self.author)
+    def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
+        plan = import_plan(path, new_id, self.author,
+                           max_bytes=max_bytes if max_bytes is not None else self.max_import_bytes)
         with self._write() as conn:
             self._insert_session(conn, plan["id"], plan["title"], plan["created_at"], plan["updated_at"],
                                  plan["context"], plan["metadata"], plan["rows"])
@@ -580,7 +621,7 @@ class PostgresSessionStore:
     # ------------------------------------------------------------------ copy / merge
     def copy(self, session_id: str, new_title: Optional[str] = None) -> str:
         check_session_id(session_id)
-        _check_title(new_title)
+        check_title(new_title)
         copy_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
@@ -590,7 +631,7 @@ class PostgresSessionStore:
 
     def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
         ids = merge_ids(session_ids)
-        _check_title(title)
+        check_title(title)
         merged_id = fresh_id()
         with self._write() as conn:
             now = utcnow()

@@ -16,9 +16,10 @@ Schema (version 1), the SQLite schema's columns with PostgreSQL types:
   ``1 <> '1'`` and ``true <> 1``; arrays in order). JSONB cannot hold U+0000, so ``meta`` stores strings
   through an injective escape (see :func:`.pg.index_json`). ``author`` is who created the session.
   ``title_tsv`` is a generated ``tsvector`` with a GIN index.
-- ``messages``: ``content_tsv`` is a generated ``tsvector`` (of the first 256 KiB of text) with a GIN
-  index. PostgreSQL text cannot hold U+0000: content holding one is stored JSON-escaped and flagged
-  ``content_escaped`` (read back exactly). ``author`` is who wrote the message.
+- ``messages``: ``content_tsv`` is a generated ``tsvector`` (of the first 256 Ki characters) with a GIN
+  index. PostgreSQL text cannot hold U+0000: a message whose text holds one has its text columns stored
+  JSON-escaped and ``escaped`` set (``title_escaped`` likewise for a title); the store reads them back exactly.
+  ``author`` is who wrote the message.
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ CREATE TABLE sessions (
     meta          JSONB   NOT NULL DEFAULT '{}',
     message_count BIGINT  NOT NULL DEFAULT 0,
     author        TEXT,
-    title_tsv     tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, title)) STORED
+    title_escaped BOOLEAN NOT NULL DEFAULT false,
+    title_tsv     tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig,
+                  CASE WHEN title_escaped THEN replace(title, '\\u0000', ' ') ELSE title END)) STORED
 );
 CREATE INDEX sessions_by_updated ON sessions (updated_at DESC, seq DESC);
 CREATE INDEX sessions_by_author ON sessions (author, updated_at DESC, seq DESC);
@@ -58,9 +61,9 @@ CREATE TABLE messages (
     request_id        TEXT,
     source_session_id TEXT,
     author            TEXT,
-    content_escaped   BOOLEAN  NOT NULL DEFAULT false,
-    content_tsv       tsvector GENERATED ALWAYS AS
-                      (to_tsvector('english'::regconfig, left(content, 262144))) STORED,
+    escaped           BOOLEAN  NOT NULL DEFAULT false,
+    content_tsv       tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, left(
+                      CASE WHEN escaped THEN replace(content, '\\u0000', ' ') ELSE content END, 262144))) STORED,
     UNIQUE (session_seq, id)
 );
 CREATE INDEX messages_by_session ON messages (session_seq, seq);

@@ -31,6 +31,8 @@ from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError
 from .io import normalize_message, parse_session_file, write_json_atomic
 from .migrations import migrate
+from .validate import canonical_json, check_json, check_limit, check_query, check_text, check_title, dumps, \
+    json_object
 
 BUSY_TIMEOUT_S = 30.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
@@ -49,47 +51,6 @@ _FTS_TABLES = (("messages", "messages", "messages_fts", "content"), ("titles", "
 _FTS_PENDING = "SELECT " + " OR ".join(
     f"(SELECT last_seq FROM fts_progress WHERE name = '{name}') < IFNULL((SELECT MAX(seq) FROM {table}), 0)"
     for name, table, _, _ in _FTS_TABLES)
-
-
-def _json_object(value: Any, what: str) -> tuple[dict, str]:
-    """``(value, its JSON text)`` for a dict of JSON values (None means {}). TypeError for anything else."""
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise TypeError(f"{what} must be a dict, not {type(value).__name__}")
-    for key in value:
-        if not isinstance(key, str):
-            raise TypeError(f"{what} keys must be strings, not {type(key).__name__} ({key!r})")
-    return value, _dumps(value, what)
-
-
-def _dumps(value: Any, what: str) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:  # ValueError: NaN/inf or a circular reference
-        raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return value
-
-
-def canonical_json(value: Any, what: str = "metadata value") -> str:
-    """The JSON text metadata values are compared by: keys sorted, ``1.0`` written as ``1``.
-
-    So ``1 == 1.0`` match, while ``1``, ``"1"`` and ``true`` stay distinct.
-    """
-    try:
-        return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
 def _update_stamp(dt: Optional[datetime] = None) -> str:
@@ -117,10 +78,12 @@ def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
         return "", []
     if not isinstance(filter_metadata, dict):
         raise TypeError(f"filter_metadata must be a dict, not {type(filter_metadata).__name__}")
+    check_json(filter_metadata, "filter_metadata")  # depth counted as for stored metadata
     subqueries, params = [], []
     for key, value in filter_metadata.items():
         if not isinstance(key, str):
             raise TypeError(f"filter_metadata keys must be strings, not {type(key).__name__}")
+        check_text(key, "filter_metadata key")
         subqueries.append("SELECT session_seq FROM session_meta WHERE key = ? AND value = ?")
         params += [key, canonical_json(value, f"filter_metadata[{key!r}]")]
     if not subqueries:
@@ -128,34 +91,18 @@ def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
     return f"WHERE seq IN ({' INTERSECT '.join(subqueries)})", params
 
 
-def _check_limit(limit: Optional[int], name: str = "limit") -> int:
-    """SQLite LIMIT for a user limit: None means no limit (-1); negative or non-int values are refused."""
-    if limit is None:
-        return -1
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"{name} must be an int or None, not {type(limit).__name__}")
-    if limit < 0:
-        raise ValueError(f"{name} must be >= 0, not {limit}")
-    return limit
-
-
 def _default_title(created_at: str) -> str:
     """``"Session 2026-11-24 20:51 UTC"`` for a session created at that (canonical) time."""
     return f"Session {created_at[:10]} {created_at[11:16]} UTC"
 
 
-def _check_title(title: Any) -> None:
-    if title is not None and not isinstance(title, str):
-        raise TypeError(f"title must be a string, not {type(title).__name__}")
-
-
 def _message_row(message: dict, author: Optional[str]) -> tuple:
-    """A normalized message dict, written by ``author``, as a row (MESSAGE_COLUMNS order)."""
+    """A message dict checked by ``normalize_message``, written by ``author``, as a row (MESSAGE_COLUMNS order)."""
     metrics, routing = message.get("metrics"), message.get("routing")
     return (message["id"], message["role"], message["content"], message["timestamp"],
             message.get("model_id"),
-            None if metrics is None else _dumps(metrics, "message metrics"),
-            None if routing is None else _dumps(routing, "message routing"),
+            None if metrics is None else dumps(metrics, "message metrics", checked=True),
+            None if routing is None else dumps(routing, "message routing", checked=True),
             1 if message.get("partial") else None,
             message.get("request_id"), message.get("source_session_id"), author)
 
@@ -194,15 +141,6 @@ def check_author(author: Any) -> Optional[str]:
     return author
 
 
-def check_search_query(query: Any) -> str:
-    """A search query as given, after the checks both engines share (a non-blank string)."""
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a string, not {type(query).__name__}")
-    if not query.strip():
-        raise ValueError("search query must not be empty")
-    return query
-
-
 def copy_plan(source: dict, rows: list[tuple], new_title: Optional[str], session_id: str) -> tuple:
     """``(title, context, metadata, rows)`` of a copy of ``source`` (title/context/metadata) with message
     ``rows``: fresh message ids, everything else (authors too) kept; the metadata gains ``copied_from``."""
@@ -239,10 +177,11 @@ def merge_ids(session_ids: Any) -> list[str]:
     return ids
 
 
-def import_plan(path: str | os.PathLike, new_id: bool, author: Optional[str]) -> dict:
+def import_plan(path: str | os.PathLike, new_id: bool, author: Optional[str],
+                max_bytes: Optional[int] = None) -> dict:
     """A session file parsed and ready to insert: ``{id, title, created_at, updated_at (as stored), context,
     metadata, rows}`` (see :meth:`SessionStore.import_file`); its messages are recorded as ``author``'s."""
-    doc = parse_session_file(path)
+    doc = parse_session_file(path, max_bytes=max_bytes)
     session_id, metadata, messages = doc["id"], doc["metadata"], doc["messages"]
     if new_id:
         metadata = {**metadata, "imported_from": {
@@ -285,7 +224,8 @@ def exists_message(session_id: str, where: str) -> str:
 def _fts_query(query: str) -> str:
     """The user's text as an FTS5 query: every whitespace-separated term quoted (so ``-``, ``:``, ``"``,
     ``AND``, ``*`` are plain text), all terms required."""
-    return " ".join('"' + term.replace('"', '""') + '"' for term in query.split())
+    # NUL would end the FTS5 query string early; the tokenizer treats it as a separator anyway.
+    return " ".join('"' + term.replace('"', '""').replace("\x00", " ") + '"' for term in query.split())
 
 
 class SessionStore:
@@ -301,9 +241,12 @@ class SessionStore:
 
     engine = "sqlite"
 
-    def __init__(self, path: str | os.PathLike, *, author: Optional[str] = None):
+    def __init__(self, path: str | os.PathLike, *, author: Optional[str] = None,
+                 max_import_bytes: Optional[int] = None):
         self.author = check_author(author) or current_user()
         self.path = Path(os.fspath(path)).expanduser()
+        #: import_file's size cap in bytes (None: env OBLIX_MAX_IMPORT_BYTES, else 256 MiB)
+        self.max_import_bytes = max_import_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
@@ -375,8 +318,8 @@ class SessionStore:
         """Insert a whole session; ``updated_at`` as :func:`_update_stamp`, ``rows`` are message rows
         (MESSAGE_COLUMNS order); ``author`` defaults to this store's. Invalid context or metadata raise
         TypeError (rolling the write back)."""
-        _, context_json = _json_object(context, "context")
-        metadata, metadata_json = _json_object(metadata, "metadata")
+        _, context_json = json_object(context, "context")
+        metadata, metadata_json = json_object(metadata, "metadata")
         seq = conn.execute(
             "INSERT INTO sessions (id, title, created_at, updated_at, context, metadata, message_count, author) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -404,7 +347,9 @@ class SessionStore:
         Without a title the session is named after its creation time: ``"Session 2026-11-24 20:51 UTC"``.
         ``context`` and ``metadata`` must be dicts of JSON values (TypeError otherwise).
         """
-        _check_title(title)
+        check_title(title)
+        json_object(context, "context")  # validate before touching the database
+        json_object(metadata, "metadata")
         session_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
@@ -444,8 +389,8 @@ class SessionStore:
         values compare as whole JSON values. Served by the session_meta index; messages are not read.
         ``author`` keeps the sessions that user created; ``with_author=True`` adds an ``author`` key.
         """
-        sql_limit = _check_limit(limit)
-        sql_offset = _check_limit(offset, "offset")
+        sql_limit = check_limit(limit)
+        sql_offset = check_limit(offset, "offset")
         where, params = _where(filter_metadata, author)
         columns = _SUMMARY_COLUMNS + (", author" if with_author else "")
         sql = (f"SELECT {columns} FROM sessions {where} "
@@ -474,7 +419,7 @@ class SessionStore:
         with self._lock:
             return self._conn.execute(
                 "SELECT id, title FROM sessions WHERE substr(id, 1, ?) = ? ORDER BY updated_at DESC LIMIT ?",
-                (len(prefix), prefix, _check_limit(limit))).fetchall()
+                (len(prefix), prefix, check_limit(limit))).fetchall()
 
     def model_counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         """``{session_id: {model_id: assistant replies}}`` for the given sessions, in one grouped query."""
@@ -536,13 +481,13 @@ class SessionStore:
         check_session_id(session_id)
         if not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
-        _json_object(metadata, "metadata")  # validate before touching the database
+        json_object(metadata, "metadata")  # validate before touching the database
         with self._write() as conn:
             row = conn.execute("SELECT seq, metadata FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 return False
             seq, current = row
-            merged, merged_json = _json_object({**json.loads(current), **metadata}, "metadata")
+            merged, merged_json = json_object({**json.loads(current), **metadata}, "metadata")
             conn.execute("UPDATE sessions SET metadata = ?, updated_at = ? WHERE seq = ?",
                          (merged_json, _update_stamp(), seq))
             self._set_meta(conn, seq, metadata)
@@ -619,7 +564,7 @@ class SessionStore:
     def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
         """The newest ``limit`` messages (all if None), in chronological order. Reads only those rows."""
         check_session_id(session_id)
-        sql_limit = _check_limit(limit)
+        sql_limit = check_limit(limit)
         with self._read() as conn:
             seq = self._seq(conn, session_id)
             rows = conn.execute(_SELECT_MESSAGES + " ORDER BY seq DESC LIMIT ?", (seq, sql_limit)).fetchall()
@@ -650,8 +595,9 @@ class SessionStore:
 
         Messages and titles written since the previous search are indexed first, in one transaction.
         """
-        sql_limit = _check_limit(limit)
-        match = _fts_query(check_search_query(query))
+        check_query(query)
+        sql_limit = check_limit(limit)
+        match = _fts_query(query)
         self._update_search_index()
         scores: dict[int, float] = {}
         matches: dict[int, list[dict]] = {}
@@ -689,15 +635,18 @@ class SessionStore:
         """Write the session's reference JSON to ``path`` atomically (parent folders created); returns it."""
         return write_json_atomic(path, self.get(session_id))
 
-    def import_file(self, path: str | os.PathLike, new_id: bool = False) -> str:
+    def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
         """Import a session file (ours, or the original Oblix SDK's as is); returns the session id.
 
-        The file is validated first (see :func:`.io.parse_session_file`); timestamps are stored canonical.
+        The file is validated first (see :func:`.io.parse_session_file`: SessionFileError, a ValueError, for a
+        directory, FIFO, device, a file above ``max_bytes`` (default: the store's ``max_import_bytes``) or
+        invalid content); timestamps are stored canonical.
         With ``new_id=False`` the file's id is kept and an id already in the store raises SessionExistsError
         (a ValueError; nothing is overwritten). With ``new_id=True`` the session and its messages get fresh ids
         and the metadata records ``imported_from: {session_id, file, imported_at}``. All or nothing.
         """
-        plan = import_plan(path, new_id, self.author)
+        plan = import_plan(path, new_id, self.author,
+                           max_bytes=max_bytes if max_bytes is not None else self.max_import_bytes)
         session_id = plan["id"]
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
@@ -711,7 +660,7 @@ class SessionStore:
         """Copy a session: new session id and message ids, same messages (timestamps too), context and
         metadata; the metadata gains ``copied_from``. Default title ``"Copy of <title>"``. Returns the new id."""
         check_session_id(session_id)
-        _check_title(new_title)
+        check_title(new_title)
         copy_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
@@ -730,7 +679,7 @@ class SessionStore:
         creates nothing; an empty list raises ValueError.
         """
         ids = merge_ids(session_ids)
-        _check_title(title)
+        check_title(title)
         merged_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
