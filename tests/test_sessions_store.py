@@ -532,3 +532,74 @@ def test_count_and_model_counts(store):
     assert store.count(filter_metadata={"p": 2}) == 0
     assert store.model_counts([a, b]) == {a: {"openai:x": 2, "llamacpp:y": 1}, b: {}}
     assert store.model_counts([]) == {}
+
+
+# ---------------------------------------------------------------------------------------------- authors (teams)
+def test_sessions_and_messages_record_their_author(store_url, monkeypatch):
+    from oblix_nb.sessions import open_store
+
+    monkeypatch.setenv("OBLIX_USER", "ana")
+    ana = open_store(store_url)
+    bob = open_store(store_url, author="bob")
+    try:
+        assert (ana.author, bob.author) == ("ana", "bob")
+        mine = ana.create(title="ana's")
+        theirs = bob.create(title="bob's")
+        ana.append_message(theirs, "user", "ana writes in bob's session")
+        bob.append_messages(theirs, [{"role": "assistant", "content": "bob answers"}])
+
+        assert [s["id"] for s in ana.summaries(author="ana")] == [mine]
+        assert [s["id"] for s in ana.summaries(author="bob")] == [theirs]
+        assert ana.summaries(author="nobody") == [] and ana.count(author="bob") == 1
+        assert {s["id"]: s["author"] for s in bob.summaries(with_author=True)} == {mine: "ana", theirs: "bob"}
+        assert "author" not in ana.summaries()[0]  # the reference summary keys are unchanged
+        assert "author" not in ana.get(theirs)["messages"][0]  # and so is the session JSON
+        rows = ana.message_rows([theirs])
+        assert [(r[4], r[-1]) for r in rows] == [("ana writes in bob's session", "ana"), ("bob answers", "bob")]
+        assert [r[4] for r in ana.message_rows(author="bob")] == ["bob answers"]
+        copy_id = bob.copy(theirs)  # a copy is bob's session; its messages keep who wrote them
+        assert ana.summaries(author="bob", limit=1)[0]["id"] == copy_id
+        assert [r[-1] for r in ana.message_rows([copy_id])] == ["ana", "bob"]
+        with pytest.raises(TypeError):
+            ana.summaries(author=3)
+    finally:
+        ana.close()
+        bob.close()
+
+
+def test_author_defaults_to_the_os_user(store_url, monkeypatch):
+    import getpass
+
+    from oblix_nb.sessions import open_store
+
+    monkeypatch.delenv("OBLIX_USER", raising=False)
+    s = open_store(store_url)
+    try:
+        assert s.author == getpass.getuser()
+        sid = s.create()
+        assert s.summaries(author=getpass.getuser())[0]["id"] == sid
+    finally:
+        s.close()
+
+
+def test_client_filters_by_author_in_lists_and_dataframes(store_url, tmp_path, monkeypatch):
+    pytest.importorskip("pandas")
+    from oblix_nb import OblixClient
+
+    monkeypatch.setenv("OBLIX_DATABASE_URL", store_url)
+    ana = OblixClient(home=tmp_path / "ana", author="ana")
+    bob = OblixClient(home=tmp_path / "bob", author="bob")
+    try:
+        assert ana.sessions.url == bob.sessions.url  # one shared store, selected by the environment
+        a = ana.sessions.create(title="a")
+        b = bob.sessions.create(title="b")
+        ana.append_message(b, "user", "hello bob")
+        assert [s["id"] for s in bob.list_sessions(author="ana")] == [a]
+        frame = bob.sessions_df(author="bob")
+        assert frame["session_id"].tolist() == [b] and frame["author"].tolist() == ["bob"]
+        assert set(bob.sessions_df()["author"]) == {"ana", "bob"}
+        messages = bob.messages_df(author="ana")
+        assert messages["content"].tolist() == ["hello bob"] and messages["author"].tolist() == ["ana"]
+    finally:
+        ana.sessions.close()
+        bob.sessions.close()
