@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from .agents import ConnectivityAgent, ResourceMonitor
 from .client import OblixClient
-from .errors import (ModelCallError, ModelUnavailableError, NoModelHookedError, OblixError, SessionExistsError,
-                     SessionNotFoundError)
+from .errors import (ModelCallError, ModelUnavailableError, NoModelHookedError, OblixError, ReplyNotStoredError,
+                     SessionExistsError, SessionFileError, SessionNotFoundError, StorageError)
 from .models.base import ModelType
 from .streaming import StdoutSink, StreamSink
 
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "OblixClient", "ModelType", "ResourceMonitor", "ConnectivityAgent", "StreamSink", "StdoutSink",
     "OblixError", "SessionNotFoundError", "SessionExistsError", "ModelUnavailableError", "ModelCallError", "NoModelHookedError",
+    "StorageError", "ReplyNotStoredError", "SessionFileError",
     "load_ipython_extension", "unload_ipython_extension",
 ]
 

@@ -45,6 +45,8 @@ MESSAGE_COLUMNS = ("id", "role", "content", "timestamp", "model_id", "metrics", 
 _SELECT_MESSAGES = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE session_seq = ?"
 _INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {', '.join(MESSAGE_COLUMNS)}) "
                    f"VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + 1))})")
+_UPDATE_MESSAGE = (f"UPDATE messages SET {', '.join(f'{c} = ?' for c in MESSAGE_COLUMNS[1:])} "
+                   f"WHERE session_seq = ? AND id = ?")
 _SUMMARY_COLUMNS = "id, title, created_at, updated_at, message_count, metadata"
 # (fts_progress name, content table, FTS5 table, indexed column)
 _FTS_TABLES = (("messages", "messages", "messages_fts", "content"), ("titles", "sessions", "titles_fts", "title"))
@@ -297,6 +299,9 @@ class SessionStore:
                 yield conn
             finally:
                 conn.execute("COMMIT")
+
+    def _written(self) -> None:
+        """Called after every committed write that adds or changes searchable text."""
 
     @staticmethod
     def _seq(conn: sqlite3.Connection, session_id: str) -> int:
@@ -556,6 +561,31 @@ class SessionStore:
                 conn.executemany(_INSERT_MESSAGE, [(seq, *row) for row in rows])
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"message ids must be unique within session {session_id}: {exc}") from None
+
+    def upsert_message(self, session_id: str, role: str, content: str, **fields: Any) -> dict:
+        """Store a message under its ``id`` (required): insert it if the session has no message with that id,
+        else replace that message in place (same position in the conversation, ``message_count`` unchanged).
+
+        Streamed replies use it: checkpoints flagged ``partial`` while the reply arrives, then the finished
+        reply under the same id, so a reply is one row whatever happens. Fields and errors as
+        :meth:`append_message`; returns the stored message dict.
+        """
+        check_session_id(session_id)
+        if fields.get("id") is None:
+            raise TypeError("upsert_message needs the message's id=")
+        message = normalize_message(role, content, fields)
+        row = _message_row(message)
+        with self._write() as conn:
+            found = conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ? RETURNING seq",
+                                 (_update_stamp(), session_id)).fetchall()
+            if not found:
+                raise SessionNotFoundError(session_id)
+            seq = found[0][0]
+            if not conn.execute(_UPDATE_MESSAGE, (*row[1:], seq, row[0])).rowcount:
+                conn.execute(_INSERT_MESSAGE, (seq, *row))
+                conn.execute("UPDATE sessions SET message_count = message_count + 1 WHERE seq = ?", (seq,))
+        self._written()
+        return message
 
     def messages(self, session_id: str) -> list[dict]:
         """All of the session's messages, in conversation order."""
