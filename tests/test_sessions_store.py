@@ -603,3 +603,22 @@ def test_client_filters_by_author_in_lists_and_dataframes(store_url, tmp_path, m
     finally:
         ana.sessions.close()
         bob.sessions.close()
+
+
+def test_upsert_message_updates_a_checkpoint_in_place(store):
+    session_id = store.create()
+    store.append_message(session_id, "user", "question")
+    store.upsert_message(session_id, "assistant", "par", id="r1", partial=True)
+    store.upsert_message(session_id, "assistant", "partial\x00 reply", id="r1", partial=True)
+    store.append_message(session_id, "user", "next")
+    final = store.upsert_message(session_id, "assistant", "partial reply, finished", id="r1", model_id="m")
+
+    messages = store.messages(session_id)
+    assert [m["content"] for m in messages] == ["question", "partial reply, finished", "next"]
+    assert messages[1] == final and "partial" not in final
+    assert store.summaries()[0]["message_count"] == 3
+    assert [r["id"] for r in store.search("finished")] == [session_id]
+    with pytest.raises(TypeError):
+        store.upsert_message(session_id, "assistant", "x")
+    with pytest.raises(SessionNotFoundError):
+        store.upsert_message(str(uuid.uuid4()), "assistant", "x", id="r2")

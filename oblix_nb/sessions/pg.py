@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from .._util import check_session_id, current_user, iso, utcnow
 from .._util import new_id as fresh_id
-from ..errors import SessionExistsError, SessionNotFoundError
+from ..errors import SessionExistsError, SessionNotFoundError, StorageError
 from .io import normalize_message, write_json_atomic
 from .pg_migrations import migrate
 from .store import (MAX_MATCHES_PER_HIT, MESSAGE_COLUMNS, _default_title, _message_dict, _message_row, _summary,
@@ -55,6 +55,9 @@ _M_COLUMNS = ", ".join(f"m.{c}" for c in MESSAGE_COLUMNS)
 _CASTS = ["::smallint" if c == "partial" else "::text" for c in MESSAGE_COLUMNS]
 _INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {_COLUMNS}, escaped) "
                    f"VALUES (%s, {', '.join(['%s'] * len(MESSAGE_COLUMNS))}, %s)")
+_UPSERT_MESSAGE = (_INSERT_MESSAGE + " ON CONFLICT (session_seq, id) DO UPDATE SET "
+                   + ", ".join(f"{c} = EXCLUDED.{c}" for c in (*MESSAGE_COLUMNS[1:], "escaped"))
+                   + " RETURNING (xmax = 0)")  # true: inserted, false: updated in place
 _APPEND_ONE = (
     "WITH s AS (UPDATE sessions SET updated_at = %s, message_count = message_count + 1 WHERE id = %s "
     "RETURNING seq) "
@@ -243,15 +246,21 @@ class PostgresSessionStore:
 
     @contextmanager
     def _conn(self) -> Iterator[Any]:
-        """A pooled autocommit connection (a fresh pool after ``fork()``)."""
+        """A pooled autocommit connection (a fresh pool after ``fork()``). A lost or unreachable server
+        raises StorageError (an OSError) naming the database (password redacted) and the cause."""
         if self._closed:
             raise RuntimeError("this session store is closed")
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
                     self._open_pool()  # the parent's sockets stay the parent's
-        with self._pool.connection() as conn:
-            yield conn
+        psycopg, psycopg_pool = _psycopg()
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
+            raise StorageError(f"session database {self.url} could not be used: {exc}", path=self.url,
+                               cause=exc) from exc
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
@@ -511,6 +520,21 @@ class PostgresSessionStore:
             raise ValueError(f"message ids must be unique within session {session_id}: "
                              f"{str(exc).splitlines()[0]}") from None
         return normalized
+
+    def upsert_message(self, session_id: str, role: str, content: str, **fields: Any) -> dict:
+        check_session_id(session_id)
+        if fields.get("id") is None:
+            raise TypeError("upsert_message needs the message's id=")
+        message = normalize_message(role, content, fields)
+        row = _write_row(_message_row(message, self.author))
+        with self._write() as conn:
+            found = conn.execute("UPDATE sessions SET updated_at = %s WHERE id = %s RETURNING seq",
+                                 (_update_stamp(), session_id)).fetchone()  # also locks the session row
+            if found is None:
+                raise SessionNotFoundError(session_id)
+            if conn.execute(_UPSERT_MESSAGE, (found[0], *row)).fetchone()[0]:
+                conn.execute("UPDATE sessions SET message_count = message_count + 1 WHERE seq = %s", found)
+        return message
 
     def messages(self, session_id: str) -> list[dict]:
         return self.history(session_id, limit=None)

@@ -574,7 +574,7 @@ class SessionStore:
         if fields.get("id") is None:
             raise TypeError("upsert_message needs the message's id=")
         message = normalize_message(role, content, fields)
-        row = _message_row(message)
+        row = _message_row(message, self.author)
         with self._write() as conn:
             found = conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ? RETURNING seq",
                                  (_update_stamp(), session_id)).fetchall()
