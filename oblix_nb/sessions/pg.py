@@ -664,6 +664,43 @@ class PostgresSessionStore:
             self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
         return merged_id
 
+    # ------------------------------------------------------------------ bulk transfer (python -m oblix_nb migrate)
+    def session_records(self, after_seq: int = 0, limit: int = 500) -> list[dict]:
+        with self._write() as conn:  # one snapshot
+            heads = conn.execute("SELECT seq, id, title, created_at, updated_at, context, metadata, author, "
+                                 "title_escaped FROM sessions WHERE seq > %s ORDER BY seq LIMIT %s",
+                                 (after_seq, limit)).fetchall()
+            rows: dict[int, list] = {head[0]: [] for head in heads}
+            if heads:
+                for row in conn.execute(f"SELECT session_seq, {_COLUMNS}, escaped FROM messages "
+                                        f"WHERE session_seq = ANY(%s) ORDER BY seq", (list(rows),)):
+                    rows[row[0]].append(_read_row(row[1:]))
+        return [{"seq": h[0], "id": h[1], "title": _title(h[2], h[8]), "created_at": h[3], "updated_at": h[4],
+                 "context": json.loads(h[5]), "metadata": json.loads(h[6]), "author": h[7], "rows": rows[h[0]]}
+                for h in heads]
+
+    def insert_records(self, records: list[dict]) -> list[str]:
+        inserted = []
+        with self._write() as conn:
+            present = {row[0] for row in conn.execute("SELECT id FROM sessions WHERE id = ANY(%s)",
+                                                      ([rec["id"] for rec in records],))}
+            for rec in records:
+                if rec["id"] in present:
+                    continue
+                self._insert_session(conn, rec["id"], rec["title"], rec["created_at"], rec["updated_at"],
+                                     rec["context"], rec["metadata"], rec["rows"], rec["author"])
+                inserted.append(rec["id"])
+        return inserted
+
+    def stored_counts(self, session_ids: list[str]) -> dict[str, int]:
+        ids = [check_session_id(sid) for sid in session_ids]
+        if not ids:
+            return {}
+        with self._conn() as conn:
+            return dict(conn.execute(
+                "SELECT s.id, (SELECT count(*) FROM messages m WHERE m.session_seq = s.seq) FROM sessions s "
+                "WHERE s.id = ANY(%s)", (ids,)).fetchall())
+
     def close(self) -> None:
         """Close the pool. Idempotent; any later call on the store raises RuntimeError."""
         self._closed = True

@@ -718,6 +718,49 @@ class SessionStore:
             self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
         return merged_id
 
+    # ------------------------------------------------------------------ bulk transfer (python -m oblix_nb migrate)
+    def session_records(self, after_seq: int = 0, limit: int = 500) -> list[dict]:
+        """Up to ``limit`` whole sessions after internal position ``after_seq``, in creation order, exactly as
+        stored: ``{seq, id, title, created_at, updated_at (stored form), context, metadata, author, rows}``
+        (``rows``: message rows, MESSAGE_COLUMNS order). ``seq`` is the cursor for the next call."""
+        with self._read() as conn:
+            heads = conn.execute("SELECT seq, id, title, created_at, updated_at, context, metadata, author "
+                                 "FROM sessions WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+            rows: dict[int, list] = {head[0]: [] for head in heads}
+            if heads:
+                for row in conn.execute(f"SELECT session_seq, {', '.join(MESSAGE_COLUMNS)} FROM messages "
+                                        f"WHERE session_seq BETWEEN ? AND ? ORDER BY seq",
+                                        (heads[0][0], heads[-1][0])):
+                    if row[0] in rows:
+                        rows[row[0]].append(row[1:])
+        return [{"seq": h[0], "id": h[1], "title": h[2], "created_at": h[3], "updated_at": h[4],
+                 "context": json.loads(h[5]), "metadata": json.loads(h[6]), "author": h[7], "rows": rows[h[0]]}
+                for h in heads]
+
+    def insert_records(self, records: list[dict]) -> list[str]:
+        """Insert :meth:`session_records` records (from either engine) in one transaction, keeping ids,
+        timestamps and authors; sessions whose id is already here are skipped. Returns the inserted ids."""
+        inserted = []
+        with self._write() as conn:
+            for rec in records:
+                if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (rec["id"],)).fetchone():
+                    continue
+                self._insert_session(conn, rec["id"], rec["title"], rec["created_at"], rec["updated_at"],
+                                     rec["context"], rec["metadata"], rec["rows"], rec["author"])
+                inserted.append(rec["id"])
+        self._written()
+        return inserted
+
+    def stored_counts(self, session_ids: list[str]) -> dict[str, int]:
+        """``{id: number of message rows}`` for those of ``session_ids`` that exist (counted, not the counter)."""
+        ids = [check_session_id(sid) for sid in session_ids]
+        if not ids:
+            return {}
+        with self._read() as conn:
+            return dict(conn.execute(
+                f"SELECT s.id, (SELECT count(*) FROM messages m WHERE m.session_seq = s.seq) FROM sessions s "
+                f"WHERE s.id IN ({', '.join('?' * len(ids))})", ids).fetchall())
+
     def close(self) -> None:
         """Close the database connection. Idempotent; any later call on the store raises ProgrammingError."""
         with self._lock:
