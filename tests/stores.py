@@ -7,9 +7,11 @@
 ``plan(store, sql, params)``    the query plan text (SQLite's EXPLAIN QUERY PLAN; PostgreSQL's EXPLAIN with
                                sequential scans disabled, so an index that can serve the query shows up).
 ``sql(store, query, params)``   rows of a raw query, on either engine.
+``run_processes(target, args)`` run ``target(*args)`` in one spawned process per args tuple; all must exit 0.
 """
 from __future__ import annotations
 
+import multiprocessing
 import re
 import sqlite3
 from contextlib import contextmanager
@@ -93,3 +95,16 @@ def plan(store, query: str, params=()) -> str:
     with store._conn() as conn, conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")
         return " | ".join(row[0] for row in conn.execute("EXPLAIN " + query.replace("?", "%s"), params))
+
+
+def run_processes(target, args_list, timeout=240) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    processes = [ctx.Process(target=target, args=args) for args in args_list]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=timeout)
+    for p in processes:
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in processes] == [0] * len(processes)

@@ -5,26 +5,12 @@ fixture; these are what only a shared server has.)
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 
 import pytest
-from stores import row_counts, sql
+from stores import row_counts, run_processes, sql
 
 from oblix_nb.sessions import open_store, pg_migrations
-
-
-def _run_processes(target, args_list, timeout=240) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    processes = [ctx.Process(target=target, args=args) for args in args_list]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(timeout=timeout)
-    for p in processes:
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in processes] == [0] * len(processes)
 
 
 def _append_worker(url: str, shared: str, worker: int, count: int) -> None:
@@ -62,7 +48,7 @@ def test_eight_processes_append_at_once_and_nothing_is_lost(pg_url):
     shared = store.create(title="shared")
     per_worker = 60
 
-    _run_processes(_append_worker, [(pg_url, shared, w, per_worker) for w in range(8)])
+    run_processes(_append_worker, [(pg_url, shared, w, per_worker) for w in range(8)])
 
     try:
         messages = store.messages(shared)
@@ -84,7 +70,7 @@ def test_eight_processes_append_at_once_and_nothing_is_lost(pg_url):
 
 
 def test_processes_opening_a_new_database_at_once_migrate_it_once(pg_url):
-    _run_processes(_open_worker, [(pg_url, w) for w in range(4)])
+    run_processes(_open_worker, [(pg_url, w) for w in range(4)])
 
     store = open_store(pg_url)
     try:
@@ -97,7 +83,7 @@ def test_processes_opening_a_new_database_at_once_migrate_it_once(pg_url):
 def test_concurrent_metadata_updates_lose_no_key(pg_url):
     store = open_store(pg_url)
     session_id = store.create(metadata={"keep": True})
-    _run_processes(_metadata_worker, [(pg_url, session_id, w, 25) for w in range(4)])
+    run_processes(_metadata_worker, [(pg_url, session_id, w, 25) for w in range(4)])
     try:
         assert store.get_metadata(session_id) == {"keep": True, **{f"w{w}": 24 for w in range(4)}}
         assert [s["id"] for s in store.summaries(filter_metadata={"w3": 24, "keep": True})] == [session_id]

@@ -36,12 +36,12 @@ from typing import Any, Iterable, Iterator, Optional
 from .._util import check_session_id, current_user, iso, utcnow
 from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError, StorageError
-from .io import normalize_message, write_json_atomic
+from .io import normalize_message
 from .pg_migrations import migrate
-from .store import (MAX_MATCHES_PER_HIT, MESSAGE_COLUMNS, _default_title, _message_dict, _message_row, _summary,
-                    _update_stamp, check_author, copy_plan, exists_message, frame_ids, import_plan, merge_ids,
-                    merge_plan)
-from .validate import canonical_json, check_json, check_limit, check_query, check_text, check_title, json_object
+from .store import (MAX_MATCHES_PER_HIT, MESSAGE_COLUMNS, SharedOps, _default_title, _message_dict, _message_row,
+                    _summary, _update_stamp, check_author, exists_message, frame_ids, import_plan,
+                    normalize_messages)
+from .validate import canonical_json, check_json, check_limit, check_query, check_title, json_object
 
 DEFAULT_POOL_MAX = 4
 CONNECT_TIMEOUT_S = 10
@@ -200,7 +200,7 @@ def _like_snippet(content: str, terms: list[str], width: int = 60) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- store
-class PostgresSessionStore:
+class PostgresSessionStore(SharedOps):
     """Sessions and their messages in a PostgreSQL database at ``url`` (``postgresql://user@host:port/db``;
     libpq options such as ``?options=-csearch_path%3Dmyschema`` apply). The schema is created on first use.
 
@@ -489,19 +489,7 @@ class PostgresSessionStore:
 
     def append_messages(self, session_id: str, messages: list[dict]) -> list[dict]:
         check_session_id(session_id)
-        if not isinstance(messages, (list, tuple)):
-            raise TypeError(f"messages must be a list of dicts, not {type(messages).__name__}")
-        default_timestamp = iso()
-        normalized = []
-        for i, item in enumerate(messages):
-            if not isinstance(item, dict):
-                raise TypeError(f"messages[{i}] must be a dict, not {type(item).__name__}")
-            fields = dict(item)
-            try:
-                role, content = fields.pop("role"), fields.pop("content")
-            except KeyError as exc:
-                raise TypeError(f"messages[{i}] is missing {exc.args[0]!r}") from None
-            normalized.append(normalize_message(role, content, fields, default_timestamp))
+        normalized = normalize_messages(messages)
         rows = [_write_row(_message_row(message, self.author)) for message in normalized]
         if not rows:
             if not self.exists(session_id):
@@ -535,9 +523,6 @@ class PostgresSessionStore:
             if conn.execute(_UPSERT_MESSAGE, (found[0], *row)).fetchone()[0]:
                 conn.execute("UPDATE sessions SET message_count = message_count + 1 WHERE seq = %s", found)
         return message
-
-    def messages(self, session_id: str) -> list[dict]:
-        return self.history(session_id, limit=None)
 
     def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
         check_session_id(session_id)
@@ -631,9 +616,6 @@ class PostgresSessionStore:
         return scores, matches
 
     # ------------------------------------------------------------------ files
-    def export(self, session_id: str, path: str | os.PathLike):
-        return write_json_atomic(path, self.get(session_id))
-
     def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
         plan = import_plan(path, new_id, self.author,
                            max_bytes=max_bytes if max_bytes is not None else self.max_import_bytes)
@@ -641,28 +623,6 @@ class PostgresSessionStore:
             self._insert_session(conn, plan["id"], plan["title"], plan["created_at"], plan["updated_at"],
                                  plan["context"], plan["metadata"], plan["rows"])
         return plan["id"]
-
-    # ------------------------------------------------------------------ copy / merge
-    def copy(self, session_id: str, new_title: Optional[str] = None) -> str:
-        check_session_id(session_id)
-        check_title(new_title)
-        copy_id = fresh_id()
-        with self._write() as conn:
-            now = utcnow()
-            title, context, metadata, rows = copy_plan(*self._source(conn, session_id), new_title, session_id)
-            self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), context, metadata, rows)
-        return copy_id
-
-    def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
-        ids = merge_ids(session_ids)
-        check_title(title)
-        merged_id = fresh_id()
-        with self._write() as conn:
-            now = utcnow()
-            sources = [(session_id, *self._source(conn, session_id)) for session_id in ids]
-            title, context, metadata, rows = merge_plan(sources, title)
-            self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
-        return merged_id
 
     # ------------------------------------------------------------------ bulk transfer (python -m oblix_nb migrate)
     def session_records(self, after_seq: int = 0, limit: int = 500) -> list[dict]:

@@ -199,6 +199,25 @@ def import_plan(path: str | os.PathLike, new_id: bool, author: Optional[str],
             "metadata": metadata, "rows": [_message_row(message, author) for message in messages]}
 
 
+def normalize_messages(messages: Any) -> list[dict]:
+    """``append_messages``' list of message dicts (``role``, ``content`` and the optional fields), each checked
+    by ``normalize_message``; messages without a timestamp share one. TypeError for a non-list or a bad item."""
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(f"messages must be a list of dicts, not {type(messages).__name__}")
+    default_timestamp = iso()
+    normalized = []
+    for i, item in enumerate(messages):
+        if not isinstance(item, dict):
+            raise TypeError(f"messages[{i}] must be a dict, not {type(item).__name__}")
+        fields = dict(item)
+        try:
+            role, content = fields.pop("role"), fields.pop("content")
+        except KeyError as exc:
+            raise TypeError(f"messages[{i}] is missing {exc.args[0]!r}") from None
+        normalized.append(normalize_message(role, content, fields, default_timestamp))
+    return normalized
+
+
 def frame_ids(session_ids: Optional[Iterable[str]]) -> Optional[list[str]]:
     """The distinct, validated ids of a ``message_rows`` call (None: every session)."""
     if session_ids is None:
@@ -230,7 +249,52 @@ def _fts_query(query: str) -> str:
     return " ".join('"' + term.replace('"', '""').replace("\x00", " ") + '"' for term in query.split())
 
 
-class SessionStore:
+class SharedOps:
+    """The store methods both engines share: built on each engine's ``_write()`` (one transaction),
+    ``_source()`` (a session and its message rows) and ``_insert_session()`` (a whole session)."""
+
+    def messages(self, session_id: str) -> list[dict]:
+        """All of the session's messages, in conversation order."""
+        return self.history(session_id, limit=None)
+
+    def export(self, session_id: str, path: str | os.PathLike) -> Path:
+        """Write the session's reference JSON to ``path`` atomically (parent folders created); returns it."""
+        return write_json_atomic(path, self.get(session_id))
+
+    def copy(self, session_id: str, new_title: Optional[str] = None) -> str:
+        """Copy a session: new session id and message ids, same messages (timestamps too), context and
+        metadata; the metadata gains ``copied_from``. Default title ``"Copy of <title>"``. Returns the new id."""
+        check_session_id(session_id)
+        check_title(new_title)
+        copy_id = fresh_id()
+        with self._write() as conn:
+            now = utcnow()
+            title, context, metadata, rows = copy_plan(*self._source(conn, session_id), new_title, session_id)
+            self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), context, metadata, rows)
+        return copy_id
+
+    def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
+        """Merge sessions into a new one; returns its id.
+
+        Messages from all sources, ordered by timestamp (ties keep the order of ``session_ids``, then each
+        session's order), get fresh ids; each keeps ``source_session_id`` (the session it came from, or the
+        one it originally came from if it was already merged). A repeated id counts once. Context and
+        metadata are merged in order (later sources win); the metadata records ``merged_from`` (the ids).
+        Default title ``"Merged: <title 1> + <title 2> ..."``. An unknown id raises SessionNotFoundError and
+        creates nothing; an empty list raises ValueError.
+        """
+        ids = merge_ids(session_ids)
+        check_title(title)
+        merged_id = fresh_id()
+        with self._write() as conn:
+            now = utcnow()
+            sources = [(session_id, *self._source(conn, session_id)) for session_id in ids]
+            title, context, metadata, rows = merge_plan(sources, title)
+            self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
+        return merged_id
+
+
+class SessionStore(SharedOps):
     """Sessions and their messages in one SQLite database at ``path`` (created, with its folders, if missing).
 
     Every method validates session ids first (``check_session_id``), so a malformed id never reaches SQL
@@ -526,19 +590,7 @@ class SessionStore:
         transaction: all are stored or none. Returns the stored message dicts (an empty list changes nothing,
         but an unknown session still raises)."""
         check_session_id(session_id)
-        if not isinstance(messages, (list, tuple)):
-            raise TypeError(f"messages must be a list of dicts, not {type(messages).__name__}")
-        default_timestamp = iso()
-        normalized = []
-        for i, item in enumerate(messages):
-            if not isinstance(item, dict):
-                raise TypeError(f"messages[{i}] must be a dict, not {type(item).__name__}")
-            fields = dict(item)
-            try:
-                role, content = fields.pop("role"), fields.pop("content")
-            except KeyError as exc:
-                raise TypeError(f"messages[{i}] is missing {exc.args[0]!r}") from None
-            normalized.append(normalize_message(role, content, fields, default_timestamp))
+        normalized = normalize_messages(messages)
         if not normalized:
             if not self.exists(session_id):
                 raise SessionNotFoundError(session_id)
@@ -586,10 +638,6 @@ class SessionStore:
                 conn.execute("UPDATE sessions SET message_count = message_count + 1 WHERE seq = ?", (seq,))
         self._written()
         return message
-
-    def messages(self, session_id: str) -> list[dict]:
-        """All of the session's messages, in conversation order."""
-        return self.history(session_id, limit=None)
 
     def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
         """The newest ``limit`` messages (all if None), in chronological order. Reads only those rows."""
@@ -661,10 +709,6 @@ class SessionStore:
         return [{**summaries[seq], "matches": matches[seq]} for seq in ranked]
 
     # ------------------------------------------------------------------ files
-    def export(self, session_id: str, path: str | os.PathLike) -> Path:
-        """Write the session's reference JSON to ``path`` atomically (parent folders created); returns it."""
-        return write_json_atomic(path, self.get(session_id))
-
     def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
         """Import a session file (ours, or the original Oblix SDK's as is); returns the session id.
 
@@ -684,39 +728,6 @@ class SessionStore:
             self._insert_session(conn, session_id, plan["title"], plan["created_at"], plan["updated_at"],
                                  plan["context"], plan["metadata"], plan["rows"])
         return session_id
-
-    # ------------------------------------------------------------------ copy / merge
-    def copy(self, session_id: str, new_title: Optional[str] = None) -> str:
-        """Copy a session: new session id and message ids, same messages (timestamps too), context and
-        metadata; the metadata gains ``copied_from``. Default title ``"Copy of <title>"``. Returns the new id."""
-        check_session_id(session_id)
-        check_title(new_title)
-        copy_id = fresh_id()
-        with self._write() as conn:
-            now = utcnow()
-            title, context, metadata, rows = copy_plan(*self._source(conn, session_id), new_title, session_id)
-            self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), context, metadata, rows)
-        return copy_id
-
-    def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
-        """Merge sessions into a new one; returns its id.
-
-        Messages from all sources, ordered by timestamp (ties keep the order of ``session_ids``, then each
-        session's order), get fresh ids; each keeps ``source_session_id`` (the session it came from, or the
-        one it originally came from if it was already merged). A repeated id counts once. Context and
-        metadata are merged in order (later sources win); the metadata records ``merged_from`` (the ids).
-        Default title ``"Merged: <title 1> + <title 2> ..."``. An unknown id raises SessionNotFoundError and
-        creates nothing; an empty list raises ValueError.
-        """
-        ids = merge_ids(session_ids)
-        check_title(title)
-        merged_id = fresh_id()
-        with self._write() as conn:
-            now = utcnow()
-            sources = [(session_id, *self._source(conn, session_id)) for session_id in ids]
-            title, context, metadata, rows = merge_plan(sources, title)
-            self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
-        return merged_id
 
     # ------------------------------------------------------------------ bulk transfer (python -m oblix_nb migrate)
     def session_records(self, after_seq: int = 0, limit: int = 500) -> list[dict]:
