@@ -177,6 +177,7 @@ class OblixClient:
     # ------------------------------------------------------------------ orchestration
     def _init_orchestration(self) -> None:
         self._models: dict[str, ModelBackend] = {}   # model_id -> backend, in hook order
+        self._hook_specs: dict[str, Any] = {}        # model_id -> cluster.ModelSpec (how to hook it again)
         self._agents: list[Any] = []
         self._started_agents: list[Any] = []         # samplers this client started (and so stops)
         # Looked up at call time, so the notebook layer's factory (set by %load_ext in a kernel) applies here too.
@@ -222,6 +223,9 @@ class OblixClient:
         if old is not None:
             await old.aclose()
         self._models[backend.model_id] = backend
+        from .cluster import ModelSpec
+
+        self._hook_specs[backend.model_id] = ModelSpec.of(model_type, model_name, endpoint, kwargs)  # no api_key
         self._sync_agent_endpoints()
         return True
 
@@ -229,6 +233,7 @@ class OblixClient:
         """Unhook a model and close what it opened. False if it was not hooked."""
         async def unhook() -> bool:
             backend = self._models.pop(model_id, None)
+            self._hook_specs.pop(model_id, None)
             if backend is None:
                 return False
             await backend.aclose()
@@ -341,8 +346,17 @@ class OblixClient:
 
         See :func:`oblix_nb.batch.map_frame` for the arguments, the result's columns, caching and resuming.
         ``map_sync`` is the same call for code without an event loop at hand (a cell, a script).
+        A Dask DataFrame gives a Dask DataFrame, computed partition by partition on the workers, each with its
+        own client built from this one's spec, all logging to the shared store (see :mod:`oblix_nb.cluster`).
         """
         from .batch import map_frame
+        from .cluster import is_dask_frame, map_dask
+
+        if is_dask_frame(data):
+            return map_dask(
+                self, data, prompt, schema=schema, model_id=model_id, concurrency=concurrency,
+                temperature=temperature, max_tokens=max_tokens, system=system, session_id=session_id,
+                cache=cache, on_error=on_error, **options)
 
         return await map_frame(
             self, data, prompt, schema=schema, model_id=model_id, concurrency=concurrency,
