@@ -14,9 +14,12 @@ Built for many kernels on many machines writing at once:
   by the UPDATE serialises appends to one session, so counters never lose an update and messages keep their
   commit order; appends to different sessions never wait for each other.
 - ``update_metadata`` reads the row ``FOR UPDATE`` (no lost update between two writers).
+- Queries whose best plan depends on their values (filters, searches) are planned for those values on every
+  call (not prepared): a generic plan would scan the whole table for a rare word or key.
 - ``filter_metadata`` is ``meta @> filter`` (GIN index) plus per-key JSONB equality; search is
   ``plainto_tsquery`` (the query is plain text: no operator in it means anything) against generated
-  ``tsvector`` columns with GIN indexes, ranked by ``ts_rank``; a query that has no searchable word (only
+  ``tsvector`` columns with GIN indexes, ranked by ``ts_rank`` among the newest ``SEARCH_CANDIDATES`` (20,000)
+  matching messages (so a word found in millions of messages is still answered in tens of ms); a query that has no searchable word (only
   punctuation or stop words, e.g. ``C++``, ``-``, ``"``) falls back to a literal case-insensitive substring
   match, so any character is literal.
 
@@ -44,6 +47,8 @@ from .store import (MAX_MATCHES_PER_HIT, MESSAGE_COLUMNS, SharedOps, _default_ti
 from .validate import canonical_json, check_json, check_limit, check_query, check_title, json_object
 
 DEFAULT_POOL_MAX = 4
+# Messages ranked per search: the newest this many that match (a word in every message costs no more than this).
+SEARCH_CANDIDATES = 20_000
 CONNECT_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 30.0
 _TS_CONFIG = "english"
@@ -371,13 +376,13 @@ class PostgresSessionStore(SharedOps):
         with self._conn() as conn:
             rows = conn.execute(
                 f"SELECT {columns} FROM sessions {where} ORDER BY updated_at DESC, seq DESC LIMIT %s OFFSET %s",
-                (*params, None if sql_limit < 0 else sql_limit, sql_offset)).fetchall()
+                (*params, None if sql_limit < 0 else sql_limit, sql_offset), prepare=None if not where else False).fetchall()
         return [_pg_summary(row) for row in rows]
 
     def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None) -> int:
         where, params = self._where(filter_metadata, author)
         with self._conn() as conn:
-            return conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
+            return conn.execute(f"SELECT count(*) FROM sessions {where}", params, prepare=None if not where else False).fetchone()[0]
 
     def brief(self, session_id: str) -> Optional[tuple[str, int]]:
         check_session_id(session_id)
@@ -561,14 +566,16 @@ class PostgresSessionStore(SharedOps):
         scores: dict[int, float] = {}
         matches: dict[int, list[dict]] = {}
         for seq, rank in conn.execute(
-                f"SELECT seq, ts_rank(title_tsv, q, 1) AS r FROM sessions, {q} AS q WHERE title_tsv @@ q "
-                f"ORDER BY r DESC, seq DESC LIMIT %s", (_TS_CONFIG, query, top)):
+                f"SELECT seq, r FROM (SELECT seq, ts_rank(title_tsv, q, 1) AS r FROM sessions, {q} AS q "
+                f"WHERE title_tsv @@ q ORDER BY seq DESC LIMIT %s) AS h ORDER BY r DESC, seq DESC LIMIT %s",
+                (_TS_CONFIG, query, SEARCH_CANDIDATES, top), prepare=False):
             scores[seq] = -rank
             matches[seq] = []
         best = conn.execute(
-            f"SELECT session_seq, max(ts_rank(content_tsv, q, 1)) AS r FROM messages, {q} AS q "
-            f"WHERE content_tsv @@ q GROUP BY session_seq ORDER BY r DESC, session_seq DESC LIMIT %s",
-            (_TS_CONFIG, query, top)).fetchall()
+            f"SELECT session_seq, max(r) AS best FROM (SELECT session_seq, ts_rank(content_tsv, q, 1) AS r "
+            f"FROM messages, {q} AS q WHERE content_tsv @@ q ORDER BY seq DESC LIMIT %s) AS h "
+            f"GROUP BY session_seq ORDER BY best DESC, session_seq DESC LIMIT %s",
+            (_TS_CONFIG, query, SEARCH_CANDIDATES, top), prepare=False).fetchall()
         for seq, rank in best:
             scores[seq] = min(-rank, scores.get(seq, -rank))
         if best:
@@ -578,7 +585,8 @@ class PostgresSessionStore(SharedOps):
                 f"row_number() OVER (PARTITION BY session_seq ORDER BY ts_rank(content_tsv, q, 1) DESC, seq) AS n "
                 f"FROM messages, {q} AS q WHERE content_tsv @@ q AND session_seq = ANY(%s)) AS h "
                 f"WHERE n <= %s ORDER BY session_seq, n",
-                (_TS_CONFIG, _SNIPPET_OPTIONS, _TS_CONFIG, query, [seq for seq, _ in best], MAX_MATCHES_PER_HIT))
+                (_TS_CONFIG, _SNIPPET_OPTIONS, _TS_CONFIG, query, [seq for seq, _ in best], MAX_MATCHES_PER_HIT),
+                prepare=False)
             for seq, message_id, role, snippet, content, escaped in hits:
                 if escaped:
                     content = _unescape(content)
@@ -597,11 +605,11 @@ class PostgresSessionStore(SharedOps):
         if not terms:
             return scores, matches
         for (seq,) in conn.execute("SELECT seq FROM sessions WHERE title ILIKE ALL(%s) ORDER BY seq DESC "
-                                   "LIMIT %s", (patterns, top)):
+                                   "LIMIT %s", (patterns, top), prepare=False):
             scores[seq] = -seq
             matches[seq] = []
         rows = conn.execute("SELECT session_seq, seq, id, role, content, escaped FROM messages "
-                            "WHERE content ILIKE ALL(%s) ORDER BY seq DESC", (patterns,))
+                            "WHERE content ILIKE ALL(%s) ORDER BY seq DESC", (patterns,), prepare=False)
         sessions = 0
         for session_seq, seq, message_id, role, content, escaped in rows:
             hits = matches.setdefault(session_seq, [])
