@@ -15,7 +15,7 @@ template) and the batch key (template, schema, model -- the forced one, else the
 parameters, system message). The batch
 session's metadata holds the batch key (``oblix_map``) with the template, schema and model; its messages carry
 the row's cache key as ``request_id`` and ``metrics["map"]`` = ``{"row": position, "index": index label,
-"attempt": n, "error": ...}``. A row is finished when its last stored reply has no error; re-running the same map
+"attempt": n, "error": ..., "latency_s", "input_tokens", "output_tokens"}`` (the row's totals over its attempts). A row is finished when its last stored reply has no error; re-running the same map
 reads those instead of calling a model. An interrupt cancels the rows in flight (nothing half-written is kept) and
 keeps every finished row, so the next identical call resumes where it stopped.
 
@@ -145,6 +145,31 @@ class PromptTemplate:
             else:
                 out.append(part)
         return "".join(out)
+
+
+def fill_constants(text: str, namespace: dict, exclude) -> str:
+    """Replace ``{name}`` by ``str(namespace[name])`` for names that are in ``namespace`` but not in ``exclude``
+    (the row fields); escapes (``{{name}}``), fields and every other brace are left for the row template."""
+    def sub(m: "re.Match") -> str:
+        name = m.group(2)
+        if name is not None and name.isidentifier() and name not in exclude and name in namespace:
+            return str(namespace[name])
+        return m.group(0)
+
+    return _BRACES.sub(sub, text)
+
+
+def input_fields(data: Any) -> list[str]:
+    """The template fields ``data`` offers (as :class:`RowTable` names them), without reading its rows."""
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return [str(c) for c in data.columns]
+    if isinstance(data, pd.Series):
+        return ["value"] + ([str(data.name)] if data.name is not None else [])
+    if isinstance(data, (list, tuple)):
+        return list(dict.fromkeys(str(k) for x in data if isinstance(x, dict) for k in x)) or ["value"]
+    return []
 
 
 def _callable_name(fn: Callable) -> str:
@@ -313,18 +338,17 @@ class MapJob:
                     "params": json.loads(json.dumps(self._params_json(), default=str)), "rows": self.n}
         return store.create(title=title, metadata=metadata)
 
-    def _finished(self) -> dict[str, dict]:
-        """cache key -> the last stored reply of each row of this batch session that finished without error."""
-        last: dict[str, dict] = {}
-        for message in self.client.sessions.messages(self.session_id):
-            key = message.get("request_id")
-            if message["role"] == "assistant" and key and not message.get("partial"):
-                last[key] = message
-        return {k: m for k, m in last.items() if not ((m.get("metrics") or {}).get("map") or {}).get("error")}
+    _STORED_METRICS = {"input_tokens": "$.map.input_tokens", "output_tokens": "$.map.output_tokens",
+                       "latency_s": "$.map.latency_s", "error": "$.map.error"}
 
-    def _from_store(self, message: dict) -> RowOutcome:
-        metrics = message.get("metrics") or {}
-        text = message["content"]
+    def _finished(self) -> dict[str, tuple]:
+        """cache key -> (content, model_id, route, input_tokens, output_tokens, latency_s) of each row of this
+        batch session whose last stored reply has no error."""
+        replies = self.client.sessions.last_replies(self.session_id, self._STORED_METRICS)
+        return {key: reply[:-1] for key, reply in replies.items() if reply[-1] is None}
+
+    def _from_store(self, reply: tuple) -> RowOutcome:
+        text, model_id, route, input_tokens, output_tokens, latency = reply
         if self.schema is not None:
             try:
                 from .structured import extract_json
@@ -334,9 +358,7 @@ class MapJob:
                 value = None
         else:
             value = text
-        return RowOutcome(value, message.get("model_id"), (message.get("routing") or {}).get("target"),
-                          metrics.get("input_tokens"), metrics.get("output_tokens"),
-                          (metrics.get("map") or {}).get("latency_s", metrics.get("total_latency")), None, True)
+        return RowOutcome(value, model_id, route, input_tokens, output_tokens, latency, None, True)
 
     # ------------------------------------------------------------------------------------------ results
     def _value_columns(self) -> list[str]:
@@ -470,7 +492,8 @@ class MapJob:
                 except StructuredOutputError as exc:
                     error, invalid = f"StructuredOutputError: {exc}", exc
             to_store.append({"role": "user", "content": request.prompt, "request_id": key})
-            to_store.append(self._stored_reply(key, response, attempt, error, latency))
+            to_store.append(self._stored_reply(key, response, attempt, error, latency, input_tokens,
+                                               output_tokens))
             if error is None or self.schema is None or attempt == 2:
                 break
             request = Request(prompt=retry_prompt(invalid), params=self.params, request_id=key, session_id=None,
@@ -483,12 +506,14 @@ class MapJob:
         return RowOutcome(value if error is None else None, response["model_id"],
                           response["routing_decision"]["target"], input_tokens, output_tokens, latency, error, False)
 
-    def _stored_reply(self, key: str, response: dict, attempt: int, error: Optional[str], latency: float) -> dict:
+    def _stored_reply(self, key: str, response: dict, attempt: int, error: Optional[str], latency: float,
+                      input_tokens: int, output_tokens: int) -> dict:
         positions = self.pending.get(key) or []
         first = positions[0] if positions else None
         metrics = dict(response["metrics"])
         metrics["map"] = {"row": first, "index": _json_label(self._labels[first]) if first is not None else None,
-                          "attempt": attempt, "error": error, "latency_s": latency}
+                          "attempt": attempt, "error": error, "latency_s": latency,
+                          "input_tokens": input_tokens, "output_tokens": output_tokens}
         return {"role": "assistant", "content": response["response"], "request_id": key,
                 "model_id": response["model_id"], "metrics": metrics, "routing": response["routing_decision"]}
 
@@ -530,7 +555,7 @@ class RowError(OblixError):
         self.positions = positions
 
 
-def _no_store(request, text, response, partial) -> None:
+def _no_store(request, text, response, partial, *_) -> None:
     """map() stores each row's exchange itself, once validated (one transaction per row)."""
 
 

@@ -265,6 +265,23 @@ def compile_schema(schema: Any) -> Schema:
                       f"'label, score float', not {type(schema).__name__}")
 
 
+def schema_from_text(text: str, namespace: Optional[dict] = None) -> Schema:
+    """A schema written on a magic's command line (``--schema``): the name of a variable in ``namespace``
+    holding any ``schema=`` form, a JSON Schema as JSON text (starting with ``{``), or a concise spec."""
+    if not isinstance(text, str) or not text.strip():
+        raise SchemaError("--schema needs a spec like 'label, score float', a JSON Schema, or a variable name")
+    text = text.strip()
+    if namespace is not None and text.isidentifier() and text in namespace:
+        return compile_schema(namespace[text])
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise SchemaError(f"--schema looks like JSON but does not parse: {exc}") from None
+        return compile_schema(value)
+    return compile_schema(text)
+
+
 _FENCE_RE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
 
 

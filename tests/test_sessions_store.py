@@ -622,3 +622,80 @@ def test_upsert_message_updates_a_checkpoint_in_place(store):
         store.upsert_message(session_id, "assistant", "x")
     with pytest.raises(SessionNotFoundError):
         store.upsert_message(str(uuid.uuid4()), "assistant", "x", id="r2")
+
+
+# ---------------------------------------------------------------- for the widgets: sort, title filter, one summary
+def test_summaries_sort_orders_and_title_filter(store):
+    ids = {}
+    for title, n in (("beta", 2), ("Alpha", 0), ("gamma_1", 5), ("100% alpha", 1)):
+        ids[title] = store.create(title=title)
+        for i in range(n):
+            store.append_message(ids[title], "assistant", f"r{i}", model_id=f"m:{title}")
+    titles = lambda rows: [r["title"] for r in rows]  # noqa: E731
+    assert titles(store.summaries(order="title", descending=False)) == ["100% alpha", "Alpha", "beta", "gamma_1"]
+    assert titles(store.summaries(order="messages"))[:2] == ["gamma_1", "beta"]
+    assert titles(store.summaries(order="models", descending=False))[0] == "Alpha"  # no model: first
+    assert titles(store.summaries(order="updated"))[0] == "100% alpha"
+    assert titles(store.summaries(order="created", descending=False))[0] == "beta"
+    assert set(titles(store.summaries(title_contains="ALPHA"))) == {"Alpha", "100% alpha"}
+    assert titles(store.summaries(title_contains="%")) == ["100% alpha"]   # LIKE wildcards are literal
+    assert titles(store.summaries(title_contains="a_1")) == ["gamma_1"]
+    assert store.summaries(title_contains="_x") == []
+    assert store.count(title_contains="alpha") == 2 and store.count() == 4
+    assert titles(store.summaries(limit=1, offset=1, order="title", descending=False)) == ["Alpha"]
+    with pytest.raises(ValueError):
+        store.summaries(order="nope")
+    one = store.summary(ids["beta"])
+    assert one == next(s for s in store.summaries() if s["id"] == ids["beta"])
+    with pytest.raises(SessionNotFoundError):
+        store.summary(str(uuid.uuid4()))
+
+
+def test_change_token(store, tmp_path):
+    from oblix_nb.sessions import open_store
+
+    token = store.change_token()
+    assert store.change_token() == token
+    sid = store.create(title="x")
+    assert store.change_token() != token
+    token = store.change_token()
+    other = open_store(store.url)
+    try:
+        assert store.change_token() == token      # opening another connection writes nothing
+        other.append_message(sid, "user", "hi")
+    finally:
+        other.close()
+    assert store.change_token() != token          # another connection's commit
+    token = store.change_token()
+    with pytest.raises(Exception):
+        store.append_message(str(uuid.uuid4()), "user", "no such session")
+    assert store.change_token() == token          # a failed write commits nothing
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def test_settings_round_trip(store):
+    assert store.get_setting("alias:fast", "none") == "none"
+    store.set_setting("alias:fast", "openai:smollm2")
+    store.set_setting("alias:deep", {"model": "x", "n": [1, 2.5, None]})
+    store.set_setting("budget:\"q\\\x00", 3)
+    assert store.get_setting("alias:fast") == "openai:smollm2"
+    assert store.settings("alias:") == {"alias:deep": {"model": "x", "n": [1, 2.5, None]},
+                                        "alias:fast": "openai:smollm2"}
+    assert store.get_setting("budget:\"q\\\x00") == 3 and "budget:\"q\\\x00" in store.settings()
+    assert store.delete_setting("alias:fast") is True and store.delete_setting("alias:fast") is False
+    with pytest.raises(TypeError):
+        store.set_setting("k", object())
+
+
+def test_settings_are_per_user_in_a_shared_postgres_store(pg_url):
+    from oblix_nb.sessions import open_store
+
+    ana, bob = open_store(pg_url, author="ana"), open_store(pg_url, author="bob")
+    try:
+        ana.set_setting("price:openai:gpt", {"in": 1.0})
+        assert bob.get_setting("price:openai:gpt") is None and bob.settings() == {}
+        bob.set_setting("price:openai:gpt", {"in": 9.0})
+        assert ana.get_setting("price:openai:gpt") == {"in": 1.0}
+    finally:
+        ana.close()
+        bob.close()

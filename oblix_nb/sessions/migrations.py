@@ -27,7 +27,10 @@ Schema (version 1):
   UPDATE). Whoever deletes rows must then lower the mark to the highest remaining ``seq`` (the store's
   ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
 
-Version 2 (teams): ``sessions.author`` and ``messages.author``, who wrote the row (``OBLIX_USER``, else the
+Version 2 adds ``settings``: store-wide key/value pairs (value: JSON text) that outlive a kernel, such as
+model aliases (``alias:<name>`` -> model id). Only the store's ``*_setting`` methods touch it.
+
+Version 3 (teams): ``sessions.author`` and ``messages.author``, who wrote the row (``OBLIX_USER``, else the
 OS user); NULL for rows written before. ``sessions_by_author`` serves ``list_sessions(author=...)``.
 """
 from __future__ import annotations
@@ -106,6 +109,12 @@ WHEN old.seq <= (SELECT last_seq FROM fts_progress WHERE name = 'titles') BEGIN
 END;
 """),
     (2, """
+CREATE TABLE settings (
+    key   TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""),
+    (3, """
 ALTER TABLE sessions ADD COLUMN author TEXT;
 ALTER TABLE messages ADD COLUMN author TEXT;
 CREATE INDEX sessions_by_author ON sessions (author, updated_at, seq);

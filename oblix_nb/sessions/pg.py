@@ -44,7 +44,8 @@ from .pg_migrations import migrate
 from .store import (MAX_MATCHES_PER_HIT, MESSAGE_COLUMNS, SharedOps, _default_title, _message_dict, _message_row,
                     _summary, _update_stamp, check_author, exists_message, frame_ids, import_plan,
                     normalize_messages)
-from .validate import canonical_json, check_json, check_limit, check_query, check_title, json_object
+from .validate import (canonical_json, check_json, check_limit, check_query, check_setting_key, check_title, dumps,
+                       json_object)
 
 DEFAULT_POOL_MAX = 4
 # Messages ranked per search: the newest this many that match (a word in every message costs no more than this).
@@ -69,6 +70,14 @@ _APPEND_ONE = (
     f"INSERT INTO messages (session_seq, {_COLUMNS}, escaped) "
     f"SELECT s.seq, {', '.join('%s' + cast for cast in _CASTS)}, %s::boolean FROM s RETURNING seq")
 _SUMMARY_COLUMNS = "id, title, created_at, updated_at, message_count, metadata"
+# summaries(order=...) as in SQLite (SUMMARY_ORDERS there); "C" collation: byte order, as SQLite's.
+_ORDERS = {
+    "updated": "updated_at",
+    "created": "created_at",
+    "title": 'lower(title) COLLATE "C"',
+    "messages": "message_count",
+    "models": "(SELECT min(m.model_id) FROM messages m WHERE m.session_seq = sessions.seq AND m.role = 'assistant')",
+}
 
 
 def _pg_summary(row: tuple) -> dict:
@@ -273,6 +282,9 @@ class PostgresSessionStore(SharedOps):
         with self._conn() as conn, conn.transaction():
             yield conn
 
+    def _written(self) -> None:
+        """Nothing to do after a write: PostgreSQL indexes text as it is written."""
+
     def _unique_violation(self):
         psycopg, _ = _psycopg()
         return psycopg.errors.UniqueViolation
@@ -346,9 +358,16 @@ class PostgresSessionStore(SharedOps):
         return {"id": head[0], "title": _title(head[1], head[6]), "created_at": head[2], "updated_at": head[3][:23] + "Z",
                 "messages": messages, "context": json.loads(head[4]), "metadata": json.loads(head[5])}
 
-    def _where(self, filter_metadata: Optional[dict], author: Optional[str]) -> tuple[str, list]:
-        """WHERE clause for a metadata filter (GIN containment + per-key equality) and an author."""
+    def _where(self, filter_metadata: Optional[dict], author: Optional[str],
+               title_contains: Optional[str] = None) -> tuple[str, list]:
+        """WHERE clause for a metadata filter (GIN containment + per-key equality), an author and a title
+        substring (case-insensitive; ``%`` and ``_`` literal)."""
         clauses, params = [], []
+        if title_contains:
+            if not isinstance(title_contains, str):
+                raise TypeError(f"title_contains must be a str, not {type(title_contains).__name__}")
+            clauses.append("title ILIKE %s")
+            params.append(_like_pattern(_escape(title_contains) if "\x00" in title_contains else title_contains))
         if filter_metadata is not None:
             if not isinstance(filter_metadata, dict):
                 raise TypeError(f"filter_metadata must be a dict, not {type(filter_metadata).__name__}")
@@ -368,19 +387,42 @@ class PostgresSessionStore(SharedOps):
         return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
-                  offset: int = 0, author: Optional[str] = None, with_author: bool = False) -> list[dict]:
+                  offset: int = 0, author: Optional[str] = None, with_author: bool = False, *,
+                  title_contains: Optional[str] = None, order: str = "updated", descending: bool = True
+                  ) -> list[dict]:
         sql_limit = check_limit(limit)
         sql_offset = check_limit(offset, "offset")
-        where, params = self._where(filter_metadata, author)
+        if order not in _ORDERS:
+            raise ValueError(f"order must be one of {sorted(_ORDERS)}, not {order!r}")
+        where, params = self._where(filter_metadata, author, title_contains)
+        direction = "DESC" if descending else "ASC"
         columns = _SUMMARY_COLUMNS + ", title_escaped" + (", author" if with_author else "")
         with self._conn() as conn:
             rows = conn.execute(
-                f"SELECT {columns} FROM sessions {where} ORDER BY updated_at DESC, seq DESC LIMIT %s OFFSET %s",
-                (*params, None if sql_limit < 0 else sql_limit, sql_offset), prepare=None if not where else False).fetchall()
+                f"SELECT {columns} FROM sessions {where} ORDER BY {_ORDERS[order]} {direction} "
+                f"NULLS {'LAST' if descending else 'FIRST'}, seq {direction} "  # NULL sorts first, as in SQLite
+                f"LIMIT %s OFFSET %s", (*params, None if sql_limit < 0 else sql_limit, sql_offset),
+                prepare=None if not where else False).fetchall()
         return [_pg_summary(row) for row in rows]
 
-    def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None) -> int:
-        where, params = self._where(filter_metadata, author)
+    def summary(self, session_id: str) -> dict:
+        check_session_id(session_id)
+        with self._conn() as conn:
+            row = conn.execute(f"SELECT {_SUMMARY_COLUMNS}, title_escaped FROM sessions WHERE id = %s",
+                               (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        return _pg_summary(row)
+
+    def change_token(self) -> tuple:
+        """A value that changes whenever a session was created, deleted or written to (by anyone): the number
+        of sessions and the newest ``updated_at`` (an index lookup and an index-only count)."""
+        with self._conn() as conn:
+            return tuple(conn.execute("SELECT count(*), max(updated_at) FROM sessions").fetchone())
+
+    def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None, *,
+              title_contains: Optional[str] = None) -> int:
+        where, params = self._where(filter_metadata, author, title_contains)
         with self._conn() as conn:
             return conn.execute(f"SELECT count(*) FROM sessions {where}", params, prepare=None if not where else False).fetchone()[0]
 
@@ -631,6 +673,62 @@ class PostgresSessionStore(SharedOps):
             self._insert_session(conn, plan["id"], plan["title"], plan["created_at"], plan["updated_at"],
                                  plan["context"], plan["metadata"], plan["rows"])
         return plan["id"]
+
+    # ------------------------------------------------------------------ replies by request id
+    def last_replies(self, session_id: str, metrics: Optional[dict] = None) -> dict[str, tuple]:
+        check_session_id(session_id)
+        paths = list((metrics or {}).values())
+        extra = "".join(", jsonb_path_query_first(m.metrics::jsonb, %s::jsonpath)" for _ in paths)
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT s.seq, m.request_id, m.content, m.model_id, m.routing::jsonb ->> 'target'{extra}, "
+                f"m.escaped FROM sessions s LEFT JOIN messages m ON m.session_seq = s.seq AND m.role = 'assistant' "
+                f"AND m.partial IS NULL AND m.request_id IS NOT NULL WHERE s.id = %s ORDER BY m.seq",
+                (*paths, session_id)).fetchall()
+        if not rows:
+            raise SessionNotFoundError(session_id)
+        out = {}
+        for _, *row, escaped in rows:
+            if row[0] is None:
+                continue
+            if escaped:
+                row[:3] = [None if v is None else _unescape(v) for v in row[:3]]
+            out[row[0]] = tuple(row[1:])
+        return out
+
+    # ------------------------------------------------------------------ settings (per user: see pg_migrations)
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """The JSON value this store's author stored under ``key`` (``default`` if there is none)."""
+        check_setting_key(key)
+        with self._conn() as conn:
+            row = conn.execute("SELECT value FROM settings WHERE author = %s AND key = %s",
+                               (self.author, _escape(key))).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store ``value`` (any JSON value) under ``key`` for this store's author, replacing what was there."""
+        check_setting_key(key)
+        text = dumps(value, f"setting {key!r}")
+        with self._conn() as conn:
+            conn.execute("INSERT INTO settings (author, key, value) VALUES (%s, %s, %s) "
+                         "ON CONFLICT (author, key) DO UPDATE SET value = EXCLUDED.value",
+                         (self.author, _escape(key), text))
+
+    def delete_setting(self, key: str) -> bool:
+        """Remove this author's ``key``. False if it was not set."""
+        check_setting_key(key)
+        with self._conn() as conn:
+            return conn.execute("DELETE FROM settings WHERE author = %s AND key = %s",
+                                (self.author, _escape(key))).rowcount > 0
+
+    def settings(self, prefix: str = "") -> dict[str, Any]:
+        """``{key: value}`` of this author's settings whose key starts with ``prefix``, sorted by key."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        with self._conn() as conn:
+            rows = conn.execute('SELECT key, value FROM settings WHERE author = %s AND starts_with(key, %s) '
+                                'ORDER BY key COLLATE "C"', (self.author, _escape(prefix))).fetchall()
+        return {_unescape(key): json.loads(value) for key, value in rows}
 
     # ------------------------------------------------------------------ bulk transfer (python -m oblix_nb migrate)
     def session_records(self, after_seq: int = 0, limit: int = 500) -> list[dict]:

@@ -20,6 +20,12 @@ Schema (version 1), the SQLite schema's columns with PostgreSQL types:
   index. PostgreSQL text cannot hold U+0000: a message whose text holds one has its text columns stored
   JSON-escaped and ``escaped`` set (``title_escaped`` likewise for a title); the store reads them back exactly.
   ``author`` is who wrote the message.
+
+Version 2: ``settings``, the twin of SQLite's (aliases, budgets, prices), but per user: keyed by
+``(author, key)``, so in a shared database one user's settings never reach another.
+
+Timestamps, ids and model ids use the "C" collation: they sort byte by byte, as in SQLite, whatever the
+database's locale.
 """
 from __future__ import annotations
 
@@ -29,10 +35,10 @@ MIGRATIONS: list[tuple[int, str]] = [
     (1, """
 CREATE TABLE sessions (
     seq           BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    id            TEXT    NOT NULL UNIQUE,
+    id            TEXT    COLLATE "C" NOT NULL UNIQUE,
     title         TEXT    NOT NULL,
-    created_at    TEXT    NOT NULL,
-    updated_at    TEXT    NOT NULL,
+    created_at    TEXT    COLLATE "C" NOT NULL,
+    updated_at    TEXT    COLLATE "C" NOT NULL,
     context       TEXT    NOT NULL DEFAULT '{}',
     metadata      TEXT    NOT NULL DEFAULT '{}',
     meta          JSONB   NOT NULL DEFAULT '{}',
@@ -53,8 +59,8 @@ CREATE TABLE messages (
     id                TEXT     NOT NULL,
     role              TEXT     NOT NULL CHECK (role IN ('user', 'assistant', 'system')),
     content           TEXT     NOT NULL,
-    timestamp         TEXT     NOT NULL,
-    model_id          TEXT,
+    timestamp         TEXT     COLLATE "C" NOT NULL,
+    model_id          TEXT     COLLATE "C",
     metrics           TEXT,
     routing           TEXT,
     partial           SMALLINT CHECK (partial IS NULL OR partial = 1),
@@ -69,6 +75,14 @@ CREATE TABLE messages (
 CREATE INDEX messages_by_session ON messages (session_seq, seq);
 CREATE INDEX messages_by_author ON messages (author);
 CREATE INDEX messages_tsv ON messages USING GIN (content_tsv);
+"""),
+    (2, """
+CREATE TABLE settings (
+    author TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (author, key)
+);
 """),
 ]
 

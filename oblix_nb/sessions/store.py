@@ -8,8 +8,13 @@ threads (the notebook's main thread and the package's asyncio thread): its conne
 
 Appending a message is one INSERT plus a one-row UPDATE of its session (``updated_at``, ``message_count``);
 a session is never rewritten. Listing reads only the ``sessions`` table; metadata filters are index lookups
-in ``session_meta``; ``search`` uses FTS5, whose indexes are updated in one batch when a search runs rather
-than on every write.
+in ``session_meta``; ``search`` uses FTS5, whose indexes are updated in batches by a background pass shortly
+after writes (not on every write, which would cost each append an FTS5 segment, nor all at the first search,
+which made that search pay the whole backlog).
+
+Failures of the storage itself (disk full, read-only file system or home, unwritable folder, I/O error, not
+a database) raise one :class:`~oblix_nb.errors.StorageError` naming the database and the cause; input is
+checked first (:mod:`.validate`), so bad input raises before any SQL and changes nothing.
 
 Default titles: ``create()`` without a title names the session after its creation time in UTC
 (``"Session 2026-11-24 20:51 UTC"``); ``copy()`` uses ``"Copy of <title>"``; ``merge()`` uses
@@ -17,26 +22,32 @@ Default titles: ``create()`` without a title names the session after its creatio
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
+from .. import runtime
 from .._util import check_session_id, current_user, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
-from ..errors import SessionExistsError, SessionNotFoundError
+from ..errors import SessionExistsError, SessionNotFoundError, StorageError
 from .io import normalize_message, parse_session_file, write_json_atomic
-from .migrations import migrate
-from .validate import canonical_json, check_json, check_limit, check_query, check_text, check_title, dumps, \
-    json_object
+from .migrations import LATEST_VERSION, migrate, schema_version
+from .validate import canonical_json, check_json, check_limit, check_query, check_setting_key, check_text, \
+    check_title, dumps, json_object
 
 BUSY_TIMEOUT_S = 30.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 MAX_MATCHES_PER_HIT = 3
+INDEX_DELAY_S = 0.05      # a background indexing pass starts this long after a write (writes in between share it)
+INDEX_CHUNK_ROWS = 200    # rows indexed per transaction: a writer waits at most one chunk (~1-2 ms)
+SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing pending rows itself
 
 # A message row as read and written: the order of the columns below, after ``session_seq``.
 # ``author`` (who wrote the row) is last: it is not part of the message dict.
@@ -91,6 +102,31 @@ def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
     if not subqueries:
         return "", []
     return f"WHERE seq IN ({' INTERSECT '.join(subqueries)})", params
+
+
+# summaries(order=...): the SQL sort key of each order (ties: most recently created first)
+SUMMARY_ORDERS = {
+    "updated": "updated_at",
+    "created": "created_at",
+    "title": "title COLLATE NOCASE",
+    "messages": "message_count",
+    # the alphabetically first model that answered in the session (NULL — none — sorts first ascending)
+    "models": "(SELECT min(m.model_id) FROM messages m WHERE m.session_seq = sessions.seq "
+              "AND m.role = 'assistant')",
+}
+
+
+def _summary_where(filter_metadata: Optional[dict], title_contains: Optional[str],
+                   author: Optional[str] = None) -> tuple[str, list]:
+    """WHERE clause for :meth:`SessionStore.summaries`/``count``: metadata match, author and a title substring."""
+    where, params = _where(filter_metadata, author)
+    if title_contains:
+        if not isinstance(title_contains, str):
+            raise TypeError(f"title_contains must be a str, not {type(title_contains).__name__}")
+        pattern = "%" + title_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where = (where + " AND " if where else "WHERE ") + "title LIKE ? ESCAPE '\\'"
+        params = params + [pattern]
+    return where, params
 
 
 def _default_title(created_at: str) -> str:
@@ -249,9 +285,57 @@ def _fts_query(query: str) -> str:
     return " ".join('"' + term.replace('"', '""').replace("\x00", " ") + '"' for term in query.split())
 
 
+# SQLite primary result codes that mean the storage failed (not the caller's input).
+_STORAGE_CODES = {
+    3: "permission denied",                                          # SQLITE_PERM
+    5: "the database is locked by another process",                  # SQLITE_BUSY
+    8: "the database is read-only (read-only file system or home, or no write permission)",  # SQLITE_READONLY
+    10: "disk I/O error",                                            # SQLITE_IOERR
+    11: "the database file is corrupt",                              # SQLITE_CORRUPT
+    13: "the disk is full",                                          # SQLITE_FULL
+    14: "cannot open the database file (missing folder or no permission)",  # SQLITE_CANTOPEN
+    26: "the file is not a session database",                        # SQLITE_NOTADB
+}
+
+
+def storage_error(exc: sqlite3.Error, path: Path, action: str) -> Exception:
+    """SQLite's error as the StorageError a user sees (naming the database and the cause), if it is a storage
+    failure; otherwise ``exc`` itself (a bug or a constraint, not the disk)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    reason = _STORAGE_CODES.get(code & 0xFF) if isinstance(code, int) else None
+    if reason is None:
+        text = str(exc).lower()
+        reason = next((r for c, r in _STORAGE_CODES.items() if _MESSAGES[c] in text), None)
+    if reason is None:
+        return exc
+    error = StorageError(f"cannot {action} the session database {path}: {reason} ({exc})", path=str(path),
+                         cause=exc)
+    error.reason = reason
+    return error
+
+
+_MESSAGES = {3: "access permission denied", 5: "database is locked", 8: "readonly database", 10: "disk i/o error",
+             11: "malformed", 13: "database or disk is full", 14: "unable to open database file",
+             26: "file is not a database"}
+
+
+def _not_writable(path: Path) -> Optional[str]:
+    """Why the database file or its folder cannot be written (None if they can)."""
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        return None
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError:
+        pass
+    return "no write permission"
+
+
+
 class SharedOps:
     """The store methods both engines share: built on each engine's ``_write()`` (one transaction),
-    ``_source()`` (a session and its message rows) and ``_insert_session()`` (a whole session)."""
+    ``_source()`` (a session and its message rows), ``_insert_session()`` (a whole session) and
+    ``_written()`` (after a committed write of searchable text)."""
 
     def messages(self, session_id: str) -> list[dict]:
         """All of the session's messages, in conversation order."""
@@ -259,7 +343,12 @@ class SharedOps:
 
     def export(self, session_id: str, path: str | os.PathLike) -> Path:
         """Write the session's reference JSON to ``path`` atomically (parent folders created); returns it."""
-        return write_json_atomic(path, self.get(session_id))
+        session = self.get(session_id)
+        try:
+            return write_json_atomic(path, session)
+        except OSError as exc:
+            raise StorageError(f"cannot export session {session_id} to {path}: {exc.strerror or exc}",
+                               path=os.fspath(path), cause=exc) from exc
 
     def copy(self, session_id: str, new_title: Optional[str] = None) -> str:
         """Copy a session: new session id and message ids, same messages (timestamps too), context and
@@ -271,6 +360,7 @@ class SharedOps:
             now = utcnow()
             title, context, metadata, rows = copy_plan(*self._source(conn, session_id), new_title, session_id)
             self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), context, metadata, rows)
+        self._written()
         return copy_id
 
     def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
@@ -291,6 +381,7 @@ class SharedOps:
             sources = [(session_id, *self._source(conn, session_id)) for session_id in ids]
             title, context, metadata, rows = merge_plan(sources, title)
             self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
+        self._written()
         return merged_id
 
 
@@ -313,22 +404,79 @@ class SessionStore(SharedOps):
         self.path = Path(os.fspath(path)).expanduser()
         #: import_file's size cap in bytes (None: env OBLIX_MAX_IMPORT_BYTES, else 256 MiB)
         self.max_import_bytes = max_import_bytes
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: why the store could only be opened read-only (a read-only home), else None
+        self.read_only: Optional[str] = None
+        #: index new text for search in the background after writes (False: only when a search runs)
+        self.background_index = True
+        #: the longest a search indexes pending rows itself, in seconds (None: all of them, the old behaviour)
+        self.search_catchup_s: Optional[float] = SEARCH_CATCHUP_S
+        self.index_error: Optional[BaseException] = None  # the last background indexing failure, if any
+        self._index_wanted = False
+        self._closed = False
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                     check_same_thread=False)
+        self._writes = 0  # visible writes committed through this connection (data_version skips them)
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the folder of the session database {self.path}: "
+                               f"{exc.strerror or exc}", path=str(self.path), cause=exc) from exc
+        try:
+            self._conn = self._open_read_write()
+        except sqlite3.Error as exc:
+            error = storage_error(exc, self.path, "open")
+            if not isinstance(error, StorageError) or not self.path.is_file():
+                raise error from exc
+            self._conn = self._open_read_only(error)
+        else:
+            self.read_only = _not_writable(self.path)  # SQLite falls back to reading silently
+            with self._locked("read") as conn:
+                if conn.execute(_FTS_PENDING).fetchone()[0]:  # e.g. written by an older version
+                    self._written()
+
+    def _open_read_write(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
             # Checkpoint every ~40 MB of WAL rather than every 4 MB: each checkpoint costs two fsyncs, which
             # would otherwise dominate the wall time of many small appends.
-            self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            migrate(self._conn)
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate(conn)
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
+        return conn
+
+    def _open_read_only(self, why: "StorageError") -> sqlite3.Connection:
+        """A read-only home: open the existing database for reading only (``mode=ro``; ``immutable=1`` when
+        the folder cannot even hold WAL's shared-memory file). Writes then raise StorageError."""
+        uri = self.path.resolve().as_uri()
+        last: BaseException = why
+        for params in ("mode=ro", "immutable=1"):
+            try:
+                conn = sqlite3.connect(f"{uri}?{params}", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                       check_same_thread=False)
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            try:
+                version = schema_version(conn)
+                conn.execute("SELECT count(*) FROM sessions").fetchone()
+            except sqlite3.Error as exc:
+                conn.close()
+                last = exc
+                continue
+            if version != LATEST_VERSION:
+                conn.close()
+                raise StorageError(f"the session database {self.path} is read-only ({why.reason}) and has schema "
+                                   f"version {version}, not {LATEST_VERSION}: it cannot be upgraded in place",
+                                   path=str(self.path), cause=why)
+            self.read_only = _not_writable(self.path) or why.reason
+            return conn
+        raise StorageError(f"cannot open the session database {self.path}: {why.reason}",
+                           path=str(self.path), cause=last) from last
 
     def __repr__(self) -> str:
         return f"<SessionStore {str(self.path)!r}>"
@@ -340,14 +488,29 @@ class SessionStore(SharedOps):
 
     # ------------------------------------------------------------------ plumbing
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back if anything raises."""
+    def _locked(self, action: str) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; SQLite's storage failures come out as one StorageError."""
         with self._lock:
-            conn = self._conn
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise storage_error(exc, self.path, action) from exc
+
+    @contextmanager
+    def _write(self, visible: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back if anything raises: a failed write
+        (disk full, read-only, I/O error: StorageError) leaves the database as it was. ``visible=False``: a
+        write that changes nothing a reader sees (search indexing): it does not move :meth:`change_token`."""
+        if self.read_only is not None:
+            raise StorageError(f"cannot write to the session database {self.path}: it is open read-only "
+                               f"({self.read_only})", path=str(self.path))
+        with self._locked("write to") as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
                 conn.execute("COMMIT")
+                if visible:
+                    self._writes += 1
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -356,8 +519,7 @@ class SessionStore(SharedOps):
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: the statements inside see a single snapshot of the database."""
-        with self._lock:
-            conn = self._conn
+        with self._locked("read") as conn:
             conn.execute("BEGIN")
             try:
                 yield conn
@@ -426,13 +588,14 @@ class SessionStore(SharedOps):
             if title is None:
                 title = _default_title(created_at)
             self._insert_session(conn, session_id, title, created_at, _update_stamp(now), context, metadata, [])
+        self._written()
         return session_id
 
     def exists(self, session_id: str) -> bool:
         """True if there is a session with this id."""
         check_session_id(session_id)
-        with self._lock:
-            return self._conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
+        with self._locked("read") as conn:
+            return conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
 
     def get(self, session_id: str) -> dict:
         """The whole session in the reference structure:
@@ -449,44 +612,69 @@ class SessionStore(SharedOps):
                 "metadata": json.loads(row[6])}
 
     def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
-                  offset: int = 0, author: Optional[str] = None, with_author: bool = False) -> list[dict]:
+                  offset: int = 0, author: Optional[str] = None, with_author: bool = False, *,
+                  title_contains: Optional[str] = None, order: str = "updated", descending: bool = True
+                  ) -> list[dict]:
         """Session summaries ``{id, title, created_at, updated_at, message_count, metadata}``, most recently
         updated first (equal ``updated_at``: most recently created first).
 
         ``limit=None`` returns all. ``filter_metadata`` keeps sessions whose metadata has every given key with
         an equal JSON value: types matter (``1`` != ``"1"``, ``True`` != ``1``) but ``1 == 1.0``; nested
         values compare as whole JSON values. Served by the session_meta index; messages are not read.
-        ``author`` keeps the sessions that user created; ``with_author=True`` adds an ``author`` key.
+        ``title_contains`` keeps titles containing that text (case-insensitive for ASCII letters).
+        ``order`` sorts by ``"updated"`` (default), ``"created"``, ``"title"`` (case-insensitive),
+        ``"messages"`` (count) or ``"models"`` (the alphabetically first model that replied), descending
+        unless ``descending=False``; ValueError for another order. ``author`` keeps the sessions that user
+        created; ``with_author=True`` adds an ``author`` key to each summary.
         """
         sql_limit = check_limit(limit)
         sql_offset = check_limit(offset, "offset")
-        where, params = _where(filter_metadata, author)
+        if order not in SUMMARY_ORDERS:
+            raise ValueError(f"order must be one of {sorted(SUMMARY_ORDERS)}, not {order!r}")
+        where, params = _summary_where(filter_metadata, title_contains, author)
+        direction = "DESC" if descending else "ASC"
         columns = _SUMMARY_COLUMNS + (", author" if with_author else "")
         sql = (f"SELECT {columns} FROM sessions {where} "
-               f"ORDER BY updated_at DESC, seq DESC LIMIT ? OFFSET ?")
-        with self._lock:
-            rows = self._conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
+               f"ORDER BY {SUMMARY_ORDERS[order]} {direction}, seq {direction} LIMIT ? OFFSET ?")
+        with self._locked("read") as conn:
+            rows = conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
         return [_summary(row) for row in rows]
 
-    def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None) -> int:
-        """How many sessions (match ``filter_metadata`` and ``author``, as in :meth:`summaries`)."""
-        where, params = _where(filter_metadata, author)
-        with self._lock:
-            return self._conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
+    def summary(self, session_id: str) -> dict:
+        """One session's summary (the dict :meth:`summaries` lists), without reading its messages."""
+        check_session_id(session_id)
+        with self._locked("read") as conn:
+            row = conn.execute(f"SELECT {_SUMMARY_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        return _summary(row)
+
+    def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None, *,
+              title_contains: Optional[str] = None) -> int:
+        """How many sessions match ``filter_metadata``, ``author`` and ``title_contains`` (as :meth:`summaries`)."""
+        where, params = _summary_where(filter_metadata, title_contains, author)
+        with self._locked("read") as conn:
+            return conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
+
+    def change_token(self) -> tuple[int, int]:
+        """A cheap value that changes whenever the database may have changed: SQLite's ``PRAGMA data_version``
+        (bumped by commits of *other* connections, e.g. another kernel) and the count of this store's own
+        visible writes. Equal tokens mean nothing changed, so a view polling this can skip re-reading."""
+        with self._locked("read") as conn:
+            return conn.execute("PRAGMA data_version").fetchone()[0], self._writes
 
     def brief(self, session_id: str) -> Optional[tuple[str, int]]:
         """``(title, message_count)`` of a session, or None if there is none (for one-line descriptions)."""
         check_session_id(session_id)
-        with self._lock:
-            return self._conn.execute("SELECT title, message_count FROM sessions WHERE id = ?",
-                                      (session_id,)).fetchone()
+        with self._locked("read") as conn:
+            return conn.execute("SELECT title, message_count FROM sessions WHERE id = ?", (session_id,)).fetchone()
 
     def ids_with_prefix(self, prefix: str, limit: int = 6) -> list[tuple[str, str]]:
         """``(id, title)`` of up to ``limit`` sessions whose id starts with ``prefix``, newest update first."""
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
-        with self._lock:
-            return self._conn.execute(
+        with self._locked("read") as conn:
+            return conn.execute(
                 "SELECT id, title FROM sessions WHERE substr(id, 1, ?) = ? ORDER BY updated_at DESC LIMIT ?",
                 (len(prefix), prefix, check_limit(limit))).fetchall()
 
@@ -497,8 +685,8 @@ class SessionStore(SharedOps):
         if not ids:
             return out
         marks = ",".join("?" * len(ids))
-        with self._lock:
-            rows = self._conn.execute(
+        with self._locked("read") as conn:
+            rows = conn.execute(
                 f"SELECT s.id, m.model_id, count(*) FROM sessions s JOIN messages m ON m.session_seq = s.seq "
                 f"WHERE s.id IN ({marks}) AND m.role = 'assistant' AND m.model_id IS NOT NULL "
                 f"GROUP BY s.id, m.model_id", ids).fetchall()
@@ -565,8 +753,8 @@ class SessionStore(SharedOps):
     def get_metadata(self, session_id: str) -> dict:
         """The session's metadata, read from the sessions table alone (messages are not touched)."""
         check_session_id(session_id)
-        with self._lock:
-            row = self._conn.execute("SELECT metadata FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        with self._locked("read") as conn:
+            row = conn.execute("SELECT metadata FROM sessions WHERE id = ?", (session_id,)).fetchone()
         if row is None:
             raise SessionNotFoundError(session_id)
         return json.loads(row[0])
@@ -613,6 +801,7 @@ class SessionStore(SharedOps):
                 conn.executemany(_INSERT_MESSAGE, [(seq, *row) for row in rows])
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"message ids must be unique within session {session_id}: {exc}") from None
+        self._written()
 
     def upsert_message(self, session_id: str, role: str, content: str, **fields: Any) -> dict:
         """Store a message under its ``id`` (required): insert it if the session has no message with that id,
@@ -650,18 +839,74 @@ class SessionStore(SharedOps):
         return [_message_dict(row) for row in rows]
 
     # ------------------------------------------------------------------ search
-    def _update_search_index(self) -> None:
-        """Index the messages and titles written since the last search (see :mod:`.migrations`)."""
-        with self._lock:
-            if not self._conn.execute(_FTS_PENDING).fetchone()[0]:
-                return
-            with self._write() as conn:
-                for name, table, fts, column in _FTS_TABLES:
-                    conn.execute(f"INSERT INTO {fts} (rowid, {column}) SELECT seq, {column} FROM {table} "
-                                 f"WHERE seq > (SELECT last_seq FROM fts_progress WHERE name = ?)", (name,))
-                    conn.execute(f"UPDATE fts_progress SET last_seq = "
-                                 f"MAX(last_seq, IFNULL((SELECT MAX(seq) FROM {table}), 0)) WHERE name = ?",
-                                 (name,))
+    def _written(self) -> None:
+        """After a committed write of searchable text: schedule a background indexing pass (at most one
+        pending; it starts ``INDEX_DELAY_S`` later on the package loop, so a burst of writes shares one)."""
+        if self._index_wanted or not self.background_index or self.read_only is not None:
+            return
+        self._index_wanted = True
+        runtime.get_loop().call_soon_threadsafe(self._schedule_index_pass)
+
+    def _schedule_index_pass(self) -> None:  # on the package loop
+        asyncio.get_running_loop().call_later(INDEX_DELAY_S, self._start_index_pass)
+
+    def _start_index_pass(self) -> None:  # on the package loop; the work runs on a daemon thread
+        threading.Thread(target=self._index_pass, name="oblix-search-index", daemon=True).start()
+
+    def _index_pass(self) -> None:
+        self._index_wanted = False  # writes from now on schedule another pass
+        try:
+            self._index_backlog()
+        except Exception as exc:  # noqa: BLE001 - a failed pass is retried by the next write or search
+            self.index_error = exc
+
+    def _index_backlog(self, budget_s: Optional[float] = None) -> bool:
+        """Index pending messages and titles, ``INDEX_CHUNK_ROWS`` per transaction (so writers wait at most
+        one chunk); stop after ``budget_s`` seconds if given. True when nothing is left to index."""
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        while True:
+            with self._lock:
+                if self._closed:
+                    return True
+                if self._index_chunk(INDEX_CHUNK_ROWS):
+                    return True
+            if deadline is not None and time.perf_counter() >= deadline:
+                return False
+
+    def _index_chunk(self, rows: int) -> bool:
+        """Index up to ``rows`` pending rows of each FTS table in one transaction; True if none remain."""
+        with self._locked("read") as conn:
+            if not conn.execute(_FTS_PENDING).fetchone()[0]:
+                return True
+        done = True
+        with self._write(visible=False) as conn:
+            for name, table, fts, column in _FTS_TABLES:
+                last = conn.execute("SELECT last_seq FROM fts_progress WHERE name = ?", (name,)).fetchone()[0]
+                upper = conn.execute(f"SELECT seq FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+                                     (last, rows - 1)).fetchone()
+                if upper is None:
+                    upper = conn.execute(f"SELECT IFNULL(MAX(seq), 0) FROM {table}").fetchone()
+                else:
+                    done = False
+                if upper[0] <= last:
+                    continue
+                conn.execute(f"INSERT INTO {fts} (rowid, {column}) SELECT seq, {column} FROM {table} "
+                             f"WHERE seq > ? AND seq <= ?", (last, upper[0]))
+                conn.execute("UPDATE fts_progress SET last_seq = ? WHERE name = ?", (upper[0], name))
+        return done
+
+    def _catch_up_for_search(self) -> None:
+        """Before a search: index what is pending, for at most ``SEARCH_CATCHUP_S`` (normally the background
+        pass has left little or nothing); a larger backlog is left to the background pass."""
+        if self.read_only is not None:
+            return
+        try:
+            caught_up = self._index_backlog(budget_s=self.search_catchup_s)
+        except StorageError:  # a full disk must not stop searching what is indexed
+            caught_up = False
+        if not caught_up:
+            self._index_wanted = False
+            self._written()
 
     def search(self, query: str, limit: int = 20) -> list[dict]:
         """Full-text search over session titles and message text, best match (bm25) first.
@@ -671,12 +916,17 @@ class SessionStore(SharedOps):
         three ``{message_id, role, snippet}`` of its best-matching messages (empty if only the title
         matched), with the matched words in ``**bold**``. An empty query raises ValueError.
 
-        Messages and titles written since the previous search are indexed first, in one transaction.
+        Indexing runs in the background (a pass starts ``INDEX_DELAY_S`` after a write, on a daemon thread
+        scheduled by the package loop), so a search normally finds everything committed with nothing left to
+        index. A search first indexes what is still pending for at most ``SEARCH_CATCHUP_S`` (20 ms); only a
+        larger backlog (a bulk import by another process, a database from an older version) is finished in
+        the background, and until then the newest of those rows are not found yet. A read-only store
+        searches what was indexed when it was writable.
         """
         check_query(query)
         sql_limit = check_limit(limit)
         match = _fts_query(query)
-        self._update_search_index()
+        self._catch_up_for_search()
         scores: dict[int, float] = {}
         matches: dict[int, list[dict]] = {}
         with self._read() as conn:
@@ -708,6 +958,23 @@ class SessionStore(SharedOps):
                 ranked)}
         return [{**summaries[seq], "matches": matches[seq]} for seq in ranked]
 
+    # ------------------------------------------------------------------ replies by request id
+    def last_replies(self, session_id: str, metrics: Optional[dict] = None) -> dict[str, tuple]:
+        """Each ``request_id``'s last complete (not partial) assistant message in the session, without decoding
+        JSON in Python: ``{request_id: (content, model_id, route target, *metric values)}``, where ``metrics``
+        maps names to JSON paths inside the message's metrics (``{"out": "$.output_tokens"}``), in its order.
+        ``map()`` reads a batch's finished rows with it (10,000 rows in well under a second)."""
+        check_session_id(session_id)
+        paths = list((metrics or {}).values())
+        extra = "".join(", json_extract(metrics, ?)" for _ in paths)
+        with self._read() as conn:
+            seq = self._seq(conn, session_id)
+            rows = conn.execute(
+                f"SELECT request_id, content, model_id, json_extract(routing, '$.target'){extra} FROM messages "
+                f"WHERE session_seq = ? AND role = 'assistant' AND partial IS NULL AND request_id IS NOT NULL "
+                f"ORDER BY seq", (*paths, seq)).fetchall()
+        return {row[0]: row[1:] for row in rows}
+
     # ------------------------------------------------------------------ files
     def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
         """Import a session file (ours, or the original Oblix SDK's as is); returns the session id.
@@ -727,6 +994,7 @@ class SessionStore(SharedOps):
                 raise SessionExistsError(exists_message(session_id, str(self.path)))
             self._insert_session(conn, session_id, plan["title"], plan["created_at"], plan["updated_at"],
                                  plan["context"], plan["metadata"], plan["rows"])
+        self._written()
         return session_id
 
     # ------------------------------------------------------------------ bulk transfer (python -m oblix_nb migrate)
@@ -772,7 +1040,39 @@ class SessionStore(SharedOps):
                 f"SELECT s.id, (SELECT count(*) FROM messages m WHERE m.session_seq = s.seq) FROM sessions s "
                 f"WHERE s.id IN ({', '.join('?' * len(ids))})", ids).fetchall())
 
+    # ------------------------------------------------------------------ settings
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key`` (``default`` if there is none)."""
+        check_setting_key(key)
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store ``value`` (any JSON value) under ``key``, replacing what was there. TypeError if not JSON."""
+        check_setting_key(key)
+        text = dumps(value, f"setting {key!r}")
+        with self._write() as conn:
+            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, text))
+
+    def delete_setting(self, key: str) -> bool:
+        """Remove ``key``. False if it was not set."""
+        check_setting_key(key)
+        with self._write() as conn:
+            return conn.execute("DELETE FROM settings WHERE key = ?", (key,)).rowcount > 0
+
+    def settings(self, prefix: str = "") -> dict[str, Any]:
+        """``{key: value}`` of the settings whose key starts with ``prefix``, sorted by key."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        with self._lock:
+            rows = self._conn.execute("SELECT key, value FROM settings WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                      (len(prefix), prefix)).fetchall()
+        return {key: json.loads(value) for key, value in rows}
+
     def close(self) -> None:
         """Close the database connection. Idempotent; any later call on the store raises ProgrammingError."""
         with self._lock:
+            self._closed = True
             self._conn.close()
