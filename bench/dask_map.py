@@ -30,11 +30,12 @@ def run(client, frame, partitions: int, servers: list, max_tokens: int) -> dict:
     import dask.dataframe as dd
     from distributed import Client, Nanny, Scheduler, SpecCluster
 
-    workers = {f"w{i}": {"cls": Nanny, "options": {"nthreads": 1, "dashboard_address": None,
+    workers = {f"w{i}": {"cls": Nanny, "options": {"nthreads": 1, "dashboard_address": None, "host": "127.0.0.1",
                                                    "env": {"OPENAI_BASE_URL": server.base_url}}}
                for i, server in enumerate(servers)}
     ddf = dd.from_pandas(frame, npartitions=partitions)
-    with SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}, workers=workers,
+    with SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None, "host": "127.0.0.1"}},
+                     workers=workers,
                      asynchronous=False) as cluster, Client(cluster):
         client.map_sync(ddf.head(len(servers) * 2, npartitions=-1, compute=False), "Say: {text}",
                         max_tokens=max_tokens, temperature=0, cache=False).compute()  # warm-up: clients built

@@ -32,8 +32,9 @@ def test_dask_map_runs_partitions_on_the_workers_and_logs_to_postgres(openai_ser
                          index=pd.Index(range(100, 108), name="row"))
     ddf = dd.from_pandas(frame, npartitions=4)
     try:
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                      worker_dashboard_address=None) as cluster, distributed.Client(cluster) as dask:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                      dashboard_address=None, worker_dashboard_address=None) as cluster, \
+                distributed.Client(cluster) as dask:
             out = client.map_sync(ddf, "{text} Answer in one word.", max_tokens=8, temperature=0)
             assert is_dask_frame(out) and out.npartitions == 4
             assert list(out.columns) == ["response", "model_id", "route", "input_tokens", "output_tokens",
