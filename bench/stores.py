@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -34,26 +33,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from oblix_nb._util import iso  # noqa: E402
 from oblix_nb.sessions import open_store  # noqa: E402
 from oblix_nb.sessions.store import _update_stamp  # noqa: E402
+from sessions import median_ms  # noqa: E402  (bench/sessions.py)
 
 TEXT = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore "
         "et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation.")
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 PER_SESSION = 10
-
-
-def median_ms(fn, repeat: int, warmup: int = 2) -> float:
-    for k in range(warmup):
-        fn(k)
-    times = []
-    for k in range(repeat):
-        t0 = time.perf_counter_ns()
-        fn(k)
-        times.append(time.perf_counter_ns() - t0)
-    return statistics.median(times) / 1e6
 
 
 def records(start: int, stop: int) -> list[dict]:
