@@ -114,7 +114,14 @@ def concurrent(url: str, writers: int, count: int) -> dict:
     procs = [ctx.Process(target=_writer, args=(url, shared, w, count, start_at, queue)) for w in range(writers)]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=600) for _ in procs]
+    results = []
+    while len(results) < len(procs):
+        try:
+            results.append(queue.get(timeout=1))
+        except Exception:  # queue.Empty: make sure nobody died
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a writer process failed (exit codes {dead})") from None
     for p in procs:
         p.join()
     wall = max(r[2] for r in results)
@@ -152,6 +159,7 @@ def main() -> int:
                 found[engine] = workload(store, args.sessions)
                 store.close()
             result["load_s"] = {e: found[e]["bulk_load_s"] for e in found}
+            print(json.dumps({"partial": found}), file=sys.stderr, flush=True)  # kept even if a later step fails
             result["rows"] = [{"metric": m, "sqlite_ms": round(found["sqlite"]["ms"][m], 3),
                                "postgresql_ms": round(found["postgresql"]["ms"][m], 3),
                                "ratio": round(found["postgresql"]["ms"][m] / found["sqlite"]["ms"][m], 2)}
