@@ -18,10 +18,13 @@ Built for many kernels on many machines writing at once:
   call (not prepared): a generic plan would scan the whole table for a rare word or key.
 - ``filter_metadata`` is ``meta @> filter`` (GIN index) plus per-key JSONB equality; search is
   ``plainto_tsquery`` (the query is plain text: no operator in it means anything) against generated
-  ``tsvector`` columns with GIN indexes, ranked by ``ts_rank`` among the newest ``SEARCH_CANDIDATES`` (20,000)
-  matching messages (so a word found in millions of messages is still answered in tens of ms); a query that has no searchable word (only
-  punctuation or stop words, e.g. ``C++``, ``-``, ``"``) falls back to a literal case-insensitive substring
-  match, so any character is literal.
+  ``tsvector`` columns with GIN indexes, ranked by ``ts_rank`` among the newest ``SEARCH_CANDIDATES``
+  (20,000) matching messages (so a word found in millions of messages is still answered in tens of ms); a
+  query that has no searchable word (only punctuation or stop words, e.g. ``-``, ``"``, ``AND``) falls back
+  to a literal case-insensitive substring match, so any character is literal.
+- Settings (aliases, budgets, prices) are per user (``author``), so one user's configuration never reaches
+  another's kernels; API keys are never stored at all.
+- ``stats`` is computed from the messages in one aggregate query (``percentile_cont``), no side tables.
 
 PostgreSQL text cannot hold U+0000 (NUL), which is ordinary text for the store (see :mod:`.validate`): a
 title or message holding NUL is stored escaped (the body of its JSON string) and flagged, and read back exactly;
