@@ -49,6 +49,9 @@ parsing every message's JSON (``json_extract`` over a million messages takes sec
   or below the mark on UPDATE of the columns they derive from (not ``content``: a reply checkpointed while
   it streams costs nothing extra) and on DELETE (session deletes cascade into them); whoever deletes
   messages lowers the mark afterwards (:data:`STATS_LOWER_MARK`), as for FTS.
+
+Version 4 (teams): ``sessions.author`` and ``messages.author``, who wrote the row (``OBLIX_USER``, else the
+OS user); NULL for rows written before. ``sessions_by_author`` serves ``list_sessions(author=...)``.
 """
 from __future__ import annotations
 
@@ -242,6 +245,11 @@ CREATE TABLE settings (
 ) WITHOUT ROWID;
 """),
     (3, _V3),
+    (4, """
+ALTER TABLE sessions ADD COLUMN author TEXT;
+ALTER TABLE messages ADD COLUMN author TEXT;
+CREATE INDEX sessions_by_author ON sessions (author, updated_at, seq);
+"""),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
