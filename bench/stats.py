@@ -78,7 +78,7 @@ def seed(store: SessionStore, messages: int, per_session: int) -> int:
         sid = store.create(title=f"bench {s}", metadata={"team": f"t{s % 10}"})
         ts = DAY0 + rng.uniform(0, 30 * 86400)
         batch = []
-        for i in range(min(per_session, messages - made) // 2):
+        for i in range(max(1, min(per_session, messages - made) // 2)):
             request_id = f"r{s}-{i}"
             batch.append({"role": "user", "content": "question " * rng.randint(3, 40), "request_id": request_id,
                           "timestamp": stamp(ts)})
