@@ -241,7 +241,9 @@ def _frames():
     mixed = pd.DataFrame({"num": [1.0, np.nan, 3.0], "text": ["a|b", "line\nbreak", None],
                           "when": pd.to_datetime(["2024-01-01", None, "2024-03-01"]), "flag": [True, False, True],
                           "cat": pd.Categorical(["u", "v", "u"]), "obj": [{"x": 1}, [1, 2], None]})
-    return {"empty": pd.DataFrame(), "no_rows": pd.DataFrame({"a": pd.Series([], dtype=float)}),
+    odd = pd.DataFrame([[1, "a", None, 1 + 2j, [1]], [2, "b", None, 3j, [2]]],
+                       columns=["x", "x", "allnan", "cplx", "lists"])  # duplicate names, unhashable values
+    return {"empty": pd.DataFrame(), "no_rows": pd.DataFrame({"a": pd.Series([], dtype=float)}), "odd": odd,
             "wide": wide, "multi": multi, "mixed": mixed, "series": mixed["num"],
             "dt_index": pd.DataFrame({"v": range(3)}, index=pd.date_range("2024", periods=3))}
 
@@ -264,6 +266,8 @@ def test_description_has_dtypes_missing_stats_and_rows():
     for piece in ("float64", "datetime64", "bool", "category", "1 (33.3%)", "| mean |", "| unique |",
                   "First 3 rows", "a\\|b", "line break"):
         assert piece in text, piece
+    odd = describe(_frames()["odd"], "odd", max_chars=6000)
+    assert "| lists | object | 0 |" in odd and "| [1] |" in odd and odd.count("| x |") == 2
     wide = describe(_frames()["wide"], "wide", max_chars=6000)
     assert "…and 260 more columns" in wide and "c299" not in wide.split("…and")[0]
 
@@ -351,6 +355,8 @@ def test_latex_and_formats():
         r"click \frac{1}{2} {c}{x} u"
     assert latex("x^2 + 1") == "$$ x^2 + 1 $$" and latex("```latex\n$x$\n```") == "$x$"
     assert latex(r"\[ a \]") == r"\[ a \]"
+    assert latex("The area is pi r squared.") == "The area is pi r squared."  # prose is not set as math
+    assert latex(r"A = \pi r^2") == r"$$ A = \pi r^2 $$"
     assert unfence("```html\n<b>x</b>\n```") == "<b>x</b>" and unfence("a ```b```") == "a ```b```"
     assert final_bundle("json", '{"a": 1}', {"a": 1}, has_parsed=True)["application/json"] == {"a": 1}
     assert final_bundle("json", "3", 3, has_parsed=True) == {"text/plain": "3"}
@@ -489,6 +495,9 @@ def test_oblix_fix_sends_source_and_traceback_and_code_goes_to_a_new_cell(ip, mo
     assert "divisor = 0\nresult = 1 / divisor" in prompt and "ZeroDivisionError" in prompt
     assert f"In [{count(r_err)}]" in prompt
     assert nexts == [("result = 1 / 1", False)]
+    result, cap = run(ip, f"%%oblix\nAbout {{Err[{count(r_err) + 1}]}} and {{In[{count(r_err)}]}}")
+    assert result.success and f"{{Err[{count(r_err) + 1}]}}" in backend.seen[-1][-1]["content"]
+    assert "left as written" in cap.stderr and f"Err[{count(r_err) + 1}]" in cap.stderr
     result, _ = run(ip, f"%oblix_fix {count(r_err)}")
     assert result.success and len(nexts) == 1  # markdown: no new cell
     result, _ = run(ip, f"%oblix_fix {count(r_err) + 1}")
@@ -594,3 +603,24 @@ def test_oblix_fix_in_terminal_ipython(tmp_path):
     report = json.loads(out.stdout.split("REPORT ", 1)[1])
     assert report["next"] == "items = [1]\nprint(items[0])"
     assert "items[3]" in report["prompt"] and "IndexError" in report["prompt"]
+
+
+def test_oblix_model_list_measures_reachability_of_real_servers(ip, openai_server):
+    """A hooked llama_cpp.server answers its model listing; a server that went away does not (bounded wait)."""
+    from oblix_nb.localserver import free_port
+    from oblix_nb.models import make_backend
+
+    c = state.get_client()
+    runtime.run(c.hook_model(ModelType.OPENAI, openai_server.model, base_url=openai_server.base_url))
+    gone = make_backend(ModelType.OPENAI, "gone-model", None, "none",
+                        base_url=f"http://127.0.0.1:{free_port()}/v1", context_window=1024)
+    c._models[gone.model_id] = gone  # as if it had been hooked before its server stopped
+    started = time.perf_counter()
+    table = ip.run_line_magic("oblix_model", "list --timeout 2")
+    assert time.perf_counter() - started < 10
+    rows = table.set_index("model_id")
+    assert bool(rows.loc[f"openai:{openai_server.model}", "reachable"]) is True
+    assert rows.loc[f"openai:{openai_server.model}", "endpoint"].startswith("http://127.0.0.1:")
+    assert bool(rows.loc["openai:gone-model", "reachable"]) is False
+    assert rows.loc["openai:gone-model", "context_window"] == 1024
+    runtime.run(c.unhook_model(gone.model_id))

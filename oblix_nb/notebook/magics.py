@@ -31,7 +31,7 @@ from .. import runtime
 from .._util import new_id, title_from
 from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableError, NoModelHookedError,
                       OblixError, SessionNotFoundError)
-from . import errhook, state
+from . import errhook, state, transform
 from .display import (QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, has_display_frontend,
                       notebook_sink_factory, safe_html, shell_publisher)
 from .formats import ANY_JSON_SCHEMA, FORMATS, HINTS, final_bundle, stream_format
@@ -444,6 +444,14 @@ _CLIENT_ERRORS = (OblixError, ValueError, OSError, KeyError)
 _DEFAULT_MODEL_KEY = "notebook:default_model"  # the store setting %oblix_model default writes
 
 
+def _clean_interrupt(note: str) -> KeyboardInterrupt:
+    """The KeyboardInterrupt %%oblix re-raises after an interrupt (so "Run All" stops there), shown by IPython
+    and Jupyter as the one line ``note`` instead of a traceback."""
+    exc = KeyboardInterrupt(note)
+    exc._render_traceback_ = lambda: [note]  # type: ignore[attr-defined]
+    return exc
+
+
 @magics_class
 class OblixMagics(Magics):
     """``%oblix_session``, ``%%oblix``, ``%oblix_chat``, ``%oblix_fix``, ``%oblix_model``,
@@ -536,9 +544,7 @@ class OblixMagics(Magics):
             raise UsageError(f"invalid session id {text!r}: ids are letters, digits, '-' and '_'")
         if client.sessions.exists(text):
             return text
-        with client.sessions._read() as conn:
-            rows = conn.execute("SELECT id, title FROM sessions WHERE substr(id, 1, ?) = ? "
-                                "ORDER BY updated_at DESC LIMIT 6", (len(text), text)).fetchall()
+        rows = client.sessions.ids_with_prefix(text, limit=6)
         if not rows:
             raise UsageError(f"no session with id or prefix {text!r} (see %oblix_session list)")
         if len(rows) > 1:
@@ -549,9 +555,7 @@ class OblixMagics(Magics):
 
     def _describe(self, session_id: str, counts: bool = True) -> str:
         try:
-            with self.client.sessions._read() as conn:
-                row = conn.execute("SELECT title, message_count FROM sessions WHERE id = ?",
-                                   (session_id,)).fetchone()
+            row = self.client.sessions.brief(session_id)
         except Exception:  # noqa: BLE001 - only a description
             row = None
         if row is None:
@@ -775,8 +779,11 @@ class OblixMagics(Magics):
         command = args.command or "list"
         try:
             if command == "list":
-                return model_table(client, self.default_model or self._stored_default(client),
-                                   timeout=getattr(args, "timeout", 3.0))
+                table = model_table(client, self.default_model or self._stored_default(client),
+                                    timeout=getattr(args, "timeout", 3.0))
+                if not client.models:
+                    print("no model is hooked yet (%%oblix hooks the embedded one on first use)", file=sys.stderr)
+                return table
             if command == "alias":
                 if args.name is None:
                     return client.model_aliases()
@@ -878,11 +885,16 @@ class OblixMagics(Magics):
         from .references import UnknownReference, build_prompt
 
         try:
-            return build_prompt(template, self.shell, context=args.context,
-                                budget_chars=self._context_budget(client, model_id, args.max_tokens))
+            prompt = build_prompt(template, self.shell, context=args.context,
+                                  budget_chars=self._context_budget(client, model_id, args.max_tokens))
         except UnknownReference as exc:
             raise UsageError(f"{prog} --context: {exc.args[0]!r} is not a variable or a reference "
                              f"(In[N], Out[N], Err[N], name.attr, name[key])") from None
+        missing = [ref for ref in prompt.unresolved if re.match(r"(In|Out|Err)\[-?\d+\]", ref)]
+        if missing:  # other unknown braces are code or JSON; a cell reference that finds nothing is a slip
+            print(f"{prog}: left as written (no such cell, result or error): "
+                  + ", ".join("{" + ref + "}" for ref in missing), file=sys.stderr)
+        return prompt
 
     def _ask(self, client, prompt: str, args, model_id: Optional[str], *, fmt: str = "markdown",
              schema: Any = None):
@@ -925,10 +937,12 @@ class OblixMagics(Magics):
                     ", flagged partial in the session" if session_id else "")
             else:
                 note = "interrupted before the first token: the request was stopped, no reply was stored"
-            self._finish(view, reply.text, note, error=True)
+            # The note is said once, as the cell's error line (no traceback); the footer is the partial reply's.
+            self._finish(view, reply.text, format_footer(reply.response) if reply.text else "no reply",
+                         error=True)
             if reply.text:
                 self._publish_value(reply, args)
-            raise KeyboardInterrupt
+            raise _clean_interrupt(note)
         if outcome.error is not None:
             return self._failed(view, outcome, args, client)
         response = outcome.response or {}
@@ -1121,6 +1135,7 @@ def load_ipython_extension(ipython) -> None:
     errhook.install(ipython)
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)
+    transform.register(ipython)  # `%oblix_chat What is X?` is a prompt, not a help lookup
     _loaded[id(ipython)] = magics
 
 
@@ -1130,6 +1145,7 @@ def unload_ipython_extension(ipython) -> None:
     if magics is None:
         return
     errhook.uninstall(ipython)
+    transform.unregister(ipython)
     manager = ipython.magics_manager
     for kind, names in magics.magics.items():
         table = manager.magics.get(kind, {})
