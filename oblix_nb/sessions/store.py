@@ -55,6 +55,7 @@ SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing pending rows it
 _STATS_KEYS = {"model": ("model_id", "NULL"), "route": ("route", "NULL"),
                "session": ("session_seq", "session_seq"), "day": ("day", "substr(timestamp, 1, 10)")}
 STATS_CHUNK_ROWS = 20_000  # messages indexed into the stats tables per write transaction
+_STATS_SESSIONS = "temp.oblix_stats_sessions"  # the sessions a stats call's filter_metadata selects
 _STATS_MAX_PARAMS = 30_000  # below SQLite's 32,766 bound parameters per statement
 _STATS_READS_PER_STATEMENT = 500  # result columns per statement (SQLite allows 2,000)
 _STATS_SUM_NAMES = ("requests", "errors", "partial", "fallbacks", "input_tokens", "output_tokens", "cost_usd",
@@ -122,8 +123,10 @@ def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
     return (f"WHERE seq IN ({select})", params) if select else ("", [])
 
 
-def _stats_where(since: Optional[str], until: Optional[str], filter_metadata: Optional[dict]) -> tuple[str, list]:
-    """`` AND ...`` conditions (and parameters) on a stats table's ``timestamp`` and ``session_seq``."""
+def _stats_where(since: Optional[str], until: Optional[str],
+                 filter_metadata: Optional[dict]) -> tuple[str, list, Optional[tuple[str, list]]]:
+    """`` AND ...`` conditions (and parameters) on a stats table's ``timestamp`` and ``session_seq``, and the
+    query filling :data:`_STATS_SESSIONS` with the sessions ``filter_metadata`` selects (None: no filter)."""
     conditions, params = [], []
     if since is not None:
         conditions.append("timestamp >= ?")
@@ -132,10 +135,21 @@ def _stats_where(since: Optional[str], until: Optional[str], filter_metadata: Op
         conditions.append("timestamp < ?")
         params.append(until)
     sessions_select, meta_params = _metadata_sessions(filter_metadata)
+    fill = None
     if sessions_select:
-        conditions.append(f"session_seq IN ({sessions_select})")
-        params += meta_params
-    return "".join(f" AND {c}" for c in conditions), params
+        conditions.append(f"session_seq IN {_STATS_SESSIONS}")
+        fill = (sessions_select, meta_params)
+    return "".join(f" AND {c}" for c in conditions), params, fill
+
+
+def _select_sessions(conn: sqlite3.Connection, fill: Optional[tuple[str, list]]) -> None:
+    """Materialise the sessions a metadata filter selects, once per stats call (an ``IN (subquery)`` would be
+    evaluated again by every percentile read). A TEMP table: private to this connection, fine read-only."""
+    if fill is None:
+        return
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STATS_SESSIONS.split('.')[1]} (seq INTEGER PRIMARY KEY)")
+    conn.execute(f"DELETE FROM {_STATS_SESSIONS}")
+    conn.execute(f"INSERT INTO {_STATS_SESSIONS} {fill[0]}", fill[1])
 
 
 # summaries(order=...): the SQL sort key of each order (ties: most recently created first)
@@ -775,10 +789,11 @@ class SessionStore(SharedOps):
         """
         by = stats_module.check_by(by)
         key, prompt_key = _STATS_KEYS[by]
-        where, params = _stats_where(since, until, filter_metadata)
+        where, params, fill = _stats_where(since, until, filter_metadata)
         self._update_stats_tables()
         groups: dict = {}
         with self._read() as conn:
+            _select_sessions(conn, fill)
             for row in conn.execute(
                     f"SELECT {key}, {_STATS_SUMS}, count(ttft), count(tps) FROM reply_stats NOT INDEXED "
                     f"WHERE 1{where} GROUP BY 1", params):
@@ -812,10 +827,11 @@ class SessionStore(SharedOps):
         for column in columns:
             if column not in ("day", "model_id", "route"):
                 raise ValueError(f"group_by columns must be 'day', 'model_id' or 'route', not {column!r}")
-        where, params = _stats_where(since, until, filter_metadata)
+        where, params, fill = _stats_where(since, until, filter_metadata)
         self._update_stats_tables()
         keys = ", ".join(columns) or "NULL"
         with self._read() as conn:
+            _select_sessions(conn, fill)
             rows = conn.execute(f"SELECT {keys}, {_STATS_SUMS} FROM reply_stats NOT INDEXED WHERE 1{where} "
                                 f"GROUP BY {', '.join(str(i + 1) for i in range(max(1, len(columns))))}",
                                 params).fetchall()
@@ -829,11 +845,12 @@ class SessionStore(SharedOps):
         thinned by a hash of the row id, so the sample spreads evenly over time and groups and is the same
         on every call."""
         sql_limit = check_limit(limit)
-        where, params = _stats_where(since, until, filter_metadata)
+        where, params, fill = _stats_where(since, until, filter_metadata)
         self._update_stats_tables()
         columns = ("timestamp", "model_id", "route", "partial", "fallback", "ttft", "tps", "input_tokens",
                    "output_tokens")
         with self._read() as conn:
+            _select_sessions(conn, fill)
             total = conn.execute(f"SELECT count(*) FROM reply_stats NOT INDEXED WHERE 1{where}", params).fetchone()[0]
             thin = ""
             if sql_limit >= 0 and total > sql_limit:
