@@ -544,9 +544,7 @@ class OblixMagics(Magics):
             raise UsageError(f"invalid session id {text!r}: ids are letters, digits, '-' and '_'")
         if client.sessions.exists(text):
             return text
-        with client.sessions._read() as conn:
-            rows = conn.execute("SELECT id, title FROM sessions WHERE substr(id, 1, ?) = ? "
-                                "ORDER BY updated_at DESC LIMIT 6", (len(text), text)).fetchall()
+        rows = client.sessions.ids_with_prefix(text, limit=6)
         if not rows:
             raise UsageError(f"no session with id or prefix {text!r} (see %oblix_session list)")
         if len(rows) > 1:
@@ -557,9 +555,7 @@ class OblixMagics(Magics):
 
     def _describe(self, session_id: str, counts: bool = True) -> str:
         try:
-            with self.client.sessions._read() as conn:
-                row = conn.execute("SELECT title, message_count FROM sessions WHERE id = ?",
-                                   (session_id,)).fetchone()
+            row = self.client.sessions.brief(session_id)
         except Exception:  # noqa: BLE001 - only a description
             row = None
         if row is None:

@@ -21,9 +21,9 @@ Schema (version 1):
   ``sessions.metadata``.
 - ``messages_fts`` / ``titles_fts``: FTS5 indexes over message text and session titles (external content,
   so the text is stored once). They are brought up to date in batches rather than per write: ``fts_progress``
-  records the last ``seq`` indexed in each, and the store indexes the newer rows (one INSERT ... SELECT)
-  before every search, so a search always sees every committed message while appends and creates never pay
-  for an FTS5 segment per commit. Triggers remove (and re-index) rows at or below the mark on DELETE (and
+  records the last ``seq`` indexed in each, and the store indexes the newer rows (INSERT ... SELECT, in
+  chunks) in a background pass shortly after writes, and what is left before a search, so appends and creates
+  never pay for an FTS5 segment per commit and a search never pays for a large backlog. Triggers remove (and re-index) rows at or below the mark on DELETE (and
   UPDATE). Whoever deletes rows must then lower the mark to the highest remaining ``seq`` (the store's
   ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
 
@@ -49,6 +49,9 @@ parsing every message's JSON (``json_extract`` over a million messages takes sec
   or below the mark on UPDATE of the columns they derive from (not ``content``: a reply checkpointed while
   it streams costs nothing extra) and on DELETE (session deletes cascade into them); whoever deletes
   messages lowers the mark afterwards (:data:`STATS_LOWER_MARK`), as for FTS.
+
+Version 4 (teams): ``sessions.author`` and ``messages.author``, who wrote the row (``OBLIX_USER``, else the
+OS user); NULL for rows written before. ``sessions_by_author`` serves ``list_sessions(author=...)``.
 """
 from __future__ import annotations
 
@@ -242,6 +245,11 @@ CREATE TABLE settings (
 ) WITHOUT ROWID;
 """),
     (3, _V3),
+    (4, """
+ALTER TABLE sessions ADD COLUMN author TEXT;
+ALTER TABLE messages ADD COLUMN author TEXT;
+CREATE INDEX sessions_by_author ON sessions (author, updated_at, seq);
+"""),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
