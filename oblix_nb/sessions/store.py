@@ -56,6 +56,8 @@ _STATS_KEYS = {"model": ("model_id", "NULL"), "route": ("route", "NULL"),
                "session": ("session_seq", "session_seq"), "day": ("day", "substr(timestamp, 1, 10)")}
 STATS_CHUNK_ROWS = 20_000  # messages indexed into the stats tables per write transaction
 _STATS_SESSIONS = "temp.oblix_stats_sessions"  # the sessions a stats call's filter_metadata selects
+_STATS_RANKS = "temp.oblix_stats_ranks"  # (group key, rank) pairs a windowed percentile pass keeps
+_STATS_WINDOW_GROUPS = 1_000  # above this many groups, percentiles come from one window pass per metric
 _STATS_MAX_PARAMS = 30_000  # below SQLite's 32,766 bound parameters per statement
 _STATS_READS_PER_STATEMENT = 500  # result columns per statement (SQLite allows 2,000)
 _STATS_SUM_NAMES = ("requests", "errors", "partial", "fallbacks", "input_tokens", "output_tokens", "cost_usd",
@@ -882,9 +884,14 @@ class SessionStore(SharedOps):
     @staticmethod
     def _stats_percentiles(conn: sqlite3.Connection, key: str, where: str, params: list,
                            groups: list[dict]) -> None:
-        """Fill each group's percentile columns: the values at the ranks around each quantile, read with
-        ``ORDER BY LIMIT 1 OFFSET`` from the ``(key, metric, timestamp, session_seq)`` index, many groups per
-        statement; interpolated as numpy does."""
+        """Fill each group's percentile columns from the values at the ranks around each quantile (0-based,
+        among the group's non-null values in order), interpolated as numpy does. Both reads walk the
+        ``(key, metric, timestamp, session_seq)`` index in order, so nothing is sorted:
+
+        - a few groups: ``ORDER BY metric LIMIT 1 OFFSET rank`` per rank, many per statement;
+        - many small groups (sessions): one ``row_number()`` pass over the whole index per metric, keeping
+          the wanted ``(key, rank)`` pairs (a TEMP table), instead of tens of thousands of subqueries.
+        """
         picks = []  # (group, column, metric, lo, hi, weight)
         for group in groups:
             for column, metric, q in stats_module.PERCENTILES:
@@ -892,22 +899,38 @@ class SessionStore(SharedOps):
                 group[column] = None
                 if n:
                     picks.append((group, column, metric, *stats_module.positions(n, q)))
-        reads = sorted({(id(g), metric, rank) for g, _, metric, lo, hi, _ in picks for rank in (lo, hi)})
-        by_id = {id(g): g for g in groups}
+        reads = {(metric, g["key"], rank) for g, _, metric, lo, hi, _ in picks for rank in (lo, hi)}
+        windowed = len(groups) > _STATS_WINDOW_GROUPS
+        values: dict = {}
+        if windowed:
+            by_window = {r for r in reads if r[1] is not None}  # NULL keys never match IN: read those by offset
+            reads -= by_window
+            for metric in {m for m, _, _ in by_window}:
+                conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STATS_RANKS.split('.')[1]} "
+                             f"(k, rn INTEGER, PRIMARY KEY (k, rn)) WITHOUT ROWID")
+                conn.execute(f"DELETE FROM {_STATS_RANKS}")
+                conn.executemany(f"INSERT OR IGNORE INTO {_STATS_RANKS} (k, rn) VALUES (?, ?)",
+                                 [(k, rank) for m, k, rank in by_window if m == metric])
+                for k, rank, value in conn.execute(
+                        f"SELECT w.k, w.rn, w.v FROM (SELECT {key} AS k, {metric} AS v, "
+                        f"row_number() OVER (PARTITION BY {key} ORDER BY {metric}) - 1 AS rn "
+                        f"FROM reply_stats INDEXED BY reply_stats_{key}_{metric} WHERE {metric} IS NOT NULL{where}"
+                        f") AS w WHERE (w.k, w.rn) IN (SELECT k, rn FROM {_STATS_RANKS})", params):
+                    values[(metric, k, rank)] = value
+        reads = sorted(reads, key=lambda r: (r[0], str(r[1]), r[2]))
         per_read = 1 + len(params)
         batch = max(1, min(_STATS_READS_PER_STATEMENT, _STATS_MAX_PARAMS // per_read))
-        values: dict = {}
         for start in range(0, len(reads), batch):
             chunk = reads[start:start + batch]
             sql = ", ".join(
                 f"(SELECT {metric} FROM reply_stats INDEXED BY reply_stats_{key}_{metric} WHERE {key} IS ? AND "
                 f"{metric} IS NOT NULL{where} ORDER BY {metric} LIMIT 1 OFFSET {int(rank)})"
-                for _, metric, rank in chunk)
-            args = [a for gid, _, _ in chunk for a in (by_id[gid]["key"], *params)]
+                for metric, _, rank in chunk)
+            args = [a for _, k, _ in chunk for a in (k, *params)]
             row = conn.execute(f"SELECT {sql}", args).fetchone()
             values.update(zip(chunk, row))
         for group, column, metric, lo, hi, weight in picks:
-            a, b = values[(id(group), metric, lo)], values[(id(group), metric, hi)]
+            a, b = values[(metric, group["key"], lo)], values[(metric, group["key"], hi)]
             group[column] = stats_module.lerp(a, b, weight)
 
     def delete(self, session_id: str) -> bool:
