@@ -49,7 +49,8 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000
 MAX_MATCHES_PER_HIT = 3
 INDEX_DELAY_S = 0.05      # a background indexing pass starts this long after a write (writes in between share it)
 INDEX_CHUNK_ROWS = 200    # rows indexed per transaction: a writer waits at most one chunk (~1-2 ms)
-SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing pending rows itself
+SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing a large backlog itself
+SEARCH_CATCHUP_ROWS = 2000  # a backlog up to this size (~20 ms of indexing) is always indexed before a search
 # stats(): (reply_stats group column, request_prompts group expression) per ``by``; the columns have
 # percentile indexes (migration 3). Unanswered prompts have no model or route.
 _STATS_KEYS = {"model": ("model_id", "NULL"), "route": ("route", "NULL"),
@@ -77,6 +78,9 @@ _UPDATE_MESSAGE = (f"UPDATE messages SET {', '.join(f'{c} = ?' for c in MESSAGE_
 _SUMMARY_COLUMNS = "id, title, created_at, updated_at, message_count, metadata"
 # (fts_progress name, content table, FTS5 table, indexed column)
 _FTS_TABLES = (("messages", "messages", "messages_fts", "content"), ("titles", "sessions", "titles_fts", "title"))
+_FTS_BACKLOG = "SELECT " + " + ".join(
+    f"MAX(0, IFNULL((SELECT MAX(seq) FROM {table}), 0) - (SELECT last_seq FROM fts_progress WHERE name = '{name}'))"
+    for name, table, _, _ in _FTS_TABLES)
 _FTS_PENDING = "SELECT " + " OR ".join(
     f"(SELECT last_seq FROM fts_progress WHERE name = '{name}') < IFNULL((SELECT MAX(seq) FROM {table}), 0)"
     for name, table, _, _ in _FTS_TABLES)
@@ -1121,6 +1125,8 @@ class SessionStore(SharedOps):
         if self.read_only is not None:
             return
         budget = self.search_catchup_s
+        if budget is not None and self._pending_rows() <= SEARCH_CATCHUP_ROWS:
+            budget = None  # what writes leave between background passes: always indexed, so always found
         if not self._lock.acquire(timeout=-1 if budget is None else budget):
             self._written()
             return
@@ -1133,6 +1139,11 @@ class SessionStore(SharedOps):
         if not caught_up:
             self._index_wanted = False
             self._written()
+
+    def _pending_rows(self) -> int:
+        """Messages and titles not indexed yet (read on the search connection, without waiting for writers)."""
+        with self._search_read() as conn:
+            return conn.execute(_FTS_BACKLOG).fetchone()[0]
 
     @contextmanager
     def _search_read(self) -> Iterator[sqlite3.Connection]:
@@ -1173,9 +1184,11 @@ class SessionStore(SharedOps):
 
         Indexing runs in the background (a pass starts ``INDEX_DELAY_S`` after a write, on a daemon thread
         scheduled by the package loop), so a search normally finds everything committed with nothing left to
-        index. A search first indexes what is still pending for at most ``SEARCH_CATCHUP_S`` (20 ms); only a
-        larger backlog (a bulk import by another process, a database from an older version) is finished in
-        the background, and until then the newest of those rows are not found yet. A read-only store
+        index. A search first indexes what is still pending: all of it when it is at most
+        ``SEARCH_CATCHUP_ROWS`` rows (what writes leave between background passes, ~20 ms of work), else for
+        at most ``search_catchup_s`` (20 ms); only such a larger backlog (a bulk import by another process,
+        a database from an older version) is finished in the background, and until then the newest of those
+        rows are not found yet. A read-only store
         searches what was indexed when it was writable.
         """
         check_query(query)
