@@ -6,10 +6,13 @@ Fixtures
 ``openai_server``  (session) ``oblix_nb.localserver.LocalServer`` running ``python -m llama_cpp.server``:
                    ``.base_url`` = ``http://127.0.0.1:PORT/v1`` (for ``openai.OpenAI``), ``.url`` = root,
                    ``.model`` = ``"smollm2:135m"``, ``.pid``, ``.port``, ``.log_tail()``.
-``ollama_server``  (session) ``LocalServer`` running ``oblix_nb.ollama_compat``: ``.base_url`` == ``.url`` ==
+``ollama_server``  (session) ``LocalServer`` running ``tests/servers/ollama_compat.py``: ``.base_url`` == ``.url`` ==
                    ``http://127.0.0.1:PORT`` (for ``ollama.Client(host=...)``), ``.model`` = ``"smollm2:135m"``;
                    ``GET .url + "/_debug/requests"`` lists the request bodies it received,
                    ``GET .url + "/_debug/generations"`` one status record per generation.
+``anthropic_server`` (session) ``LocalServer`` running ``tests/servers/anthropic_compat.py`` (Anthropic Messages
+                   API): ``.base_url`` == ``.url`` (no ``/v1``), ``.api_key``, ``.model`` / ``.models`` (Claude-looking
+                   names, all SmolLM2-135M); ``POST .url + "/_control/fail"`` injects errors (529 etc.).
 ``tmp_home``       (function) an empty directory for ``OblixClient(home=...)``.
 ``no_external_network`` (session, autouse) every socket connect/connect_ex/sendto/create_connection to a
                    non-loopback address, and every DNS lookup of a non-local name, raises at once (nothing is
@@ -28,7 +31,7 @@ from typing import Any
 
 import pytest
 
-SERVER_FIXTURES = {"openai_server", "ollama_server"}
+SERVER_FIXTURES = {"openai_server", "ollama_server", "anthropic_server"}
 
 
 # ------------------------------------------------------------------------------------------------ network guard
@@ -175,12 +178,26 @@ def openai_server(gguf_path):
 
 @pytest.fixture(scope="session")
 def ollama_server(gguf_path):
-    """``oblix_nb.ollama_compat`` (Ollama API) over SmolLM2-135M on a free 127.0.0.1 port, warmed up."""
+    """``tests/servers/ollama_compat.py`` (Ollama API) over SmolLM2-135M on a free 127.0.0.1 port, warmed up."""
     _need_llama_server()
     pytest.importorskip("starlette", reason="starlette is not installed")
-    from oblix_nb.localserver import start_ollama_server
+    from servers import start_ollama_server
 
     server = start_ollama_server(str(gguf_path))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def anthropic_server(gguf_path):
+    """``tests/servers/anthropic_compat.py`` (Anthropic Messages API) over SmolLM2-135M on a free loopback port."""
+    _need_llama_server()
+    pytest.importorskip("starlette", reason="starlette is not installed")
+    from servers import start_anthropic_server
+
+    server = start_anthropic_server(str(gguf_path))
     try:
         yield server
     finally:
