@@ -12,14 +12,18 @@ from typing import Any, Awaitable, Callable, List, Optional
 
 from . import runtime
 from ._util import check_session_id, describe_error, iso, new_id, utcnow
-from .agents import ConnectivityAgent, ResourceMonitor, run_check
+from .agents import BudgetAgent, ConnectivityAgent, ResourceMonitor, run_check
+from .budget import Budgets
 from .context import fit_history
-from .errors import ModelCallError, NoModelHookedError, SessionNotFoundError
+from .errors import BudgetExceededError, ModelCallError, NoModelHookedError, SessionNotFoundError
 from .models import make_backend
 from .models.base import SAMPLING_OPTIONS, GenerationParams, ModelBackend, ModelType, Usage, \
     is_connection_failure
+from .pricing import Price, PriceBook, reply_cost
 from .routing import decide
 from .sessions import SessionStore
+from .sessions import usage as usage_log
+from .sessions.settings import Settings
 from .streaming import StdoutSink, StreamSink, as_sink
 
 
@@ -50,6 +54,9 @@ class OblixClient:
         self.config_path = config_path
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.sessions = SessionStore(self.home / "sessions.db")
+        self.settings = Settings(self.sessions)  # shared by every kernel using this store
+        self.prices = PriceBook(self.settings)
+        self.budgets = Budgets(self.sessions, self.settings)
         self.current_session_id: Optional[str] = None
         self._init_orchestration()
 
@@ -146,8 +153,8 @@ class OblixClient:
     def sessions_df(self, limit: Optional[int] = None, filter_metadata: dict = None):
         """One row per session (newest ``updated_at`` first), metadata keys expanded to columns.
 
-        Columns: session_id, title, created_at, updated_at (UTC datetimes), message_count, then one column
-        per metadata key. ``limit=None``: all sessions; ``filter_metadata`` as in ``list_sessions``.
+        Columns: session_id, title, created_at, updated_at (UTC datetimes), message_count, cost_usd (the sum of
+        its replies' known costs; NA when none is known), then one column per metadata key. ``limit=None``: all sessions; ``filter_metadata`` as in ``list_sessions``.
         """
         from .sessions.frames import sessions_df
 
@@ -158,11 +165,56 @@ class OblixClient:
 
         Columns: session_id, session_title, message_id, role, content, timestamp (UTC), model_id,
         route_target, time_to_first_token, tokens_per_second, total_latency, input_tokens, output_tokens
-        (nullable Int64), partial (bool), request_id. role/model_id/route_target are categoricals.
+        (nullable Int64), cost_usd (Float64; NA when unknown), partial (bool), request_id.
+        role/model_id/route_target are categoricals.
         """
         from .sessions.frames import messages_df
 
         return messages_df(self.sessions, session_ids=session_ids)
+
+    # ------------------------------------------------------------------ cost and budgets
+    def set_price(self, model: str, input: float, output: float, cached: Optional[float] = None,
+                  cache_write: Optional[float] = None) -> dict:
+        """Set a model's price in USD per million tokens (overrides the shipped table; see :mod:`oblix_nb.pricing`).
+
+        ``model``: a model id (``"claude:claude-haiku-4-5"``) or a bare model name. ``cached``: input read from
+        the provider's prompt cache; ``cache_write``: input written to it (both default to ``input``). Kept in
+        the session store, so every kernel sharing it uses the price. Returns the price as a dict.
+        """
+        return self.prices.set(model, input, output, cached, cache_write).as_dict()
+
+    def price_of(self, model_id: str) -> Optional[dict]:
+        """The price that applies to a hooked model (a dict with its ``source``), or None if unknown."""
+        backend = self._models.get(model_id)
+        price = self.prices.for_backend(backend) if backend is not None else self.prices.lookup(
+            model_id, model_id.split(":", 1)[-1], "cloud")
+        return price.as_dict() if price is not None else None
+
+    def set_budget(self, usd: Optional[float], per: str = "day") -> Optional[dict]:
+        """Cap cloud spend: ``usd`` per ``"day"`` (since local midnight), ``"session"`` or ``"total"``; None removes
+        that budget. Kept in the session store (it holds for every kernel sharing it). Hooks a BudgetAgent if
+        none is hooked. A cloud call whose worst case exceeds what is left is routed to a local model, or refused
+        with BudgetExceededError when none is hooked (see :mod:`oblix_nb.budget`). Returns the budget's status
+        ``{per, usd, spent_usd, remaining_usd}`` (None when removed)."""
+        status = self.budgets.set(usd, per)
+        if status is not None and self._agent(BudgetAgent) is None:
+            self.hook_agent(BudgetAgent())
+        return status
+
+    def budget_status(self, session_id: Optional[str] = None) -> List[dict]:
+        """The budgets that apply (to ``session_id``, default the current session), tightest first."""
+        sid = session_id if session_id is not None else self.current_session_id
+        return [s.as_dict() for s in self.budgets.status(sid)]
+
+    def usage(self, by: str = "model"):
+        """Replies, tokens and cost grouped ``by`` ``"model"``, ``"session"`` or ``"day"`` (local calendar day),
+        one row per group in order of first use, from the store's usage log (every reply, in a session or not;
+        deleting a session keeps its usage). Columns: the key (``model_id`` / ``session_id`` + ``title`` /
+        ``day``), replies, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd (known
+        exact costs), cost_estimate_usd (estimates for replies cut short before the provider counted),
+        unpriced_replies (replies of models with no known price), spend_usd (what budgets count: cost_usd plus
+        cost_estimate_usd), first, last (UTC)."""
+        return usage_log.usage_df(self.sessions, by=by)
 
     # ------------------------------------------------------------------ orchestration
     def _init_orchestration(self) -> None:
@@ -229,6 +281,9 @@ class OblixClient:
         if not hasattr(agent, "check") or not isinstance(getattr(agent, "name", None), str):
             raise TypeError("an agent needs a `name` string and a `check()` method")
         self._agents = [a for a in self._agents if a.name != agent.name] + [agent]
+        bind = getattr(agent, "bind", None)  # agents that read the client's state (BudgetAgent)
+        if callable(bind):
+            bind(self)
         start = getattr(agent, "start", None)
         if callable(start) and not getattr(agent, "running", False):
             start()
@@ -348,7 +403,13 @@ class OblixClient:
             fitted = fit_history(history, request.prompt, context_window=backend.context_window or 2048,
                                  max_tokens=params.max_tokens, count=backend.estimate_tokens,
                                  overhead=backend.message_overhead())
-            call = Call(backend, replace(request, params=params), decision, checks, fitted)
+            price = self.prices.for_backend(backend)
+            blocked = self._over_budget(backend, price, fitted, params, request.session_id)
+            if blocked is not None:
+                tried.add(backend.model_id)
+                decision = self._skip_over_budget(decision, backend, blocked, tried, failures)
+                continue
+            call = Call(backend, replace(request, params=params), decision, checks, fitted, price)
             try:
                 return await call.run(sink if stream else None, stream, self._store_reply)
             except BeforeFirstToken as exc:
@@ -361,7 +422,40 @@ class OblixClient:
                     ) from exc.__cause__
                 decision = decision.fell_back(backend.model_id, exc.summary, remaining[0])
 
+    def _over_budget(self, backend: ModelBackend, price: Optional[Price], fitted, params: GenerationParams,
+                     session_id: Optional[str]):
+        """None if ``backend`` may be called under the budgets, else ``(why, budget status, worst case USD)``."""
+        if price is not None and price.source == "local":
+            return None
+        max_out = params.max_tokens or backend.default_max_tokens() or \
+            max(1, (backend.context_window or 4096) - fitted.used)
+        return self.budgets.check_call(price, fitted.used, max_out, session_id)
+
+    def _skip_over_budget(self, decision, backend: ModelBackend, blocked, tried: set, failures: list):
+        """The decision for the next candidate after ``backend`` was over budget; BudgetExceededError if none."""
+        why, status, worst = blocked
+        remaining = [m for m in decision.candidates if m not in tried and m in self._models]
+        if not remaining:
+            local = any(m.target == "local" for m in self._models.values())
+            raise BudgetExceededError(
+                f"{backend.model_id} not called: {why}"
+                + ("; no local model is hooked to take the request" if not local else "")
+                + (f"; earlier: {'; '.join(failures)}" if failures else ""),
+                budget=status.as_dict() if status else None, worst_case_usd=worst, model_id=backend.model_id)
+        failures.append(f"{backend.model_id}: over budget")
+        return decision.skipped(backend.model_id, f"over budget: {why}", remaining[0],
+                                self._models[remaining[0]].target)
+
     def _store_reply(self, request: "Request", text: str, response: dict, partial: bool) -> None:
+        if text or (response.get("metrics") or {}).get("input_tokens") is not None:
+            try:  # bookkeeping must never cost the reply
+                usage_log.record(self.sessions, response, (response.get("routing_decision") or {}).get("target"),
+                                 partial)
+            except Exception as exc:  # noqa: BLE001
+                import warnings
+
+                warnings.warn(f"oblix_nb: could not log the usage of request {request.request_id}: "
+                              f"{describe_error(exc)}", RuntimeWarning, stacklevel=2)
         if not request.session_id or (partial and not text):
             return
         self.sessions.append_message(
@@ -426,9 +520,11 @@ class BeforeFirstToken(Exception):
 class Call:
     """One attempt at one model: streams, measures, stores the reply (or the partial one)."""
 
-    def __init__(self, backend: ModelBackend, request: Request, decision, checks: list, fitted):
+    def __init__(self, backend: ModelBackend, request: Request, decision, checks: list, fitted,
+                 price: Optional[Price] = None):
         self.backend, self.request, self.decision, self.checks, self.fitted = \
             backend, request, decision, checks, fitted
+        self.price = price
         self.pieces: list[str] = []
         self.first_token_at: Optional[float] = None
         self.usage = Usage(input_source="none", output_source="none")
@@ -451,6 +547,9 @@ class Call:
             "context": {"messages": len(self.fitted.messages), "dropped": self.fitted.dropped,
                         "truncated": self.fitted.truncated},
         }
+        if u.cache_read_tokens is not None or u.cache_write_tokens is not None:
+            metrics["cache_read_tokens"], metrics["cache_write_tokens"] = u.cache_read_tokens, u.cache_write_tokens
+        metrics.update(reply_cost(self.price, u))
         out = {
             "request_id": self.request.request_id, "model_id": b.model_id, "response": "".join(self.pieces),
             "metrics": metrics, "routing_decision": self.decision.as_dict(), "agent_checks": self.checks,

@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Callable, Optional, Protocol, TextIO, Union, runtime_checkable
 
+from .pricing import cost_label
+
 
 @runtime_checkable
 class StreamSink(Protocol):
@@ -23,7 +25,7 @@ class StreamSink(Protocol):
 
 
 def format_footer(response: dict) -> str:
-    """One line: model, route and reason, time to first token, tokens/s."""
+    """One line: model, route and reason, time to first token, tokens/s, tokens, cost of a cloud reply."""
     m = response.get("metrics") or {}
     route = response.get("routing_decision") or {}
     bits = [response.get("model_id") or "?"]
@@ -38,6 +40,9 @@ def format_footer(response: dict) -> str:
         bits.append(f"{m['tokens_per_second']:.1f} tok/s")
     if m.get("output_tokens") is not None:
         bits.append(f"{m['output_tokens']} tokens")
+    cost = cost_label(m)  # cloud replies only
+    if cost:
+        bits.append(cost)
     if response.get("partial"):
         bits.append("PARTIAL")
     return " · ".join(bits)

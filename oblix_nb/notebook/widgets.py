@@ -43,6 +43,7 @@ import ipywidgets as widgets
 from .. import runtime
 from .._util import title_from
 from ..errors import NoModelHookedError
+from ..pricing import cost_label
 from ..streaming import ThrottledSink
 from . import render, state
 from .kv import parse_pairs
@@ -172,7 +173,7 @@ def _ms(seconds: Optional[float]) -> str:
 def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, metrics: Optional[dict] = None,
                *, partial: bool = False, note: Optional[str] = None, error: Optional[str] = None,
                pending: bool = False) -> str:
-    """One muted line under a reply: model · route: reason · TTFT · tok/s · tokens (+ flags). All escaped."""
+    """One muted line under a reply: model · route: reason · TTFT · tok/s · tokens · cost (+ flags). All escaped."""
     routing, metrics = routing or {}, metrics or {}
     bits: list[str] = []
     if model_id:
@@ -193,6 +194,9 @@ def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, m
     out_tokens = metrics.get("output_tokens")
     if isinstance(out_tokens, int):
         bits.append(f"{out_tokens} tokens")
+    cost = cost_label(metrics)  # cloud replies only
+    if cost:
+        bits.append(escape(cost))
     if metrics.get("finish_reason") == "length":
         bits.append("cut at max_tokens")
     if note:

@@ -6,7 +6,8 @@ columns) and builds each column once with its final dtype, so 100,000 messages t
 
 Dtypes: timestamps are UTC datetimes; ``role``, ``model_id``, ``route_target``, ``session_id`` and
 ``session_title`` are categoricals; token counts are nullable ``Int64``; timings are ``float64`` (NaN when
-unknown); ``partial`` is ``bool``.
+unknown); ``cost_usd`` is nullable ``Float64`` (NA when the cost is unknown, 0 for local models); ``partial``
+is ``bool``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .store import SessionStore
 
-SESSION_COLUMNS = ["session_id", "title", "created_at", "updated_at", "message_count"]
+SESSION_COLUMNS = ["session_id", "title", "created_at", "updated_at", "message_count", "cost_usd"]
 
 # (column, SQL expression) in DataFrame column order.
 _MESSAGE_SELECT = [
@@ -37,6 +38,7 @@ _MESSAGE_SELECT = [
     ("total_latency", "json_extract(m.metrics, '$.total_latency')"),
     ("input_tokens", "json_extract(m.metrics, '$.input_tokens')"),
     ("output_tokens", "json_extract(m.metrics, '$.output_tokens')"),
+    ("cost_usd", "json_extract(m.metrics, '$.cost_usd')"),
     ("partial", "m.partial"),
     ("request_id", "m.request_id"),
 ]
@@ -44,6 +46,7 @@ MESSAGE_COLUMNS = [name for name, _ in _MESSAGE_SELECT]
 _CATEGORICAL = ("session_id", "session_title", "role", "model_id", "route_target")
 _FLOATS = ("time_to_first_token", "tokens_per_second", "total_latency")
 _INTS = ("input_tokens", "output_tokens")
+_NULLABLE_FLOATS = ("cost_usd",)  # NA (unknown) stays distinct from 0.0 (free)
 
 
 def _utc(values):
@@ -68,7 +71,8 @@ def messages_df(store: "SessionStore", session_ids: Union[str, Iterable[str], No
     conversation order. Unknown ids raise SessionNotFoundError.
 
     Columns: session_id, session_title, message_id, role, content, timestamp, model_id, route_target,
-    time_to_first_token, tokens_per_second, total_latency, input_tokens, output_tokens, partial, request_id.
+    time_to_first_token, tokens_per_second, total_latency, input_tokens, output_tokens, cost_usd, partial,
+    request_id.
     """
     import numpy as np
     import pandas as pd
@@ -98,6 +102,8 @@ def messages_df(store: "SessionStore", session_ids: Union[str, Iterable[str], No
             data[name] = np.array(values, dtype="float64")  # None -> NaN
         elif name in _INTS:
             data[name] = pd.array(values, dtype="Int64")
+        elif name in _NULLABLE_FLOATS:
+            data[name] = pd.array([None if v is None else float(v) for v in values], dtype="Float64")
         elif name == "timestamp":
             data[name] = _utc(values).array
         elif name == "partial":
@@ -115,7 +121,8 @@ def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metad
     """One row per session, most recently updated first (as ``list_sessions``), metadata keys expanded to
     columns (named after the key; ``meta_<key>`` if the key clashes with a base column).
 
-    Base columns: session_id, title, created_at, updated_at (UTC datetimes), message_count (Int64).
+    Base columns: session_id, title, created_at, updated_at (UTC datetimes), message_count (Int64), cost_usd
+    (Float64: the sum of its replies' known ``metrics.cost_usd``; NA when none is known).
     Metadata columns get pandas' nullable dtypes where the values allow (Int64, Float64, boolean, string);
     lists and dicts stay objects.
     """
@@ -129,6 +136,8 @@ def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metad
         "updated_at": _utc([s["updated_at"] for s in summaries]).array,
         "message_count": pd.array([s["message_count"] for s in summaries], dtype="Int64"),
     }
+    costs = _session_costs(store, [s["id"] for s in summaries])
+    data["cost_usd"] = pd.array([costs.get(s["id"]) for s in summaries], dtype="Float64")
     keys: dict[str, None] = {}
     for s in summaries:
         keys.update(dict.fromkeys(s["metadata"]))
@@ -137,6 +146,20 @@ def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metad
         values = [s["metadata"].get(key) for s in summaries]
         data[column] = _meta_column(values)
     return pd.DataFrame(data)
+
+
+def _session_costs(store: "SessionStore", session_ids: list[str]) -> dict:
+    """``{session_id: sum of its replies' known cost_usd}`` (sessions without any known cost are absent)."""
+    out: dict = {}
+    with store._read() as conn:
+        for start in range(0, len(session_ids), 500):  # stay under SQLite's variable limit
+            chunk = session_ids[start:start + 500]
+            out.update(conn.execute(
+                f"SELECT s.id, SUM(json_extract(m.metrics, '$.cost_usd')) FROM sessions AS s "
+                f"JOIN messages AS m ON m.session_seq = s.seq "
+                f"WHERE s.id IN ({', '.join('?' * len(chunk))}) AND m.role = 'assistant' AND m.metrics IS NOT NULL "
+                f"GROUP BY s.id HAVING count(json_extract(m.metrics, '$.cost_usd')) > 0", chunk).fetchall())
+    return out
 
 
 def _meta_column(values: list):

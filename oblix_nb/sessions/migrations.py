@@ -26,6 +26,16 @@ Schema (version 1):
   for an FTS5 segment per commit. Triggers remove (and re-index) rows at or below the mark on DELETE (and
   UPDATE). Whoever deletes rows must then lower the mark to the highest remaining ``seq`` (the store's
   ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
+
+Version 2 (costs and settings):
+
+- ``settings``: a key/value table (value: JSON text) for what every kernel sharing the store must agree on:
+  budgets (``budget:<per>``) and user prices (``price:<model>``); other features may keep their keys here too,
+  each under its own prefix.
+- ``usage_log``: one row per model reply (finished, or cut short: ``partial``), whether or not it was stored in
+  a session: when, which session and request, model and route target, token counts (cached parts apart),
+  ``cost_usd`` (exact, NULL when unknown) and ``cost_estimate_usd`` (when only an estimate exists). Budgets sum
+  it; deleting a session does not give its spend back. Indexed by time and by session.
 """
 from __future__ import annotations
 
@@ -101,6 +111,31 @@ WHEN old.seq <= (SELECT last_seq FROM fts_progress WHERE name = 'titles') BEGIN
     INSERT INTO titles_fts (titles_fts, rowid, title) VALUES ('delete', old.seq, old.title);
     INSERT INTO titles_fts (rowid, title) VALUES (new.seq, new.title);
 END;
+"""),
+    (2, """
+CREATE TABLE settings (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE usage_log (
+    seq                INTEGER PRIMARY KEY,
+    timestamp          TEXT    NOT NULL,
+    session_id         TEXT,
+    request_id         TEXT,
+    model_id           TEXT    NOT NULL,
+    target             TEXT,
+    input_tokens       INTEGER,
+    output_tokens      INTEGER,
+    cache_read_tokens  INTEGER,
+    cache_write_tokens INTEGER,
+    cost_usd           REAL,
+    cost_estimate_usd  REAL,
+    partial            INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX usage_log_by_time ON usage_log (timestamp);
+CREATE INDEX usage_log_by_session ON usage_log (session_id, timestamp);
 """),
 ]
 
