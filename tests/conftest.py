@@ -197,7 +197,7 @@ def anthropic_server(gguf_path):
     pytest.importorskip("starlette", reason="starlette is not installed")
     from servers import start_anthropic_server
 
-    server = start_anthropic_server(str(gguf_path))
+    server = start_anthropic_server(str(gguf_path), extra_args=("--cache-min-tokens", "32"))
     try:
         yield server
     finally:

@@ -79,7 +79,8 @@ def test_empty_store(client):
     assert list(df.columns) == MESSAGE_COLUMNS and len(df) == 0
     assert str(df["timestamp"].dtype).startswith("datetime64")
     s = client.sessions_df()
-    assert len(s) == 0 and list(s.columns) == ["session_id", "title", "created_at", "updated_at", "message_count"]
+    assert len(s) == 0 and list(s.columns) == ["session_id", "title", "created_at", "updated_at", "message_count",
+                                            "cost_usd"]
 
 
 def test_sessions_df_expands_metadata(client):

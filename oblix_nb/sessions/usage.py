@@ -76,9 +76,9 @@ def usage_df(store, by: str = "model") -> "pd.DataFrame":
     if by == "day":
         data[key_name] = pd.to_datetime(pd.Series(columns[0], dtype=object), format="%Y-%m-%d").dt.date.array
     else:
-        data[key_name] = pd.array(columns[0], dtype="str") if by == "model" else pd.array(columns[0], dtype=object)
+        data[key_name] = pd.array(columns[0], dtype="str")  # session_id NA: calls made outside a session
     if by == "session":
-        data["title"] = pd.array([titles.get(sid) for sid in columns[0]], dtype=object)
+        data["title"] = pd.array([titles.get(sid) for sid in columns[0]], dtype="str")  # NA: deleted/none
     for name, values in zip(names, columns[1:]):
         if name in ("first", "last"):
             data[name] = pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601", utc=True).array

@@ -30,9 +30,9 @@ Faithfulness notes:
 * Usage counts are exact: the prompt rendered with the GGUF's chat template (system first) tokenized, and the
   tokens sampled. ``input_tokens`` excludes cached tokens, as in the API.
 * Prompt caching: a ``cache_control`` on a ``system`` or message content block marks a cacheable prefix (up to
-  and including that block). A prefix of at least ``--cache-min-tokens`` tokens is written to the cache on first
-  use (``cache_creation_input_tokens``) and read from it on later requests with the same prefix
-  (``cache_read_input_tokens``), for 5 minutes.
+  and including that block) of at least ``--cache-min-tokens`` tokens. The longest prefix of it cached by an
+  earlier request (5 minutes, refreshed on use) is read (``cache_read_input_tokens``), the rest written
+  (``cache_creation_input_tokens``); both are excluded from ``input_tokens``.
 * Validation answers 400 ``invalid_request_error`` for: missing/invalid ``model``, ``max_tokens``, ``messages``;
   a ``system`` role inside ``messages``; roles other than user/assistant; non-text content blocks;
   ``temperature`` outside [0, 1]; ``tools``/``thinking`` (not supported by this model). Unknown model: 404
@@ -164,8 +164,8 @@ class MessagesRequest:
             messages.append({"role": m["role"], "content": "".join(b["text"] for b in m["blocks"])})
         return messages
 
-    def cache_prefix(self) -> Optional[tuple[list[dict], str]]:
-        """The cacheable prefix (messages up to the last block carrying cache_control) and a key for it."""
+    def cache_prefix(self) -> Optional[list[dict]]:
+        """The cacheable prefix: the chat messages up to the last content block carrying cache_control."""
         last = None
         for i, block in enumerate(self.system):
             if block["cache"]:
@@ -187,7 +187,7 @@ class MessagesRequest:
                 prefix.append({"role": m["role"], "content": "".join(b["text"] for b in m["blocks"])})
             prefix.append({"role": self.messages[j]["role"],
                            "content": "".join(b["text"] for b in self.messages[j]["blocks"][:i + 1])})
-        return prefix, self.model + "\x00" + json.dumps(prefix)
+        return prefix
 
 
 class StopScanner:
@@ -229,7 +229,7 @@ class Server:
         self.models = models
         self.api_key = api_key
         self.cache_min_tokens = cache_min_tokens
-        self.cache: dict[str, float] = {}  # prefix key -> expiry (monotonic)
+        self.cache: dict[str, tuple[float, str, list[dict]]] = {}  # key -> (expiry, model, prefix messages)
         self.failures: dict[str, Any] = {}
         self.requests: collections.deque = collections.deque(maxlen=200)
         self.lock = threading.Lock()
@@ -246,19 +246,27 @@ class Server:
         return len(self.host._tokenize(formatter(messages=messages).prompt))
 
     def cache_usage(self, req: MessagesRequest) -> tuple[int, int]:
-        """(cache_creation_input_tokens, cache_read_input_tokens) for this request; updates the cache."""
-        found = req.cache_prefix()
-        if found is None:
+        """(cache_creation_input_tokens, cache_read_input_tokens) for this request; updates the cache.
+
+        As in the API, the longest live cached prefix of the marked prefix is read (and its TTL refreshed)
+        and the rest of the marked prefix is written."""
+        prefix = req.cache_prefix()
+        if prefix is None:
             return 0, 0
-        prefix, key = found
         n = self.tokens(prefix, generation_prompt=False)
         if n < self.cache_min_tokens:
             return 0, 0
         now = time.monotonic()
         with self.lock:
-            hit = self.cache.get(key, 0.0) > now
-            self.cache[key] = now + CACHE_TTL_S  # a hit refreshes the TTL, as in the API
-        return (0, n) if hit else (n, 0)
+            live = [(key, entry) for key, entry in self.cache.items()
+                    if entry[0] > now and entry[1] == req.model and prefix[:len(entry[2])] == entry[2]]
+            best_key, best = max(live, key=lambda kv: len(kv[1][2]), default=(None, None))
+            if best_key is not None:
+                self.cache[best_key] = (now + CACHE_TTL_S, *best[1:])
+            self.cache[req.model + "\x00" + json.dumps(prefix)] = (now + CACHE_TTL_S, req.model, prefix)
+        read = self.tokens(best[2], generation_prompt=False) if best is not None else 0
+        read = min(read, n)
+        return n - read, read
 
     def take_failure(self) -> Optional[dict]:
         with self.lock:
