@@ -54,9 +54,6 @@ class OblixClient:
         self.config_path = config_path
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.sessions = SessionStore(self.home / "sessions.db")
-        self.settings = Settings(self.sessions)  # shared by every kernel using this store
-        self.prices = PriceBook(self.settings)
-        self.budgets = Budgets(self.sessions, self.settings)
         self.current_session_id: Optional[str] = None
         self._init_orchestration()
 
@@ -173,6 +170,20 @@ class OblixClient:
         return messages_df(self.sessions, session_ids=session_ids)
 
     # ------------------------------------------------------------------ cost and budgets
+    # Views of the current store (``sessions`` may be swapped for another store, e.g. by %config OblixMagics.home).
+    @property
+    def settings(self) -> Settings:
+        """Settings shared by every kernel using this store (budgets, user prices)."""
+        return Settings(self.sessions)
+
+    @property
+    def prices(self) -> PriceBook:
+        return PriceBook(self.settings)
+
+    @property
+    def budgets(self) -> Budgets:
+        return Budgets(self.sessions, self.settings)
+
     def set_price(self, model: str, input: float, output: float, cached: Optional[float] = None,
                   cache_write: Optional[float] = None) -> dict:
         """Set a model's price in USD per million tokens (overrides the shipped table; see :mod:`oblix_nb.pricing`).
