@@ -35,7 +35,8 @@ Version 2 (costs and settings):
 - ``usage_log``: one row per model reply (finished, or cut short: ``partial``), whether or not it was stored in
   a session: when, which session and request, model and route target, token counts (cached parts apart),
   ``cost_usd`` (exact, NULL when unknown) and ``cost_estimate_usd`` (when only an estimate exists). Budgets sum
-  it; deleting a session does not give its spend back. Indexed by time and by session.
+  it; deleting a session does not give its spend back. Append-only (budget sums are kept incrementally above
+  the highest ``seq`` summed). Indexed by time and by session, covering the cost columns.
 """
 from __future__ import annotations
 
@@ -134,8 +135,8 @@ CREATE TABLE usage_log (
     cost_estimate_usd  REAL,
     partial            INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX usage_log_by_time ON usage_log (timestamp);
-CREATE INDEX usage_log_by_session ON usage_log (session_id, timestamp);
+CREATE INDEX usage_log_by_time ON usage_log (timestamp, cost_usd, cost_estimate_usd);
+CREATE INDEX usage_log_by_session ON usage_log (session_id, timestamp, cost_usd, cost_estimate_usd);
 """),
 ]
 

@@ -5,6 +5,7 @@ even for ``execute()`` calls without a session, and deleting a session does not 
 """
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Optional
 
 from .._util import iso
@@ -39,19 +40,42 @@ def record(store, response: dict, target: Optional[str], partial: bool = False) 
         conn.execute(_INSERT, row)
 
 
+# (database path, since, session_id) -> (highest seq summed, sum). The log is append-only, so a sum stays
+# right when only rows above its mark are added to it, whichever process wrote them.
+_sums: dict[tuple, tuple[int, float]] = {}
+_sums_lock = threading.Lock()
+
+
 def spent(store, since: Optional[str] = None, session_id: Optional[str] = None) -> float:
     """USD spent (exact costs, estimates where there is no exact one) since ``since`` (an ISO timestamp;
-    None: ever), in one session if ``session_id`` is given."""
-    where, params = [], []
+    None: ever), in one session if ``session_id`` is given.
+
+    Sums are kept per store and read incrementally: each call adds only the rows logged since the last one
+    (by any process), so a check stays fast however long the log grows."""
+    key = (str(store.path), since, session_id)
+    with _sums_lock:
+        mark, total = _sums.get(key, (0, 0.0))
+    where, params = ["seq > ?"], [mark]
     if since is not None:
         where.append("timestamp >= ?")
         params.append(since)
     if session_id is not None:
         where.append("session_id = ?")
         params.append(session_id)
-    sql = f"SELECT {SPEND_SQL} FROM usage_log" + (" WHERE " + " AND ".join(where) if where else "")
-    with store._lock:
-        return float(store._conn.execute(sql, params).fetchone()[0])
+    sql = (f"SELECT (SELECT IFNULL(MAX(seq), 0) FROM usage_log), {SPEND_SQL} FROM usage_log "
+           f"WHERE {' AND '.join(where)}")
+    with store._read() as conn:
+        top, added = conn.execute(sql, params).fetchone()
+        if top < mark:  # not the log the mark was taken on (replaced file): sum it all again
+            params[0] = mark = 0
+            top, added = conn.execute(sql, params).fetchone()
+            total = 0.0
+    total += float(added)
+    with _sums_lock:
+        if len(_sums) > 10_000:
+            _sums.clear()
+        _sums[key] = (top, total)
+    return total
 
 
 def usage_df(store, by: str = "model") -> "pd.DataFrame":
