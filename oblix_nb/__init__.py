@@ -13,7 +13,7 @@ from __future__ import annotations
 from .agents import BudgetAgent, ConnectivityAgent, ResourceMonitor
 from .client import OblixClient
 from .errors import (BudgetExceededError, ModelCallError, ModelUnavailableError, NoModelHookedError, OblixError,
-                     SessionExistsError, SessionNotFoundError)
+                     ReplyNotStoredError, SessionExistsError, SessionFileError, SessionNotFoundError, StorageError)
 from .models.base import ModelType
 from .streaming import StdoutSink, StreamSink
 
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "OblixClient", "ModelType", "ResourceMonitor", "ConnectivityAgent", "BudgetAgent", "StreamSink", "StdoutSink",
     "OblixError", "SessionNotFoundError", "SessionExistsError", "ModelUnavailableError", "ModelCallError", "NoModelHookedError",
-    "BudgetExceededError",
+    "StorageError", "ReplyNotStoredError", "SessionFileError", "BudgetExceededError",
     "load_ipython_extension", "unload_ipython_extension",
 ]
 

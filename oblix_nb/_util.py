@@ -12,27 +12,46 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def to_utc(dt: datetime) -> datetime:
+    """``dt`` in UTC (naive means UTC). ValueError (never OverflowError) if its offset moves it outside years
+    1-9999."""
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        return dt.replace(tzinfo=timezone.utc)
+    try:
+        return dt.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"timestamp {dt.isoformat()} is outside years 1-9999 in UTC") from None
+
+
 def iso(dt: datetime | None = None) -> str:
-    """ISO 8601 UTC with millisecond precision and a ``Z`` suffix: ``2023-07-15T14:30:22.123Z``."""
-    dt = (dt or utcnow()).astimezone(timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    """ISO 8601 UTC with millisecond precision and a ``Z`` suffix: ``2023-07-15T14:30:22.123Z``.
+
+    Years below 1000 keep their leading zeros (``0999-...``), so every stamp parses back to itself.
+    """
+    dt = to_utc(dt) if dt is not None else utcnow()
+    return (f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}."
+            f"{dt.microsecond // 1000:03d}Z")
 
 
-def parse_iso(value: str) -> datetime:
-    """Parse ISO 8601 (``Z`` or ``+00:00`` or naive = UTC). Raises ValueError on anything else."""
+def parse_iso(value: str | datetime) -> datetime:
+    """Parse ISO 8601 (``Z`` or ``+00:00`` or naive = UTC) into an aware UTC datetime; a datetime is taken as
+    is. ValueError for anything else, including offsets that move it outside years 1-9999."""
+    if isinstance(value, datetime):
+        return to_utc(value)
     if not isinstance(value, str):
         raise ValueError(f"timestamp must be a string, got {type(value).__name__}")
     s = value.strip()
     if s.endswith(("Z", "z")):
         s = s[:-1] + "+00:00"
-    dt = datetime.fromisoformat(s)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 timestamp: {value[:80]!r}") from None
+    return to_utc(dt)
 
 
-def normalize_iso(value: str) -> str:
-    """Any accepted ISO timestamp, rewritten in the store's canonical form."""
+def normalize_iso(value: str | datetime) -> str:
+    """Any accepted ISO timestamp (or datetime), rewritten in the store's canonical form."""
     return iso(parse_iso(value))
 
 

@@ -5,7 +5,8 @@ import asyncio
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Awaitable, Callable, List, Optional
@@ -15,7 +16,8 @@ from ._util import check_session_id, describe_error, iso, new_id, utcnow
 from .agents import BudgetAgent, ConnectivityAgent, ResourceMonitor, run_check
 from .budget import Budgets
 from .context import fit_history
-from .errors import BudgetExceededError, ModelCallError, NoModelHookedError, SessionNotFoundError
+from .errors import BudgetExceededError, ModelCallError, NoModelHookedError, ReplyNotStoredError, \
+    SessionNotFoundError
 from .models import make_backend
 from .models.base import SAMPLING_OPTIONS, GenerationParams, ModelBackend, ModelType, Usage, \
     is_connection_failure
@@ -238,6 +240,8 @@ class OblixClient:
         self.chat_handler: Optional[Callable[..., Awaitable[dict]]] = None  # notebook layer may set one
         self.max_history_messages = 1000
         self.default_max_tokens: Optional[int] = None  # used when execute() gets no max_tokens
+        # A streaming reply is persisted (flagged partial) at least this often, in seconds; None: only at the end.
+        self.checkpoint_interval: Optional[float] = 1.0
 
     @property
     def models(self) -> dict:
@@ -341,8 +345,16 @@ class OblixClient:
         """Send ``prompt`` to the routed model, with the session's history as context.
 
         Extra keyword arguments: ``model_id`` (force a hooked model), ``sink`` (a StreamSink or callable for
-        streamed text; default stdout, or cell output in a notebook), and sampling options
+        streamed text; default stdout, or cell output in a notebook), ``system`` (a system message for this
+        call), ``schema`` (structured output, below), and sampling options
         ``top_p, top_k, seed, stop, presence_penalty, frequency_penalty, repeat_penalty``.
+
+        ``schema``: a JSON Schema dict, a pydantic model class or a spec like ``"label, score float"`` (see
+        :mod:`oblix_nb.structured`). The model is told the schema, the backend enforces it where it can
+        (llama.cpp grammar, OpenAI ``response_format``, Ollama ``format``), and the reply is parsed and validated:
+        ``response["parsed"]`` holds the value (a pydantic instance for a pydantic class). An invalid reply is
+        retried once with the validation error; if that fails too, StructuredOutputError (both replies stay
+        stored in the session).
         """
         if chat:
             return await self._chat(prompt, temperature=temperature, max_tokens=max_tokens,
@@ -353,7 +365,52 @@ class OblixClient:
         if stream:
             sink = as_sink(kwargs.get("sink")) if kwargs.get("sink") is not None else \
                 self.sink_factory(display_metrics)
+        if request.schema is not None:
+            return await runtime.to_loop(self._run_structured(request, sink, stream))
         return await runtime.to_loop(self._run(request, sink, stream))
+
+    async def _run_structured(self, request: "Request", sink: Optional[StreamSink], stream: bool) -> dict:
+        """``_run`` with the schema enforced and the reply parsed: one retry on an invalid reply."""
+        from .structured import StructuredOutputError
+
+        response = await self._run(request, sink, stream)
+        try:
+            response["parsed"] = request.schema.parse(response["response"])
+            return response
+        except StructuredOutputError as first:
+            prior = [] if request.session_id else [{"role": "user", "content": request.prompt},
+                                                   {"role": "assistant", "content": response["response"]}]
+            retry = replace(request, prompt=retry_prompt(first), request_id=new_id(), prior=prior)
+        response = await self._run(retry, sink, stream)
+        try:
+            response["parsed"] = retry.schema.parse(response["response"])
+        except StructuredOutputError as second:
+            raise StructuredOutputError(
+                f"the reply of {response['model_id']} does not match the schema, even after one retry: {second}",
+                text=response["response"], response=response) from None
+        return response
+
+    async def map(self, data: Any, prompt: Any, *, schema: Any = None, model_id: Optional[str] = None,
+                  concurrency: Optional[int] = None, temperature: Optional[float] = None,
+                  max_tokens: Optional[int] = None, system: Optional[str] = None,
+                  session_id: Optional[str] = None, cache: bool = True, on_error: str = "record",
+                  progress: bool = True, **options: Any):
+        """Run ``prompt`` over every row of ``data``; returns a DataFrame on the input's index.
+
+        See :func:`oblix_nb.batch.map_frame` for the arguments, the result's columns, caching and resuming.
+        ``map_sync`` is the same call for code without an event loop at hand (a cell, a script).
+        """
+        from .batch import map_frame
+
+        return await map_frame(
+            self, data, prompt, schema=schema, model_id=model_id, concurrency=concurrency,
+            temperature=temperature, max_tokens=max_tokens, system=system, session_id=session_id, cache=cache,
+            on_error=on_error, progress=progress, **options)
+
+    def map_sync(self, data: Any, prompt: Any, **kwargs: Any):
+        """``map()`` from synchronous code, e.g. a notebook cell: runs on the package's loop thread (no nested
+        event loop). A kernel interrupt stops the batch; finished rows are stored and the next call resumes."""
+        return runtime.run(self.map(data, prompt, **kwargs))
 
     def stream(self, prompt: str, **kwargs: Any) -> "ExecutionStream":
         """``async for text in client.stream(prompt, ...)``: the reply's deltas as they arrive.
@@ -372,10 +429,19 @@ class OblixClient:
             raise ValueError(f"max_tokens must be a positive integer, not {max_tokens!r}")
         if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 5):
             raise ValueError(f"temperature must be a number between 0 and 5, not {temperature!r}")
-        unknown = set(kwargs) - set(SAMPLING_OPTIONS) - {"model_id", "sink"}
+        unknown = set(kwargs) - set(SAMPLING_OPTIONS) - {"model_id", "sink", "schema", "system"}
         if unknown:
             raise TypeError(f"execute() got unexpected keyword argument(s) {sorted(unknown)}; sampling options "
-                            f"are {list(SAMPLING_OPTIONS)}, plus model_id= and sink=")
+                            f"are {list(SAMPLING_OPTIONS)}, plus model_id=, sink=, system= and schema=")
+        system = kwargs.get("system")
+        if system is not None and not isinstance(system, str):
+            raise TypeError(f"system must be a string, not {type(system).__name__}")
+        schema = None
+        if kwargs.get("schema") is not None:
+            from .structured import compile_schema
+
+            schema = compile_schema(kwargs["schema"])
+            system = "\n\n".join(s for s in (system, schema.instruction()) if s)
         sid = session_id if session_id is not None else self.current_session_id
         if sid is not None:
             check_session_id(sid)
@@ -384,8 +450,10 @@ class OblixClient:
         options = {k: v for k, v in kwargs.items() if k in SAMPLING_OPTIONS and v is not None}
         if max_tokens is None:
             max_tokens = self.default_max_tokens
-        return Request(prompt=prompt, params=GenerationParams(max_tokens, temperature, options),
-                       request_id=request_id or new_id(), session_id=sid, model_id=kwargs.get("model_id"))
+        return Request(prompt=prompt, params=GenerationParams(max_tokens, temperature, options,
+                                                              schema.json_schema if schema else None),
+                       request_id=request_id or new_id(), session_id=sid, model_id=kwargs.get("model_id"),
+                       system=system or None, schema=schema)
 
     async def _route(self, forced: Optional[str]):
         if not self._models:
@@ -404,6 +472,16 @@ class OblixClient:
         if request.session_id:
             self.sessions.append_message(request.session_id, "user", request.prompt,
                                          request_id=request.request_id)
+        return await self._attempts(request, decision, checks, history, sink, stream, self._store_reply)
+
+    async def _attempts(self, request: "Request", decision, checks: list, history: list[dict],
+                        sink: Optional[StreamSink], stream: bool, store) -> dict:
+        """Call the decided model; on a failure before its first token, the next candidate (routing's
+        fallback order). ``history`` comes before the prompt (plus ``request.prior`` and ``request.system``);
+        ``store(request, text, response, partial)`` records the reply."""
+        history = list(history) + list(request.prior)
+        if request.system:
+            history.insert(0, {"role": "system", "content": request.system})
         failures: list[str] = []
         tried: set[str] = set()
         while True:
@@ -422,7 +500,8 @@ class OblixClient:
                 continue
             call = Call(backend, replace(request, params=params), decision, checks, fitted, price)
             try:
-                return await call.run(sink if stream else None, stream, self._store_reply)
+                return await call.run(sink if stream else None, stream, self._store_reply,
+                                      self.checkpoint_interval)
             except BeforeFirstToken as exc:
                 tried.add(backend.model_id)
                 failures.append(f"{backend.model_id}: {exc.summary}")
@@ -432,6 +511,20 @@ class OblixClient:
                         "no model could answer: " + "; ".join(failures), model_id=backend.model_id
                     ) from exc.__cause__
                 decision = decision.fell_back(backend.model_id, exc.summary, remaining[0])
+            finally:
+                if call.final is not None:  # a reply (finished or cut short) exists: log its usage once
+                    self._log_usage(*call.final)
+
+    def _log_usage(self, response: dict, partial: bool) -> None:
+        """One usage-log row per reply (spend for budgets, ``usage()``); bookkeeping never costs the reply."""
+        if not response.get("response") and (response.get("metrics") or {}).get("input_tokens") is None:
+            return
+        try:
+            usage_log.record(self.sessions, response, (response.get("routing_decision") or {}).get("target"),
+                             partial)
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"oblix_nb: could not log the usage of request {response.get('request_id')}: "
+                          f"{describe_error(exc)}", RuntimeWarning, stacklevel=2)
 
     def _over_budget(self, backend: ModelBackend, price: Optional[Price], fitted, params: GenerationParams,
                      session_id: Optional[str]):
@@ -457,22 +550,16 @@ class OblixClient:
         return decision.skipped(backend.model_id, f"over budget: {why}", remaining[0],
                                 self._models[remaining[0]].target)
 
-    def _store_reply(self, request: "Request", text: str, response: dict, partial: bool) -> None:
-        if text or (response.get("metrics") or {}).get("input_tokens") is not None:
-            try:  # bookkeeping must never cost the reply
-                usage_log.record(self.sessions, response, (response.get("routing_decision") or {}).get("target"),
-                                 partial)
-            except Exception as exc:  # noqa: BLE001
-                import warnings
-
-                warnings.warn(f"oblix_nb: could not log the usage of request {request.request_id}: "
-                              f"{describe_error(exc)}", RuntimeWarning, stacklevel=2)
+    def _store_reply(self, request: "Request", text: str, response: dict, partial: bool,
+                     message_id: Optional[str] = None, replace: bool = False) -> None:
+        """Store a reply (finished, partial, or a checkpoint of it) as message ``message_id``; ``replace``: an
+        earlier checkpoint may hold that id, so the row is updated in place instead of appended."""
         if not request.session_id or (partial and not text):
             return
-        self.sessions.append_message(
-            request.session_id, "assistant", text, model_id=response["model_id"],
-            metrics=response["metrics"], routing=response["routing_decision"], partial=partial,
-            request_id=request.request_id)
+        write = self.sessions.upsert_message if replace else self.sessions.append_message
+        write(request.session_id, "assistant", text, id=message_id, model_id=response["model_id"],
+              metrics=response["metrics"], routing=response["routing_decision"], partial=partial,
+              request_id=request.request_id)
 
     async def _chat(self, prompt: str, *, session_id: Optional[str], **kwargs: Any) -> dict:
         """Interactive chat: the notebook's chat handler if set, else a terminal prompt loop."""
@@ -517,6 +604,18 @@ class Request:
     request_id: str
     session_id: Optional[str]
     model_id: Optional[str] = None
+    system: Optional[str] = None        # an extra system message (the schema instruction goes here too)
+    schema: Any = None                  # a compiled oblix_nb.structured.Schema
+    prior: list = field(default_factory=list)  # messages before the prompt that are not in the session
+
+
+def retry_prompt(error: BaseException) -> str:
+    """The follow-up that asks for a corrected structured reply."""
+    return (f"Your reply was not valid: {error}. Reply again with only the JSON value, matching the schema "
+            f"exactly.")
+
+
+STORE_RETRY_DELAY_S = 0.2  # before the second try at storing a reply
 
 
 class BeforeFirstToken(Exception):
@@ -536,9 +635,12 @@ class Call:
         self.backend, self.request, self.decision, self.checks, self.fitted = \
             backend, request, decision, checks, fitted
         self.price = price
+        self.final: Optional[tuple[dict, bool]] = None  # (response, partial) once the reply is complete or cut
         self.pieces: list[str] = []
         self.first_token_at: Optional[float] = None
         self.usage = Usage(input_source="none", output_source="none")
+        self.message_id = new_id()  # the reply's row: checkpoints and the final reply share it
+        self.checkpoint: Optional[Checkpoint] = None
 
     def response(self, end: float, partial: bool) -> dict:
         b, u = self.backend, self.usage
@@ -570,9 +672,12 @@ class Call:
             out["partial"] = True
         return out
 
-    async def run(self, sink: Optional[StreamSink], stream: bool, store) -> dict:
+    async def run(self, sink: Optional[StreamSink], stream: bool, store,
+                  checkpoint_interval: Optional[float] = None) -> dict:
         self.started = utcnow()
         self.t0 = time.perf_counter()
+        if stream and checkpoint_interval and self.request.session_id:
+            self.checkpoint = Checkpoint(self, store, checkpoint_interval)
         if sink is not None:
             sink.start({"model_id": self.backend.model_id, "request_id": self.request.request_id,
                         "session_id": self.request.session_id, "routing": self.decision.as_dict()})
@@ -589,21 +694,56 @@ class Call:
                 self.usage = Usage(None, self.backend.estimate_tokens("".join(self.pieces)), "none",
                                    self.backend.estimate_source, "interrupted")
             partial = self.response(end, partial=True)
-            store(self.request, partial["response"], partial, True)
+            self.final = (partial, True)
+            not_stored = self.save(store, partial, True)
             if sink is not None:
                 sink.end(None, exc)
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                if not_stored is not None:
+                    warnings.warn(str(not_stored), RuntimeWarning, stacklevel=2)
                 raise
+            kept = ""
+            if self.pieces and self.request.session_id:
+                kept = ("; the partial reply was kept, flagged partial" if not_stored is None else
+                        f"; {not_stored}")
             raise ModelCallError(
-                f"{self.backend.model_id} failed after {len(self.pieces)} chunk(s): {describe_error(exc)}"
-                + ("; the partial reply was kept, flagged partial" if self.pieces and self.request.session_id
-                   else ""),
+                f"{self.backend.model_id} failed after {len(self.pieces)} chunk(s): {describe_error(exc)}" + kept,
                 model_id=self.backend.model_id, partial=partial["response"], response=partial) from exc
         response = self.response(self.end, partial=False)
-        store(self.request, response["response"], response, False)
+        self.final = (response, False)
+        not_stored = self.save(store, response, False)
         if sink is not None:
             sink.end(response)
+        if not_stored is not None:
+            raise not_stored
         return response
+
+    def save(self, store, response: dict, partial: bool) -> Optional[ReplyNotStoredError]:
+        """Store the reply, replacing its checkpoint; if that fails, wait a moment and try once more.
+
+        Returns None when stored, else the ReplyNotStoredError to raise: it carries the full response and says
+        where the reply could not be written (the session and the database path).
+        """
+        replace = self.checkpoint is not None and self.checkpoint.attempted
+        for attempt in (1, 2):
+            try:
+                store(self.request, response["response"], response, partial, self.message_id, replace)
+                return None
+            except Exception as exc:  # noqa: BLE001 - reported with the reply attached, never dropped
+                cause = exc
+                replace = True  # the first try may have committed before failing: never add a second row
+                if attempt == 1:
+                    time.sleep(STORE_RETRY_DELAY_S)
+        sessions = getattr(getattr(store, "__self__", None), "sessions", None)
+        path = str(getattr(sessions, "path", "")) or None
+        what = "the partial reply" if partial else "the reply"
+        error = ReplyNotStoredError(
+            f"{what} ({len(response['response'])} characters from {response['model_id']}) could not be stored "
+            f"in session {self.request.session_id} of {path or 'the session store'} (tried twice): "
+            f"{describe_error(cause)}; the full response is in exc.response",
+            response=response, session_id=self.request.session_id, path=path)
+        error.__cause__ = cause
+        return error
 
     def _fail_early(self, exc: BaseException) -> BeforeFirstToken:
         return BeforeFirstToken(describe_error(exc), is_connection_failure(exc))
@@ -627,11 +767,15 @@ class Call:
                     self.pieces.append(item)
                     if sink is not None:
                         sink.write(item)
+                    if self.checkpoint is not None:
+                        self.checkpoint.arrived()
                 try:
                     item = await anext(agen)
                 except StopAsyncIteration:
                     break
         finally:
+            if self.checkpoint is not None:
+                self.checkpoint.cancel()
             await agen.aclose()
             # The reply ends at its last token, not after any token counting the backend did afterwards.
             self.end = last_token_at or self.first_token_at or time.perf_counter()
@@ -645,6 +789,54 @@ class Call:
             raise self._fail_early(exc) from exc
         self.end = self.first_token_at = time.perf_counter()
         self.pieces.append(text)
+
+
+class Checkpoint:
+    """Keeps a streaming reply durable while it arrives: text is in the session at most ``interval`` seconds
+    after it arrived (one row, updated in place, flagged partial, ``finish_reason`` "interrupted"), so a killed
+    process loses at most the last ``interval`` seconds. The first write comes ``interval`` after the first
+    token, so short replies cost nothing extra. Runs on the package loop (a timer covers pauses in the
+    stream); a failed checkpoint is remembered, not raised: the final store retries and reports.
+    """
+
+    def __init__(self, call: Call, store, interval: float):
+        self.call, self.store, self.interval = call, store, interval
+        self.due: Optional[float] = None
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.attempted = False   # a row may exist: the final reply must replace it
+        self.saved = 0           # pieces persisted so far
+        self.writes = 0
+        self.error: Optional[BaseException] = None
+
+    def arrived(self) -> None:
+        """After each text delta (cheap: a clock read, at most one timer per interval)."""
+        now = time.monotonic()
+        if self.due is None:
+            self.due = now + self.interval
+        if now >= self.due:
+            self.flush()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.due - now, self.flush)
+
+    def flush(self) -> None:
+        self.cancel()
+        call = self.call
+        if len(call.pieces) > self.saved:
+            self.saved = len(call.pieces)
+            response = call.response(time.perf_counter(), partial=True)
+            response["metrics"]["finish_reason"] = "interrupted"  # what it is if this process dies now
+            self.attempted = True
+            try:
+                self.store(call.request, response["response"], response, True, call.message_id, True)
+                self.writes += 1
+            except Exception as exc:  # noqa: BLE001 - the final store retries and reports
+                self.error = exc
+        self.due = time.monotonic() + self.interval
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class ExecutionStream:

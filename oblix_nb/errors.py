@@ -6,6 +6,22 @@ class OblixError(Exception):
     """Base class for oblix_nb errors."""
 
 
+class StorageError(OblixError, OSError):
+    """The session database could not be read or written: disk full, a read-only file system or home, an
+    unwritable or missing folder, an I/O error. ``path`` is the database (or file) concerned and ``cause`` what
+    the system said; ``errno`` is set when the cause has one. A failed write changed nothing: data already
+    stored stays intact. A store on a read-only home still lists, loads and exports."""
+
+    def __init__(self, message: str, *, path: str | None = None, cause: BaseException | None = None):
+        errno = getattr(cause, "errno", None) if isinstance(cause, OSError) else None
+        super().__init__(message) if errno is None else super().__init__(errno, message)
+        self.path = path
+        self.cause = cause
+
+    def __str__(self) -> str:  # OSError(errno, msg) would print "[Errno n] msg"
+        return self.strerror if self.errno is not None and self.strerror else super().__str__()
+
+
 class SessionNotFoundError(OblixError, KeyError):
     """No session with that id in the store."""
 
@@ -19,6 +35,12 @@ class SessionNotFoundError(OblixError, KeyError):
 
 class SessionExistsError(OblixError, ValueError):
     """An import would overwrite an existing session (it never does; use new_id=True)."""
+
+
+class SessionFileError(OblixError, ValueError):
+    """A file cannot be imported as a session: not a regular file (a directory, FIFO, device, socket), larger
+    than the import size cap, not valid JSON, or not a valid session. The message names the file and the
+    problem; nothing was imported."""
 
 
 class InvalidSessionIdError(OblixError, ValueError):
@@ -42,6 +64,19 @@ class ModelCallError(OblixError):
         self.model_id = model_id
         self.partial = partial
         self.response = response
+
+
+class ReplyNotStoredError(OblixError):
+    """A model's reply arrived in full but could not be stored in its session, even on a second try (disk
+    full, database unwritable, the session deleted by another kernel meanwhile). Nothing is lost: ``response``
+    is execute()'s full dict (the text is ``response["response"]``); ``session_id`` and ``path`` (the
+    database) say where it could not be written; the cause is chained (``__cause__``)."""
+
+    def __init__(self, message: str, *, response: dict, session_id: str | None, path: str | None):
+        super().__init__(message)
+        self.response = response
+        self.session_id = session_id
+        self.path = path
 
 
 class BudgetExceededError(OblixError):

@@ -25,7 +25,8 @@ class StreamSink(Protocol):
 
 
 def format_footer(response: dict) -> str:
-    """One line: model, route and reason, time to first token, tokens/s, tokens, cost of a cloud reply."""
+    """One line: model, route and reason, time to first token, tokens/s, tokens; whether the reply was cut at
+    ``max_tokens`` (finish reason ``length``) or is partial; the cost of a cloud reply."""
     m = response.get("metrics") or {}
     route = response.get("routing_decision") or {}
     bits = [response.get("model_id") or "?"]
@@ -40,6 +41,8 @@ def format_footer(response: dict) -> str:
         bits.append(f"{m['tokens_per_second']:.1f} tok/s")
     if m.get("output_tokens") is not None:
         bits.append(f"{m['output_tokens']} tokens")
+    if m.get("finish_reason") == "length":
+        bits.append("cut at max_tokens")
     cost = cost_label(m)  # cloud replies only
     if cost:
         bits.append(cost)

@@ -37,6 +37,7 @@ class GenerationParams:
     max_tokens: Optional[int] = None
     temperature: Optional[float] = None
     options: dict = field(default_factory=dict)  # only keys from SAMPLING_OPTIONS
+    schema: Optional[dict] = None  # a JSON Schema the reply must match (see ModelBackend.structured_output)
 
 
 @dataclass
@@ -114,6 +115,21 @@ class ModelBackend(ABC):
         if self.target == "local" and self.context_window:
             return self.context_window // 4
         return None
+
+    # How this backend enforces ``GenerationParams.schema`` while decoding: "grammar" (llama.cpp), "json_schema"
+    # (OpenAI response_format), "format" (Ollama), or None (not enforced: the reply is only validated afterwards).
+    schema_enforcement: Optional[str] = None
+    # True for a model running inside this process (not re-entrant: map() defaults to one row at a time).
+    in_process = False
+
+    def structured_output(self, schema: dict) -> dict:
+        """Request arguments that make this backend constrain its reply to the JSON Schema ``schema``.
+
+        Backends merge the result into their request whenever ``params.schema`` is set; a new backend plugs into
+        structured output by overriding this (and ``schema_enforcement``). The default ({}) enforces nothing;
+        callers still tell the model the schema and validate the reply after parsing.
+        """
+        return {}
 
     def message_overhead(self) -> int:
         """Template tokens around each chat message (ChatML-style role markers)."""

@@ -8,6 +8,7 @@ that the worker checks between tokens.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from typing import AsyncIterator, Optional
@@ -36,6 +37,7 @@ class LlamaCppBackend(ModelBackend):
         self._llama = None
         self._formatter = None
         self._lock = threading.Lock()
+        self._grammars: dict = {}  # schema JSON -> LlamaGrammar
 
     async def connect(self) -> None:
         try:
@@ -62,7 +64,24 @@ class LlamaCppBackend(ModelBackend):
         if params.temperature is not None:
             kwargs["temperature"] = params.temperature
         kwargs.update({k: v for k, v in params.options.items() if k in LLAMA_OPTIONS})
+        if params.schema is not None:
+            kwargs.update(self.structured_output(params.schema))
         return kwargs
+
+    schema_enforcement = "grammar"
+    in_process = True
+
+    def structured_output(self, schema: dict) -> dict:
+        """A llama.cpp grammar compiled from the JSON Schema (``LlamaGrammar.from_json_schema``), cached per
+        schema: decoding can only produce JSON that matches it (up to ``max_tokens``)."""
+        key = json.dumps(schema, sort_keys=True)
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            from llama_cpp import LlamaGrammar
+
+            grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            self._grammars = {**dict(list(self._grammars.items())[-15:]), key: grammar}
+        return {"grammar": grammar}
 
     def _count(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0

@@ -1,13 +1,74 @@
 """Ollama backend over the official ``ollama.AsyncClient`` (a real Ollama, or any server speaking its API)."""
 from __future__ import annotations
 
+import ipaddress
+import os
 from typing import AsyncIterator, Optional
+from urllib.parse import urlsplit
 
 from ..errors import ModelUnavailableError
 from .base import GenerationParams, ModelBackend, ModelType, StreamItem, Usage
 
-DEFAULT_ENDPOINT = "http://localhost:11434"
+DEFAULT_ENDPOINT = "http://127.0.0.1:11434"  # what the official client and the `ollama` CLI use
+DEFAULT_PORT = 11434
 DEFAULT_NUM_CTX = 2048  # Ollama's own default context; we always send num_ctx so the history budget is exact
+
+
+def parse_ollama_host(host: Optional[str]) -> str:
+    """An Ollama endpoint URL from the host forms the official ``ollama`` client accepts (its ``OLLAMA_HOST``).
+
+    Same rules as ``ollama.Client(host=...)``: no scheme means ``http``; no port means 11434 without a scheme,
+    80/443 with ``http://``/``https://``; ``:PORT`` alone means 127.0.0.1; IPv6 in brackets; a path is kept,
+    trailing slashes dropped. One addition: the unspecified bind addresses ``0.0.0.0`` and ``::`` (what
+    ``OLLAMA_HOST`` is often set to so that the *server* listens on every interface) are connected to as
+    127.0.0.1 / ``[::1]``, the same machine over loopback. Examples::
+
+        None, ""                 -> http://127.0.0.1:11434
+        "0.0.0.0"                -> http://127.0.0.1:11434
+        "example.com:8080"       -> http://example.com:8080
+        "https://example.com"    -> https://example.com:443
+        "[::1]:9000/ollama/"     -> http://[::1]:9000/ollama
+
+    Raises ValueError for a scheme other than http/https, a bad port, or a string with whitespace inside.
+    """
+    if host is not None and not isinstance(host, str):
+        raise TypeError(f"Ollama host must be a string, not {type(host).__name__}")
+    text = (host or "").strip()
+    if any(ch.isspace() for ch in text):
+        raise ValueError(f"Ollama host {host!r} contains whitespace")
+    scheme, sep, hostport = text.partition("://")
+    port = DEFAULT_PORT
+    if not sep:
+        scheme, hostport = "http", text
+    elif scheme.lower() == "http":
+        port = 80
+    elif scheme.lower() == "https":
+        port = 443
+    else:
+        raise ValueError(f"Ollama host {host!r}: scheme must be http or https, not {scheme!r}")
+    scheme = scheme.lower()
+    split = urlsplit(f"{scheme}://{hostport}")
+    try:
+        port = split.port or port
+    except ValueError as exc:
+        raise ValueError(f"Ollama host {host!r}: {exc}") from None
+    name = split.hostname or "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        ip = None
+    if ip is not None and ip.is_unspecified:
+        name = "127.0.0.1" if ip.version == 4 else "::1"
+        ip = ipaddress.ip_address(name)
+    if ip is not None and ip.version == 6:
+        name = f"[{name}]"
+    path = split.path.strip("/")
+    return f"{scheme}://{name}:{port}" + (f"/{path}" if path else "")
+
+
+def default_endpoint() -> str:
+    """``$OLLAMA_HOST`` parsed as the official client does, else http://127.0.0.1:11434."""
+    return parse_ollama_host(os.environ.get("OLLAMA_HOST"))
 
 
 class OllamaBackend(ModelBackend):
@@ -15,7 +76,9 @@ class OllamaBackend(ModelBackend):
 
     def __init__(self, model_name: str, endpoint: Optional[str] = None, *, api_key: Optional[str] = None,
                  timeout: float = 120.0, keep_alive: Optional[str] = None, **kwargs):
-        super().__init__(model_name, (endpoint or DEFAULT_ENDPOINT).rstrip("/"), **kwargs)
+        # An explicit endpoint wins; else $OLLAMA_HOST, as the official client and CLI do. Both accept the
+        # client's host forms ("host", "host:port", ":port", "http(s)://host[:port][/path]").
+        super().__init__(model_name, parse_ollama_host(endpoint) if endpoint else default_endpoint(), **kwargs)
         import ollama
 
         self._timeout = timeout
@@ -68,13 +131,25 @@ class OllamaBackend(ModelBackend):
         options.update(params.options)  # every SAMPLING_OPTIONS key is an Ollama option of the same name
         return options
 
+    schema_enforcement = "format"
+
+    def structured_output(self, schema: dict) -> dict:
+        """Ollama's ``format``: a JSON Schema that the server turns into a decoding grammar."""
+        return {"format": schema}
+
+    def _extra(self, params: GenerationParams) -> dict:
+        kwargs = {"keep_alive": self._keep_alive} if self._keep_alive else {}
+        if params.schema is not None:
+            kwargs.update(self.structured_output(params.schema))
+        return kwargs
+
     @staticmethod
     def _usage(final) -> Usage:
         return Usage(input_tokens=final.prompt_eval_count, output_tokens=final.eval_count,
                      input_source="server", output_source="server", finish_reason=final.done_reason)
 
     async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
-        kwargs = {"keep_alive": self._keep_alive} if self._keep_alive else {}
+        kwargs = self._extra(params)
         response = await self._client.chat(model=self.model_name, messages=messages, stream=True,
                                            options=self._options(params), **kwargs)
         final = None
@@ -90,7 +165,7 @@ class OllamaBackend(ModelBackend):
         yield self._usage(final) if final is not None else Usage(input_source="none", output_source="none")
 
     async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
-        kwargs = {"keep_alive": self._keep_alive} if self._keep_alive else {}
+        kwargs = self._extra(params)
         reply = await self._client.chat(model=self.model_name, messages=messages, stream=False,
                                         options=self._options(params), **kwargs)
         return reply.message.content or "", self._usage(reply)

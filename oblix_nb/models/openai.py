@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import AsyncIterator, Optional
+from typing import Any, AsyncIterator, Optional
 from urllib.parse import urlsplit
 
 from ..errors import ModelUnavailableError
@@ -36,6 +36,20 @@ def _server_usage(usage, finish) -> Usage:
                  cache_read_tokens=cached if isinstance(cached, int) else None)
 
 
+def _strict_compatible(schema: Any) -> bool:
+    """True if OpenAI's strict mode accepts the schema: every object lists all its properties as required and
+    forbids additional ones (the concise specs are written that way; most hand-written schemas are not)."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "object" or "properties" in schema:
+            props = schema.get("properties") or {}
+            if schema.get("additionalProperties") is not False or set(schema.get("required") or ()) != set(props):
+                return False
+        return all(_strict_compatible(v) for k, v in schema.items() if k not in ("enum", "const", "default"))
+    if isinstance(schema, list):
+        return all(_strict_compatible(v) for v in schema)
+    return True
+
+
 class OpenAIBackend(ModelBackend):
     model_type = ModelType.OPENAI
 
@@ -55,6 +69,7 @@ class OpenAIBackend(ModelBackend):
         self._client = openai.AsyncOpenAI(api_key=key, base_url=base, timeout=timeout, max_retries=max_retries)
         self._http = None  # httpx.AsyncClient for the tokenizer, made on first use
         self._tokenize_supported: Optional[bool] = None if _is_loopback(base) else False
+        self._schema_style = "json_schema"  # or "json_object" once the server rejected json_schema
 
     async def connect(self) -> None:
         import openai
@@ -98,11 +113,41 @@ class OpenAIBackend(ModelBackend):
         for key, value in params.options.items():
             if key in OPENAI_OPTIONS:
                 payload[key] = value
+        if params.schema is not None:
+            payload.update(self.structured_output(params.schema))
         return payload
 
+    schema_enforcement = "json_schema"
+
+    def structured_output(self, schema: dict) -> dict:
+        """OpenAI's ``response_format`` ``json_schema`` (strict when the schema allows it). Servers that reject
+        that form -- llama-cpp-python's ``llama_cpp.server`` takes only ``{"type": "json_object", "schema": ...}``,
+        which it compiles to a grammar -- get the latter from then on (see ``_create``)."""
+        if self._schema_style == "json_object":
+            return {"response_format": {"type": "json_object", "schema": schema}}
+        return {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "reply", "schema": schema, "strict": _strict_compatible(schema)}}}
+
+    async def _create(self, payload: dict, **kwargs):
+        """``chat.completions.create``; a server that rejects the ``json_schema`` response format (an HTTP error
+        naming response_format) is asked again with ``json_object`` + schema, and remembered."""
+        import openai
+
+        try:
+            return await self._client.chat.completions.create(**payload, **kwargs)
+        except openai.APIStatusError as exc:
+            # llama_cpp.server answers 500 (its request validation error), others 400/422.
+            fmt = payload.get("response_format") or {}
+            if fmt.get("type") != "json_schema" or exc.status_code not in (400, 422, 500) or \
+                    "response_format" not in str(exc) + str(getattr(exc, "body", "")):
+                raise
+            self._schema_style = "json_object"
+            retry = dict(payload, response_format={"type": "json_object", "schema": fmt["json_schema"]["schema"]})
+            return await self._client.chat.completions.create(**retry, **kwargs)
+
     async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
-        stream = await self._client.chat.completions.create(
-            **self._payload(messages, params), stream=True, stream_options={"include_usage": True})
+        stream = await self._create(self._payload(messages, params), stream=True,
+                                    stream_options={"include_usage": True})
         chunks = 0
         finish = None
         server_usage = None
@@ -164,7 +209,7 @@ class OpenAIBackend(ModelBackend):
         return counts
 
     async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
-        reply = await self._client.chat.completions.create(**self._payload(messages, params))
+        reply = await self._create(self._payload(messages, params))
         choice = reply.choices[0]
         text = choice.message.content or ""
         if reply.usage is not None:

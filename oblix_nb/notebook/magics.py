@@ -272,6 +272,17 @@ def oblix_parser() -> MagicArgumentParser:
     p.add_argument("-f", "--format", choices=("markdown", "text", "code"), default="markdown",
                    help="markdown (default); text: plain; code: also put the reply's code in a new cell")
     p.add_argument("--var", metavar="NAME", help="also store the reply in this variable")
+    over = p.add_argument_group("prompts over a DataFrame (--over)", textwrap.dedent("""\
+        With --over DF the cell is a template run once per row of DF (client.map): {column} is the row's
+        value ({name} of a notebook variable that is not a column: that value). The result is a DataFrame on
+        DF's index, shown and stored in NAME (--into, default oblix_result); finished rows are stored, so
+        re-running the cell only calls the model for rows that have not finished."""))
+    over.add_argument("--over", metavar="DF", help="a DataFrame / Series / list variable to run the cell over")
+    over.add_argument("--schema", metavar="SPEC",
+                      help="structured output: 'label, score float, tags list[str]', a JSON Schema, or a variable")
+    over.add_argument("--into", metavar="NAME", help="store the result DataFrame in this variable")
+    over.add_argument("--concurrency", type=_positive_int, metavar="N", help="rows in flight (default 1 "
+                      "for the embedded model, 4 for servers)")
     return p
 
 
@@ -635,6 +646,10 @@ class OblixMagics(Magics):
             return None
         if args.var is not None and not args.var.isidentifier():
             raise UsageError(f"%%oblix --var: {args.var!r} is not a valid variable name")
+        if args.over is not None:
+            return self._over(args, cell or "")
+        if args.into is not None or args.concurrency is not None:
+            raise UsageError("%%oblix: --into and --concurrency go with --over DF")
         prompt = fill_template(cell or "", self.shell.user_ns).rstrip()
         prompt = re.sub(r"\A(?:[ \t]*\n)+", "", prompt)  # drop blank lines around the prompt
         if not prompt.strip():
@@ -694,6 +709,47 @@ class OblixMagics(Magics):
         if fmt == "code":
             self.shell.set_next_input(extract_code(text), replace=False)
         return None
+
+    def _over(self, args, cell: str):
+        """``%%oblix --over DF``: the cell as a template over DF's rows (client.map)."""
+        from ..batch import fill_constants, input_fields
+        from ..structured import SchemaError, schema_from_text
+
+        ns = self.shell.user_ns
+        if not args.over.isidentifier() or args.over not in ns:
+            raise UsageError(f"%%oblix --over: no variable named {args.over!r}")
+        if args.var or args.new_session or args.no_stream or args.format == "code":
+            raise UsageError("%%oblix --over: --var, --new-session, --no-stream and -f code do not apply; the "
+                             "result DataFrame goes to --into NAME")
+        into = args.into or "oblix_result"
+        if not into.isidentifier():
+            raise UsageError(f"%%oblix --into: {into!r} is not a valid variable name")
+        data = ns[args.over]
+        try:
+            schema = schema_from_text(args.schema, ns) if args.schema is not None else None
+        except SchemaError as exc:
+            raise UsageError(f"%%oblix --schema: {exc}") from None
+        template = fill_constants(cell.strip(), ns, set(input_fields(data)))
+        if not template.strip():
+            raise UsageError("%%oblix --over: the cell is the template; write it below the %%oblix line, "
+                             "with {column} fields")
+        client = self.client
+        model_id = args.model or self.default_model or None
+        if not self._ensure_model(client, model_id):
+            return None
+        kwargs: dict[str, Any] = dict(schema=schema, model_id=model_id, temperature=args.temperature,
+                                      max_tokens=args.max_tokens, concurrency=args.concurrency)
+        if args.session:
+            kwargs["session_id"] = self.resolve(args.session)
+        try:
+            result = client.map_sync(data, template, **kwargs)
+        except (TypeError, ValueError, NoModelHookedError, SessionNotFoundError) as exc:
+            raise UsageError(f"%%oblix --over: {exc}") from None
+        ns[into] = result
+        errors = int(result["error"].notna().sum()) if "error" in result else 0
+        cached = int(result["cached"].sum()) if "cached" in result else 0
+        print(f"{len(result)} rows -> {into} ({cached} from the store, {errors} with errors)")
+        return result
 
     def _finish(self, view: Optional[ReplyDisplay], text: str, footer: Optional[str], *, error: bool = False,
                 streamed: bool = True) -> None:

@@ -47,6 +47,7 @@ _CATEGORICAL = ("session_id", "session_title", "role", "model_id", "route_target
 _FLOATS = ("time_to_first_token", "tokens_per_second", "total_latency")
 _INTS = ("input_tokens", "output_tokens")
 _NULLABLE_FLOATS = ("cost_usd",)  # NA (unknown) stays distinct from 0.0 (free)
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
 def _utc(values):
@@ -101,7 +102,7 @@ def messages_df(store: "SessionStore", session_ids: Union[str, Iterable[str], No
         elif name in _FLOATS:
             data[name] = np.array(values, dtype="float64")  # None -> NaN
         elif name in _INTS:
-            data[name] = pd.array(values, dtype="Int64")
+            data[name] = _int64_array(values)
         elif name in _NULLABLE_FLOATS:
             data[name] = pd.array([None if v is None else float(v) for v in values], dtype="Float64")
         elif name == "timestamp":
@@ -114,6 +115,24 @@ def messages_df(store: "SessionStore", session_ids: Union[str, Iterable[str], No
     if not rows:
         frame["timestamp"] = pd.Series([], dtype="datetime64[us, UTC]")
     return frame
+
+
+def _int64(value):
+    """A token count as Int64 can hold it, else None (the exact value stays in the message's metrics)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and _INT64_MIN <= value <= _INT64_MAX:
+        return value
+    return None
+
+
+def _int64_array(values):
+    import pandas as pd
+
+    try:
+        return pd.array(values, dtype="Int64")
+    except (TypeError, ValueError, OverflowError):  # a count beyond 64 bits, or not a number
+        return pd.array([_int64(v) for v in values], dtype="Int64")
 
 
 def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metadata: Optional[dict] = None,
@@ -168,9 +187,11 @@ def _meta_column(values: list):
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, bool) for v in present):
         return pd.array(values, dtype="boolean")
-    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+    if present and all(isinstance(v, int) and not isinstance(v, bool) and _INT64_MIN <= v <= _INT64_MAX
+                       for v in present):
         return pd.array(values, dtype="Int64")
-    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+    if present and all(isinstance(v, float) or isinstance(v, int) and not isinstance(v, bool)
+                       and abs(v) < 2 ** 53 for v in present):  # floats, or ints a float holds exactly
         return pd.array([None if v is None else float(v) for v in values], dtype="Float64")
     if present and all(isinstance(v, str) for v in present):
         return pd.array(values, dtype="str")

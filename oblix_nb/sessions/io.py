@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .._util import check_session_id, iso, new_id, normalize_iso
-from ..errors import InvalidSessionIdError
+from ..errors import InvalidSessionIdError, SessionFileError
+from .validate import check_json, check_text
 
 ROLES = ("user", "assistant", "system")
 
@@ -49,6 +52,7 @@ def normalize_message(role: Any, content: Any, fields: dict, default_timestamp: 
         raise ValueError(f"unknown role {role!r}; expected one of {list(ROLES)}")
     if not isinstance(content, str):
         raise TypeError(f"message content must be a string, not {type(content).__name__}")
+    check_text(content, "message content")
     message_id = fields.get("id")
     if message_id is None:
         message_id = new_id()
@@ -56,11 +60,14 @@ def normalize_message(role: Any, content: Any, fields: dict, default_timestamp: 
         raise TypeError(f"message id must be a string, not {type(message_id).__name__}")
     elif not message_id:
         raise ValueError("message id must not be empty")
+    else:
+        check_text(message_id, "message id")
     timestamp = fields.get("timestamp")
     if timestamp is None:
         timestamp = default_timestamp or iso()
-    elif not isinstance(timestamp, str):
-        raise TypeError(f"message timestamp must be an ISO 8601 string, not {type(timestamp).__name__}")
+    elif not isinstance(timestamp, (str, datetime)):
+        raise TypeError(f"message timestamp must be an ISO 8601 string or a datetime, "
+                        f"not {type(timestamp).__name__}")
     else:
         timestamp = normalize_iso(timestamp)
     message = {"id": message_id, "role": role, "content": content, "timestamp": timestamp}
@@ -76,32 +83,98 @@ def normalize_message(role: Any, content: Any, fields: dict, default_timestamp: 
             continue
         if name == "source_session_id":
             check_session_id(value)
+        elif kind is str:
+            check_text(value, f"message field {name!r}")
+        elif kind is dict:
+            check_json(value, f"message {name}")
         message[name] = value
     return message
 
 
-def parse_session_file(path: str | os.PathLike) -> dict:
+DEFAULT_MAX_IMPORT_BYTES = 256 * 2 ** 20
+MAX_IMPORT_ENV = "OBLIX_MAX_IMPORT_BYTES"
+
+
+def default_max_import_bytes() -> int:
+    """The import size cap: env ``OBLIX_MAX_IMPORT_BYTES`` if set (an integer), else 256 MiB."""
+    value = os.environ.get(MAX_IMPORT_ENV)
+    if not value:
+        return DEFAULT_MAX_IMPORT_BYTES
+    try:
+        cap = int(value)
+    except ValueError:
+        raise ValueError(f"{MAX_IMPORT_ENV} must be a number of bytes, not {value!r}") from None
+    if cap <= 0:
+        raise ValueError(f"{MAX_IMPORT_ENV} must be positive, not {cap}")
+    return cap
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def read_capped(path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file at ``path``, refusing (SessionFileError) a directory, FIFO, device or
+    socket and a file above ``max_bytes``, without reading more than ``max_bytes + 1`` bytes or blocking."""
+    def refuse(reason: str) -> SessionFileError:
+        return SessionFileError(f"{path}: {reason}; nothing was imported")
+
+    def check(st: os.stat_result) -> None:
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse(f"is a {_kind(st.st_mode)}, not a session file")
+        if st.st_size > max_bytes:
+            raise refuse(f"the file is {st.st_size:,} bytes, above the import size cap of {max_bytes:,} bytes "
+                         f"(raise it with max_bytes=, SessionStore(max_import_bytes=) or {MAX_IMPORT_ENV})")
+
+    check(os.stat(path))  # before opening: opening a FIFO could block, a device could be read forever
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        check(os.fstat(f.fileno()))  # the file actually opened (the path may have been swapped meanwhile)
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise refuse(f"the file grew above the import size cap of {max_bytes:,} bytes while being read")
+    return data
+
+
+def parse_session_file(path: str | os.PathLike, max_bytes: int | None = None) -> dict:
     """Read and validate a session file (ours or the original Oblix SDK's); returns the normalized document.
 
-    Raises FileNotFoundError for a missing file and ValueError (naming the file and what is wrong) for
-    invalid JSON (with line and column), a missing required field, a wrong type, an unknown role, a bad
-    timestamp, duplicate message ids or an invalid session id. Message fields we do not know are ignored.
-    The returned messages are :func:`normalize_message` dicts; ``title`` may be None (file had null).
+    Raises FileNotFoundError for a missing file and SessionFileError (a ValueError naming the file and what
+    is wrong) for: a directory, FIFO, device or socket; a file above ``max_bytes`` (default
+    :func:`default_max_import_bytes`, 256 MiB); invalid JSON (with line and column) or JSON nested too deeply;
+    a missing required field, a wrong type, an unknown role, a bad timestamp, duplicate message ids, text with
+    a lone surrogate (naming the field), JSON values refused by :func:`.validate.check_json`. An invalid
+    session id raises InvalidSessionIdError. Message fields we do not know are ignored. The returned messages
+    are :func:`normalize_message` dicts; ``title`` may be None (file had null).
     """
     path = Path(os.fspath(path)).expanduser()
-    raw = path.read_bytes()
+    if max_bytes is None:
+        max_bytes = default_max_import_bytes()
+    raw = read_capped(path, max_bytes)
 
     def no_constants(name: str):
-        raise ValueError(f"{path}: invalid JSON: {name} is not a JSON value")
+        raise SessionFileError(f"{path}: invalid JSON: {name} is not a JSON value")
 
     try:
         doc = json.loads(raw.decode("utf-8-sig"), parse_constant=no_constants)
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise SessionFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+        raise SessionFileError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except RecursionError:
+        raise SessionFileError(f"{path}: JSON nested too deeply to import") from None
+    except SessionFileError:
+        raise
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise SessionFileError(f"{path}: invalid JSON: {exc}") from None
 
-    def fail(message: str, error: type[ValueError] = ValueError) -> ValueError:
+    def fail(message: str, error: type[ValueError] = SessionFileError) -> ValueError:
         return error(f"{path}: {message}")
 
     if not isinstance(doc, dict):
@@ -117,6 +190,14 @@ def parse_session_file(path: str | os.PathLike) -> dict:
     title = doc["title"]
     if title is not None and not isinstance(title, str):
         raise fail(f"field 'title' must be a string or null, not {type(title).__name__}")
+    try:
+        if title is not None:
+            check_text(title, "field 'title'")
+        for name in ("context", "metadata"):
+            if isinstance(doc.get(name), dict):
+                check_json(doc[name], f"field {name!r}")
+    except (TypeError, ValueError) as exc:
+        raise fail(str(exc)) from None
     stamps = {}
     for name in ("created_at", "updated_at"):
         value = doc[name]

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from .._util import iso
-from .store import _dumps
+from .validate import dumps
 
 
 class Settings:
@@ -24,12 +24,12 @@ class Settings:
 
     def get(self, key: str, default: Any = None) -> Any:
         self._check_key(key)
-        with self._store._lock:
-            row = self._store._conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        with self._store._locked("read") as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
     def set(self, key: str, value: Any) -> None:
-        text = _dumps(value, f"setting {self._check_key(key)!r}")
+        text = dumps(value, f"setting {self._check_key(key)!r}")
         with self._store._write() as conn:
             conn.execute("INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?) "
                          "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -42,8 +42,8 @@ class Settings:
 
     def items(self, prefix: str = "") -> dict[str, Any]:
         """``{key: value}`` of the keys starting with ``prefix``, in key order."""
-        with self._store._lock:
-            rows = self._store._conn.execute(
+        with self._store._locked("read") as conn:
+            rows = conn.execute(
                 "SELECT key, value FROM settings WHERE substr(key, 1, ?) = ? ORDER BY key",
                 (len(prefix), prefix)).fetchall()
         return {key: json.loads(value) for key, value in rows}

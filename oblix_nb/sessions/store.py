@@ -8,8 +8,13 @@ threads (the notebook's main thread and the package's asyncio thread): its conne
 
 Appending a message is one INSERT plus a one-row UPDATE of its session (``updated_at``, ``message_count``);
 a session is never rewritten. Listing reads only the ``sessions`` table; metadata filters are index lookups
-in ``session_meta``; ``search`` uses FTS5, whose indexes are updated in one batch when a search runs rather
-than on every write.
+in ``session_meta``; ``search`` uses FTS5, whose indexes are updated in batches by a background pass shortly
+after writes (not on every write, which would cost each append an FTS5 segment, nor all at the first search,
+which made that search pay the whole backlog).
+
+Failures of the storage itself (disk full, read-only file system or home, unwritable folder, I/O error, not
+a database) raise one :class:`~oblix_nb.errors.StorageError` naming the database and the cause; input is
+checked first (:mod:`.validate`), so bad input raises before any SQL and changes nothing.
 
 Default titles: ``create()`` without a title names the session after its creation time in UTC
 (``"Session 2026-11-24 20:51 UTC"``); ``copy()`` uses ``"Copy of <title>"``; ``merge()`` uses
@@ -17,24 +22,32 @@ Default titles: ``create()`` without a title names the session after its creatio
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from .. import runtime
 from .._util import check_session_id, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
-from ..errors import SessionExistsError, SessionNotFoundError
+from ..errors import SessionExistsError, SessionNotFoundError, StorageError
 from .io import normalize_message, parse_session_file, write_json_atomic
-from .migrations import migrate
+from .migrations import LATEST_VERSION, migrate, schema_version
+from .validate import canonical_json, check_json, check_limit, check_query, check_text, check_title, dumps, \
+    json_object
 
 BUSY_TIMEOUT_S = 30.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 MAX_MATCHES_PER_HIT = 3
+INDEX_DELAY_S = 0.05      # a background indexing pass starts this long after a write (writes in between share it)
+INDEX_CHUNK_ROWS = 500    # rows indexed per transaction: a writer waits at most one chunk (a few ms)
+SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing pending rows itself
 
 # A message row as read and written: the order of the columns below, after ``session_seq``.
 MESSAGE_COLUMNS = ("id", "role", "content", "timestamp", "model_id", "metrics", "routing", "partial",
@@ -42,53 +55,14 @@ MESSAGE_COLUMNS = ("id", "role", "content", "timestamp", "model_id", "metrics", 
 _SELECT_MESSAGES = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE session_seq = ?"
 _INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {', '.join(MESSAGE_COLUMNS)}) "
                    f"VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + 1))})")
+_UPDATE_MESSAGE = (f"UPDATE messages SET {', '.join(f'{c} = ?' for c in MESSAGE_COLUMNS[1:])} "
+                   f"WHERE session_seq = ? AND id = ?")
 _SUMMARY_COLUMNS = "id, title, created_at, updated_at, message_count, metadata"
 # (fts_progress name, content table, FTS5 table, indexed column)
 _FTS_TABLES = (("messages", "messages", "messages_fts", "content"), ("titles", "sessions", "titles_fts", "title"))
 _FTS_PENDING = "SELECT " + " OR ".join(
     f"(SELECT last_seq FROM fts_progress WHERE name = '{name}') < IFNULL((SELECT MAX(seq) FROM {table}), 0)"
     for name, table, _, _ in _FTS_TABLES)
-
-
-def _json_object(value: Any, what: str) -> tuple[dict, str]:
-    """``(value, its JSON text)`` for a dict of JSON values (None means {}). TypeError for anything else."""
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise TypeError(f"{what} must be a dict, not {type(value).__name__}")
-    for key in value:
-        if not isinstance(key, str):
-            raise TypeError(f"{what} keys must be strings, not {type(key).__name__} ({key!r})")
-    return value, _dumps(value, what)
-
-
-def _dumps(value: Any, what: str) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:  # ValueError: NaN/inf or a circular reference
-        raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return value
-
-
-def canonical_json(value: Any, what: str = "metadata value") -> str:
-    """The JSON text metadata values are compared by: keys sorted, ``1.0`` written as ``1``.
-
-    So ``1 == 1.0`` match, while ``1``, ``"1"`` and ``true`` stay distinct.
-    """
-    try:
-        return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
 def _update_stamp(dt: Optional[datetime] = None) -> str:
@@ -108,10 +82,12 @@ def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
         return "", []
     if not isinstance(filter_metadata, dict):
         raise TypeError(f"filter_metadata must be a dict, not {type(filter_metadata).__name__}")
+    check_json(filter_metadata, "filter_metadata")  # depth counted as for stored metadata
     subqueries, params = [], []
     for key, value in filter_metadata.items():
         if not isinstance(key, str):
             raise TypeError(f"filter_metadata keys must be strings, not {type(key).__name__}")
+        check_text(key, "filter_metadata key")
         subqueries.append("SELECT session_seq FROM session_meta WHERE key = ? AND value = ?")
         params += [key, canonical_json(value, f"filter_metadata[{key!r}]")]
     if not subqueries:
@@ -119,34 +95,18 @@ def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
     return f"WHERE seq IN ({' INTERSECT '.join(subqueries)})", params
 
 
-def _check_limit(limit: Optional[int], name: str = "limit") -> int:
-    """SQLite LIMIT for a user limit: None means no limit (-1); negative or non-int values are refused."""
-    if limit is None:
-        return -1
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"{name} must be an int or None, not {type(limit).__name__}")
-    if limit < 0:
-        raise ValueError(f"{name} must be >= 0, not {limit}")
-    return limit
-
-
 def _default_title(created_at: str) -> str:
     """``"Session 2026-11-24 20:51 UTC"`` for a session created at that (canonical) time."""
     return f"Session {created_at[:10]} {created_at[11:16]} UTC"
 
 
-def _check_title(title: Any) -> None:
-    if title is not None and not isinstance(title, str):
-        raise TypeError(f"title must be a string, not {type(title).__name__}")
-
-
 def _message_row(message: dict) -> tuple:
-    """A normalized message dict as a row (MESSAGE_COLUMNS order)."""
+    """A message dict checked by ``normalize_message`` as a row (MESSAGE_COLUMNS order)."""
     metrics, routing = message.get("metrics"), message.get("routing")
     return (message["id"], message["role"], message["content"], message["timestamp"],
             message.get("model_id"),
-            None if metrics is None else _dumps(metrics, "message metrics"),
-            None if routing is None else _dumps(routing, "message routing"),
+            None if metrics is None else dumps(metrics, "message metrics", checked=True),
+            None if routing is None else dumps(routing, "message routing", checked=True),
             1 if message.get("partial") else None,
             message.get("request_id"), message.get("source_session_id"))
 
@@ -177,7 +137,54 @@ def _summary(row: tuple) -> dict:
 def _fts_query(query: str) -> str:
     """The user's text as an FTS5 query: every whitespace-separated term quoted (so ``-``, ``:``, ``"``,
     ``AND``, ``*`` are plain text), all terms required."""
-    return " ".join('"' + term.replace('"', '""') + '"' for term in query.split())
+    # NUL would end the FTS5 query string early; the tokenizer treats it as a separator anyway.
+    return " ".join('"' + term.replace('"', '""').replace("\x00", " ") + '"' for term in query.split())
+
+
+# SQLite primary result codes that mean the storage failed (not the caller's input).
+_STORAGE_CODES = {
+    3: "permission denied",                                          # SQLITE_PERM
+    5: "the database is locked by another process",                  # SQLITE_BUSY
+    8: "the database is read-only (read-only file system or home, or no write permission)",  # SQLITE_READONLY
+    10: "disk I/O error",                                            # SQLITE_IOERR
+    11: "the database file is corrupt",                              # SQLITE_CORRUPT
+    13: "the disk is full",                                          # SQLITE_FULL
+    14: "cannot open the database file (missing folder or no permission)",  # SQLITE_CANTOPEN
+    26: "the file is not a session database",                        # SQLITE_NOTADB
+}
+
+
+def storage_error(exc: sqlite3.Error, path: Path, action: str) -> Exception:
+    """SQLite's error as the StorageError a user sees (naming the database and the cause), if it is a storage
+    failure; otherwise ``exc`` itself (a bug or a constraint, not the disk)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    reason = _STORAGE_CODES.get(code & 0xFF) if isinstance(code, int) else None
+    if reason is None:
+        text = str(exc).lower()
+        reason = next((r for c, r in _STORAGE_CODES.items() if _MESSAGES[c] in text), None)
+    if reason is None:
+        return exc
+    error = StorageError(f"cannot {action} the session database {path}: {reason} ({exc})", path=str(path),
+                         cause=exc)
+    error.reason = reason
+    return error
+
+
+_MESSAGES = {3: "access permission denied", 5: "database is locked", 8: "readonly database", 10: "disk i/o error",
+             11: "malformed", 13: "database or disk is full", 14: "unable to open database file",
+             26: "file is not a database"}
+
+
+def _not_writable(path: Path) -> Optional[str]:
+    """Why the database file or its folder cannot be written (None if they can)."""
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        return None
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError:
+        pass
+    return "no write permission"
 
 
 class SessionStore:
@@ -188,34 +195,102 @@ class SessionStore:
     returns False (``delete``, ``update_metadata``).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, max_import_bytes: Optional[int] = None):
         self.path = Path(os.fspath(path)).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: import_file's size cap in bytes (None: env OBLIX_MAX_IMPORT_BYTES, else 256 MiB)
+        self.max_import_bytes = max_import_bytes
+        #: why the store could only be opened read-only (a read-only home), else None
+        self.read_only: Optional[str] = None
+        #: index new text for search in the background after writes (False: only when a search runs)
+        self.background_index = True
+        self.index_error: Optional[BaseException] = None  # the last background indexing failure, if any
+        self._index_wanted = False
+        self._closed = False
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                     check_same_thread=False)
         try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the folder of the session database {self.path}: "
+                               f"{exc.strerror or exc}", path=str(self.path), cause=exc) from exc
+        try:
+            self._conn = self._open_read_write()
+        except sqlite3.Error as exc:
+            error = storage_error(exc, self.path, "open")
+            if not isinstance(error, StorageError) or not self.path.is_file():
+                raise error from exc
+            self._conn = self._open_read_only(error)
+        else:
+            self.read_only = _not_writable(self.path)  # SQLite falls back to reading silently
+            with self._locked("read") as conn:
+                if conn.execute(_FTS_PENDING).fetchone()[0]:  # e.g. written by an older version
+                    self._written()
+
+    def _open_read_write(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
             # Checkpoint every ~40 MB of WAL rather than every 4 MB: each checkpoint costs two fsyncs, which
             # would otherwise dominate the wall time of many small appends.
-            self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            migrate(self._conn)
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate(conn)
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
+        return conn
+
+    def _open_read_only(self, why: "StorageError") -> sqlite3.Connection:
+        """A read-only home: open the existing database for reading only (``mode=ro``; ``immutable=1`` when
+        the folder cannot even hold WAL's shared-memory file). Writes then raise StorageError."""
+        uri = self.path.resolve().as_uri()
+        last: BaseException = why
+        for params in ("mode=ro", "immutable=1"):
+            try:
+                conn = sqlite3.connect(f"{uri}?{params}", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                       check_same_thread=False)
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            try:
+                version = schema_version(conn)
+                conn.execute("SELECT count(*) FROM sessions").fetchone()
+            except sqlite3.Error as exc:
+                conn.close()
+                last = exc
+                continue
+            if version != LATEST_VERSION:
+                conn.close()
+                raise StorageError(f"the session database {self.path} is read-only ({why.reason}) and has schema "
+                                   f"version {version}, not {LATEST_VERSION}: it cannot be upgraded in place",
+                                   path=str(self.path), cause=why)
+            self.read_only = _not_writable(self.path) or why.reason
+            return conn
+        raise StorageError(f"cannot open the session database {self.path}: {why.reason}",
+                           path=str(self.path), cause=last) from last
 
     def __repr__(self) -> str:
         return f"<SessionStore {str(self.path)!r}>"
 
     # ------------------------------------------------------------------ plumbing
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back if anything raises."""
+    def _locked(self, action: str) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; SQLite's storage failures come out as one StorageError."""
         with self._lock:
-            conn = self._conn
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise storage_error(exc, self.path, action) from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back if anything raises: a failed write
+        (disk full, read-only, I/O error: StorageError) leaves the database as it was."""
+        if self.read_only is not None:
+            raise StorageError(f"cannot write to the session database {self.path}: it is open read-only "
+                               f"({self.read_only})", path=str(self.path))
+        with self._locked("write to") as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -228,13 +303,15 @@ class SessionStore:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: the statements inside see a single snapshot of the database."""
-        with self._lock:
-            conn = self._conn
+        with self._locked("read") as conn:
             conn.execute("BEGIN")
             try:
                 yield conn
             finally:
                 conn.execute("COMMIT")
+
+    def _written(self) -> None:
+        """Called after every committed write that adds or changes searchable text."""
 
     @staticmethod
     def _seq(conn: sqlite3.Connection, session_id: str) -> int:
@@ -255,8 +332,8 @@ class SessionStore:
                         rows: list[tuple]) -> None:
         """Insert a whole session; ``updated_at`` as :func:`_update_stamp`, ``rows`` are message rows
         (MESSAGE_COLUMNS order). Invalid context or metadata raise TypeError (rolling the write back)."""
-        _, context_json = _json_object(context, "context")
-        metadata, metadata_json = _json_object(metadata, "metadata")
+        _, context_json = json_object(context, "context")
+        metadata, metadata_json = json_object(metadata, "metadata")
         seq = conn.execute(
             "INSERT INTO sessions (id, title, created_at, updated_at, context, metadata, message_count) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -283,7 +360,9 @@ class SessionStore:
         Without a title the session is named after its creation time: ``"Session 2026-11-24 20:51 UTC"``.
         ``context`` and ``metadata`` must be dicts of JSON values (TypeError otherwise).
         """
-        _check_title(title)
+        check_title(title)
+        json_object(context, "context")  # validate before touching the database
+        json_object(metadata, "metadata")
         session_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
@@ -291,13 +370,14 @@ class SessionStore:
             if title is None:
                 title = _default_title(created_at)
             self._insert_session(conn, session_id, title, created_at, _update_stamp(now), context, metadata, [])
+        self._written()
         return session_id
 
     def exists(self, session_id: str) -> bool:
         """True if there is a session with this id."""
         check_session_id(session_id)
-        with self._lock:
-            return self._conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
+        with self._locked("read") as conn:
+            return conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
 
     def get(self, session_id: str) -> dict:
         """The whole session in the reference structure:
@@ -322,20 +402,20 @@ class SessionStore:
         an equal JSON value: types matter (``1`` != ``"1"``, ``True`` != ``1``) but ``1 == 1.0``; nested
         values compare as whole JSON values. Served by the session_meta index; messages are not read.
         """
-        sql_limit = _check_limit(limit)
-        sql_offset = _check_limit(offset, "offset")
+        sql_limit = check_limit(limit)
+        sql_offset = check_limit(offset, "offset")
         where, params = _metadata_where(filter_metadata)
         sql = (f"SELECT {_SUMMARY_COLUMNS} FROM sessions {where} "
                f"ORDER BY updated_at DESC, seq DESC LIMIT ? OFFSET ?")
-        with self._lock:
-            rows = self._conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
+        with self._locked("read") as conn:
+            rows = conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
         return [_summary(row) for row in rows]
 
     def count(self, filter_metadata: Optional[dict] = None) -> int:
         """How many sessions (match ``filter_metadata``, with the same rules as :meth:`summaries`)."""
         where, params = _metadata_where(filter_metadata)
-        with self._lock:
-            return self._conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
+        with self._locked("read") as conn:
+            return conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
 
     def model_counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         """``{session_id: {model_id: assistant replies}}`` for the given sessions, in one grouped query."""
@@ -344,8 +424,8 @@ class SessionStore:
         if not ids:
             return out
         marks = ",".join("?" * len(ids))
-        with self._lock:
-            rows = self._conn.execute(
+        with self._locked("read") as conn:
+            rows = conn.execute(
                 f"SELECT s.id, m.model_id, count(*) FROM sessions s JOIN messages m ON m.session_seq = s.seq "
                 f"WHERE s.id IN ({marks}) AND m.role = 'assistant' AND m.model_id IS NOT NULL "
                 f"GROUP BY s.id, m.model_id", ids).fetchall()
@@ -373,13 +453,13 @@ class SessionStore:
         check_session_id(session_id)
         if not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
-        _json_object(metadata, "metadata")  # validate before touching the database
+        json_object(metadata, "metadata")  # validate before touching the database
         with self._write() as conn:
             row = conn.execute("SELECT seq, metadata FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 return False
             seq, current = row
-            merged, merged_json = _json_object({**json.loads(current), **metadata}, "metadata")
+            merged, merged_json = json_object({**json.loads(current), **metadata}, "metadata")
             conn.execute("UPDATE sessions SET metadata = ?, updated_at = ? WHERE seq = ?",
                          (merged_json, _update_stamp(), seq))
             self._set_meta(conn, seq, metadata)
@@ -388,8 +468,8 @@ class SessionStore:
     def get_metadata(self, session_id: str) -> dict:
         """The session's metadata, read from the sessions table alone (messages are not touched)."""
         check_session_id(session_id)
-        with self._lock:
-            row = self._conn.execute("SELECT metadata FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        with self._locked("read") as conn:
+            row = conn.execute("SELECT metadata FROM sessions WHERE id = ?", (session_id,)).fetchone()
         if row is None:
             raise SessionNotFoundError(session_id)
         return json.loads(row[0])
@@ -448,6 +528,32 @@ class SessionStore:
                 conn.executemany(_INSERT_MESSAGE, [(seq, *row) for row in rows])
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"message ids must be unique within session {session_id}: {exc}") from None
+        self._written()
+
+    def upsert_message(self, session_id: str, role: str, content: str, **fields: Any) -> dict:
+        """Store a message under its ``id`` (required): insert it if the session has no message with that id,
+        else replace that message in place (same position in the conversation, ``message_count`` unchanged).
+
+        Streamed replies use it: checkpoints flagged ``partial`` while the reply arrives, then the finished
+        reply under the same id, so a reply is one row whatever happens. Fields and errors as
+        :meth:`append_message`; returns the stored message dict.
+        """
+        check_session_id(session_id)
+        if fields.get("id") is None:
+            raise TypeError("upsert_message needs the message's id=")
+        message = normalize_message(role, content, fields)
+        row = _message_row(message)
+        with self._write() as conn:
+            found = conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ? RETURNING seq",
+                                 (_update_stamp(), session_id)).fetchall()
+            if not found:
+                raise SessionNotFoundError(session_id)
+            seq = found[0][0]
+            if not conn.execute(_UPDATE_MESSAGE, (*row[1:], seq, row[0])).rowcount:
+                conn.execute(_INSERT_MESSAGE, (seq, *row))
+                conn.execute("UPDATE sessions SET message_count = message_count + 1 WHERE seq = ?", (seq,))
+        self._written()
+        return message
 
     def messages(self, session_id: str) -> list[dict]:
         """All of the session's messages, in conversation order."""
@@ -456,7 +562,7 @@ class SessionStore:
     def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
         """The newest ``limit`` messages (all if None), in chronological order. Reads only those rows."""
         check_session_id(session_id)
-        sql_limit = _check_limit(limit)
+        sql_limit = check_limit(limit)
         with self._read() as conn:
             seq = self._seq(conn, session_id)
             rows = conn.execute(_SELECT_MESSAGES + " ORDER BY seq DESC LIMIT ?", (seq, sql_limit)).fetchall()
@@ -464,18 +570,74 @@ class SessionStore:
         return [_message_dict(row) for row in rows]
 
     # ------------------------------------------------------------------ search
-    def _update_search_index(self) -> None:
-        """Index the messages and titles written since the last search (see :mod:`.migrations`)."""
-        with self._lock:
-            if not self._conn.execute(_FTS_PENDING).fetchone()[0]:
-                return
-            with self._write() as conn:
-                for name, table, fts, column in _FTS_TABLES:
-                    conn.execute(f"INSERT INTO {fts} (rowid, {column}) SELECT seq, {column} FROM {table} "
-                                 f"WHERE seq > (SELECT last_seq FROM fts_progress WHERE name = ?)", (name,))
-                    conn.execute(f"UPDATE fts_progress SET last_seq = "
-                                 f"MAX(last_seq, IFNULL((SELECT MAX(seq) FROM {table}), 0)) WHERE name = ?",
-                                 (name,))
+    def _written(self) -> None:
+        """After a committed write of searchable text: schedule a background indexing pass (at most one
+        pending; it starts ``INDEX_DELAY_S`` later on the package loop, so a burst of writes shares one)."""
+        if self._index_wanted or not self.background_index or self.read_only is not None:
+            return
+        self._index_wanted = True
+        runtime.get_loop().call_soon_threadsafe(self._schedule_index_pass)
+
+    def _schedule_index_pass(self) -> None:  # on the package loop
+        asyncio.get_running_loop().call_later(INDEX_DELAY_S, self._start_index_pass)
+
+    def _start_index_pass(self) -> None:  # on the package loop; the work runs on a daemon thread
+        threading.Thread(target=self._index_pass, name="oblix-search-index", daemon=True).start()
+
+    def _index_pass(self) -> None:
+        self._index_wanted = False  # writes from now on schedule another pass
+        try:
+            self._index_backlog()
+        except Exception as exc:  # noqa: BLE001 - a failed pass is retried by the next write or search
+            self.index_error = exc
+
+    def _index_backlog(self, budget_s: Optional[float] = None) -> bool:
+        """Index pending messages and titles, ``INDEX_CHUNK_ROWS`` per transaction (so writers wait at most
+        one chunk); stop after ``budget_s`` seconds if given. True when nothing is left to index."""
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        while True:
+            with self._lock:
+                if self._closed:
+                    return True
+                if self._index_chunk(INDEX_CHUNK_ROWS):
+                    return True
+            if deadline is not None and time.perf_counter() >= deadline:
+                return False
+
+    def _index_chunk(self, rows: int) -> bool:
+        """Index up to ``rows`` pending rows of each FTS table in one transaction; True if none remain."""
+        with self._locked("read") as conn:
+            if not conn.execute(_FTS_PENDING).fetchone()[0]:
+                return True
+        done = True
+        with self._write() as conn:
+            for name, table, fts, column in _FTS_TABLES:
+                last = conn.execute("SELECT last_seq FROM fts_progress WHERE name = ?", (name,)).fetchone()[0]
+                upper = conn.execute(f"SELECT seq FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+                                     (last, rows - 1)).fetchone()
+                if upper is None:
+                    upper = conn.execute(f"SELECT IFNULL(MAX(seq), 0) FROM {table}").fetchone()
+                else:
+                    done = False
+                if upper[0] <= last:
+                    continue
+                conn.execute(f"INSERT INTO {fts} (rowid, {column}) SELECT seq, {column} FROM {table} "
+                             f"WHERE seq > ? AND seq <= ?", (last, upper[0]))
+                conn.execute("UPDATE fts_progress SET last_seq = ? WHERE name = ?", (upper[0], name))
+        return done
+
+    def _catch_up_for_search(self) -> None:
+        """Before a search: index what is pending, for at most ``SEARCH_CATCHUP_S`` (normally the background
+        pass has left little or nothing); a larger backlog is left to the background pass."""
+        if self.read_only is not None:
+            return
+        try:
+            caught_up = self._index_backlog(budget_s=SEARCH_CATCHUP_S)
+        except StorageError:  # a full disk must not stop searching what is indexed
+            caught_up = False
+        if not caught_up:
+            self._index_wanted = False
+            self._written()
 
     def search(self, query: str, limit: int = 20) -> list[dict]:
         """Full-text search over session titles and message text, best match (bm25) first.
@@ -485,15 +647,17 @@ class SessionStore:
         three ``{message_id, role, snippet}`` of its best-matching messages (empty if only the title
         matched), with the matched words in ``**bold**``. An empty query raises ValueError.
 
-        Messages and titles written since the previous search are indexed first, in one transaction.
+        Indexing runs in the background (a pass starts ``INDEX_DELAY_S`` after a write, on a daemon thread
+        scheduled by the package loop), so a search normally finds everything committed with nothing left to
+        index. A search first indexes what is still pending for at most ``SEARCH_CATCHUP_S`` (20 ms); only a
+        larger backlog (a bulk import by another process, a database from an older version) is finished in
+        the background, and until then the newest of those rows are not found yet. A read-only store
+        searches what was indexed when it was writable.
         """
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a string, not {type(query).__name__}")
-        if not query.strip():
-            raise ValueError("search query must not be empty")
-        sql_limit = _check_limit(limit)
+        check_query(query)
+        sql_limit = check_limit(limit)
         match = _fts_query(query)
-        self._update_search_index()
+        self._catch_up_for_search()
         scores: dict[int, float] = {}
         matches: dict[int, list[dict]] = {}
         with self._read() as conn:
@@ -525,20 +689,44 @@ class SessionStore:
                 ranked)}
         return [{**summaries[seq], "matches": matches[seq]} for seq in ranked]
 
+    # ------------------------------------------------------------------ replies by request id
+    def last_replies(self, session_id: str, metrics: Optional[dict] = None) -> dict[str, tuple]:
+        """Each ``request_id``'s last complete (not partial) assistant message in the session, without decoding
+        JSON in Python: ``{request_id: (content, model_id, route target, *metric values)}``, where ``metrics``
+        maps names to JSON paths inside the message's metrics (``{"out": "$.output_tokens"}``), in its order.
+        ``map()`` reads a batch's finished rows with it (10,000 rows in well under a second)."""
+        check_session_id(session_id)
+        paths = list((metrics or {}).values())
+        extra = "".join(", json_extract(metrics, ?)" for _ in paths)
+        with self._read() as conn:
+            seq = self._seq(conn, session_id)
+            rows = conn.execute(
+                f"SELECT request_id, content, model_id, json_extract(routing, '$.target'){extra} FROM messages "
+                f"WHERE session_seq = ? AND role = 'assistant' AND partial IS NULL AND request_id IS NOT NULL "
+                f"ORDER BY seq", (*paths, seq)).fetchall()
+        return {row[0]: row[1:] for row in rows}
+
     # ------------------------------------------------------------------ files
     def export(self, session_id: str, path: str | os.PathLike) -> Path:
         """Write the session's reference JSON to ``path`` atomically (parent folders created); returns it."""
-        return write_json_atomic(path, self.get(session_id))
+        session = self.get(session_id)
+        try:
+            return write_json_atomic(path, session)
+        except OSError as exc:
+            raise StorageError(f"cannot export session {session_id} to {path}: {exc.strerror or exc}",
+                               path=os.fspath(path), cause=exc) from exc
 
-    def import_file(self, path: str | os.PathLike, new_id: bool = False) -> str:
+    def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
         """Import a session file (ours, or the original Oblix SDK's as is); returns the session id.
 
-        The file is validated first (see :func:`.io.parse_session_file`); timestamps are stored canonical.
+        The file is validated first (see :func:`.io.parse_session_file`: SessionFileError, a ValueError, for a
+        directory, FIFO, device, a file above ``max_bytes`` (default: the store's ``max_import_bytes``) or
+        invalid content); timestamps are stored canonical.
         With ``new_id=False`` the file's id is kept and an id already in the store raises SessionExistsError
         (a ValueError; nothing is overwritten). With ``new_id=True`` the session and its messages get fresh ids
         and the metadata records ``imported_from: {session_id, file, imported_at}``. All or nothing.
         """
-        doc = parse_session_file(path)
+        doc = parse_session_file(path, max_bytes=max_bytes if max_bytes is not None else self.max_import_bytes)
         session_id, metadata, messages = doc["id"], doc["metadata"], doc["messages"]
         if new_id:
             metadata = {**metadata, "imported_from": {
@@ -557,6 +745,7 @@ class SessionStore:
             self._insert_session(conn, session_id, title, doc["created_at"],
                                  _update_stamp(parse_iso(doc["updated_at"])), doc["context"], metadata,
                                  [_message_row(message) for message in messages])
+        self._written()
         return session_id
 
     # ------------------------------------------------------------------ copy / merge
@@ -564,7 +753,7 @@ class SessionStore:
         """Copy a session: new session id and message ids, same messages (timestamps too), context and
         metadata; the metadata gains ``copied_from``. Default title ``"Copy of <title>"``. Returns the new id."""
         check_session_id(session_id)
-        _check_title(new_title)
+        check_title(new_title)
         copy_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
@@ -573,6 +762,7 @@ class SessionStore:
             metadata = {**source["metadata"], "copied_from": session_id}
             self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), source["context"], metadata,
                                  [(fresh_id(), *row[1:]) for row in rows])
+        self._written()
         return copy_id
 
     def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
@@ -592,7 +782,7 @@ class SessionStore:
             check_session_id(session_id)
         if not ids:
             raise ValueError("merge needs at least one session id")
-        _check_title(title)
+        check_title(title)
         merged_id = fresh_id()
         with self._write() as conn:
             now = utcnow()
@@ -608,9 +798,11 @@ class SessionStore:
             if title is None:
                 title = "Merged: " + " + ".join(source["title"] for _, source, _ in sources)
             self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
+        self._written()
         return merged_id
 
     def close(self) -> None:
         """Close the database connection. Idempotent; any later call on the store raises ProgrammingError."""
         with self._lock:
+            self._closed = True
             self._conn.close()
