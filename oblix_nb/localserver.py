@@ -39,6 +39,7 @@ from typing import Optional, Sequence
 import httpx
 
 LOOPBACK = "127.0.0.1"
+SECRET_ENV = frozenset({"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"})
 
 # Started as ``python -c _BOOTSTRAP PARENT_PID (-m MODULE | PATH) ARGS...``: runs the module or script as __main__ in
 # this very process (so ``pid`` is the server's pid) after starting a thread that exits when the parent dies.
@@ -112,7 +113,8 @@ class LocalServer:
         fd, log_path = tempfile.mkstemp(prefix=f"oblix-{name}-{self.port}-", suffix=".log")
         self.log_path = Path(log_path)
         self._log = os.fdopen(fd, "wb")
-        child_env = dict(os.environ if env is None else env)
+        # A model server never needs the user's provider keys: they are not handed to it.
+        child_env = {k: v for k, v in (os.environ if env is None else env).items() if k not in SECRET_ENV}
         child_env.setdefault("PYTHONUNBUFFERED", "1")
         try:
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,

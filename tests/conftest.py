@@ -12,7 +12,8 @@ Fixtures
                    ``GET .url + "/_debug/generations"`` one status record per generation.
 ``anthropic_server`` (session) ``LocalServer`` running ``tests/servers/anthropic_compat.py`` (Anthropic Messages
                    API): ``.base_url`` == ``.url`` (no ``/v1``), ``.api_key``, ``.model`` / ``.models`` (Claude-looking
-                   names, all SmolLM2-135M); ``POST .url + "/_control/fail"`` injects errors (529 etc.).
+                   names, all SmolLM2-135M); ``POST .url + "/_control/fail"`` injects errors (529 etc.);
+                   prompt prefixes of 32+ tokens are cacheable (``--cache-min-tokens 32``).
 ``tmp_home``       (function) an empty directory for ``OblixClient(home=...)``.
 ``no_external_network`` (session, autouse) every socket connect/connect_ex/sendto/create_connection to a
                    non-loopback address, and every DNS lookup of a non-local name, raises at once (nothing is

@@ -317,3 +317,65 @@ async def test_budget_routes_local_then_refuses(client, clear, openai_server, tm
     other = json.loads(out)
     assert other[0]["per"] == "day" and other[0]["usd"] == pytest.approx(spent + 0.0002)
     assert other[0]["spent_usd"] == pytest.approx(spent + fits["metrics"]["cost_usd"])
+
+
+# ------------------------------------------------------------------------------------- hook logic on other servers
+
+def _scripted(routes: dict):
+    """An SDK client whose requests are answered by ``routes`` {(method, path): (status, json)}; records them.
+    (A fast fake for the hook logic alone: which free endpoints are tried, in which order.)"""
+    httpx2 = pytest.importorskip("httpx2")
+    seen = []
+
+    def handler(request):
+        key = (request.method, request.url.path)
+        seen.append(key)
+        status, body = routes.get(key, (404, {"detail": "Not Found"}))
+        return httpx2.Response(status, json=body)
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    return anthropic.AsyncAnthropic(base_url="http://127.0.0.1:9", api_key="k", max_retries=0, http_client=http), seen
+
+
+async def _hook(routes: dict):
+    backend = ClaudeBackend(HAIKU, base_url="http://127.0.0.1:9", api_key="k")
+    await backend._client.close()
+    backend._client, seen = _scripted(routes)
+    try:
+        await backend.connect()
+    finally:
+        await backend.aclose()
+    return backend, seen
+
+
+async def test_hook_on_servers_without_the_model_route():
+    listing = {"data": [{"id": HAIKU, "object": "model"}], "has_more": False}  # OpenAI-style, as LiteLLM lists
+    backend, seen = await _hook({("GET", "/v1/models"): (200, listing)})
+    assert backend.verified and seen == [("GET", f"/v1/models/{HAIKU}"), ("GET", "/v1/models")]
+    backend, seen = await _hook({("POST", "/v1/messages/count_tokens"): (200, {"input_tokens": 3})})
+    assert backend.verified and seen[-1] == ("POST", "/v1/messages/count_tokens")
+    backend, seen = await _hook({})  # only /v1/messages: hooked (it answered), unverified, nothing billed
+    assert not backend.verified and ("POST", "/v1/messages") not in seen
+    with pytest.raises(ModelUnavailableError, match="does not list"):
+        await _hook({("GET", "/v1/models"): (200, {"data": [{"id": "claude-other"}], "has_more": False})})
+    not_found = (404, {"type": "error", "error": {"type": "not_found_error", "message": f"model: {HAIKU}"}})
+    with pytest.raises(ModelUnavailableError, match="does not know"):
+        await _hook({("POST", "/v1/messages/count_tokens"): not_found})
+    with pytest.raises(ModelUnavailableError, match="HTTP 500"):
+        await _hook({("GET", f"/v1/models/{HAIKU}"): (500, {"type": "error", "error": {"type": "api_error",
+                                                                                          "message": "boom"}})})
+
+
+def test_local_servers_do_not_inherit_provider_keys(monkeypatch):
+    from oblix_nb.localserver import LocalServer
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-do-not-leak")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-do-not-leak")
+    code = "import os; print(sorted(k for k in os.environ if k.endswith(('_API_KEY', '_AUTH_TOKEN'))))"
+    server = LocalServer([sys.executable, "-c", code], port=free_port(), keep_log=True, watch_parent=False)
+    try:
+        server._proc.wait(30)
+        assert "leak" not in server.log_path.read_text() and "ANTHROPIC_API_KEY" not in server.log_path.read_text()
+    finally:
+        server.stop()
+        server.log_path.unlink(missing_ok=True)

@@ -9,8 +9,9 @@ The SDK is imported only when a Claude model is hooked. Configuration, first mat
 
 **Hooking never bills.** ``connect()`` asks ``GET /v1/models/{model}`` (the Models API is free), which checks at
 once that the endpoint answers, the key is accepted and the model exists (and gives its context window when the
-server says). A server without that route is asked ``GET /v1/models``; one without either is asked
-``POST /v1/messages/count_tokens`` (also free). ``POST /v1/messages`` (billed) is never sent on hook.
+server says). On a 404 it asks ``GET /v1/models`` (is the model listed, or is there no Models API?); a server
+without one is asked ``POST /v1/messages/count_tokens`` (also free); a server with none of these is hooked once
+it has answered (``verified`` stays False). ``POST /v1/messages`` (billed) is never sent on hook.
 
 Requests: system messages go to the top-level ``system`` parameter (joined in order); consecutive messages of one
 role are merged and leading assistant messages dropped, as the API wants a conversation that starts with the
@@ -109,14 +110,8 @@ class ClaudeBackend(ModelBackend):
         import anthropic
 
         try:
-            try:
-                info = await self._client.models.retrieve(self.model_name)
-            except anthropic.NotFoundError as exc:
-                if _is_model_not_found(exc):
-                    raise
-                info = await self._from_listing()
+            info = await self._model_info()
             if info is not None:
-                self.verified = True
                 self._limits(info)
         except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
             raise ModelUnavailableError(
@@ -136,24 +131,40 @@ class ClaudeBackend(ModelBackend):
         if self.context_window is None:
             self.context_window = DEFAULT_CONTEXT
 
-    async def _from_listing(self):
-        """For servers without ``GET /v1/models/{id}``: the model's entry in the listing, or None when the server
-        lists no models and only ``count_tokens`` (free) could confirm it."""
+    async def _model_info(self):
+        """The model's Models-API entry; None when the server has no Models API and only ``count_tokens`` (free)
+        could confirm the model, or has neither (then only that it answers, with this key, is known)."""
         import anthropic
 
         try:
+            info = await self._client.models.retrieve(self.model_name)
+            self.verified = True
+            return info
+        except (anthropic.NotFoundError, anthropic.APIStatusError) as exc:
+            if getattr(exc, "status_code", None) not in (404, 405):
+                raise
+        try:  # no such model, or no such route: the listing tells which
             names = []
             async for model in self._client.models.list(limit=1000):
                 if self.model_name in (model.id, getattr(model, "display_name", None)):
+                    self.verified = True
                     return model
                 names.append(model.id)
-        except anthropic.NotFoundError:  # no Models API at all
+        except anthropic.APIStatusError as exc:
+            if exc.status_code not in (404, 405):
+                raise
+        else:
+            raise ModelUnavailableError(
+                f"Anthropic endpoint {self.endpoint} does not list model {self.model_name!r} "
+                f"(it lists: {', '.join(sorted(names)) or 'nothing'})")
+        try:  # no Models API at all
             await self._client.messages.count_tokens(model=self.model_name,
                                                      messages=[{"role": "user", "content": "ping"}])
-            return None
-        raise ModelUnavailableError(
-            f"Anthropic endpoint {self.endpoint} does not list model {self.model_name!r} "
-            f"(it lists: {', '.join(sorted(names)) or 'nothing'})")
+            self.verified = True
+        except anthropic.APIStatusError as exc:
+            if exc.status_code not in (404, 405) or _is_model_not_found(exc):
+                raise
+        return None
 
     def _limits(self, info) -> None:
         window = getattr(info, "max_input_tokens", None)
