@@ -225,6 +225,15 @@ async def test_max_tokens_maps_to_length(client, clear):
     assert r["metrics"]["finish_reason"] == "length" and r["metrics"]["output_tokens"] == 2
 
 
+async def test_stop_sequence_cuts_and_maps_to_stop(client, clear):
+    await hook_claude(client, clear)
+    r = await client.execute("Write two sentences about the sea.", max_tokens=SMALL, stop=[" ", "e"],
+                             sink=lambda t: None)
+    assert r["metrics"]["finish_reason"] == "stop"
+    assert " " not in r["response"].strip() and "e" not in r["response"]
+    assert _requests(clear)[-1]["body"]["stop_sequences"] == [" ", "e"]
+
+
 async def test_prompt_cache_tokens_are_counted_and_priced(client, clear):
     await hook_claude(client, clear, prompt_cache=True)
     await client.create_and_use_session("cache")

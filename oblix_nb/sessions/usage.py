@@ -18,7 +18,8 @@ _COLUMNS = ("timestamp", "session_id", "request_id", "model_id", "target", "inpu
 _INSERT = f"INSERT INTO usage_log ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 # Spend: exact costs, and estimates where no exact cost exists.
 SPEND_SQL = "IFNULL(SUM(IFNULL(cost_usd, cost_estimate_usd)), 0)"
-GROUPS = {"model": "model_id", "session": "session_id", "day": "substr(timestamp, 1, 10)"}
+# "day": the local calendar day of this machine, as budgets' "day" (SQLite's localtime is the process's zone).
+GROUPS = {"model": "model_id", "session": "session_id", "day": "date(timestamp, 'localtime')"}
 
 
 def _int(value) -> Optional[int]:
@@ -79,7 +80,7 @@ def spent(store, since: Optional[str] = None, session_id: Optional[str] = None) 
 
 
 def usage_df(store, by: str = "model") -> "pd.DataFrame":
-    """Replies, tokens and cost grouped ``by`` "model", "session" or "day" (UTC). See ``OblixClient.usage``."""
+    """Replies, tokens and cost grouped ``by`` "model", "session" or "day" (local). See ``OblixClient.usage``."""
     import pandas as pd
 
     if by not in GROUPS:
