@@ -8,8 +8,10 @@
    from the call to the first text delta reaching the caller, and to the call's return.
 2. The embedded model: tokens/s through execute() vs raw ``llama_cpp.Llama`` on the same GGUF (decode rate =
    output tokens / (last token - first token)), interleaved.
+3. Checkpointed streaming (issue 8): execute() with ``checkpoint_interval=1.0`` (the default) vs ``None``, on
+   replies long enough to be checkpointed; TTFT and total time ratios (goal: <= 1.05).
 
-Run: ``python bench/overhead.py [--runs 30]``. Prints JSON.
+Run: ``python bench/overhead.py [--runs 30] [--only openai|embedded|checkpoint]``. Prints JSON.
 """
 from __future__ import annotations
 
@@ -158,15 +160,77 @@ async def bench_embedded(runs: int, max_tokens: int) -> dict:
         raw.close()
 
 
+async def bench_checkpoint(runs: int, max_tokens: int) -> dict:
+    """Checkpointed streaming's cost: execute() with checkpoints every 1 s (the default) vs without, same
+    client, same llama_cpp.server, interleaved; replies long enough (``max_tokens``) to be checkpointed."""
+    from oblix_nb import ModelType, OblixClient
+    from oblix_nb.localserver import start_openai_server
+
+    server = start_openai_server()
+    client = OblixClient(home=tempfile.mkdtemp(prefix="oblix-bench-"))
+    writes = []
+    real_upsert = client.sessions.upsert_message
+
+    def counting_upsert(*args, **kwargs):
+        writes[-1] += 1
+        return real_upsert(*args, **kwargs)
+    client.sessions.upsert_message = counting_upsert
+    try:
+        await client.hook_model(ModelType.OPENAI, server.model, base_url=server.base_url)
+
+        async def run(interval):
+            client.checkpoint_interval = interval
+            sid = await client.create_session("bench")
+            writes.append(0)
+            first = None
+            t0 = time.perf_counter()
+
+            def sink(_text):
+                nonlocal first
+                if first is None:
+                    first = time.perf_counter()
+
+            r = await client.execute(PROMPT + " Explain each in detail.", max_tokens=max_tokens, temperature=0,
+                                     session_id=sid, sink=sink)
+            return first - t0, time.perf_counter() - t0, writes[-1], r["metrics"]["output_tokens"]
+
+        for interval in (1.0, None):  # warm both
+            await run(interval)
+        on, off = [], []
+        for i in range(runs):
+            for interval in ((1.0, None) if i % 2 == 0 else (None, 1.0)):
+                (on if interval else off).append(await run(interval))
+        med = statistics.median
+        ttft_on, ttft_off = med(r[0] for r in on), med(r[0] for r in off)
+        total_on, total_off = med(r[1] for r in on), med(r[1] for r in off)
+        return {
+            "bench": "checkpointed streaming: execute() with checkpoint_interval=1.0 vs None, llama_cpp.server",
+            "runs": runs, "max_tokens": max_tokens,
+            "reply_s_median": total_off, "checkpoint_writes_per_reply": statistics.mean(r[2] for r in on),
+            "ttft_ms": {"checkpointed": ttft_on * 1e3, "none": ttft_off * 1e3, "ratio": ttft_on / ttft_off,
+                        "goal_ratio": 1.05, "ok": ttft_on / ttft_off <= 1.05},
+            "total_ms": {"checkpointed": total_on * 1e3, "none": total_off * 1e3, "ratio": total_on / total_off,
+                         "goal_ratio": 1.05, "ok": total_on / total_off <= 1.05},
+        }
+    finally:
+        await client.shutdown()
+        server.stop()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--embedded-runs", type=int, default=10)
     ap.add_argument("--embedded-max-tokens", type=int, default=128)
+    ap.add_argument("--checkpoint-runs", type=int, default=10)
+    ap.add_argument("--checkpoint-max-tokens", type=int, default=160)
+    ap.add_argument("--only", choices=["openai", "embedded", "checkpoint"], help="run one part only")
     args = ap.parse_args(argv)
-    out = [asyncio.run(bench_openai(args.runs, args.max_tokens)),
-           asyncio.run(bench_embedded(args.embedded_runs, args.embedded_max_tokens))]
+    parts = {"openai": lambda: bench_openai(args.runs, args.max_tokens),
+             "embedded": lambda: bench_embedded(args.embedded_runs, args.embedded_max_tokens),
+             "checkpoint": lambda: bench_checkpoint(args.checkpoint_runs, args.checkpoint_max_tokens)}
+    out = [asyncio.run(make()) for name, make in parts.items() if args.only in (None, name)]
     print(json.dumps(out, indent=2))
     return 0 if all(o.get("ttft_ms", o.get("tokens_per_s"))["ok"] for o in out) else 1
 

@@ -555,7 +555,7 @@ class RowError(OblixError):
         self.positions = positions
 
 
-def _no_store(request, text, response, partial) -> None:
+def _no_store(request, text, response, partial, *_) -> None:
     """map() stores each row's exchange itself, once validated (one transaction per row)."""
 
 

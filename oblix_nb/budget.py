@@ -53,25 +53,24 @@ def local_midnight_utc() -> str:
 
 
 class Budgets:
-    def __init__(self, store, settings):
+    def __init__(self, store):
         self._store = store
-        self._settings = settings
 
     def set(self, usd: Optional[float], per: str = "day") -> Optional[dict]:
         """Set (or with ``usd=None`` remove) the budget for ``per``; returns its status (None when removed)."""
         if per not in PERIODS:
             raise ValueError(f"per must be one of {list(PERIODS)}, not {per!r}")
         if usd is None:
-            self._settings.delete(SETTINGS_PREFIX + per)
+            self._store.delete_setting(SETTINGS_PREFIX + per)
             return None
         if isinstance(usd, bool) or not isinstance(usd, (int, float)) or not math.isfinite(usd) or usd < 0:
             raise ValueError(f"a budget is a finite number of US dollars >= 0, not {usd!r}")
-        self._settings.set(SETTINGS_PREFIX + per, {"usd": float(usd)})
+        self._store.set_setting(SETTINGS_PREFIX + per, {"usd": float(usd)})
         return BudgetStatus(per, float(usd), self._spent(per, None)).as_dict()
 
     def limits(self) -> dict[str, float]:
         return {key[len(SETTINGS_PREFIX):]: float(value["usd"])
-                for key, value in self._settings.items(SETTINGS_PREFIX).items()
+                for key, value in self._store.settings(SETTINGS_PREFIX).items()
                 if key[len(SETTINGS_PREFIX):] in PERIODS and isinstance(value, dict)}
 
     def _spent(self, per: str, session_id: Optional[str]) -> float:

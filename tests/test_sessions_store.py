@@ -560,3 +560,49 @@ def test_count_and_model_counts(tmp_path):
     assert store.count(filter_metadata={"p": 2}) == 0
     assert store.model_counts([a, b]) == {a: {"openai:x": 2, "llamacpp:y": 1}, b: {}}
     assert store.model_counts([]) == {}
+
+
+# ---------------------------------------------------------------- for the widgets: sort, title filter, one summary
+def test_summaries_sort_orders_and_title_filter(store):
+    ids = {}
+    for title, n in (("beta", 2), ("Alpha", 0), ("gamma_1", 5), ("100% alpha", 1)):
+        ids[title] = store.create(title=title)
+        for i in range(n):
+            store.append_message(ids[title], "assistant", f"r{i}", model_id=f"m:{title}")
+    titles = lambda rows: [r["title"] for r in rows]  # noqa: E731
+    assert titles(store.summaries(order="title", descending=False)) == ["100% alpha", "Alpha", "beta", "gamma_1"]
+    assert titles(store.summaries(order="messages"))[:2] == ["gamma_1", "beta"]
+    assert titles(store.summaries(order="models", descending=False))[0] == "Alpha"  # no model: first
+    assert titles(store.summaries(order="updated"))[0] == "100% alpha"
+    assert titles(store.summaries(order="created", descending=False))[0] == "beta"
+    assert set(titles(store.summaries(title_contains="ALPHA"))) == {"Alpha", "100% alpha"}
+    assert titles(store.summaries(title_contains="%")) == ["100% alpha"]   # LIKE wildcards are literal
+    assert titles(store.summaries(title_contains="a_1")) == ["gamma_1"]
+    assert store.summaries(title_contains="_x") == []
+    assert store.count(title_contains="alpha") == 2 and store.count() == 4
+    assert titles(store.summaries(limit=1, offset=1, order="title", descending=False)) == ["Alpha"]
+    with pytest.raises(ValueError):
+        store.summaries(order="nope")
+    one = store.summary(ids["beta"])
+    assert one == next(s for s in store.summaries() if s["id"] == ids["beta"])
+    with pytest.raises(SessionNotFoundError):
+        store.summary(str(uuid.uuid4()))
+
+
+def test_change_token(store, tmp_path):
+    token = store.change_token()
+    assert store.change_token() == token
+    sid = store.create(title="x")
+    assert store.change_token() != token
+    token = store.change_token()
+    other = SessionStore(store.path)
+    try:
+        assert store.change_token() == token      # opening another connection writes nothing
+        other.append_message(sid, "user", "hi")
+    finally:
+        other.close()
+    assert store.change_token() != token          # another connection's commit
+    token = store.change_token()
+    with pytest.raises(Exception):
+        store.append_message(str(uuid.uuid4()), "user", "no such session")
+    assert store.change_token() == token          # a failed write commits nothing

@@ -16,13 +16,18 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ipywidgets")
+pytest.importorskip("anywidget")
 
 from oblix_nb import OblixClient, runtime  # noqa: E402
 from oblix_nb.models.base import ModelBackend, ModelType, Usage  # noqa: E402
 from oblix_nb.models.gguf import shipped_gguf  # noqa: E402
 from oblix_nb.notebook.widgets import (ChatPanel, SessionBrowser, badge_html, message_html,  # noqa: E402
                                        parse_metadata_filter)
+
+
+def front(widget, kind, **data):
+    """What the front end sends: a custom message ``{kind, ...}``."""
+    widget._on_front_end(widget, {"kind": kind, **data}, [])
 
 XSS = ('<img src=x onerror="window.__xss=1"> <script>window.__xss=2</script> [js](javascript:alert(3)) '
        '<svg onload=alert(4)> <iframe src="javascript:alert(5)"></iframe>')
@@ -93,47 +98,69 @@ def assert_inert(html: str) -> None:
 def test_send_returns_at_once_and_the_reply_streams_into_transcript_and_store(client):
     hook(client, Scripted(n=40, delay=0.05))
     panel = ChatPanel(client)
-    assert panel.session_id is None and panel.picker.value == ""
+    assert panel.session_id is None and panel.session == ""
     started = time.monotonic()
     job = panel.send("Hello there")
     assert time.monotonic() - started < 1.0
     assert job is not None and not job.done()
-    assert panel.send_button.disabled and not panel.stop_button.disabled
+    assert panel.running and panel.busy
     response = panel.wait(30)
     assert response is not None and response["response"]
     assert panel.last_outcome == "ok"
-    assert not panel.send_button.disabled and panel.stop_button.disabled
+    assert not panel.running and not panel.busy
     stored = client.sessions.messages(panel.session_id)
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert stored[1]["content"] == response["response"] and not stored[1].get("partial")
     # one bubble per message, the reply with its badge
-    assert len(panel.transcript.children) == 2
+    assert len(panel.messages) == 2
     html = panel.messages_html
     assert "Hello there" in html and "w39" in html
     assert "llamacpp:scripted" in html and "TTFT" in html and "tok/s" in html and "40 tokens" in html
-    assert "oblix-cursor" not in panel.transcript.children[1].value
+    assert "oblix-cursor" not in panel.messages[1]["html"]
     # the new session is titled after the prompt and selected in the picker
     assert client.load_session(panel.session_id)["title"] == "Hello there"
-    assert panel.picker.value == panel.session_id
+    assert panel.session == panel.session_id
 
 
-def test_updates_are_throttled_with_a_final_one(client):
+def test_updates_are_throttled_deltas_with_a_final_one(client):
     hook(client, Scripted(n=60, delay=0.01))
     panel = ChatPanel(client, stream_interval=0.1)
-    values = []
+    posted, finals = [], []
+    real_post = panel._post
+    panel._post = lambda kind, **data: (posted.append((kind, data)), real_post(kind, **data))
+    panel.observe(lambda c: finals.append(c["new"][-1]["html"]) if c["new"] else None, names="messages")
     panel.send("count")
     reply = panel.reply
-    reply.widget.observe(lambda c: values.append(c["new"]), names="value")
     started = time.monotonic()
     panel.wait(30)
     elapsed = time.monotonic() - started
-    assert reply.updates >= 2, "the reply did not stream"
+    deltas = [data["text"] for kind, data in posted if kind == "delta"]
+    assert reply.updates >= 2 and len(deltas) >= 2, "the reply did not stream"
     assert reply.updates <= elapsed / 0.1 + 3, (reply.updates, elapsed)
-    # the last render is the final one: exact text, badge, no cursor
-    assert "w59" in values[-1] and "oblix-cursor" not in values[-1] and "tok/s" in values[-1]
-    # intermediate renders grow
-    counts = [len(re.findall(r"w\d+", v)) for v in values[:-1] if "oblix-cursor" in v]
-    assert counts == sorted(counts) and counts[-1] > counts[0]
+    # deltas carry only new text: together they are the reply so far, each piece sent once
+    joined = "".join(deltas)
+    assert reply.text.startswith(joined) and len(joined) <= len(reply.text)
+    assert all(d for d in deltas) and max(len(d) for d in deltas) < len(reply.text)
+    # the last update is the final bubble: exact text, badge, no cursor
+    assert "w59" in finals[-1] and "oblix-cursor" not in finals[-1] and "tok/s" in finals[-1]
+    assert any(kind == "announce" and "Reply from" in data["text"] for kind, data in posted)
+
+
+def test_a_view_that_appears_mid_stream_gets_the_text_so_far(client):
+    hook(client, Scripted(n=100, delay=0.02))
+    panel = ChatPanel(client)
+    posted = []
+    panel._post = lambda kind, **data: posted.append((kind, data))
+    panel.send("hello")
+    deadline = time.monotonic() + 20
+    while len(panel.reply_text) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    front(panel, "hello")
+    live = [data for kind, data in posted if kind == "live"]
+    assert live and live[0]["key"] == panel.reply.key and live[0]["text"]
+    assert panel.reply_text.startswith(live[0]["text"])
+    panel.stop()
+    panel.wait(20)
 
 
 def test_stop_mid_stream_keeps_a_partial_reply_flagged(client):
@@ -144,21 +171,21 @@ def test_stop_mid_stream_keeps_a_partial_reply_flagged(client):
     while len(panel.reply.text) < 12 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert panel.reply.text
-    panel.stop_button.click()
+    front(panel, "stop")
     assert panel.wait(20) is None
     assert panel.last_outcome == "stopped"
     stored = client.sessions.messages(panel.session_id)
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert stored[1]["partial"] is True and stored[1]["content"].strip()
     assert "w399" not in stored[1]["content"]
-    last = panel.transcript.children[-1].value
+    last = panel.messages[-1]["html"]
     assert "oblix-msg assistant partial" in last and "stopped — partial" in last
-    assert "partial" in panel.status.value
-    assert not panel.send_button.disabled and panel.stop_button.disabled
+    assert "partial" in panel.status
+    assert not panel.running and not panel.busy
     assert panel.stop() is False  # nothing running any more
     # reloading the session shows the stored flag
     panel.select_session(panel.session_id)
-    assert "stopped — partial" in panel.transcript.children[-1].value
+    assert "stopped — partial" in panel.messages[-1]["html"]
 
 
 def test_stop_before_the_first_token_stores_no_reply(client):
@@ -172,7 +199,7 @@ def test_stop_before_the_first_token_stores_no_reply(client):
     panel.wait(20)
     assert panel.last_outcome == "stopped"
     assert [m["role"] for m in client.sessions.messages(panel.session_id)] == ["user"]
-    assert "stopped before the first token" in panel.transcript.children[-1].value
+    assert "stopped before the first token" in panel.messages[-1]["html"]
 
 
 def test_send_while_streaming_is_refused(client):
@@ -180,42 +207,42 @@ def test_send_while_streaming_is_refused(client):
     panel = ChatPanel(client)
     assert panel.send("first") is not None
     assert panel.send("second") is None
-    assert "still streaming" in panel.status.value
+    assert "still streaming" in panel.status
     panel.stop()
     panel.wait(20)
     assert panel.send("   ") is None  # blank: nothing to send
 
 
-def test_send_button_takes_the_input_and_clears_it(client):
+def test_send_without_text_takes_the_draft_and_clears_it(client):
     hook(client, Scripted(n=3))
     panel = ChatPanel(client)
-    panel.input.value = "from the box"
-    panel.send_button.click()
-    assert panel.input.value == ""
+    panel.draft = "from the box"
+    panel.send()
+    assert panel.draft == ""
     panel.wait(20)
     assert client.sessions.messages(panel.session_id)[0]["content"] == "from the box"
 
 
-def test_page_script_submit_channel(client):
-    """Enter (or Send) in the browser sends [nonce, text] through the hidden submit channel in one update."""
+def test_front_end_send_and_refusal_gives_the_text_back(client):
+    """Enter (or Send) in the browser sends {kind: send, text} as one custom message: no key hack, no race."""
     hook(client, Scripted(n=100, delay=0.02))
     panel = ChatPanel(client)
-    panel._submit.value = json.dumps(["1-1", "two\nlines"])
-    assert panel.busy
-    # while busy, a second submit is refused and its text is given back to the input box
-    panel._submit.value = json.dumps(["1-2", "not now"])
-    assert panel.input.value == "not now"
+    front(panel, "send", text="two\nlines")
+    assert panel.busy and panel.running
+    # while busy, a second send is refused and its text is given back to the input box
+    front(panel, "send", text="not now")
+    assert panel.draft == "not now"
     deadline = time.monotonic() + 20
     while not panel.reply_text and time.monotonic() < deadline:
         time.sleep(0.01)
-    panel.stop()
+    front(panel, "stop")
     panel.wait(20)
     assert client.sessions.messages(panel.session_id)[0]["content"] == "two\nlines"
-    panel._submit.value = "garbage"  # ignored
+    front(panel, "bogus")  # ignored
+    panel._on_front_end(panel, "not a dict", [])
     assert not panel.busy
-    from oblix_nb.notebook.widgets import KEYS_JS
-
-    assert "oblix-submit" in KEYS_JS and "shiftKey" in KEYS_JS
+    js = (Path(__file__).resolve().parents[1] / "oblix_nb" / "widgets" / "chat.js").read_text()
+    assert "shiftKey" in js and "Enter" in js
 
 
 def test_switching_session_shows_its_history(client):
@@ -229,10 +256,10 @@ def test_switching_session_shows_its_history(client):
     panel.send("new one")
     panel.wait(20)
     mine = panel.session_id
-    assert other in dict((v, k) for k, v in panel.picker.options)
-    panel.picker.value = other
+    assert other in [e["id"] for e in panel.sessions]
+    front(panel, "select", id=other)
     assert panel.session_id == other
-    assert len(panel.transcript.children) == 2
+    assert len(panel.messages) == 2
     html = panel.messages_html
     assert "What is WAL?" in html and "<strong>logging</strong>" in html
     assert "openai:gpt-4o-mini" in html and "cloud: resources constrained" in html and "TTFT 250 ms" in html
@@ -240,7 +267,7 @@ def test_switching_session_shows_its_history(client):
     panel.send("and then?")
     panel.wait(20)
     assert [m["content"] for m in client.sessions.messages(other)][-2] == "and then?"
-    panel.picker.value = mine
+    front(panel, "select", id=mine)
     assert panel.session_id == mine and "new one" in panel.messages_html and "WAL" not in panel.messages_html
 
 
@@ -250,15 +277,15 @@ def test_new_session_button(client):
     client.use_session(first)
     panel = ChatPanel(client)  # starts on the client's current session
     assert panel.session_id == first
-    panel.new_button.click()
-    assert panel.session_id is None and panel.transcript.children == () and panel.picker.value == ""
+    front(panel, "new")
+    assert panel.session_id is None and panel.messages == [] and panel.session == ""
     before = len(client.sessions.summaries(limit=None))
     panel.send("Brand new topic\nwith a second line")
     panel.wait(20)
     assert len(client.sessions.summaries(limit=None)) == before + 1
     assert panel.session_id != first
     assert client.load_session(panel.session_id)["title"] == "Brand new topic"
-    assert panel.picker.value == panel.session_id
+    assert panel.session == panel.session_id
     assert client.current_session_id == first  # the panel does not change the client's current session
 
 
@@ -266,7 +293,7 @@ def test_explicit_session_id(client):
     sid = client.sessions.create(title="Given")
     client.append_message(sid, "user", "hi")
     panel = ChatPanel(client, sid)
-    assert panel.session_id == sid and len(panel.transcript.children) == 1
+    assert panel.session_id == sid and len(panel.messages) == 1
 
 
 def test_model_error_mid_stream_is_shown_and_the_partial_kept(client):
@@ -275,9 +302,9 @@ def test_model_error_mid_stream_is_shown_and_the_partial_kept(client):
     panel.send("break please")
     assert panel.wait(20) is None
     assert panel.last_outcome == "error" and panel.last_error is not None
-    last = panel.transcript.children[-1].value
+    last = panel.messages[-1]["html"]
     assert "oblix-msg assistant partial error" in last and "RuntimeError" in last
-    assert "error" in panel.status.value
+    assert "error" in panel.status and panel.status_error
     stored = client.sessions.messages(panel.session_id)
     assert stored[-1]["role"] == "assistant" and stored[-1]["partial"] is True
 
@@ -296,7 +323,7 @@ def test_api_keys_never_shown_in_errors(client, monkeypatch):
     panel.send("hi")
     panel.wait(20)
     assert panel.last_outcome == "error"
-    shown = panel.status.value + panel.messages_html
+    shown = panel.status + panel.messages_html
     assert secret not in shown and "0123456789abcdef" not in shown and "abcdefghijklmnop" not in shown
     assert "Incorrect API key" in shown
 
@@ -311,7 +338,7 @@ def test_no_model_says_how_to_hook_one(client):
     panel.send("anyone there?")
     assert panel.wait(20) is None
     assert panel.last_outcome == "error"
-    assert "hook_model" in panel.status.value
+    assert "hook_model" in panel.status
     assert [m["role"] for m in client.sessions.messages(panel.session_id)] == []
 
 
@@ -341,9 +368,9 @@ def test_xss_in_title_and_content_is_escaped(client):
     assert_inert(panel.messages_html)
     assert "&lt;img src=x onerror=&quot;window.__xss=1&quot;&gt;" in panel.messages_html
     assert "&lt;script&gt;alert(7)&lt;/script&gt;" in panel.messages_html
-    assert_inert(panel.status.value)
-    # the picker's labels are plain text (the frontend sets them with textContent)
-    assert any('<img src=x onerror="alert(1)">' in label for label, _ in panel.picker.options)
+    assert '<img src=x onerror="alert(1)">' in panel.status  # plain text: the front end sets textContent
+    # the picker's labels are plain text (the front end sets them with textContent)
+    assert any('<img src=x onerror="alert(1)">' in e["label"] for e in panel.sessions)
     # a streamed reply with the payloads is inert too, while streaming and at the end
     panel.send("show html")
     panel.wait(20)
@@ -373,7 +400,7 @@ def test_embedded_model_is_hooked_on_first_send(client):
         assert not client.models
         panel.send("Say hi")
         response = panel.wait(180)
-        assert response is not None, panel.status.value
+        assert response is not None, panel.status
         assert response["model_id"] == "llamacpp:smollm2-135m"
         assert "llamacpp:smollm2-135m" in panel.messages_html
         assert [m["role"] for m in client.sessions.messages(panel.session_id)] == ["user", "assistant"]
@@ -395,8 +422,8 @@ def test_kernel_stays_responsive_while_streaming(client):
 
 
 def test_importing_oblix_nb_stays_light():
-    code = ("import sys, oblix_nb, oblix_nb.notebook; "
-            "bad = [m for m in ('ipywidgets', 'markdown_it', 'oblix_nb.notebook.widgets', 'pandas') "
+    code = ("import sys, oblix_nb, oblix_nb.notebook, oblix_nb.widgets; "
+            "bad = [m for m in ('ipywidgets', 'anywidget', 'markdown_it', 'oblix_nb.notebook.widgets', 'oblix_nb.widgets.chat', 'pandas') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -420,56 +447,88 @@ def many(client):
     return ids
 
 
+def ids_of(b):
+    return [row["id"] for row in b.grid]
+
+
 def test_browser_pages_through_sessions(client, many):
     b = SessionBrowser(client)
-    assert b.total == 60 and b.pages == 3 and b.page == 0
-    assert "page 1 of 3" in b.page_label.value and "60 sessions" in b.page_label.value
-    assert len(b.table.options) == 25 and b.prev_button.disabled and not b.next_button.disabled
-    first_page = [v for _, v in b.table.options]
-    b.next_button.click()
-    assert b.page == 1 and "page 2 of 3" in b.page_label.value
-    second_page = [v for _, v in b.table.options]
-    b.next_button.click()
-    assert len(b.table.options) == 10 and b.next_button.disabled
-    third_page = [v for _, v in b.table.options]
+    assert b.total == 60 and b.pages == 3 and b.page == 0 and not b.filtered
+    assert len(b.grid) == 25
+    first_page = ids_of(b)
+    front(b, "page", page=1)
+    assert b.page == 1
+    second_page = ids_of(b)
+    front(b, "page", page=2)
+    assert len(b.grid) == 10
+    third_page = ids_of(b)
     assert len(set(first_page + second_page + third_page)) == 60
-    b.prev_button.click()
-    assert [v for _, v in b.table.options] == second_page
+    front(b, "page", page=1)
+    assert ids_of(b) == second_page
+    front(b, "page", page=99)  # clamped
+    assert b.page == 2
 
 
 def test_browser_rows_show_title_updated_count_model_mix_and_metadata(client, many):
     b = SessionBrowser(client)
-    label = next(label for label, value in b.table.options if value == many[59])
-    assert label.startswith("Topic 59") and " 4 " in label
-    assert "smollm2-135m×2" in label and "gpt-4o-mini×1" in label
-    assert 'n=2' in label and 'project="alpha"' in label
+    row = next(r for r in b.grid if r["id"] == many[59])
+    assert row["title"] == "Topic 59" and row["messages"] == 4 and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d", row["updated"])
+    assert "smollm2-135m×2" in row["models"] and "gpt-4o-mini×1" in row["models"]
+    assert "n=2" in row["metadata"] and 'project="alpha"' in row["metadata"]
     assert b.model_mix([many[59]])[many[59]] == {"llamacpp:smollm2-135m": 2, "openai:gpt-4o-mini": 1}
+    assert [c["key"] for c in b.columns] == ["title", "updated", "messages", "models", "metadata"]
+    assert {c["key"] for c in b.columns if c["sortable"]} == {"title", "updated", "messages", "models"}
+
+
+def test_browser_sorts_by_each_sortable_column(client, many):
+    b = SessionBrowser(client, page_size=60)
+    front(b, "sort", column="title")
+    assert [r["title"] for r in b.grid] == sorted(r["title"] for r in b.grid) and not b.descending
+    front(b, "sort", column="title")  # again: reversed
+    assert [r["title"] for r in b.grid] == sorted((r["title"] for r in b.grid), reverse=True)
+    b.sort_by("messages")
+    counts = [r["messages"] for r in b.grid]
+    assert counts == sorted(counts, reverse=True) and counts[0] == 4
+    b.sort_by("models", descending=False)
+    assert b.grid[0]["models"] == "—" and b.grid[-1]["id"] == many[59]  # llamacpp:… sorts last
+    b.sort_by("updated")
+    assert b.grid[0]["id"] == many[10]  # the last one written to
+    with pytest.raises(ValueError):
+        b.sort_by("metadata")
+    front(b, "sort", column="nope")
+    assert b.status_error and "cannot sort" in b.status
+    b.sort_by("title")
+    assert b.status == ""  # the next action clears the previous status
 
 
 def test_browser_filters_by_metadata_title_and_full_text(client, many):
     b = SessionBrowser(client)
-    b.meta_filter.value = "n=1"
-    assert b.total == 20 and b.page == 0 and "matching" in b.page_label.value
-    b.meta_filter.value = 'n=1 project=alpha'
+    b.meta_filter = "n=1"
+    assert b.total == 20 and b.page == 0 and b.filtered
+    b.meta_filter = 'n=1 project=alpha'
     assert b.total == 10
-    b.meta_filter.value = 'n="1"'  # JSON-typed: the string "1" is not the number 1
+    b.meta_filter = 'n="1"'  # JSON-typed: the string "1" is not the number 1
     assert b.total == 0
-    b.meta_filter.value = ""
-    b.title_filter.value = "topic 1"
-    assert b.total == 10 and all(label.startswith("Topic 1") for label, _ in b.table.options)
-    b.title_filter.value = ""
-    b.search_box.value = "zebra"
-    assert b.total == 3 and {v for _, v in b.table.options} == {many[59], many[58], many[10]}
-    b.meta_filter.value = "n=1"  # combined with the metadata filter (58 % 3 == 1, 10 % 3 == 1)
-    assert {v for _, v in b.table.options} == {many[58], many[10]}
-    b.clear_button.click()
-    assert b.total == 60 and not b.search_box.value and not b.meta_filter.value
+    b.meta_filter = ""
+    b.title_filter = "topic 1"
+    assert b.total == 10 and all(r["title"].startswith("Topic 1") for r in b.grid)
+    b.title_filter = "100%_"  # LIKE wildcards are literal
+    assert b.total == 0
+    b.title_filter = ""
+    front(b, "filters", text="zebra")
+    assert b.total == 3 and set(ids_of(b)) == {many[59], many[58], many[10]}
+    b.meta_filter = "n=1"  # combined with the metadata filter (58 % 3 == 1, 10 % 3 == 1)
+    assert set(ids_of(b)) == {many[58], many[10]}
+    front(b, "clear")
+    assert b.total == 60 and not b.text_filter and not b.meta_filter and not b.filtered
 
 
-def test_browser_bad_filter_is_reported(client, many):
+def test_browser_bad_filter_is_reported_then_cleared(client, many):
     b = SessionBrowser(client)
-    b.meta_filter.value = "not-a-pair"
-    assert "key=value" in b.status.value
+    b.meta_filter = "not-a-pair"
+    assert "key=value" in b.status and b.status_error
+    b.meta_filter = "n=1"
+    assert b.status == "" and not b.status_error
 
 
 def test_parse_metadata_filter_types():
@@ -483,105 +542,218 @@ def test_parse_metadata_filter_types():
 
 def test_browser_selection_shows_the_transcript(client, many):
     b = SessionBrowser(client)
-    b.table.value = (many[59],)
-    html = b.detail.value
+    b.selected = [many[59]]
+    html = b.detail_html
     assert "Topic 59" in html and "tell me about zebras" in html and "Zebras are striped." in html
     assert "openai:gpt-4o-mini" in html and "&quot;project&quot;: &quot;alpha&quot;" in html
-    b.table.value = (many[59], many[58])
-    assert "2 sessions selected" in b.detail.value
-    b.search_box.value = "zebras"
-    b.table.value = (many[59],)
-    assert "<strong>" in b.detail.value  # the search snippet's match
+    b.selected = [many[59], many[58]]
+    assert "2 sessions selected" in b.detail_html
+    b.selected = [many[59], "not-on-this-page"]
+    assert b.selected == [many[59]]
+    b.text_filter = "zebras"
+    b.selected = [many[59]]
+    assert "<strong>" in b.detail_html  # the search snippet's match
 
 
-def test_browser_open_export_copy_merge(client, many, tmp_path):
+def test_browser_open_export_copy_merge(client, many, tmp_path, monkeypatch):
     b = SessionBrowser(client)
-    b.table.value = (many[59],)
-    b.open_button.click()
-    assert isinstance(b.chat_panel, ChatPanel) and b.chat_area.children == (b.chat_panel,)
+    b.selected = [many[59]]
+    front(b, "open")
+    assert isinstance(b.chat_panel, ChatPanel) and b.chat_inline
     assert b.chat_panel.session_id == many[59]
-    b.table.value = (many[58],)
-    b.open_button.click()
+    b.selected = [many[58]]
+    front(b, "open")
     assert b.chat_panel.session_id == many[58]
 
-    # export one to a file, then two into a folder
-    b.table.value = (many[59],)
-    b.export_path.value = str(tmp_path / "one.json")
-    b.export_button.click()
+    # export one to a file, then two into a folder; the status names the absolute paths written
+    monkeypatch.chdir(tmp_path)
+    b.selected = [many[59]]
+    front(b, "export", path="one.json")
     doc = json.loads((tmp_path / "one.json").read_text())
     assert doc["id"] == many[59] and len(doc["messages"]) == 4
-    b.table.value = (many[59], many[58])
-    b.export_path.value = str(tmp_path / "several") + "/"
-    b.export_button.click()
+    assert b.status == f"exported to {tmp_path / 'one.json'}"
+    b.selected = [many[59], many[58]]
+    files = b.export_selected("several/")
     assert {p.name for p in (tmp_path / "several").iterdir()} == {f"{many[59]}.json", f"{many[58]}.json"}
-    assert "exported" in b.status.value
+    assert all(f.is_absolute() for f in files) and str(files[0]) in b.status
 
     # copy: a new session, selected
-    b.table.value = (many[59],)
-    b.copy_button.click()
+    b.selected = [many[59]]
+    front(b, "copy")
     assert b.total == 61 and len(b.selected_ids) == 1 and b.selected_ids[0] not in many
     copy = client.load_session(b.selected_ids[0])
     assert copy["title"] == "Copy of Topic 59" and len(copy["messages"]) == 4
 
     # merge needs two
-    b.table.value = (many[59],)
-    b.merge_button.click()
-    assert "at least 2" in b.status.value and b.total == 61
-    b.table.value = (many[59], many[58])
-    b.merge_button.click()
-    assert b.total == 62
+    b.selected = [many[59]]
+    front(b, "merge")
+    assert "at least 2" in b.status and b.total == 61
+    b.selected = [many[59], many[58]]
+    front(b, "merge")
+    assert b.total == 62 and not b.status_error
     merged = client.load_session(b.selected_ids[0])
     assert len(merged["messages"]) == 5 and set(merged["metadata"]["merged_from"]) == {many[59], many[58]}
 
 
+def test_browser_export_failure_is_reported(client, many, tmp_path):
+    b = SessionBrowser(client)
+    (tmp_path / "file").write_text("x")
+    b.selected = [many[59]]
+    assert b.export_selected(str(tmp_path / "file" / "below.json")) == []
+    assert b.status_error and "export failed" in b.status
+
+
 def test_browser_delete_needs_confirmation(client, many):
     b = SessionBrowser(client)
-    targets = (many[59], many[58])
-    b.table.value = targets
-    b.delete_button.click()
-    assert b.confirm_box.layout.display == "flex"
-    assert "Confirm delete 2 sessions?" in b.confirm_label.value
+    targets = [many[59], many[58]]
+    b.selected = targets
+    front(b, "delete")
+    assert b.confirm == targets
     assert all(client.sessions.exists(s) for s in targets)  # nothing deleted yet
-    b.cancel_delete_button.click()
-    assert b.confirm_box.layout.display == "none" and all(client.sessions.exists(s) for s in targets)
+    front(b, "cancel_delete")
+    assert b.confirm == [] and all(client.sessions.exists(s) for s in targets)
     # a changed selection withdraws the question
-    b.delete_button.click()
-    b.table.value = (many[57],)
-    assert b.confirm_box.layout.display == "none"
+    front(b, "delete")
+    b.selected = [many[57]]
+    assert b.confirm == []
     # confirm deletes exactly what was asked about
-    b.table.value = targets
-    b.delete_button.click()
-    b.confirm_delete_button.click()
+    b.selected = targets
+    front(b, "delete")
+    front(b, "confirm_delete")
     assert not any(client.sessions.exists(s) for s in targets)
     assert client.sessions.exists(many[57])
-    assert b.total == 58 and "deleted 2 sessions" in b.status.value
+    assert b.total == 58 and "deleted 2 sessions" in b.status
     # nothing selected: nothing to confirm
-    b.table.value = ()
-    b.delete_button.click()
-    assert b.confirm_box.layout.display == "none" and "select" in b.status.value
+    b.selected = []
+    front(b, "delete")
+    assert b.confirm == [] and "select" in b.status
 
 
 def test_browser_escapes_titles_and_content(client):
     sid = client.sessions.create(title='<img src=x onerror="alert(1)">', metadata={"k": "<script>alert(2)</script>"})
     client.append_message(sid, "assistant", XSS, model_id="llamacpp:x")
     b = SessionBrowser(client)
-    b.table.value = (sid,)
-    assert_inert(b.detail.value)
-    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in b.detail.value
-    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in b.detail.value
-    b.search_box.value = "window"
-    assert_inert(b.detail.value)
-    assert_inert(b.page_label.value + b.status.value + b.header.value)
+    b.selected = [sid]
+    assert_inert(b.detail_html)
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in b.detail_html
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in b.detail_html
+    # grid cells are text for the front end (set with textContent): kept verbatim
+    assert b.grid[0]["title"] == '<img src=x onerror="alert(1)">'
+    b.text_filter = "window"
+    assert_inert(b.detail_html)
 
 
 def test_browser_page_survives_deleting_the_last_page(client, many):
     b = SessionBrowser(client)
     b.go_to_page(2)
     assert b.page == 2
-    for sid in [v for _, v in b.table.options]:
+    for sid in ids_of(b):
         client.delete_session(sid)
     b.refresh()
-    assert b.page == 1 and b.pages == 2 and len(b.table.options) == 25
+    assert b.page == 1 and b.pages == 2 and len(b.grid) == 25
+
+
+# ============================================================================================ live data
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_store_change_token_moves_on_own_and_other_connections_writes(client, tmp_home):
+    from oblix_nb.sessions import SessionStore
+
+    store = client.sessions
+    before = store.change_token()
+    assert store.change_token() == before  # reading changes nothing
+    store.create(title="mine")
+    after_own = store.change_token()
+    assert after_own != before
+    other = SessionStore(store.path)  # another connection, as another kernel has
+    try:
+        other.create(title="theirs")
+    finally:
+        other.close()
+    assert store.change_token() != after_own
+
+
+def test_widgets_follow_writes_from_another_process(client):
+    """Sessions made, changed and deleted by another process appear in the picker and grid within ~1 s."""
+    panel = ChatPanel(client)
+    b = SessionBrowser(client)
+    code = ("import sys; from oblix_nb.sessions import SessionStore; s = SessionStore(sys.argv[1]); "
+            "sid = s.create(title='from elsewhere'); s.append_message(sid, 'user', 'hi'); print(sid); s.close()")
+    out = subprocess.run([sys.executable, "-c", code, str(client.sessions.path)], capture_output=True, text=True,
+                         timeout=60, check=True)
+    sid = out.stdout.strip()
+    assert wait_for(lambda: sid in ids_of(b) and sid in [e["id"] for e in panel.sessions], 3.0)
+    assert next(r for r in b.grid if r["id"] == sid)["messages"] == 1
+    # the shown session changes elsewhere: the panel re-reads it
+    panel.select_session(sid)
+    client.sessions.append_message(sid, "assistant", "appended elsewhere")
+    assert wait_for(lambda: "appended elsewhere" in panel.messages_html, 3.0)
+    # deleted elsewhere: gone from both
+    subprocess.run([sys.executable, "-c", "import sys; from oblix_nb.sessions import SessionStore; "
+                    "s = SessionStore(sys.argv[1]); s.delete(sys.argv[2]); s.close()",
+                    str(client.sessions.path), sid], check=True, timeout=60)
+    assert wait_for(lambda: sid not in ids_of(b) and sid not in [e["id"] for e in panel.sessions], 3.0)
+    assert panel.session_id is None and "deleted elsewhere" in panel.status
+
+
+def test_polling_reads_nothing_while_nothing_changes(client):
+    from oblix_nb.widgets import live
+
+    b = SessionBrowser(client)
+    w = live.watcher(client.sessions)
+    refreshes = []
+    real = b.refresh
+    b.refresh = lambda *a, **k: (refreshes.append(1), real(*a, **k))
+    polls = w.polls
+    time.sleep(1.3)
+    assert w.polls > polls and refreshes == []
+    client.sessions.create(title="new")
+    assert wait_for(lambda: len(refreshes) == 1, 3.0)
+
+
+def test_picker_labels_disambiguate_equal_titles(client):
+    a = client.sessions.create(title="Same")
+    b_ = client.sessions.create(title="Same")
+    client.append_message(a, "user", "x")
+    panel = ChatPanel(client)
+    labels = {e["id"]: e["label"] for e in panel.sessions}
+    assert labels[a] != labels[b_]
+    assert f"#{a[:8]}" in labels[a] and "1 msg" in labels[a] and "0 msgs" in labels[b_]
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", labels[a])
+    c = client.sessions.create(title="Unique")
+    panel._refresh_picker()
+    assert "#" not in {e["id"]: e["label"] for e in panel.sessions}[c]
+
+
+def test_long_session_shows_its_latest_messages_first(client):
+    sid = client.sessions.create(title="long")
+    client.sessions.append_messages(sid, [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"}
+                                          for i in range(250)])
+    panel = ChatPanel(client, sid, window=100)
+    assert len(panel.messages) == 100 and panel.earlier == 150
+    assert "m249" in panel.messages[-1]["html"] and "m150" in panel.messages[0]["html"]
+    front(panel, "earlier")
+    assert len(panel.messages) == 200 and panel.earlier == 50
+
+
+def test_insert_cell_falls_back_to_set_next_input(client, monkeypatch):
+    calls = []
+
+    class Shell:
+        def set_next_input(self, text, replace=False):
+            calls.append((text, replace))
+
+    monkeypatch.setattr("IPython.get_ipython", lambda: Shell())
+    panel = ChatPanel(client)
+    front(panel, "insert_cell", code="print(1)")
+    assert calls == [("print(1)", False)] and "new cell" in panel.status
 
 
 def test_chat_handler_shows_a_panel_and_sends(client, monkeypatch):
@@ -608,6 +780,16 @@ def test_show_functions_exist():
     assert callable(widgets.chat_handler)
 
 
-def test_widget_files_are_in_the_package():
-    root = Path(__file__).resolve().parents[1] / "oblix_nb" / "notebook"
-    assert (root / "widgets.py").is_file() and (root / "render.py").is_file()
+def test_widget_front_ends_are_package_data():
+    """The ES modules and CSS ship in the package: setuptools' package-data covers every one of them."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "oblix_nb.widgets"]
+    assets = [p.name for p in (root / "oblix_nb" / "widgets").iterdir() if p.suffix in (".js", ".css")]
+    assert {"chat.js", "chat.css", "browser.js", "browser.css", "common.css"} <= set(assets)
+    assert all(any(fnmatch.fnmatch(name, pat) for pat in patterns) for name in assets), (assets, patterns)
+    assert "oblix-chat" in str(ChatPanel._esm) and ".oblix-chat" in ChatPanel._css
+    assert "oblix-browser" in str(SessionBrowser._esm) and ".oblix-browser" in SessionBrowser._css

@@ -102,6 +102,11 @@ class Reply(str):
         return bool(self.response.get("partial"))
 
     @property
+    def parsed(self) -> Any:
+        """The structured value (``%%oblix --schema`` / ``-f json``), else None."""
+        return self.response.get("parsed")
+
+    @property
     def footer(self) -> str:
         return format_footer(self.response) if self.response else ""
 
@@ -135,13 +140,23 @@ def has_display_frontend(shell: Any) -> bool:
         return False
 
 
+# The footer's look: JupyterLab's theme variables only (Light, Dark, high contrast), so text keeps AA contrast in
+# every theme; without them (other frontends) the text inherits the output's own colour. Errors are marked by
+# the ⚠ and a border in the theme's error colour, never by coloured text (too faint on dark backgrounds).
+FOOTER_STYLE = ("font-size:0.85em;font-family:var(--jp-ui-font-family, inherit);margin-top:2px;"
+                "color:var(--jp-ui-font-color2, inherit)")
+FOOTER_ERROR_STYLE = ("font-size:0.85em;font-family:var(--jp-ui-font-family, inherit);margin-top:2px;"
+                      "color:var(--jp-ui-font-color1, inherit);font-weight:600;padding-left:6px;"
+                      "border-left:3px solid var(--jp-error-color1, currentColor)")
+
+
 def _footer_bundle(text: str, *, error: bool = False, pending: bool = False) -> dict:
     from html import escape
 
-    color = "#b00020" if error else "#6a737d"
-    style = f"font-size:0.8em;color:{color};font-family:var(--jp-ui-font-family, sans-serif)"
+    style = FOOTER_ERROR_STYLE if error else FOOTER_STYLE
     icon = "⏳ " if pending else ("⚠ " if error else "")
-    return {"text/html": f'<div style="{style}">{icon}{escape(text)}</div>',
+    kind = "oblix-footer oblix-footer-error" if error else "oblix-footer"
+    return {"text/html": f'<div class="{kind}" style="{style}">{icon}{escape(text)}</div>',
             "text/plain": f"[{icon}{text}]"}
 
 
@@ -183,10 +198,11 @@ class ReplyDisplay:
         self._publish(self._bundle(text, final=False), self.reply_id, True)
         self.updates += 1
 
-    def final(self, text: str, footer: Optional[str] = None, *, error: bool = False) -> None:
-        """The last update: exactly ``text``; the status line becomes ``footer``."""
+    def final(self, text: str, footer: Optional[str] = None, *, error: bool = False,
+              bundle: Optional[dict] = None) -> None:
+        """The last update: exactly ``text`` (or the given MIME ``bundle``); the status line becomes ``footer``."""
         self.text = text
-        self._publish(self._bundle(text, final=True), self.reply_id, True)
+        self._publish(bundle if bundle is not None else self._bundle(text, final=True), self.reply_id, True)
         if self.show_footer and footer is not None:
             self._publish(_footer_bundle(footer, error=error), self.footer_id, True)
 

@@ -1,4 +1,9 @@
-"""IPython magics: ``%oblix_session`` (sessions as data), ``%%oblix`` (a cell is a prompt), ``%oblix_chat`` (a panel).
+"""IPython magics: ``%oblix_session`` (sessions as data), ``%%oblix`` (a cell is a prompt), ``%oblix_chat`` (a panel),
+``%oblix_fix`` (ask about an error) and ``%oblix_model`` (models, aliases, the default).
+
+A ``%%oblix`` cell may refer to the notebook — ``{In[3]}``, ``{Out[3]}``, ``{Err[3]}``, ``{_}``, ``{cfg.model}``,
+``{d["k"]}`` — and attach data (``--context df`` or ``{df}``): see :mod:`.references` and :mod:`.describe`. Errors
+are recorded for ``{Err[N]}`` and ``%oblix_fix`` by the exception handler in :mod:`.errhook`.
 
 ``%load_ext oblix_nb`` registers them; ``%unload_ext`` / ``%reload_ext`` work (the kernel's client, its hooked
 models and the current session survive a reload). Settings are traitlets, so both
@@ -26,9 +31,10 @@ from .._util import new_id, title_from
 from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableError, NoModelHookedError,
                       OblixError, SessionNotFoundError)
 from ..pricing import parse_price
-from . import state
+from . import errhook, state
 from .display import (QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, has_display_frontend,
                       notebook_sink_factory, safe_html, shell_publisher)
+from .formats import ANY_JSON_SCHEMA, FORMATS, HINTS, final_bundle, stream_format
 from .kv import parse_pairs
 
 # --------------------------------------------------------------------------- argument parsing
@@ -125,23 +131,6 @@ def parse_kv(tokens: Optional[list[str]]) -> dict:
 
 def _title(prompt: str) -> str:
     return title_from(prompt, "Notebook session")
-
-
-def fill_template(text: str, namespace: dict) -> str:
-    """Replace each ``{name}`` whose ``name`` is a variable in ``namespace`` by ``str(value)``.
-
-    Only plain identifiers are replaced; unknown names, ``{expressions}`` and other braces (code, JSON) are
-    left as they are. ``{{name}}`` is the escape: it becomes the literal ``{name}``, never substituted.
-    """
-    def sub(match: "re.Match") -> str:
-        if match.group(1) is not None:
-            return "{" + match.group(1) + "}"
-        name = match.group(2)
-        if name in namespace:
-            return str(namespace[name])
-        return match.group(0)
-
-    return re.sub(r"\{\{(" + _IDENT + r")\}\}|\{(" + _IDENT + r")\}", sub, text)
 
 
 def _expand_dollars(tokens: list[str], namespace: dict) -> list[str]:
@@ -258,7 +247,11 @@ def oblix_parser() -> MagicArgumentParser:
 
             The conversation continues in the current session (one is created on first use), so follow-up
             cells have the earlier turns as context. {name} in the cell is replaced by the value of the
-            variable `name` when it exists (other braces are left alone; {{name}} gives a literal {name}).
+            variable `name` when it exists; so are {In[3]} (cell 3's source), {Out[3]} (its result), {Err[3]}
+            (its traceback; negative N counts back from this cell), {_}, {cfg.attr} and {d["key"]}. Other
+            braces are left alone; {{name}} gives a literal {name}. A DataFrame / array named this way, or with
+            --context, is attached as a compact description (shape, dtypes, missing values, describe(), rows).
+            What the model saw (the expanded prompt, attachments, system message) is stored in the session.
             The reply is `oblix_last` (a str carrying `.response`, execute()'s dict) and, with --var, NAME.
             Interrupting the kernel stops the request; the partial reply is kept, flagged partial."""))
     p.add_argument("--model", metavar="ID", help="force a hooked model, e.g. llamacpp:smollm2-135m")
@@ -269,8 +262,15 @@ def oblix_parser() -> MagicArgumentParser:
     p.add_argument("--temperature", type=_float_arg("temperature", 0.0, 5.0))
     p.add_argument("--max-tokens", type=_positive_int, metavar="N")
     p.add_argument("--no-stream", action="store_true", help="wait for the whole reply")
-    p.add_argument("-f", "--format", choices=("markdown", "text", "code"), default="markdown",
-                   help="markdown (default); text: plain; code: also put the reply's code in a new cell")
+    _add_context_options(p)
+    p.add_argument("-f", "--format", choices=FORMATS, default=None,
+                   help="markdown (default); text: plain; code: also put the reply's code in a new cell; "
+                        "json: parsed, shown as a JSON tree (default with --schema); html: sanitised HTML; "
+                        "math: LaTeX")
+    p.add_argument("--schema", metavar="SPEC",
+                   help="structured output: a spec like \"label, score float, tags list[str]\", a JSON Schema as "
+                        "JSON, or the name of a variable holding one (or a pydantic class); the value is "
+                        "oblix_last.parsed (with --over: one typed column per field)")
     p.add_argument("--var", metavar="NAME", help="also store the reply in this variable")
     over = p.add_argument_group("prompts over a DataFrame (--over)", textwrap.dedent("""\
         With --over DF the cell is a template run once per row of DF (client.map): {column} is the row's
@@ -278,11 +278,60 @@ def oblix_parser() -> MagicArgumentParser:
         DF's index, shown and stored in NAME (--into, default oblix_result); finished rows are stored, so
         re-running the cell only calls the model for rows that have not finished."""))
     over.add_argument("--over", metavar="DF", help="a DataFrame / Series / list variable to run the cell over")
-    over.add_argument("--schema", metavar="SPEC",
-                      help="structured output: 'label, score float, tags list[str]', a JSON Schema, or a variable")
     over.add_argument("--into", metavar="NAME", help="store the result DataFrame in this variable")
     over.add_argument("--concurrency", type=_positive_int, metavar="N", help="rows in flight (default 1 "
                       "for the embedded model, 4 for servers)")
+    return p
+
+
+def _add_context_options(p: MagicArgumentParser) -> None:
+    p.add_argument("--system", metavar="TEXT", help="a system message for this request (stored in the session)")
+    p.add_argument("--context", nargs="+", action="extend", default=[], metavar="NAME",
+                   help="attach a compact description of these variables or references (a DataFrame: shape, "
+                        "dtypes, missing values, describe(), first rows; an array: shape, dtype, stats)")
+
+
+def fix_parser() -> MagicArgumentParser:
+    p = MagicArgumentParser(
+        prog="%oblix_fix", description=textwrap.dedent("""\
+            Ask the model to fix an error: sends the cell's source and its traceback (default: the last error;
+            N: the error of cell N). Errors are recorded from the moment the extension is loaded.
+            -f code puts the corrected code into a new cell below (JupyterLab, Notebook, terminal IPython)."""))
+    p.add_argument("cell", nargs="?", type=int, metavar="N", help="the cell whose error to fix (default: the last)")
+    p.add_argument("-f", "--format", choices=("markdown", "text", "code"), default="markdown",
+                   help="markdown (default): cause and fix; text: plain; code: only the corrected code, "
+                        "put into a new cell")
+    p.add_argument("--model", metavar="ID", help="force a hooked model (or an alias)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--session", metavar="ID", help="continue this session (it becomes the current one)")
+    g.add_argument("--new-session", action="store_true", help="start a new session (becomes current)")
+    p.add_argument("--title", help="title for a session this creates")
+    p.add_argument("--temperature", type=_float_arg("temperature", 0.0, 5.0))
+    p.add_argument("--max-tokens", type=_positive_int, metavar="N")
+    p.add_argument("--no-stream", action="store_true", help="wait for the whole reply")
+    _add_context_options(p)
+    p.add_argument("--var", metavar="NAME", help="also store the reply in this variable")
+    return p
+
+
+def model_parser() -> MagicArgumentParser:
+    p = MagicArgumentParser(
+        prog="%oblix_model", description=textwrap.dedent("""\
+            Hooked models, aliases and the default model. Aliases and the default are kept in the session store
+            (<home>/sessions.db), so they survive kernel restarts; --model and execute(model_id=...) take an
+            alias wherever they take a model id."""))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=MagicArgumentParser)
+    lst = sub.add_parser("list", help="hooked models (and alias targets): endpoint, context window, reachable")
+    lst.add_argument("--timeout", type=_float_arg("timeout", 0.1, 60.0), default=3.0,
+                     help="seconds to wait for each endpoint (default 3)")
+    alias = sub.add_parser("alias", help="NAME MODEL_ID: let NAME stand for MODEL_ID (none: list aliases)")
+    alias.add_argument("name", nargs="?")
+    alias.add_argument("model_id", nargs="?")
+    unalias = sub.add_parser("unalias", help="forget an alias")
+    unalias.add_argument("name")
+    default = sub.add_parser("default", help="MODEL: the model %%%%oblix uses without --model ('none': routing "
+                                             "decides); no argument: show it")
+    default.add_argument("model", nargs="?")
     return p
 
 
@@ -373,11 +422,13 @@ class _Said(str):
 # --------------------------------------------------------------------------- the magics
 
 _CLIENT_ERRORS = (OblixError, ValueError, OSError, KeyError)
+_DEFAULT_MODEL_KEY = "notebook:default_model"  # the store setting %oblix_model default writes
 
 
 @magics_class
 class OblixMagics(Magics):
-    """``%oblix_session``, ``%%oblix`` and ``%oblix_chat``. Configurable: ``%config OblixMagics`` lists the settings."""
+    """``%oblix_session``, ``%%oblix``, ``%oblix_chat``, ``%oblix_fix``, ``%oblix_model``.
+    Configurable: ``%config OblixMagics`` lists the settings."""
 
     default_model = Unicode(
         "", help="Model id %%oblix forces when --model is not given (e.g. 'llamacpp:smollm2-135m'); "
@@ -637,6 +688,93 @@ class OblixMagics(Magics):
             panel.send(prompt)
         return None
 
+    # ------------------------------------------------------------------ %oblix_fix
+    @no_var_expand
+    @line_magic
+    def oblix_fix(self, line: str = ""):
+        try:
+            args = _parse(fix_parser(), split_line(line))
+        except _HelpShown:
+            return None
+        if args.var is not None and not args.var.isidentifier():
+            raise UsageError(f"%oblix_fix --var: {args.var!r} is not a valid variable name")
+        from .errhook import error_log
+
+        log = error_log(self.shell)
+        if log is None:
+            raise UsageError("%oblix_fix: errors are recorded only while the extension is loaded (%load_ext oblix_nb)")
+        if args.cell is None:  # the last error, not one of %oblix_fix itself
+            record = log.last(skip=lambda e: e.source.lstrip().startswith("%oblix_fix"))
+            if record is None:
+                raise UsageError("%oblix_fix: no error recorded yet (errors are recorded from the moment "
+                                 "%load_ext oblix_nb ran)")
+        else:
+            cell = args.cell if args.cell >= 0 else log.current + args.cell
+            record = log.get(cell)
+            if record is None:
+                cells = ", ".join(str(n) for n in log.counts()[-10:]) or "none"
+                raise UsageError(f"%oblix_fix: cell {cell} raised no recorded error (cells with errors: {cells})")
+        client = self.client
+        model_id = self._model_arg(client, args.model, "%oblix_fix")
+        if not self._ensure_model(client, model_id):
+            return None
+        budget = self._context_budget(client, model_id, args.max_tokens)
+        question = fix_prompt(record, code_only=args.format == "code", max_chars=budget)
+        prompt = self._build_prompt("%oblix_fix", "", args, client, model_id)  # --context attachments
+        prompt.question = question
+        return self._ask(client, prompt.text, args, model_id, fmt=args.format)
+
+    # ------------------------------------------------------------------ %oblix_model
+    @no_var_expand
+    @line_magic
+    def oblix_model(self, line: str = ""):
+        try:
+            args = _parse(model_parser(), split_line(line))
+        except _HelpShown:
+            return None
+        from .modelinfo import model_table
+
+        client = self.client
+        command = args.command or "list"
+        try:
+            if command == "list":
+                return model_table(client, self.default_model or self._stored_default(client),
+                                   timeout=getattr(args, "timeout", 3.0))
+            if command == "alias":
+                if args.name is None:
+                    return client.model_aliases()
+                if args.model_id is None:
+                    raise UsageError("%oblix_model alias NAME MODEL_ID: give the model id the alias stands for")
+                target = client.resolve_model_id(args.model_id)  # an alias of an alias: its model
+                client.set_model_alias(args.name, target)
+                return _Said(args.name, f"alias {args.name} → {target} (kept in {client.sessions.path})")
+            if command == "unalias":
+                if not client.remove_model_alias(args.name):
+                    raise UsageError(f"%oblix_model unalias: no alias {args.name!r} "
+                                     f"(aliases: {', '.join(client.model_aliases()) or 'none'})")
+                return _Said(args.name, f"alias {args.name} removed")
+            if command == "default":
+                return self._model_default(client, args.model)
+        except UsageError:
+            raise
+        except _CLIENT_ERRORS as exc:
+            raise UsageError(f"%oblix_model {command}: {exc}") from None
+        return None
+
+    def _model_default(self, client, model: Optional[str]):
+        if model is None:
+            current = self.default_model or self._stored_default(client)
+            return _Said(current or "", f"default model: {current}" if current
+                         else "no default model: routing decides (set one with %oblix_model default MODEL)")
+        if model.lower() in ("none", "auto", "-"):
+            client.sessions.delete_setting(_DEFAULT_MODEL_KEY)
+            self.default_model = ""
+            return _Said("", "no default model: routing decides")
+        client.resolve_model_id(model)  # a model id or a known alias
+        client.sessions.set_setting(_DEFAULT_MODEL_KEY, model)
+        self.default_model = model
+        return _Said(model, f"default model: {model} (kept in {client.sessions.path})")
+
     # ------------------------------------------------------------------ %%oblix
     @cell_magic
     def oblix(self, line: str, cell: str):
@@ -650,18 +788,71 @@ class OblixMagics(Magics):
             return self._over(args, cell or "")
         if args.into is not None or args.concurrency is not None:
             raise UsageError("%%oblix: --into and --concurrency go with --over DF")
-        prompt = fill_template(cell or "", self.shell.user_ns).rstrip()
-        prompt = re.sub(r"\A(?:[ \t]*\n)+", "", prompt)  # drop blank lines around the prompt
-        if not prompt.strip():
+        template = re.sub(r"\A(?:[ \t]*\n)+", "", (cell or "").rstrip())  # drop blank lines around the prompt
+        if not template.strip():
             raise UsageError("%%oblix: the cell is the prompt; write something below the %%oblix line")
         client = self.client
-        model_id = args.model or self.default_model or None
+        model_id = self._model_arg(client, args.model, "%%oblix")
         if not self._ensure_model(client, model_id):
             return None
-        session_id = self._session_for(client, args, prompt)
+        fmt = args.format or ("json" if args.schema else "markdown")
+        schema = self._schema_arg(args.schema) if args.schema else (ANY_JSON_SCHEMA if fmt == "json" else None)
+        prompt = self._build_prompt("%%oblix", template, args, client, model_id)
+        if not prompt.text.strip():
+            raise UsageError("%%oblix: the prompt is empty once its references are filled in")
+        return self._ask(client, prompt.text, args, model_id, fmt=fmt, schema=schema)
 
+    def _model_arg(self, client, model: Optional[str], prog: str) -> Optional[str]:
+        """The model to force: --model, else the configured or stored default; aliases resolved."""
+        chosen = model or self.default_model or self._stored_default(client) or None
+        try:
+            return client.resolve_model_id(chosen)
+        except NoModelHookedError as exc:
+            raise UsageError(f"{prog}: {exc}") from None
+
+    @staticmethod
+    def _stored_default(client) -> Optional[str]:
+        try:
+            value = client.sessions.get_setting(_DEFAULT_MODEL_KEY)
+        except Exception:  # noqa: BLE001 - a store without settings: no stored default
+            return None
+        return value if isinstance(value, str) else None
+
+    def _schema_arg(self, spec: str):
+        """--schema: a variable holding any ``schema=`` form, JSON Schema text, or a concise spec."""
+        from ..structured import SchemaError, schema_from_text
+
+        try:
+            return schema_from_text(spec, self.shell.user_ns)
+        except SchemaError as exc:
+            raise UsageError(f"%%oblix --schema: {exc}") from None
+
+    def _context_budget(self, client, model_id: Optional[str], max_tokens: Optional[int]) -> int:
+        """Characters for the notebook context (attachments, inlined cells): about 60% of what the model's
+        context window leaves after the reply (the smallest window of the hooked models when routing decides)."""
+        models = client.models
+        chosen = [models[model_id]] if model_id in models else list(models.values())
+        windows = [m.context_window for m in chosen if m.context_window]
+        window = min(windows) if windows else 2048
+        reserve = max_tokens or window // 4
+        return int(min(max((window - reserve) * 0.6 * 3, 1200), 200_000))
+
+    def _build_prompt(self, prog: str, template: str, args, client, model_id: Optional[str]):
+        from .references import UnknownReference, build_prompt
+
+        try:
+            return build_prompt(template, self.shell, context=args.context,
+                                budget_chars=self._context_budget(client, model_id, args.max_tokens))
+        except UnknownReference as exc:
+            raise UsageError(f"{prog} --context: {exc.args[0]!r} is not a variable or a reference "
+                             f"(In[N], Out[N], Err[N], name.attr, name[key])") from None
+
+    def _ask(self, client, prompt: str, args, model_id: Optional[str], *, fmt: str = "markdown",
+             schema: Any = None):
+        """Send ``prompt`` (what the model sees and the session stores) and show the reply in ``fmt``."""
+        session_id = self._session_for(client, args, prompt)
+        system = "\n\n".join(part for part in (args.system, HINTS.get(fmt)) if part) or None
         rich = self.rich()
-        fmt = args.format
         sink = QueueSink()
         request_id = new_id()
         kwargs: dict[str, Any] = dict(temperature=args.temperature, max_tokens=args.max_tokens,
@@ -669,6 +860,10 @@ class OblixMagics(Magics):
                                       stream=not args.no_stream, display_metrics=self.show_footer, sink=sink)
         if model_id:
             kwargs["model_id"] = model_id
+        if system:
+            kwargs["system"] = system
+        if schema is not None:
+            kwargs["schema"] = schema
 
         async def job():
             try:
@@ -681,8 +876,7 @@ class OblixMagics(Magics):
 
         view = None
         if rich:
-            view = ReplyDisplay(shell_publisher(self.shell), fmt="text" if fmt == "text" else "markdown",
-                                show_footer=self.show_footer)
+            view = ReplyDisplay(shell_publisher(self.shell), fmt=stream_format(fmt), show_footer=self.show_footer)
             view.show("waiting for the whole reply…" if args.no_stream else "routing…")
         future = runtime.submit(job())
         outcome = drive(sink, future, view, interval=self.stream_interval)
@@ -703,8 +897,9 @@ class OblixMagics(Magics):
         response = outcome.response or {}
         text = response.get("response", outcome.text)
         reply = Reply(text, response)
+        bundle = final_bundle(fmt, text, response.get("parsed"), has_parsed="parsed" in response)
         self._finish(view, text, format_footer(response) if self.show_footer else None,
-                     streamed=not args.no_stream)
+                     streamed=not args.no_stream, bundle=bundle)
         self._publish_value(reply, args)
         if fmt == "code":
             self.shell.set_next_input(extract_code(text), replace=False)
@@ -713,32 +908,28 @@ class OblixMagics(Magics):
     def _over(self, args, cell: str):
         """``%%oblix --over DF``: the cell as a template over DF's rows (client.map)."""
         from ..batch import fill_constants, input_fields
-        from ..structured import SchemaError, schema_from_text
 
         ns = self.shell.user_ns
         if not args.over.isidentifier() or args.over not in ns:
             raise UsageError(f"%%oblix --over: no variable named {args.over!r}")
-        if args.var or args.new_session or args.no_stream or args.format == "code":
-            raise UsageError("%%oblix --over: --var, --new-session, --no-stream and -f code do not apply; the "
-                             "result DataFrame goes to --into NAME")
+        if args.var or args.new_session or args.no_stream or args.format == "code" or args.context:
+            raise UsageError("%%oblix --over: --var, --new-session, --no-stream, --context and -f code do not "
+                             "apply; the result DataFrame goes to --into NAME")
         into = args.into or "oblix_result"
         if not into.isidentifier():
             raise UsageError(f"%%oblix --into: {into!r} is not a valid variable name")
         data = ns[args.over]
-        try:
-            schema = schema_from_text(args.schema, ns) if args.schema is not None else None
-        except SchemaError as exc:
-            raise UsageError(f"%%oblix --schema: {exc}") from None
+        schema = self._schema_arg(args.schema) if args.schema is not None else None
         template = fill_constants(cell.strip(), ns, set(input_fields(data)))
         if not template.strip():
             raise UsageError("%%oblix --over: the cell is the template; write it below the %%oblix line, "
                              "with {column} fields")
         client = self.client
-        model_id = args.model or self.default_model or None
+        model_id = self._model_arg(client, args.model, "%%oblix --over")
         if not self._ensure_model(client, model_id):
             return None
         kwargs: dict[str, Any] = dict(schema=schema, model_id=model_id, temperature=args.temperature,
-                                      max_tokens=args.max_tokens, concurrency=args.concurrency)
+                                      max_tokens=args.max_tokens, concurrency=args.concurrency, system=args.system)
         if args.session:
             kwargs["session_id"] = self.resolve(args.session)
         try:
@@ -752,9 +943,9 @@ class OblixMagics(Magics):
         return result
 
     def _finish(self, view: Optional[ReplyDisplay], text: str, footer: Optional[str], *, error: bool = False,
-                streamed: bool = True) -> None:
+                streamed: bool = True, bundle: Optional[dict] = None) -> None:
         if view is not None:
-            view.final(text, footer, error=error)
+            view.final(text, footer, error=error, bundle=bundle)
             return
         # terminal: the tokens are already on stdout (unless not streamed)
         if not streamed:
@@ -799,6 +990,13 @@ class OblixMagics(Magics):
                 self._publish_value(Reply(text, response), args)
             self._finish(view, text, f"error: {exc}", error=True)
             exc._render_traceback_ = lambda: [f"ModelCallError: {exc}"]  # type: ignore[attr-defined]
+            raise exc
+        if type(exc).__name__ == "StructuredOutputError":  # the reply is kept (stored, and as oblix_last)
+            text = getattr(exc, "text", "") or outcome.text
+            if text:
+                self._publish_value(Reply(text, dict(getattr(exc, "response", None) or {}, response=text)), args)
+            self._finish(view, text, f"error: {exc}", error=True, streamed=not args.no_stream)
+            exc._render_traceback_ = lambda: [f"StructuredOutputError: {exc}"]  # type: ignore[attr-defined]
             raise exc
         if view is not None:
             self._finish(view, outcome.text, f"error: {type(exc).__name__}: {exc}", error=True)
@@ -848,6 +1046,22 @@ class OblixMagics(Magics):
 OblixMagics.oblix_session.__doc__ = session_parser().format_help()
 OblixMagics.oblix.__doc__ = oblix_parser().format_help()
 OblixMagics.oblix_chat.__doc__ = chat_parser().format_help()
+OblixMagics.oblix_fix.__doc__ = fix_parser().format_help()
+OblixMagics.oblix_model.__doc__ = model_parser().format_help()
+
+
+def fix_prompt(record, *, code_only: bool, max_chars: int) -> str:
+    """What %oblix_fix asks: the cell's source and its traceback, and what kind of answer to give."""
+    from .describe import clip
+
+    source = clip(record.source.rstrip() or "(source not recorded)", max_chars // 2)
+    tb = clip(record.traceback, max_chars // 2)
+    ask = ("Reply with the corrected code of the whole cell only, in one ```python code block, "
+           "without explanation." if code_only else
+           "Explain the cause in one or two sentences, then give the corrected code of the whole cell in one "
+           "```python code block.")
+    return (f"This notebook cell (In [{record.execution_count}]) raised {record.ename}.\n\n"
+            f"The cell:\n```python\n{source}\n```\n\nThe error:\n```\n{tb}\n```\n\n{ask}")
 
 
 async def _notebook_chat_handler(client, prompt: str, session_id: str, **kwargs: Any) -> dict:
@@ -866,6 +1080,7 @@ def load_ipython_extension(ipython) -> None:
         unload_ipython_extension(ipython)
     magics = OblixMagics(shell=ipython, config=ipython.config, parent=ipython)
     ipython.register_magics(magics)
+    errhook.install(ipython)
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)
     _loaded[id(ipython)] = magics
@@ -876,6 +1091,7 @@ def unload_ipython_extension(ipython) -> None:
     magics = _loaded.pop(id(ipython), None)
     if magics is None:
         return
+    errhook.uninstall(ipython)
     manager = ipython.magics_manager
     for kind, names in magics.magics.items():
         table = manager.magics.get(kind, {})

@@ -8,6 +8,14 @@ relative paths — stays literal text) and open in a new tab with ``rel="noopene
 Images are never loaded (no tracking pixels, no requests to hosts the model chose): ``![alt](url)`` becomes a
 link labelled ``[image: alt]``. Plain strings (titles, badges) go through :func:`escape`.
 
+Model output that *is* HTML (``%%oblix -f html``) goes through :func:`sanitize_html`, the same policy for raw
+HTML: it is parsed and rebuilt from an allowlist of structural tags (headings, paragraphs, lists, tables,
+emphasis, code, ...) with only ``title``/``colspan``/``rowspan``/``align`` attributes and safe ``href`` links;
+everything else — ``<script>``, ``<style>``, ``<iframe>``, ``<svg>``, forms, event handlers, ``style``,
+comments — is dropped (the text of unknown tags is kept, escaped), and ``<img>`` becomes the same
+``[image: alt]`` link. LaTeX for MathJax (``-f math``) goes through :func:`sanitize_latex`, which removes the
+commands that could link, style or load extensions (``href``, ``url``, ``class``, ``style``, ...).
+
 markdown-it-py is imported on first use.
 """
 from __future__ import annotations
@@ -84,4 +92,110 @@ def markdown_inline(text: Optional[str]) -> str:
     return _renderer().renderInline(str(text))
 
 
-__all__ = ["escape", "markdown", "markdown_inline", "is_safe_url", "ALLOWED_SCHEMES"]
+# --------------------------------------------------------------------------- raw HTML (``-f html``)
+ALLOWED_TAGS = frozenset("""
+    a abbr b blockquote br caption cite code dd del details div dl dt em figcaption figure h1 h2 h3 h4 h5 h6 hr
+    i ins kbd li mark ol p pre q s samp small span strong sub summary sup table tbody td tfoot th thead tr u ul
+""".split())
+VOID_TAGS = frozenset({"br", "hr"})
+SELF_CLOSING_SIBLINGS = frozenset({"li", "p", "td", "th", "tr", "dt", "dd"})
+DROP_CONTENT = frozenset({"script", "style", "iframe", "object", "embed", "template", "noscript", "svg", "math",
+                          "head", "title", "textarea", "select", "frame", "frameset", "applet", "xmp",
+                          "noembed", "noframes", "plaintext"})
+_CELL_ATTRS = {"colspan", "rowspan", "align"}
+
+
+def _attrs(tag: str, attrs: list[tuple[str, Optional[str]]]) -> str:
+    out = []
+    for name, value in attrs:
+        name = name.lower()
+        if value is None:
+            continue
+        if name == "title" or (tag in ("td", "th") and name in _CELL_ATTRS) or (tag == "ol" and name == "start"):
+            if name in ("colspan", "rowspan", "start") and not value.strip().isdigit():
+                continue
+            out.append(f' {name}="{escape(value)}"')
+        elif tag == "a" and name == "href" and is_safe_url(value):
+            out.append(f' href="{escape(value)}"')
+    if tag == "a":
+        out.append(' target="_blank" rel="noopener noreferrer nofollow"')
+    return "".join(out)
+
+
+def sanitize_html(text: Optional[str]) -> str:
+    """Untrusted HTML → inert HTML: rebuilt from allowed tags and attributes only (see the module doc)."""
+    from html.parser import HTMLParser
+
+    out: list[str] = []
+    open_tags: list[str] = []
+    skipping: list[str] = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            tag = tag.lower()
+            if skipping:
+                if tag == skipping[-1]:
+                    skipping.append(tag)
+                return
+            if tag in DROP_CONTENT:
+                skipping.append(tag)
+            elif tag == "img":
+                found = dict(attrs)
+                src, alt = found.get("src") or "", found.get("alt") or "image"
+                link = f' href="{escape(src)}"' if is_safe_url(src) else ""
+                out.append(f'<a{link} target="_blank" rel="noopener noreferrer nofollow" class="oblix-image-link" '
+                           f'title="image (not loaded)">[image: {escape(alt)}]</a>')
+            elif tag in ALLOWED_TAGS:
+                if tag in SELF_CLOSING_SIBLINGS and open_tags and open_tags[-1] == tag:  # <li>a<li>b
+                    out.append(f"</{open_tags.pop()}>")
+                out.append(f"<{tag}{_attrs(tag, attrs)}>")
+                if tag not in VOID_TAGS:
+                    open_tags.append(tag)
+
+        def handle_startendtag(self, tag, attrs):
+            self.handle_starttag(tag, attrs)
+            if tag.lower() in ALLOWED_TAGS and tag.lower() not in VOID_TAGS and open_tags \
+                    and open_tags[-1] == tag.lower():
+                self.handle_endtag(tag)
+
+        def handle_endtag(self, tag):
+            tag = tag.lower()
+            if skipping:
+                if tag == skipping[-1]:
+                    skipping.pop()
+                return
+            if tag in open_tags:
+                while open_tags:
+                    last = open_tags.pop()
+                    out.append(f"</{last}>")
+                    if last == tag:
+                        break
+
+        def handle_data(self, data):
+            if not skipping:
+                out.append(escape(data))
+
+    parser = Parser(convert_charrefs=True)
+    parser.feed(text or "")
+    parser.close()
+    out.extend(f"</{tag}>" for tag in reversed(open_tags))
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- LaTeX (``-f math``)
+_LATEX_LINKS = re.compile(r"\\(?:href|url)\s*\{([^{}]*)\}(?:\s*\{([^{}]*)\})?")
+_LATEX_UNSAFE = re.compile(r"\\(?:class|cssId|style|html[A-Za-z]*|require|data|unicode|input|include|"
+                           r"def|newcommand|renewcommand|let)\b")
+
+
+def sanitize_latex(text: Optional[str]) -> str:
+    r"""LaTeX for MathJax without the commands that link, style, define macros or load extensions:
+    ``\href{url}{text}`` keeps its text, ``\url{x}`` its argument; the others are removed."""
+    def link(match: "re.Match") -> str:
+        return match.group(2) if match.group(2) is not None else match.group(1)
+
+    return _LATEX_UNSAFE.sub("", _LATEX_LINKS.sub(link, text or ""))
+
+
+__all__ = ["escape", "markdown", "markdown_inline", "is_safe_url", "sanitize_html", "sanitize_latex",
+           "ALLOWED_SCHEMES"]

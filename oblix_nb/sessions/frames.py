@@ -155,7 +155,7 @@ def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metad
         "updated_at": _utc([s["updated_at"] for s in summaries]).array,
         "message_count": pd.array([s["message_count"] for s in summaries], dtype="Int64"),
     }
-    costs = _session_costs(store, [s["id"] for s in summaries])
+    costs = session_costs(store, [s["id"] for s in summaries])
     data["cost_usd"] = pd.array([costs.get(s["id"]) for s in summaries], dtype="Float64")
     keys: dict[str, None] = {}
     for s in summaries:
@@ -167,7 +167,7 @@ def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metad
     return pd.DataFrame(data)
 
 
-def _session_costs(store: "SessionStore", session_ids: list[str]) -> dict:
+def session_costs(store: "SessionStore", session_ids: list[str]) -> dict:
     """``{session_id: sum of its replies' known cost_usd}`` (sessions without any known cost are absent)."""
     out: dict = {}
     with store._read() as conn:

@@ -27,16 +27,16 @@ Schema (version 1):
   UPDATE). Whoever deletes rows must then lower the mark to the highest remaining ``seq`` (the store's
   ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
 
-Version 2 (costs and settings):
+Version 2 adds ``settings``: store-wide key/value pairs (value: JSON text) that outlive a kernel, such as
+model aliases (``alias:<name>`` -> model id), budgets (``budget:<per>``) and user prices (``price:<model>``).
+Only the store's ``*_setting`` methods touch it.
 
-- ``settings``: a key/value table (value: JSON text) for what every kernel sharing the store must agree on:
-  budgets (``budget:<per>``) and user prices (``price:<model>``); other features may keep their keys here too,
-  each under its own prefix.
-- ``usage_log``: one row per model reply (finished, or cut short: ``partial``), whether or not it was stored in
-  a session: when, which session and request, model and route target, token counts (cached parts apart),
-  ``cost_usd`` (exact, NULL when unknown) and ``cost_estimate_usd`` (when only an estimate exists). Budgets sum
-  it; deleting a session does not give its spend back. Append-only (budget sums are kept incrementally above
-  the highest ``seq`` summed). Indexed by time and by session, covering the cost columns.
+Version 3 (costs): ``usage_log``, one row per model reply (finished, or cut short: ``partial``), whether or not it
+was stored in a session: when, which session and request, model and route target, token counts (cached parts
+apart), ``cost_usd`` (exact, NULL when unknown) and ``cost_estimate_usd`` (when only an estimate exists). Budgets
+sum it (their limits and user prices are ``budget:<per>`` / ``price:<model>`` settings); deleting a session does
+not give its spend back. Append-only (budget sums are kept incrementally above the highest ``seq`` summed).
+Indexed by time and by session, covering the cost columns.
 """
 from __future__ import annotations
 
@@ -115,11 +115,11 @@ END;
 """),
     (2, """
 CREATE TABLE settings (
-    key        TEXT PRIMARY KEY,
-    value      TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    key   TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
 ) WITHOUT ROWID;
-
+"""),
+    (3, """
 CREATE TABLE usage_log (
     seq                INTEGER PRIMARY KEY,
     timestamp          TEXT    NOT NULL,

@@ -39,14 +39,14 @@ from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError, StorageError
 from .io import normalize_message, parse_session_file, write_json_atomic
 from .migrations import LATEST_VERSION, migrate, schema_version
-from .validate import canonical_json, check_json, check_limit, check_query, check_text, check_title, dumps, \
-    json_object
+from .validate import canonical_json, check_json, check_limit, check_query, check_setting_key, check_text, \
+    check_title, dumps, json_object
 
 BUSY_TIMEOUT_S = 30.0
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 MAX_MATCHES_PER_HIT = 3
 INDEX_DELAY_S = 0.05      # a background indexing pass starts this long after a write (writes in between share it)
-INDEX_CHUNK_ROWS = 500    # rows indexed per transaction: a writer waits at most one chunk (a few ms)
+INDEX_CHUNK_ROWS = 200    # rows indexed per transaction: a writer waits at most one chunk (~1-2 ms)
 SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing pending rows itself
 
 # A message row as read and written: the order of the columns below, after ``session_seq``.
@@ -93,6 +93,30 @@ def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
     if not subqueries:
         return "", []
     return f"WHERE seq IN ({' INTERSECT '.join(subqueries)})", params
+
+
+# summaries(order=...): the SQL sort key of each order (ties: most recently created first)
+SUMMARY_ORDERS = {
+    "updated": "updated_at",
+    "created": "created_at",
+    "title": "title COLLATE NOCASE",
+    "messages": "message_count",
+    # the alphabetically first model that answered in the session (NULL — none — sorts first ascending)
+    "models": "(SELECT min(m.model_id) FROM messages m WHERE m.session_seq = sessions.seq "
+              "AND m.role = 'assistant')",
+}
+
+
+def _summary_where(filter_metadata: Optional[dict], title_contains: Optional[str]) -> tuple[str, list]:
+    """WHERE clause for :meth:`SessionStore.summaries`/``count``: metadata match and a title substring."""
+    where, params = _metadata_where(filter_metadata)
+    if title_contains:
+        if not isinstance(title_contains, str):
+            raise TypeError(f"title_contains must be a str, not {type(title_contains).__name__}")
+        pattern = "%" + title_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where = (where + " AND " if where else "WHERE ") + "title LIKE ? ESCAPE '\\'"
+        params = params + [pattern]
+    return where, params
 
 
 def _default_title(created_at: str) -> str:
@@ -203,10 +227,13 @@ class SessionStore:
         self.read_only: Optional[str] = None
         #: index new text for search in the background after writes (False: only when a search runs)
         self.background_index = True
+        #: the longest a search indexes pending rows itself, in seconds (None: all of them, the old behaviour)
+        self.search_catchup_s: Optional[float] = SEARCH_CATCHUP_S
         self.index_error: Optional[BaseException] = None  # the last background indexing failure, if any
         self._index_wanted = False
         self._closed = False
         self._lock = threading.RLock()
+        self._writes = 0  # visible writes committed through this connection (data_version skips them)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -284,9 +311,10 @@ class SessionStore:
                 raise storage_error(exc, self.path, action) from exc
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, visible: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back if anything raises: a failed write
-        (disk full, read-only, I/O error: StorageError) leaves the database as it was."""
+        (disk full, read-only, I/O error: StorageError) leaves the database as it was. ``visible=False``: a
+        write that changes nothing a reader sees (search indexing): it does not move :meth:`change_token`."""
         if self.read_only is not None:
             raise StorageError(f"cannot write to the session database {self.path}: it is open read-only "
                                f"({self.read_only})", path=str(self.path))
@@ -295,6 +323,8 @@ class SessionStore:
             try:
                 yield conn
                 conn.execute("COMMIT")
+                if visible:
+                    self._writes += 1
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -394,28 +424,52 @@ class SessionStore:
                 "metadata": json.loads(row[6])}
 
     def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
-                  offset: int = 0) -> list[dict]:
+                  offset: int = 0, *, title_contains: Optional[str] = None, order: str = "updated",
+                  descending: bool = True) -> list[dict]:
         """Session summaries ``{id, title, created_at, updated_at, message_count, metadata}``, most recently
         updated first (equal ``updated_at``: most recently created first).
 
         ``limit=None`` returns all. ``filter_metadata`` keeps sessions whose metadata has every given key with
         an equal JSON value: types matter (``1`` != ``"1"``, ``True`` != ``1``) but ``1 == 1.0``; nested
         values compare as whole JSON values. Served by the session_meta index; messages are not read.
+        ``title_contains`` keeps titles containing that text (case-insensitive for ASCII letters).
+        ``order`` sorts by ``"updated"`` (default), ``"created"``, ``"title"`` (case-insensitive),
+        ``"messages"`` (count) or ``"models"`` (the alphabetically first model that replied), descending
+        unless ``descending=False``; ValueError for another order.
         """
         sql_limit = check_limit(limit)
         sql_offset = check_limit(offset, "offset")
-        where, params = _metadata_where(filter_metadata)
+        if order not in SUMMARY_ORDERS:
+            raise ValueError(f"order must be one of {sorted(SUMMARY_ORDERS)}, not {order!r}")
+        where, params = _summary_where(filter_metadata, title_contains)
+        direction = "DESC" if descending else "ASC"
         sql = (f"SELECT {_SUMMARY_COLUMNS} FROM sessions {where} "
-               f"ORDER BY updated_at DESC, seq DESC LIMIT ? OFFSET ?")
+               f"ORDER BY {SUMMARY_ORDERS[order]} {direction}, seq {direction} LIMIT ? OFFSET ?")
         with self._locked("read") as conn:
             rows = conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
         return [_summary(row) for row in rows]
 
-    def count(self, filter_metadata: Optional[dict] = None) -> int:
-        """How many sessions (match ``filter_metadata``, with the same rules as :meth:`summaries`)."""
-        where, params = _metadata_where(filter_metadata)
+    def summary(self, session_id: str) -> dict:
+        """One session's summary (the dict :meth:`summaries` lists), without reading its messages."""
+        check_session_id(session_id)
+        with self._locked("read") as conn:
+            row = conn.execute(f"SELECT {_SUMMARY_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        return _summary(row)
+
+    def count(self, filter_metadata: Optional[dict] = None, *, title_contains: Optional[str] = None) -> int:
+        """How many sessions match ``filter_metadata`` and ``title_contains`` (the rules of :meth:`summaries`)."""
+        where, params = _summary_where(filter_metadata, title_contains)
         with self._locked("read") as conn:
             return conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
+
+    def change_token(self) -> tuple[int, int]:
+        """A cheap value that changes whenever the database may have changed: SQLite's ``PRAGMA data_version``
+        (bumped by commits of *other* connections, e.g. another kernel) and the count of this store's own
+        visible writes. Equal tokens mean nothing changed, so a view polling this can skip re-reading."""
+        with self._locked("read") as conn:
+            return conn.execute("PRAGMA data_version").fetchone()[0], self._writes
 
     def model_counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         """``{session_id: {model_id: assistant replies}}`` for the given sessions, in one grouped query."""
@@ -610,7 +664,7 @@ class SessionStore:
             if not conn.execute(_FTS_PENDING).fetchone()[0]:
                 return True
         done = True
-        with self._write() as conn:
+        with self._write(visible=False) as conn:
             for name, table, fts, column in _FTS_TABLES:
                 last = conn.execute("SELECT last_seq FROM fts_progress WHERE name = ?", (name,)).fetchone()[0]
                 upper = conn.execute(f"SELECT seq FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
@@ -632,7 +686,7 @@ class SessionStore:
         if self.read_only is not None:
             return
         try:
-            caught_up = self._index_backlog(budget_s=SEARCH_CATCHUP_S)
+            caught_up = self._index_backlog(budget_s=self.search_catchup_s)
         except StorageError:  # a full disk must not stop searching what is indexed
             caught_up = False
         if not caught_up:
@@ -800,6 +854,37 @@ class SessionStore:
             self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
         self._written()
         return merged_id
+
+    # ------------------------------------------------------------------ settings
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key`` (``default`` if there is none)."""
+        check_setting_key(key)
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store ``value`` (any JSON value) under ``key``, replacing what was there. TypeError if not JSON."""
+        check_setting_key(key)
+        text = dumps(value, f"setting {key!r}")
+        with self._write() as conn:
+            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, text))
+
+    def delete_setting(self, key: str) -> bool:
+        """Remove ``key``. False if it was not set."""
+        check_setting_key(key)
+        with self._write() as conn:
+            return conn.execute("DELETE FROM settings WHERE key = ?", (key,)).rowcount > 0
+
+    def settings(self, prefix: str = "") -> dict[str, Any]:
+        """``{key: value}`` of the settings whose key starts with ``prefix``, sorted by key."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        with self._lock:
+            rows = self._conn.execute("SELECT key, value FROM settings WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                      (len(prefix), prefix)).fetchall()
+        return {key: json.loads(value) for key, value in rows}
 
     def close(self) -> None:
         """Close the database connection. Idempotent; any later call on the store raises ProgrammingError."""

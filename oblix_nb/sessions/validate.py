@@ -25,6 +25,7 @@ MAX_JSON_DEPTH = 100      # containers inside containers, counting the outermost
 SQL_INT_MAX = 2 ** 63 - 1  # SQLite INTEGER / PostgreSQL BIGINT
 
 _EXIT = object()  # marks the end of a container in check_json's walk
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode  # built once: json.dumps(**kw) rebuilds it
 
 
 def check_text(value: str, field: str) -> str:
@@ -59,11 +60,52 @@ def _where(path: tuple) -> str:
     return text if len(text) <= 200 else text[:120] + " ... " + text[-60:]
 
 
+def _plain_text(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _plain(items, depth: int) -> bool:
+    """Fast path of check_json: True if every value is of an exact JSON type (str with a UTF-8 form, int,
+    bool, None, finite float, dict with str keys, list, tuple) within the depth limit. False means "look
+    closer" (the slow walk then accepts or reports precisely); a cycle ends here at the depth limit."""
+    if depth > MAX_JSON_DEPTH:
+        return False
+    for v in items:
+        t = type(v)
+        if t is str:
+            if not (v.isascii() or _plain_text(v)):
+                return False
+        elif t is dict:
+            for k in v:
+                if type(k) is not str or not (k.isascii() or _plain_text(k)):
+                    return False
+            if not _plain(v.values(), depth + 1):
+                return False
+        elif t is list or t is tuple:
+            if not _plain(v, depth + 1):
+                return False
+        elif t is float:
+            if v - v != 0:  # NaN or infinity
+                return False
+        elif not (v is None or t is int or t is bool):
+            return False
+    return True
+
+
 def check_json(value: Any, what: str) -> None:
     """Check that ``value`` is JSON that can be stored and read back exactly (see the module docstring).
 
-    Iterative, so any depth or a cycle is reported instead of exhausting the stack.
+    A fast recursive pass (bounded by the depth limit) accepts ordinary values; anything else gets an
+    iterative walk, so any depth or a cycle is reported instead of exhausting the stack.
     """
+    if _plain((value,), 0):
+        return
     on_path: set[int] = set()
     todo: list = [(value, (None, what), 1)]
     while todo:
@@ -103,12 +145,19 @@ def check_json(value: Any, what: str) -> None:
             raise TypeError(f"{what} is not JSON-serialisable: {_where(path)} is a {type(item).__name__}")
 
 
+def check_setting_key(key: Any) -> None:
+    """A settings key (``SessionStore.set_setting``): a non-empty string of at most 200 characters."""
+    if not isinstance(key, str) or not key or len(key) > 200:
+        raise TypeError(f"a setting key must be a non-empty string of at most 200 characters, not {key!r}")
+    check_text(key, "setting key")
+
+
 def dumps(value: Any, what: str, checked: bool = False) -> str:
     """``value`` as JSON text (UTF-8, not ASCII-escaped), after :func:`check_json` unless already ``checked``."""
     if not checked:
         check_json(value, what)
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+        return _ENCODE(value)
     except ValueError as exc:  # an int beyond Python's digit limit
         raise ValueError(f"{what} cannot be written as JSON: {exc}") from None
 
