@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=100_000)
     ap.add_argument("--dir", help="keep the database here (default: a temporary folder, removed)")
     args = ap.parse_args()
-    from oblix_nb.widgets.browser import SessionBrowser
+    from oblix_nb.widgets.browser import MODELS_SORT_LIMIT, SessionBrowser
     from oblix_nb.widgets.chat import ChatPanel
 
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="oblix-bench-widgets-"))
@@ -72,6 +72,8 @@ def main() -> int:
         rows.append(row("browser last page", median_ms(lambda k: b.refresh(), 10), None, 100))
         b.go_to_page(0)
         for column in ("title", "messages", "models"):
+            if column == "models" and b.total > MODELS_SORT_LIMIT:
+                continue  # refused above the limit (see MODELS_SORT_LIMIT); run with --sessions 20000
             b.sort_by(column)
             rows.append(row(f"browser page 1 sorted by {column}", median_ms(lambda k: b.refresh(), 5), None, 500))
         b.sort_by("updated")

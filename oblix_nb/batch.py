@@ -41,6 +41,7 @@ from .structured import Schema, SchemaError, StructuredOutputError, compile_sche
 META_COLUMNS = ("model_id", "route", "input_tokens", "output_tokens", "latency_s", "error", "cached")
 DEFAULT_CONCURRENCY = {True: 1, False: 4}  # in-process model (not re-entrant) : servers
 ON_ERROR = ("record", "raise")
+PROGRESS_INTERVAL = 0.25  # seconds between progress bar updates
 _BRACES = re.compile(r"\{\{([^{}]+)\}\}|\{([^{}]+)\}")
 
 
@@ -106,7 +107,10 @@ class PromptTemplate:
     """A template compiled once against the input's fields; ``render(row)`` is a join of parts."""
 
     def __init__(self, text: str, fields: list[str], duplicated: set = frozenset()):
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise TypeError(f"the prompt must be a template string or a callable row -> str, not "
+                            f"{type(text).__name__}")
+        if not text.strip():
             raise ValueError("the prompt template must be a non-empty string (or a callable row -> str)")
         self.text = text
         position = {name: i for i, name in reversed(list(enumerate(fields)))}
@@ -215,8 +219,6 @@ class MapJob:
                  max_tokens: Optional[int] = None, system: Optional[str] = None,
                  session_id: Optional[str] = None, cache: bool = True, on_error: str = "record",
                  progress: bool = True, **options: Any):
-        from .client import Request  # noqa: F401 - fail early if the client module is broken
-
         self.client = client
         unknown = set(options) - set(SAMPLING_OPTIONS)
         if unknown:
@@ -229,13 +231,12 @@ class MapJob:
             raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
         if system is not None and not isinstance(system, str):
             raise TypeError(f"system must be a string, not {type(system).__name__}")
+        model_id = client.resolve_model_id(model_id)  # an alias names a model id
         if model_id is not None and model_id not in client.models:
             raise NoModelHookedError(f"model_id {model_id!r} is not hooked; hooked: {list(client.models)}")
         if not client.models:
             raise NoModelHookedError("no model is hooked: await client.hook_model(ModelType..., ...) first")
-        # The same checks as execute() on the sampling parameters (a throwaway request).
-        probe = client._request("x", temperature, max_tokens, None, None, dict(options))
-        self.params: GenerationParams = probe.params
+        self.params: GenerationParams = client._params(temperature, max_tokens, options)
         self.schema: Optional[Schema] = compile_schema(schema) if schema is not None else None
         if self.schema is not None:
             clash = set(self.schema.columns()) & set(META_COLUMNS)
@@ -245,6 +246,7 @@ class MapJob:
             self.params.schema = self.schema.json_schema
         self.system = "\n\n".join(s for s in (system, self.schema.instruction() if self.schema else None) if s) \
             or None
+        self.user_system = system
         self.model_id = model_id
         self.on_error = on_error
         self.progress = progress
@@ -280,7 +282,8 @@ class MapJob:
             try:
                 text = render(row)
                 if not isinstance(text, str) or not text.strip():
-                    raise ValueError(f"the prompt for this row is {'empty' if isinstance(text, str) else type(text).__name__}")
+                    what = "empty" if isinstance(text, str) else f"a {type(text).__name__}, not a string"
+                    raise ValueError(f"the prompt for this row is {what}")
             except Exception as exc:  # noqa: BLE001 - a callable's failure is this row's error
                 self._write([pos], RowOutcome(None, None, None, None, None, None,
                                               f"prompt: {type(exc).__name__}: {exc}", False))
@@ -335,6 +338,7 @@ class MapJob:
         title = "map: " + (first if len(first) <= 50 else first[:49] + "…")
         metadata = {"oblix_map": self.batch_key, "kind": "map", "template": self.template_text,
                     "schema": self.schema.json_schema if self.schema else None, "model_id": self.model_id,
+                    "models": sorted(self.client.models), "system": self.user_system,
                     "params": json.loads(json.dumps(self._params_json(), default=str)), "rows": self.n}
         return store.create(title=title, metadata=metadata)
 
@@ -415,17 +419,13 @@ class MapJob:
         return pd.DataFrame(data, index=self.index.copy())
 
     # ------------------------------------------------------------------------------------------ running
-    async def run(self, bar=None) -> None:
-        """Call models for the pending rows (on the package loop). Finished rows are stored as they finish.
-        ``bar``: a progress bar from ``progress_bar()`` (made in the caller's thread, so a notebook shows it
-        in the calling cell); closed at the end."""
+    async def run(self) -> None:
+        """Call models for the pending rows (on the package loop). Finished rows are stored as they finish;
+        ``done``/``errors``/``output_tokens`` count as they go (the caller's progress bar reads them)."""
         if not self.pending:
-            if bar is not None:
-                bar.close()
             return
         keys = iter(list(self.pending))
         self.started = time.perf_counter()
-        failure: list[BaseException] = []
 
         async def worker() -> None:
             for key in keys:
@@ -433,14 +433,11 @@ class MapJob:
                 positions = self.pending.pop(key)
                 self._write(positions, outcome)
                 self.done += len(positions)
+                self.output_tokens += outcome.output_tokens or 0
                 if outcome.error is not None:
                     self.errors += len(positions)
                     if self.on_error == "raise":
-                        failure.append(RowError(outcome.error, positions=positions))
-                        raise failure[-1]
-                self.output_tokens += outcome.output_tokens or 0
-                if bar is not None:
-                    self._tick(bar, len(positions))
+                        raise RowError(outcome.error, positions=positions)
 
         workers = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, len(self.pending)))]
         try:
@@ -452,10 +449,69 @@ class MapJob:
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 self.interrupted = True
             raise
+
+    async def drive(self) -> None:
+        """``run()`` on the package loop, awaited from any loop; the progress bar is updated from the caller's
+        thread (so a notebook shows it in the calling cell). Cancelling stops the batch; finished rows stay."""
+        from . import runtime
+
+        bar = self.progress_bar()
+        try:
+            if runtime.in_loop_thread():
+                task = asyncio.ensure_future(self.run())
+                while not task.done():
+                    await asyncio.wait([task], timeout=PROGRESS_INTERVAL)
+                    self._show(bar)
+                task.result()
+                return
+            job = runtime.submit(self.run())
+            waiter = asyncio.wrap_future(job)
+            try:
+                while not waiter.done():
+                    await asyncio.wait([waiter], timeout=PROGRESS_INTERVAL)
+                    self._show(bar)
+            except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+                job.cancel()  # cancels the task on the package loop; wait (bounded) for its cleanup
+                if isinstance(exc, asyncio.CancelledError):
+                    await asyncio.wait([waiter], timeout=10)
+                raise
+            waiter.result()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self._interrupted_note()
+            raise
         finally:
-            if bar is not None:
-                self._tick(bar, 0, force=True)
-                bar.close()
+            self._show(bar, final=True)
+
+    def drive_sync(self) -> None:
+        """``drive()`` for synchronous callers (a cell, a script): blocks, updating the progress bar; a
+        KeyboardInterrupt (kernel interrupt) stops the batch, keeps finished rows and is re-raised."""
+        import concurrent.futures
+
+        from . import runtime
+
+        bar = self.progress_bar()
+        job = runtime.submit(self.run())
+        try:
+            while True:
+                try:
+                    job.result(timeout=PROGRESS_INTERVAL)
+                    break
+                except concurrent.futures.TimeoutError:
+                    self._show(bar)
+        except KeyboardInterrupt:
+            job.cancel()
+            try:
+                job.result(timeout=10)
+            except BaseException:  # noqa: BLE001 - cancelled on purpose
+                pass
+            self._interrupted_note()
+            raise
+        finally:
+            self._show(bar, final=True)
+
+    def _interrupted_note(self) -> None:
+        print(f"map interrupted: {self.done - self.errors} of {self.n} rows are finished and stored; run the "
+              f"same map again to resume", file=sys.stderr)
 
     async def _row(self, key: str) -> RowOutcome:
         """One row: route, call (with fallback), validate (one retry), store the exchange."""
@@ -519,7 +575,8 @@ class MapJob:
 
     # ------------------------------------------------------------------------------------------ progress
     def progress_bar(self):
-        if not self.progress:
+        """A tqdm.auto bar (a widget in notebooks, text in terminals), or None (progress=False, nothing to do)."""
+        if not self.progress or not self.pending:
             return None
         try:
             from tqdm.auto import tqdm
@@ -528,7 +585,6 @@ class MapJob:
         bar = tqdm(total=self.n, initial=self.done, desc="map", unit="row", leave=True, dynamic_ncols=True,
                    file=sys.stderr)
         bar.set_postfix_str(self._postfix(), refresh=False)
-        self._last_postfix = 0.0
         return bar
 
     def _postfix(self) -> str:
@@ -536,15 +592,16 @@ class MapJob:
         rate = self.output_tokens / elapsed if elapsed > 0 else 0.0
         return f"errors={self.errors}, cached={self.cached}, {rate:.1f} tok/s"
 
-    def _tick(self, bar, rows: int, force: bool = False) -> None:
-        now = time.perf_counter()
-        if force or now - self._last_postfix > 0.5:
-            bar.set_postfix_str(self._postfix(), refresh=False)
-            self._last_postfix = now
-        if rows:
-            bar.update(rows)
-        elif force:
+    def _show(self, bar, final: bool = False) -> None:
+        if bar is None:
+            return
+        bar.set_postfix_str(self._postfix(), refresh=False)
+        if self.done > bar.n:
+            bar.update(self.done - bar.n)  # refreshes (rate-limited by tqdm) and keeps its ETA
+        elif final:
             bar.refresh()
+        if final:
+            bar.close()
 
 
 class RowError(OblixError):
@@ -555,7 +612,7 @@ class RowError(OblixError):
         self.positions = positions
 
 
-def _no_store(request, text, response, partial, *_) -> None:
+def _no_store(*_args) -> None:
     """map() stores each row's exchange itself, once validated (one transaction per row)."""
 
 
@@ -578,14 +635,13 @@ async def map_frame(client, data: Any, prompt: Any, **kwargs: Any):
     Result columns: ``response`` (or the schema's properties), ``model_id``, ``route``, ``input_tokens``,
     ``output_tokens``, ``latency_s``, ``error``, ``cached`` -- on a copy of the input's index, same order.
     """
-    from . import runtime
-
     job = MapJob(client, data, prompt, **kwargs)
-    bar = job.progress_bar() if job.pending else None
-    try:
-        await runtime.to_loop(job.run(bar))
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        print(f"map interrupted: {job.done - job.errors} of {job.n} rows are finished and stored; run the same "
-              f"map again to resume", file=sys.stderr)
-        raise
+    await job.drive()
+    return job.frame()
+
+
+def map_frame_sync(client, data: Any, prompt: Any, **kwargs: Any):
+    """:func:`map_frame` for synchronous code (no event loop needed; a running one in this thread is fine)."""
+    job = MapJob(client, data, prompt, **kwargs)
+    job.drive_sync()
     return job.frame()

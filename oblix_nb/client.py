@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -26,6 +29,7 @@ from .pricing import Price, PriceBook, reply_cost
 from .routing import decide
 from .sessions import SessionStore
 from .sessions import usage as usage_log
+from .sessions.validate import check_text
 from .streaming import StdoutSink, StreamSink, as_sink
 
 
@@ -35,6 +39,24 @@ def stdout_sink_factory(display_metrics: bool = True) -> StreamSink:
 
 # Where a client streams when execute() gets no sink: stdout; oblix_nb.notebook swaps in cell output in a kernel.
 default_sink_factory: Callable[[bool], Optional[StreamSink]] = stdout_sink_factory
+
+
+CHAT_EXIT_WORDS = ("exit", "quit", "/exit", "/quit", ":q")
+CHAT_HELP = ("Chatting in session {session_id}. Type a message and press Enter. To leave: type exit or quit, "
+             "press Ctrl-D, or Ctrl-C at the prompt (Ctrl-C during a reply stops that reply).")
+
+
+@contextlib.contextmanager
+def _sigint_raises():
+    """While inside: Ctrl-C raises KeyboardInterrupt in the main thread (Python's default handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 _ALIAS_PREFIX = "alias:"
@@ -267,6 +289,30 @@ class OblixClient:
         cost_estimate_usd), first, last (UTC)."""
         return usage_log.usage_df(self.sessions, by=by)
 
+    def stats(self, by: str = "model", since: Any = None, until: Any = None, filter_metadata: dict = None):
+        """Request statistics per ``by`` ("model", "route", "session" or "day") as a DataFrame, computed in
+        the store's SQL (messages are not loaded into pandas).
+
+        Columns: requests, errors, partial, fallbacks, ttft_p50, ttft_p95 (seconds), tokens_per_second_p50,
+        input_tokens, output_tokens, cost_usd (sum of known costs; NaN when none is known) and cost_unknown
+        (replies whose cost is unknown); sessions also get their title. ``since``/``until`` (inclusive /
+        exclusive): a datetime, a date, an ISO string or an age like ``"7d"``/``"12h"``; ``filter_metadata``
+        as in ``list_sessions``. By day, days without requests are rows of zeros. See ``oblix_nb.sessions.stats``
+        for exactly what each column counts.
+        """
+        from .sessions import stats
+
+        lo, hi = stats.window(since, until)
+        return stats.stats_frame(self.sessions.stats(by, lo, hi, filter_metadata), by, lo, hi)
+
+    def plot_stats(self, since: Any = None, until: Any = None, filter_metadata: dict = None, **kwargs: Any):
+        """A dashboard of matplotlib figures over the store's requests (see ``oblix_nb.plots.dashboard``):
+        TTFT per model, TTFT vs input tokens, tokens and cost per day, route mix and fallback rate.
+        Returns ``{name: Figure}``; matplotlib is imported only here."""
+        from .plots import dashboard
+
+        return dashboard(self, since=since, until=until, filter_metadata=filter_metadata, **kwargs)
+
     # ------------------------------------------------------------------ orchestration
     def _init_orchestration(self) -> None:
         self._models: dict[str, ModelBackend] = {}   # model_id -> backend, in hook order
@@ -448,7 +494,11 @@ class OblixClient:
     def map_sync(self, data: Any, prompt: Any, **kwargs: Any):
         """``map()`` from synchronous code, e.g. a notebook cell: runs on the package's loop thread (no nested
         event loop). A kernel interrupt stops the batch; finished rows are stored and the next call resumes."""
-        return runtime.run(self.map(data, prompt, **kwargs))
+        from .batch import map_frame_sync
+
+        if runtime.in_loop_thread():
+            raise RuntimeError("map_sync() called from the package's loop thread; await map() instead")
+        return map_frame_sync(self, data, prompt, **kwargs)
 
     def stream(self, prompt: str, **kwargs: Any) -> "ExecutionStream":
         """``async for text in client.stream(prompt, ...)``: the reply's deltas as they arrive.
@@ -463,14 +513,12 @@ class OblixClient:
     def _request(self, prompt, temperature, max_tokens, request_id, session_id, kwargs) -> "Request":
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
-            raise ValueError(f"max_tokens must be a positive integer, not {max_tokens!r}")
-        if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 5):
-            raise ValueError(f"temperature must be a number between 0 and 5, not {temperature!r}")
+        check_text(prompt, "prompt")  # a lone surrogate could be neither stored nor sent
         unknown = set(kwargs) - set(SAMPLING_OPTIONS) - {"model_id", "sink", "schema", "system"}
         if unknown:
             raise TypeError(f"execute() got unexpected keyword argument(s) {sorted(unknown)}; sampling options "
                             f"are {list(SAMPLING_OPTIONS)}, plus model_id=, sink=, system= and schema=")
+        params = self._params(temperature, max_tokens, kwargs)
         system = kwargs.get("system")
         if system is not None and not isinstance(system, str):
             raise TypeError(f"system must be a string, not {type(system).__name__}")
@@ -480,19 +528,27 @@ class OblixClient:
 
             schema = compile_schema(kwargs["schema"])
             system = "\n\n".join(s for s in (system, schema.instruction()) if s)
+            params.schema = schema.json_schema
         sid = session_id if session_id is not None else self.current_session_id
         if sid is not None:
             check_session_id(sid)
             if not self.sessions.exists(sid):
                 raise SessionNotFoundError(sid)
-        options = {k: v for k, v in kwargs.items() if k in SAMPLING_OPTIONS and v is not None}
-        if max_tokens is None:
-            max_tokens = self.default_max_tokens
-        return Request(prompt=prompt, params=GenerationParams(max_tokens, temperature, options,
-                                                              schema.json_schema if schema else None),
-                       request_id=request_id or new_id(), session_id=sid,
+        return Request(prompt=prompt, params=params, request_id=request_id or new_id(), session_id=sid,
                        model_id=self.resolve_model_id(kwargs.get("model_id")), system=system or None,
                        schema=schema)
+
+    def _params(self, temperature, max_tokens, options: dict) -> GenerationParams:
+        """Checked generation parameters (sampling options taken from ``options``, other keys ignored)."""
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens <= 0):
+            raise ValueError(f"max_tokens must be a positive integer, not {max_tokens!r}")
+        if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 5):
+            raise ValueError(f"temperature must be a number between 0 and 5, not {temperature!r}")
+        sampling = {k: v for k, v in options.items() if k in SAMPLING_OPTIONS and v is not None}
+        if max_tokens is None:
+            max_tokens = self.default_max_tokens
+        return GenerationParams(max_tokens, temperature, sampling)
 
     async def _route(self, forced: Optional[str]):
         if not self._models:
@@ -610,19 +666,40 @@ class OblixClient:
             sid = await self.create_session(title=f"Chat: {prompt[:40]}" if isinstance(prompt, str) else None)
         if self.chat_handler is not None:
             return await self.chat_handler(self, prompt, sid, **kwargs)
+        if runtime.in_loop_thread():
+            raise RuntimeError("execute(chat=True) reads the terminal; call it from your own code, not from "
+                               "the package's loop")
+        return self._terminal_chat(prompt, sid, kwargs)
+
+    def _terminal_chat(self, prompt: Optional[str], sid: str, kwargs: dict) -> dict:
+        """The terminal chat loop: ``you>`` prompts until ``exit``/``quit``, Ctrl-D or Ctrl-C at the prompt.
+
+        It owns the terminal while it runs, so it reads stdin and waits for each reply synchronously (blocking
+        the caller's event loop, which has nothing else to do meanwhile; replies run on the package loop).
+        Ctrl-C during a reply stops that reply (kept, flagged partial) and returns to the prompt; Ctrl-C at the
+        prompt ends the chat. SIGINT raises KeyboardInterrupt here even under ``asyncio.run``, whose own
+        handler would only cancel the task once ``input()`` returned.
+        """
+        print(CHAT_HELP.format(session_id=sid), file=sys.stderr, flush=True)
         next_prompt: Optional[str] = prompt
-        while True:
-            if next_prompt and next_prompt.strip():
+        with _sigint_raises():
+            while True:
+                if next_prompt and next_prompt.strip():
+                    try:
+                        runtime.run(self.execute(next_prompt, session_id=sid, **kwargs))
+                    except KeyboardInterrupt:
+                        print("(reply stopped; what arrived was kept, flagged partial)", file=sys.stderr,
+                              flush=True)
+                    except ModelCallError as exc:
+                        print(f"[error] {exc}", file=sys.stderr, flush=True)
                 try:
-                    await self.execute(next_prompt, session_id=sid, **kwargs)
-                except ModelCallError as exc:
-                    print(f"[error] {exc}", file=sys.stderr)
-            try:
-                next_prompt = await asyncio.to_thread(input, "you> ")
-            except EOFError:
-                break
-            if next_prompt.strip().lower() in ("exit", "quit"):
-                break
+                    next_prompt = input("you> ")
+                except (EOFError, KeyboardInterrupt):
+                    print(file=sys.stderr)
+                    break
+                if next_prompt.strip().lower() in CHAT_EXIT_WORDS:
+                    break
+        print(f"(chat ended; the conversation is session {sid})", file=sys.stderr, flush=True)
         return {"session_id": sid}
 
     async def shutdown(self) -> None:
@@ -740,6 +817,8 @@ class Call:
                 self.usage = Usage(None, self.backend.estimate_tokens("".join(self.pieces)), "none",
                                    self.backend.estimate_source, "interrupted")
             partial = self.response(end, partial=True)
+            if not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                partial["metrics"]["error"] = describe_error(exc)  # cut by a failure, not stopped
             self.final = (partial, True)
             not_stored = self.save(store, partial, True)
             if sink is not None:

@@ -384,7 +384,9 @@ async def test_execute_with_schema_returns_parsed(client):
     with pytest.raises(StructuredOutputError) as info:
         await client.execute("x", schema={"type": "object"}, model_id="openai:bad", stream=False)
     assert bad.calls == 2 and info.value.response["model_id"] == "openai:bad"
-    assert len(client.load_session(sid)["messages"]) == 8  # both attempts stored
+    messages = client.load_session(sid)["messages"]
+    assert sum(m["role"] != "system" for m in messages) == 8  # both attempts stored
+    assert sum(m["role"] == "system" for m in messages) == 3  # each schema's instruction, stored once
     with pytest.raises(SchemaError):
         await client.execute("x", schema="a b c d", stream=False)
 
@@ -398,3 +400,67 @@ def test_job_memory_is_only_the_result(client):
 
     runtime.run(job.run())
     assert job.prompts == {} and job.pending == {} and len(job.frame()) == 50
+
+
+def test_kernel_interrupt_during_map_sync_keeps_finished_rows(tmp_path, capsys):
+    """A kernel interrupt is a KeyboardInterrupt in the main thread while map_sync() waits."""
+    import _thread
+
+    c = OblixClient(home=tmp_path)
+    backend = FakeBackend(delay=0.05)
+    hook(c, backend)
+    data = [f"line {i}" for i in range(30)]
+    timer = threading.Timer(0.4, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        c.map_sync(data, "{value}", concurrency=2, progress=False)
+    timer.join()
+    assert "run the same map again to resume" in capsys.readouterr().err
+    stored = c.messages_df()
+    finished = int((stored.role == "assistant").sum())
+    assert 0 < finished < 30 and (stored.role == "user").sum() == finished
+    calls = backend.calls
+    out = c.map_sync(data, "{value}", concurrency=2, progress=False)
+    assert out["cached"].sum() == finished and backend.calls - calls == 30 - finished
+    assert out["response"].tolist() == [f"echo: line {i}" for i in range(30)]
+
+
+def test_store_last_replies(tmp_path):
+    from oblix_nb.sessions import SessionStore
+
+    store = SessionStore(tmp_path / "s.db")
+    sid = store.create()
+    store.append_messages(sid, [
+        {"role": "user", "content": "q1", "request_id": "k1"},
+        {"role": "assistant", "content": "a1", "request_id": "k1", "model_id": "m", "metrics": {"x": {"y": 1}},
+         "routing": {"target": "local"}},
+        {"role": "assistant", "content": "a1 again", "request_id": "k1", "metrics": {"x": {"y": 2}}},
+        {"role": "assistant", "content": "cut", "request_id": "k2", "partial": True},
+        {"role": "assistant", "content": "no key"},
+    ])
+    assert store.last_replies(sid, {"y": "$.x.y"}) == {"k1": ("a1 again", None, None, 2)}
+    assert store.last_replies(sid) == {"k1": ("a1 again", None, None)}
+    store.close()
+
+
+def test_each_backend_turns_a_schema_into_its_own_constraint():
+    from oblix_nb.models.ollama import OllamaBackend
+    from oblix_nb.models.openai import OpenAIBackend, _strict_compatible
+
+    schema = compile_schema("label a|b, score float, tags list[str], note str?").json_schema
+    assert _strict_compatible(schema)
+    assert not _strict_compatible(compile_schema(Review).json_schema)  # pydantic: no additionalProperties
+    openai_backend = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1")
+    fmt = openai_backend.structured_output(schema)["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == schema and fmt["json_schema"]["strict"]
+    openai_backend._schema_style = "json_object"  # what a llama_cpp.server taught it
+    assert openai_backend.structured_output(schema) == {"response_format": {"type": "json_object",
+                                                                            "schema": schema}}
+    assert OllamaBackend("m", "http://127.0.0.1:9").structured_output(schema) == {"format": schema}
+    assert FakeBackend().structured_output(schema) == {} and FakeBackend.schema_enforcement is None
+    pytest.importorskip("llama_cpp")
+    from oblix_nb.models.llamacpp import LlamaCppBackend
+
+    local = LlamaCppBackend("smollm2-135m")
+    grammar = local.structured_output(schema)["grammar"]
+    assert "root" in grammar._grammar and local.structured_output(dict(schema))["grammar"] is grammar  # cached

@@ -90,3 +90,12 @@ def test_schema_from_text():
     for bad in ["", "{not json", "a ???"]:
         with pytest.raises(SchemaError):
             schema_from_text(bad)
+
+
+def test_single_prompt_schema(ip):
+    fake(reply=lambda messages: '{"label": "pos"}')
+    result, _ = run(ip, "%%oblix --schema 'label pos|neg' --no-stream\nRate: nice")
+    assert result.success, result.error_in_exec
+    assert ip.user_ns["oblix_last"].response["parsed"] == {"label": "pos"}
+    result, _ = run(ip, "%%oblix --schema 'label x y z'\nRate: nice")
+    assert isinstance(result.error_in_exec, UsageError)

@@ -38,22 +38,22 @@ def check_structured(out: pd.DataFrame, index) -> None:
 
 async def test_embedded_model_grammar_constrained_map(client):
     await client.hook_model(ModelType.LLAMACPP, "smollm2-135m")
-    out = await client.map(REVIEWS, "Review: {text}\nRate it.", schema=SPEC, max_tokens=24, temperature=0.0,
+    out = await client.map(REVIEWS, "Review: {text}\nRate it.", schema=SPEC, max_tokens=40, temperature=0.0,
                            progress=False)
     check_structured(out, REVIEWS.index)
     assert (out["model_id"] == "llamacpp:smollm2-135m").all() and (out["route"] == "local").all()
-    again = await client.map(REVIEWS, "Review: {text}\nRate it.", schema=SPEC, max_tokens=24, temperature=0.0,
+    again = await client.map(REVIEWS, "Review: {text}\nRate it.", schema=SPEC, max_tokens=40, temperature=0.0,
                              progress=False)
     assert again["cached"].all()
     pd.testing.assert_frame_equal(out.drop(columns="cached"), again.drop(columns="cached"))
-    r = await client.execute("Rate: the best pizza in town.", schema=SPEC, max_tokens=24, stream=True,
+    r = await client.execute("Rate: the best pizza in town.", schema=SPEC, max_tokens=40, stream=True,
                              sink=lambda text: None)
     assert r["parsed"]["sentiment"] in {"positive", "negative", "neutral"} and isinstance(r["parsed"]["stars"], int)
 
 
 async def test_llama_cpp_server_map_and_execute(client, openai_server):
     await client.hook_model(ModelType.OPENAI, openai_server.model, base_url=openai_server.base_url)
-    out = await client.map(REVIEWS, "Review: {text}\nRate it.", schema=SPEC, max_tokens=24, temperature=0.0,
+    out = await client.map(REVIEWS, "Review: {text}\nRate it.", schema=SPEC, max_tokens=40, temperature=0.0,
                            progress=False)
     check_structured(out, REVIEWS.index)
     backend = client.models[f"openai:{openai_server.model}"]
@@ -68,11 +68,11 @@ async def test_llama_cpp_server_map_and_execute(client, openai_server):
 async def test_ollama_server_gets_the_schema_as_format(client, ollama_server):
     await client.hook_model(ModelType.OLLAMA, ollama_server.model, endpoint=ollama_server.base_url)
     httpx.delete(ollama_server.url + "/_debug/requests")
-    out = await client.map(REVIEWS, "Review: {text}\nRate it.", schema=SPEC, max_tokens=24, temperature=0.0,
+    out = await client.map(REVIEWS, "Review: {text}\nRate it.", schema=SPEC, max_tokens=40, temperature=0.0,
                            progress=False)
     check_structured(out, REVIEWS.index)
     sent = httpx.get(ollama_server.url + "/_debug/requests", params={"path": "/api/chat"}).json()
-    assert len(sent) == 3 and all(r["body"]["format"] == compile_schema(SPEC).json_schema for r in sent)
+    assert len(sent) >= 3 and all(r["body"]["format"] == compile_schema(SPEC).json_schema for r in sent)
 
 
 async def test_server_killed_mid_batch_rows_fall_back_to_the_embedded_model(client):

@@ -89,7 +89,7 @@ client.append_message(xss_id, "assistant", {XSS_REPLY!r}, model_id="llamacpp:smo
 # a long session: 80 messages, the last reply with a code block
 long_id = client.sessions.create(title="Long session", metadata={{"kind": "long"}})
 client.sessions.append_messages(long_id, [
-    {{"role": "user" if i % 2 == 0 else "assistant", "content": f"Message number {{i}}: " + "words " * 8,
+    {{"role": "user" if i % 2 == 0 else "assistant", "content": f"Message {{i}}.",
       **({{"model_id": "llamacpp:smollm2-135m"}} if i % 2 else {{}})}} for i in range(79)])
 client.append_message(long_id, "assistant", {CODE_REPLY!r}, model_id="llamacpp:smollm2-135m",
                       metrics={{"time_to_first_token": 0.1, "tokens_per_second": 20.0, "output_tokens": 12}})
@@ -124,12 +124,8 @@ def _write_notebook(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    pytest.importorskip("jupyterlab")
-    pytest.importorskip("playwright")
-    pytest.importorskip("nbformat")
-    base = tmp_path_factory.mktemp("lab")
+def _serve(base: Path, app: str):
+    """Start ``python -m <app>`` (jupyterlab or notebook) on a free loopback port in ``base``; yield its info."""
     root, home = base / "root", base / "oblix-home"
     root.mkdir()
     home.mkdir()
@@ -146,23 +142,25 @@ def lab(tmp_path_factory):
                 "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])})
     for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+    app_class = "LabApp" if app == "jupyterlab" else "JupyterNotebookApp"
+    cmd = [sys.executable, "-m", app, "--no-browser", "--ServerApp.ip=127.0.0.1",
            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
            f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
-           "--LabApp.expose_app_in_browser=True", f"--LabApp.user_settings_dir={base / 'settings'}",
-           f"--LabApp.workspaces_dir={base / 'workspaces'}",
+           f"--{app_class}.expose_app_in_browser=True", f"--{app_class}.user_settings_dir={base / 'settings'}",
+           f"--{app_class}.workspaces_dir={base / 'workspaces'}",
            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
            "--LabApp.extension_manager=readonly"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # CI containers run as root
-    log = open(base / "jupyterlab.log", "wb")
+    log_path = base / f"{app}.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
-                pytest.fail("JupyterLab exited:\n" + (base / "jupyterlab.log").read_text()[-3000:])
+                pytest.fail(f"{app} exited:\n" + log_path.read_text()[-3000:])
             try:
                 with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5) as r:
                     if r.status == 200:
@@ -170,9 +168,9 @@ def lab(tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("JupyterLab did not start in 90 s:\n" + (base / "jupyterlab.log").read_text()[-3000:])
+                pytest.fail(f"{app} did not start in 90 s:\n" + log_path.read_text()[-3000:])
             time.sleep(0.5)
-        yield {"url": url, "token": token, "root": root, "home": home, "log": base / "jupyterlab.log"}
+        yield {"url": url, "token": token, "root": root, "home": home, "log": log_path}
     finally:
         proc.terminate()
         try:
@@ -181,6 +179,22 @@ def lab(tmp_path_factory):
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    pytest.importorskip("jupyterlab")
+    pytest.importorskip("playwright")
+    pytest.importorskip("nbformat")
+    yield from _serve(tmp_path_factory.mktemp("lab"), "jupyterlab")
+
+
+@pytest.fixture(scope="module")
+def notebook7(tmp_path_factory):
+    pytest.importorskip("notebook", minversion="7")
+    pytest.importorskip("playwright")
+    pytest.importorskip("nbformat")
+    yield from _serve(tmp_path_factory.mktemp("nb7"), "notebook")
 
 
 AXE = REPO / "tests" / ".node" / "node_modules" / "axe-core" / "axe.min.js"
@@ -312,6 +326,41 @@ def _write_from_another_process(home: Path, title: str) -> str:
     return out.stdout.strip()
 
 
+def _open_and_run(page, url: str) -> None:
+    """Open the notebook and run all its cells once the kernel is up."""
+    page.goto(url, timeout=120_000)
+    page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=120_000)
+    # on a loaded machine the page is ready well before the kernel
+    page.wait_for_function("""() => {
+        const w = window.jupyterapp.shell.currentWidget;
+        const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+        return k && k.status === 'idle';
+    }""", timeout=120_000)
+    page.wait_for_timeout(500)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    try:
+        page.wait_for_function("() => !document.querySelector('.jp-InputPrompt').textContent.includes('[ ]')",
+                               timeout=20_000)
+    except Exception:  # noqa: BLE001 - the command went nowhere (focus): once more
+        page.locator(".jp-Notebook").first.click()
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
+def _guarded_context(browser, outside: list, **options):
+    """A browser context whose requests to anything but 127.0.0.1 are aborted (and recorded in ``outside``)."""
+    context = browser.new_context(**options)
+
+    def guard(route):
+        if route.request.url.startswith(("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", guard)
+    return context
+
+
 def test_chat_panel_and_browser_in_jupyterlab(lab):
     from playwright.sync_api import expect, sync_playwright
 
@@ -325,36 +374,11 @@ def test_chat_panel_and_browser_in_jupyterlab(lab):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 1000})
-
-            def guard(route):
-                if route.request.url.startswith(("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:")):
-                    route.continue_()
-                else:
-                    outside.append(route.request.url)
-                    route.abort()
-
-            context.route("**/*", guard)
+            context = _guarded_context(browser, outside, viewport={"width": 1280, "height": 1000})
             page = context.new_page()
             page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
             page.on("dialog", lambda d: d.dismiss())
-            page.goto(f"{lab['url']}/lab/tree/chat.ipynb?reset&token={lab['token']}", timeout=120_000)
-            page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')",
-                                   timeout=120_000)
-            # run all cells once the kernel is up (on a loaded machine the page is ready well before it)
-            page.wait_for_function("""() => {
-                const w = window.jupyterapp.shell.currentWidget;
-                const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
-                return k && k.status === 'idle';
-            }""", timeout=120_000)
-            page.wait_for_timeout(500)
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            try:
-                page.wait_for_function("() => !document.querySelector('.jp-InputPrompt').textContent.includes('[ ]')",
-                                       timeout=20_000)
-            except Exception:  # noqa: BLE001 - the command went nowhere (focus): once more
-                page.locator(".jp-Notebook").first.click()
-                page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            _open_and_run(page, f"{lab['url']}/lab/tree/chat.ipynb?reset&token={lab['token']}")
 
             # -- the widgets really render (anywidget front ends, not "Loading widget...")
             panel = page.locator(".oblix-chat").first
@@ -627,6 +651,14 @@ def test_chat_panel_and_browser_in_jupyterlab(lab):
             page.set_viewport_size({"width": 1280, "height": 1000})
             page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"))
 
+            # -- "Open in chat" from the grid: a chat panel below the grid, on that session
+            sb.locator("tbody tr", has_text="Long session").click()
+            sb.get_by_role("button", name="Open in chat").click()
+            inner = sb.locator(".oblix-chat-slot .oblix-chat")
+            expect(inner).to_be_visible(timeout=30_000)
+            expect(inner.locator(".oblix-transcript > .oblix-row")).to_have_count(82, timeout=20_000)  # 80 + prompt + partial
+            expect(sb.locator(".oblix-status").first).to_contain_text("opened “Long session”")
+
             # -- the kernel restarts: the old panel says so and does not take input
             textarea.fill("typed before the restart")
             page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
@@ -636,6 +668,8 @@ def test_chat_panel_and_browser_in_jupyterlab(lab):
             expect(textarea).to_be_disabled()
             expect(send).to_be_disabled()
             assert textarea.input_value() == "typed before the restart"  # not silently dropped
+            expect(sb.locator(".oblix-status").first).to_contain_text("disconnected")
+            expect(sb.get_by_role("button", name="Refresh")).to_be_disabled()
             panel.screenshot(path=str(ARTIFACTS / "chat-disconnected.png"))
         except BaseException:
             try:  # what the page showed when it failed
@@ -665,3 +699,42 @@ def test_chat_panel_and_browser_in_jupyterlab(lab):
     assert first_word in partial_text
     assert not outside, f"the page tried to reach non-loopback hosts: {outside}"
     assert not [e for e in console_errors if "oblix" in e.lower() or "anywidget" in e.lower()], console_errors
+
+
+def test_widgets_in_notebook7(notebook7):
+    """The same front ends in Notebook 7: render, Enter sends and the reply streams in, the grid, insert cell."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    outside: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = _guarded_context(browser, outside, viewport={"width": 1100, "height": 1000}).new_page()
+            _open_and_run(page, f"{notebook7['url']}/notebooks/chat.ipynb?token={notebook7['token']}")
+            panel = page.locator(".oblix-chat").first
+            expect(panel).to_be_visible(timeout=150_000)
+            sb = page.locator(".oblix-browser").first
+            # the XSS and long sessions, and the one the %%oblix cell made (after the grid was shown)
+            expect(sb.locator("tbody tr", has_text="From the magic")).to_have_count(1, timeout=120_000)
+            expect(sb.locator("tbody tr")).to_have_count(3)
+            textarea = panel.locator("textarea")
+            textarea.fill("Say hello in five words.")
+            textarea.press("Enter")
+            expect(panel.locator(".oblix-msg.user")).to_have_count(1, timeout=20_000)
+            deadline = time.monotonic() + 200
+            while True:
+                state = _last_reply_state(page)
+                if state.get("n") and not state["streaming"] and "tok/s" in state["badge"]:
+                    break
+                assert time.monotonic() < deadline, f"no complete reply: {state}"
+                page.wait_for_timeout(200)
+            assert page.evaluate(IN_VIEW_JS)["inBox"]
+            # the new session shows in the grid without a click
+            expect(sb.locator("tbody tr")).to_have_count(4, timeout=20_000)
+            failures, n = _contrast_failures(page, ".oblix-chat, .oblix-browser")
+            assert n > 20 and not failures, failures[:5]
+            panel.screenshot(path=str(ARTIFACTS / "notebook7-chat.png"))
+        finally:
+            browser.close()
+    assert not outside, f"the page tried to reach non-loopback hosts: {outside}"

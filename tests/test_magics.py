@@ -586,4 +586,8 @@ def test_interrupt_keeps_partial_reply_flagged(ip):
     mine = reply_publishes(cap)
     assert mine[-1]["data"]["text/markdown"] == stored["content"]
     footer = footer_publishes(cap)[-1]["data"]["text/plain"]
-    assert "interrupted" in footer and "partial" in footer
+    assert "PARTIAL" in footer and EMBEDDED in footer  # the partial reply's own footer
+    # the interrupt is said once, as one clean line instead of a KeyboardInterrupt traceback
+    shown = result.error_in_exec._render_traceback_()
+    assert len(shown) == 1 and shown[0].startswith("interrupted") and "partial" in shown[0]
+    assert "Traceback" not in cap.stdout + cap.stderr

@@ -351,6 +351,8 @@ def test_latex_and_formats():
         r"click \frac{1}{2} {c}{x} u"
     assert latex("x^2 + 1") == "$$ x^2 + 1 $$" and latex("```latex\n$x$\n```") == "$x$"
     assert latex(r"\[ a \]") == r"\[ a \]"
+    assert latex("The area is pi r squared.") == "The area is pi r squared."  # prose is not set as math
+    assert latex(r"A = \pi r^2") == r"$$ A = \pi r^2 $$"
     assert unfence("```html\n<b>x</b>\n```") == "<b>x</b>" and unfence("a ```b```") == "a ```b```"
     assert final_bundle("json", '{"a": 1}', {"a": 1}, has_parsed=True)["application/json"] == {"a": 1}
     assert final_bundle("json", "3", 3, has_parsed=True) == {"text/plain": "3"}
@@ -594,3 +596,24 @@ def test_oblix_fix_in_terminal_ipython(tmp_path):
     report = json.loads(out.stdout.split("REPORT ", 1)[1])
     assert report["next"] == "items = [1]\nprint(items[0])"
     assert "items[3]" in report["prompt"] and "IndexError" in report["prompt"]
+
+
+def test_oblix_model_list_measures_reachability_of_real_servers(ip, openai_server):
+    """A hooked llama_cpp.server answers its model listing; a server that went away does not (bounded wait)."""
+    from oblix_nb.localserver import free_port
+    from oblix_nb.models import make_backend
+
+    c = state.get_client()
+    runtime.run(c.hook_model(ModelType.OPENAI, openai_server.model, base_url=openai_server.base_url))
+    gone = make_backend(ModelType.OPENAI, "gone-model", None, "none",
+                        base_url=f"http://127.0.0.1:{free_port()}/v1", context_window=1024)
+    c._models[gone.model_id] = gone  # as if it had been hooked before its server stopped
+    started = time.perf_counter()
+    table = ip.run_line_magic("oblix_model", "list --timeout 2")
+    assert time.perf_counter() - started < 10
+    rows = table.set_index("model_id")
+    assert bool(rows.loc[f"openai:{openai_server.model}", "reachable"]) is True
+    assert rows.loc[f"openai:{openai_server.model}", "endpoint"].startswith("http://127.0.0.1:")
+    assert bool(rows.loc["openai:gone-model", "reachable"]) is False
+    assert rows.loc["openai:gone-model", "context_window"] == 1024
+    runtime.run(c.unhook_model(gone.model_id))

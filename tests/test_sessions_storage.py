@@ -185,3 +185,51 @@ def test_read_only_file_permissions(tmp_path):
         store.close()
     finally:
         os.chmod(tmp_path, 0o755)
+
+
+async def test_reply_on_a_disk_that_fills_mid_stream_is_raised_with_the_full_response(tmp_path):
+    """Real disk full during execute(): the finished reply cannot be stored (after one retry), so
+    ReplyNotStoredError carries all of it and names the session and the database."""
+    import asyncio
+
+    from oblix_nb import ReplyNotStoredError
+    from oblix_nb.models.base import ModelBackend, ModelType, Usage
+
+    class Big(ModelBackend):
+        model_type = ModelType.LLAMACPP
+
+        async def connect(self):
+            pass
+
+        async def stream(self, messages, params):
+            for i in range(40):
+                yield f"<{i}>" + os.urandom(2500).hex()  # 5 KB per delta, 200 KB in all
+                await asyncio.sleep(0)
+            yield Usage(1, 40, "tokenizer", "tokenizer", "stop")
+
+    with tmpfs(tmp_path / "small", size="1m") as home:
+        client = OblixClient(home=home)
+        client._models = {"llamacpp:big": Big("big")}
+        sid = await client.create_and_use_session("filling")
+
+        def fill_once(text):
+            if text.startswith("<20>"):  # another program fills the disk while the reply streams
+                with open(home / "filler", "wb", buffering=0) as f:
+                    try:
+                        while True:
+                            f.write(b"x" * 65536)
+                    except OSError:
+                        pass
+        with pytest.raises(ReplyNotStoredError) as info:
+            await client.execute("go", sink=fill_once)
+        exc = info.value
+        assert len(exc.response["response"]) == 40 * 5000 + sum(len(f"<{i}>") for i in range(40))
+        assert exc.session_id == sid and exc.path == str(home / "sessions.db")
+        assert str(home / "sessions.db") in str(exc) and "disk is full" in str(exc)
+        assert isinstance(exc.__cause__, StorageError)
+        (home / "filler").unlink()  # space again: the store is intact and writable
+        assert [m["role"] for m in client.load_session(sid)["messages"]] == ["user"]
+        client.append_message(sid, "assistant", exc.response["response"])
+        assert client.load_session(sid)["messages"][1]["content"] == exc.response["response"]
+        client.sessions.close()
+        assert integrity(home / "sessions.db") == "ok"

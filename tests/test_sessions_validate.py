@@ -519,3 +519,14 @@ def test_sqlite_never_sees_invalid_input(store, monkeypatch):
         with pytest.raises((TypeError, ValueError)):
             call()
     assert writes == []
+
+
+async def test_prompt_with_a_lone_surrogate_is_refused_before_routing_or_storing(tmp_path):
+    from oblix_nb import OblixClient
+
+    client = OblixClient(home=tmp_path)  # no model hooked: the prompt is checked before that matters
+    sid = await client.create_and_use_session("s")
+    with pytest.raises(ValueError, match="prompt contains a lone surrogate"):
+        await client.execute("hello \udc00 there")
+    assert client.load_session(sid)["messages"] == []
+    client.sessions.close()

@@ -495,6 +495,24 @@ def test_browser_sorts_by_each_sortable_column(client, many):
     assert b.grid[0]["id"] == many[10]  # the last one written to
     with pytest.raises(ValueError):
         b.sort_by("metadata")
+    # sorting by models reads every matching session's replies: refused above the limit, with a reason
+    from oblix_nb.widgets import browser as browser_module
+
+    limit = browser_module.MODELS_SORT_LIMIT
+    try:
+        browser_module.MODELS_SORT_LIMIT = 50
+        b.refresh()
+        assert not next(c for c in b.columns if c["key"] == "models")["sortable"]
+        b.sort_by("models")
+        assert b.status_error and "filter first" in b.status and b.sort == "updated"
+        b.meta_filter = "n=1"  # 20 match: allowed again
+        assert next(c for c in b.columns if c["key"] == "models")["sortable"]
+        b.sort_by("models")
+        assert b.sort == "models" and not b.status_error
+        b.meta_filter = ""  # 60 match again: back to newest first, saying why
+        assert b.sort == "updated" and "filter first" in b.status
+    finally:
+        browser_module.MODELS_SORT_LIMIT = limit
     front(b, "sort", column="nope")
     assert b.status_error and "cannot sort" in b.status
     b.sort_by("title")

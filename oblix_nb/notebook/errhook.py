@@ -199,11 +199,22 @@ def _handler(shell, etype, value, tb, tb_offset=None):
         if user_tb is not None and user_types and issubclass(etype, user_types):
             return user_tb(etype, value, tb, tb_offset=tb_offset)
     try:
-        shell.showtraceback((etype, value, tb), tb_offset=tb_offset,
-                            running_compiled_code=not issubclass(etype, SyntaxError))
+        if _in_run_code(tb):  # raised by the cell's code: what run_code itself would do
+            shell.showtraceback((etype, value, tb), tb_offset=tb_offset, running_compiled_code=True)
+        elif issubclass(etype, IndentationError):  # raised while parsing the cell: as run_cell would show it
+            shell.showindentationerror()
+        elif issubclass(etype, (OverflowError, SyntaxError, ValueError, TypeError, MemoryError)):
+            shell.showsyntaxerror()
+        else:
+            shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
     except Exception:  # noqa: BLE001
         traceback.print_exception(etype, value, tb, file=sys.stderr)
     return None
+
+
+def _in_run_code(tb: Any) -> bool:
+    """True if the traceback starts in IPython's ``run_code`` (the cell ran), not in parsing the cell."""
+    return tb is not None and tb.tb_frame.f_code.co_name == "run_code"
 
 
 def _intercepted_set_custom_exc(shell, exc_tuple, handler):

@@ -11,8 +11,8 @@ json       the parsed value as ``application/json`` (what ``IPython.display.JSON
            tree) with indented JSON as ``text/plain``; the model is held to JSON by the structured-output
            machinery (``--schema``, or any JSON object/array without one)
 html       the reply's HTML, sanitised (:func:`.render.sanitize_html`: the Markdown policy for raw HTML)
-math       ``text/latex`` for MathJax (:func:`.render.sanitize_latex`); a reply without ``$``/``\\[``
-           delimiters is wrapped in ``$$ … $$``
+math       ``text/latex`` for MathJax (:func:`.render.sanitize_latex`); a bare formula without ``$``/``\\[``
+           delimiters is wrapped in ``$$ … $$`` (prose is left as text)
 ========== ===================================================================================================
 
 ``html`` and ``math`` add a short instruction to the system message (stored with the exchange).
@@ -36,6 +36,7 @@ HINTS = {
 
 _FENCED = re.compile(r"\A\s*(`{3,}|~{3,})[^\n]*\n(.*?)\n?[ \t]*\1\s*\Z", re.S)
 _MATH_DELIMITED = re.compile(r"\$|\\\[|\\\(|\\begin\{")
+_PROSE = re.compile(r"[A-Za-z]{2,}[ ,]+[A-Za-z]{2,}[ ,]+[A-Za-z]{2,}")
 
 
 def unfence(text: str) -> str:
@@ -45,10 +46,14 @@ def unfence(text: str) -> str:
 
 
 def latex(text: str) -> str:
+    """The reply as ``text/latex``: as is if it has math delimiters; a bare formula wrapped in ``$$ … $$``;
+    prose without any (three words in a row, no backslash command) left as text rather than set as math."""
     from .render import sanitize_latex
 
     body = sanitize_latex(unfence(text).strip())
-    return body if _MATH_DELIMITED.search(body) else f"$$ {body} $$"
+    if _MATH_DELIMITED.search(body) or ("\\" not in body and _PROSE.search(body)):
+        return body
+    return f"$$ {body} $$"
 
 
 def stream_format(fmt: str) -> str:

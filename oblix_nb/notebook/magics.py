@@ -1,5 +1,6 @@
 """IPython magics: ``%oblix_session`` (sessions as data), ``%%oblix`` (a cell is a prompt), ``%oblix_chat`` (a panel),
-``%oblix_fix`` (ask about an error) and ``%oblix_model`` (models, aliases, the default).
+``%oblix_fix`` (ask about an error), ``%oblix_model`` (models, aliases, the default) and ``%oblix_stats``
+(request statistics and their dashboard).
 
 A ``%%oblix`` cell may refer to the notebook — ``{In[3]}``, ``{Out[3]}``, ``{Err[3]}``, ``{_}``, ``{cfg.model}``,
 ``{d["k"]}`` — and attach data (``--context df`` or ``{df}``): see :mod:`.references` and :mod:`.describe`. Errors
@@ -31,7 +32,7 @@ from .._util import new_id, title_from
 from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableError, NoModelHookedError,
                       OblixError, SessionNotFoundError)
 from ..pricing import parse_price
-from . import errhook, state
+from . import errhook, state, transform
 from .display import (QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, has_display_frontend,
                       notebook_sink_factory, safe_html, shell_publisher)
 from .formats import ANY_JSON_SCHEMA, FORMATS, HINTS, final_bundle, stream_format
@@ -352,6 +353,25 @@ def chat_parser() -> MagicArgumentParser:
     return p
 
 
+def stats_parser() -> MagicArgumentParser:
+    p = MagicArgumentParser(
+        prog="%oblix_stats", description=textwrap.dedent("""\
+            Request statistics from the session store (client.stats(): requests, errors, partial replies,
+            fallbacks, TTFT p50/p95, tokens/s p50, tokens, cost), then the dashboard of figures
+            (client.plot_stats()). Times are UTC; --since/--until take an ISO time or an age like 7d, 12h, 30min.
+            Examples: %oblix_stats --since 7d    %oblix_stats --by day --filter project=alpha --no-plot"""))
+    p.add_argument("--by", choices=("model", "route", "session", "day"), default="model",
+                   help="group the table by (default: model)")
+    p.add_argument("--since", metavar="WHEN", help="from this time or age (inclusive)")
+    p.add_argument("--until", metavar="WHEN", help="up to this time or age (exclusive)")
+    p.add_argument("--filter", nargs="+", action="extend", default=[], metavar="K=V",
+                   help="only sessions whose metadata has these values")
+    p.add_argument("--no-plot", action="store_true", help="the table only, no figures")
+    p.add_argument("--theme", choices=("light", "dark"), default="light", help="figure colours (default light)")
+    p.add_argument("--var", metavar="NAME", help="also store the table in this variable")
+    return p
+
+
 def _parse(parser: MagicArgumentParser, tokens: list[str]):
     try:
         return parser.parse_args(tokens)
@@ -425,9 +445,18 @@ _CLIENT_ERRORS = (OblixError, ValueError, OSError, KeyError)
 _DEFAULT_MODEL_KEY = "notebook:default_model"  # the store setting %oblix_model default writes
 
 
+def _clean_interrupt(note: str) -> KeyboardInterrupt:
+    """The KeyboardInterrupt %%oblix re-raises after an interrupt (so "Run All" stops there), shown by IPython
+    and Jupyter as the one line ``note`` instead of a traceback."""
+    exc = KeyboardInterrupt(note)
+    exc._render_traceback_ = lambda: [note]  # type: ignore[attr-defined]
+    return exc
+
+
 @magics_class
 class OblixMagics(Magics):
-    """``%oblix_session``, ``%%oblix``, ``%oblix_chat``, ``%oblix_fix``, ``%oblix_model``.
+    """``%oblix_session``, ``%%oblix``, ``%oblix_chat``, ``%oblix_fix``, ``%oblix_model``,
+    ``%oblix_stats``.
     Configurable: ``%config OblixMagics`` lists the settings."""
 
     default_model = Unicode(
@@ -688,6 +717,42 @@ class OblixMagics(Magics):
             panel.send(prompt)
         return None
 
+    # ------------------------------------------------------------------ %oblix_stats
+    @line_magic
+    def oblix_stats(self, line: str = ""):
+        """Show ``client.stats()`` as a table and, unless ``--no-plot``, the dashboard's figures."""
+        try:
+            args = _parse(stats_parser(), split_line(line))
+        except _HelpShown:
+            return None
+        filters = parse_kv(args.filter) or None
+        try:
+            frame = self.client.stats(by=args.by, since=args.since, until=args.until, filter_metadata=filters)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"%oblix_stats: {exc}") from None
+        if args.var:
+            self.shell.user_ns[args.var] = frame
+        if args.no_plot:
+            return frame
+        from IPython.display import Image, display
+
+        display(frame)
+        dashboard = self.client.plot_stats(since=args.since, until=args.until, filter_metadata=filters,
+                                           theme=args.theme)
+        png = self.shell.display_formatter.formatters["image/png"]
+        for fig in dashboard:
+            try:
+                png.lookup(fig)
+                display(fig)  # the frontend's own figure display (inline backend)
+            except KeyError:  # no PNG printer for figures registered (e.g. plain IPython): render one
+                import io
+
+                buffer = io.BytesIO()
+                fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+                display(Image(data=buffer.getvalue(), format="png"))
+        dashboard.close()  # shown once: the inline backend must not show them again
+        return None
+
     # ------------------------------------------------------------------ %oblix_fix
     @no_var_expand
     @line_magic
@@ -888,10 +953,12 @@ class OblixMagics(Magics):
                     ", flagged partial in the session" if session_id else "")
             else:
                 note = "interrupted before the first token: the request was stopped, no reply was stored"
-            self._finish(view, reply.text, note, error=True)
+            # The note is said once, as the cell's error line (no traceback); the footer is the partial reply's.
+            self._finish(view, reply.text, format_footer(reply.response) if reply.text else "no reply",
+                         error=True)
             if reply.text:
                 self._publish_value(reply, args)
-            raise KeyboardInterrupt
+            raise _clean_interrupt(note)
         if outcome.error is not None:
             return self._failed(view, outcome, args, client)
         response = outcome.response or {}
@@ -1046,6 +1113,7 @@ class OblixMagics(Magics):
 OblixMagics.oblix_session.__doc__ = session_parser().format_help()
 OblixMagics.oblix.__doc__ = oblix_parser().format_help()
 OblixMagics.oblix_chat.__doc__ = chat_parser().format_help()
+OblixMagics.oblix_stats.__doc__ = stats_parser().format_help()
 OblixMagics.oblix_fix.__doc__ = fix_parser().format_help()
 OblixMagics.oblix_model.__doc__ = model_parser().format_help()
 
@@ -1083,6 +1151,7 @@ def load_ipython_extension(ipython) -> None:
     errhook.install(ipython)
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)
+    transform.register(ipython)  # `%oblix_chat What is X?` is a prompt, not a help lookup
     _loaded[id(ipython)] = magics
 
 
@@ -1092,6 +1161,7 @@ def unload_ipython_extension(ipython) -> None:
     if magics is None:
         return
     errhook.uninstall(ipython)
+    transform.unregister(ipython)
     manager = ipython.magics_manager
     for kind, names in magics.magics.items():
         table = manager.magics.get(kind, {})

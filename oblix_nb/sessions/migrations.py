@@ -28,10 +28,30 @@ Schema (version 1):
   ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
 
 Version 2 adds ``settings``: store-wide key/value pairs (value: JSON text) that outlive a kernel, such as
-model aliases (``alias:<name>`` -> model id), budgets (``budget:<per>``) and user prices (``price:<model>``).
-Only the store's ``*_setting`` methods touch it.
+model aliases (``alias:<name>`` -> model id), budgets (``budget:<per>``) and user prices
+(``price:<model>``). Only the store's ``*_setting`` methods touch it.
 
-Version 3 (costs): ``usage_log``, one row per model reply (finished, or cut short: ``partial``), whether or not it
+Version 3 adds what :meth:`.store.SessionStore.stats` reads, so analytics scan narrow plain columns instead of
+parsing every message's JSON (``json_extract`` over a million messages takes seconds):
+
+- ``reply_stats``: one row per assistant message (``seq`` = the message's ``seq``): ``day`` (UTC date of its
+  timestamp), ``model_id``, ``route`` (``routing.target``), ``partial``, ``error`` (``metrics.error`` is set:
+  the reply was cut by a failure, not stopped), ``fallback`` (``routing.fallback_from`` is set), ``ttft`` /
+  ``tps`` (``metrics.time_to_first_token`` / ``tokens_per_second``), ``input_tokens`` / ``output_tokens`` and
+  ``cost_usd`` (``metrics.cost_usd``). A value of the wrong JSON type (or absent) is NULL.
+  Percentiles are read with ``ORDER BY <metric> LIMIT 1 OFFSET k`` per group, which the partial covering
+  indexes ``(<group key>, <metric>, timestamp, session_seq)`` answer without sorting.
+- ``request_prompts``: one row per user message carrying a ``request_id`` (a prompt sent by ``execute``);
+  ``answered`` says whether the session holds a reply with that ``request_id``. An unanswered prompt is a
+  request that failed on every candidate (or was stopped before its first token).
+- Like the FTS indexes, both are brought up to date in batches, not per write: ``stats_progress`` holds the
+  last message ``seq`` indexed, and the store indexes the newer messages (:data:`STATS_CATCH_UP`) before
+  computing stats, so an append pays nothing for them. Triggers update (and remove) the rows of messages at
+  or below the mark on UPDATE of the columns they derive from (not ``content``: a reply checkpointed while
+  it streams costs nothing extra) and on DELETE (session deletes cascade into them); whoever deletes
+  messages lowers the mark afterwards (:data:`STATS_LOWER_MARK`), as for FTS.
+
+Version 4 (costs): ``usage_log``, one row per model reply (finished, or cut short: ``partial``), whether or not it
 was stored in a session: when, which session and request, model and route target, token counts (cached parts
 apart), ``cost_usd`` (exact, NULL when unknown) and ``cost_estimate_usd`` (when only an estimate exists). Budgets
 sum it (their limits and user prices are ``budget:<per>`` / ``price:<model>`` settings); deleting a session does
@@ -41,6 +61,116 @@ Indexed by time and by session, covering the cost columns.
 from __future__ import annotations
 
 import sqlite3
+
+# Migration 3's SQL is spelled out once here for its backfill, its triggers and the store's catch-up
+# (:data:`STATS_CATCH_UP`). Frozen like every released migration: a later change to these tables is a new
+# migration, not an edit of these strings.
+def _v3_number(column: str, key: str, types: str = "'integer', 'real'") -> str:
+    """``new.<column>``'s JSON number at ``$.<key>``; NULL when absent or not a number."""
+    return (f"CASE WHEN json_type(new.{column}, '$.{key}') IN ({types}) "
+            f"THEN json_extract(new.{column}, '$.{key}') END")
+
+
+def _v3_set(column: str, key: str) -> str:
+    """1 if ``new.<column>`` holds a non-null value at ``$.<key>``, else 0."""
+    return f"IFNULL(json_type(new.{column}, '$.{key}') != 'null', 0)"
+
+
+_V3_REPLY_COLUMNS = ("seq, session_seq, request_id, timestamp, day, model_id, route, partial, error, fallback, "
+                     "ttft, tps, input_tokens, output_tokens, cost_usd")
+_V3_REPLY = f"""INSERT INTO reply_stats ({_V3_REPLY_COLUMNS})
+    SELECT new.seq, new.session_seq, new.request_id, new.timestamp, substr(new.timestamp, 1, 10), new.model_id,
+           CASE WHEN json_type(new.routing, '$.target') = 'text' THEN json_extract(new.routing, '$.target') END,
+           new.partial IS NOT NULL, {_v3_set("metrics", "error")}, {_v3_set("routing", "fallback_from")},
+           {_v3_number("metrics", "time_to_first_token")}, {_v3_number("metrics", "tokens_per_second")},
+           {_v3_number("metrics", "input_tokens", "'integer'")},
+           {_v3_number("metrics", "output_tokens", "'integer'")}, {_v3_number("metrics", "cost_usd")}"""
+_V3_PROMPT = """INSERT INTO request_prompts (seq, session_seq, request_id, timestamp, answered)
+    SELECT new.seq, new.session_seq, new.request_id, new.timestamp,
+           EXISTS (SELECT 1 FROM reply_stats
+                   WHERE session_seq = new.session_seq AND request_id = new.request_id)"""
+_V3_IS_REPLY = "new.role = 'assistant'"
+_V3_IS_PROMPT = "new.role = 'user' AND new.request_id IS NOT NULL"
+_V3_PENDING = "new.seq > (SELECT last_seq FROM stats_progress)"
+_V3_INDEXED = "(SELECT last_seq FROM stats_progress)"
+# Index the messages written since the last catch-up: replies first, so prompts see their answers; then
+# older unanswered prompts answered by the new replies; then move the mark.
+STATS_CATCH_UP = [
+    f"{_V3_REPLY} FROM messages AS new WHERE {_V3_PENDING} AND {_V3_IS_REPLY}",
+    f"{_V3_PROMPT} FROM messages AS new WHERE {_V3_PENDING} AND {_V3_IS_PROMPT}",
+    """UPDATE request_prompts SET answered = 1 WHERE answered = 0 AND EXISTS (
+        SELECT 1 FROM reply_stats AS r
+        WHERE r.session_seq = request_prompts.session_seq AND r.request_id = request_prompts.request_id)""",
+    "UPDATE stats_progress SET last_seq = MAX(last_seq, IFNULL((SELECT MAX(seq) FROM messages), 0))",
+]
+# The store's catch-up, one chunk of messages (``?`` < seq <= ``?``) per transaction; then the mark.
+STATS_CATCH_UP_CHUNK = [
+    f"{_V3_REPLY} FROM messages AS new WHERE new.seq > ?1 AND new.seq <= ?2 AND {_V3_IS_REPLY}",
+    f"{_V3_PROMPT} FROM messages AS new WHERE new.seq > ?1 AND new.seq <= ?2 AND {_V3_IS_PROMPT}",
+    STATS_CATCH_UP[2],
+    "UPDATE stats_progress SET last_seq = MAX(last_seq, ?2)",
+]
+STATS_PENDING = "SELECT last_seq < IFNULL((SELECT MAX(seq) FROM messages), 0) FROM stats_progress"
+# After deleting messages: keep new rows that may reuse a deleted seq above the mark.
+STATS_LOWER_MARK = "UPDATE stats_progress SET last_seq = MIN(last_seq, IFNULL((SELECT MAX(seq) FROM messages), 0))"
+_V3_ON_INSERT = f"""
+    {_V3_REPLY} WHERE {_V3_IS_REPLY};
+    {_V3_PROMPT} WHERE {_V3_IS_PROMPT};
+    UPDATE request_prompts SET answered = 1
+    WHERE {_V3_IS_REPLY} AND new.request_id IS NOT NULL
+      AND session_seq = new.session_seq AND request_id = new.request_id;"""
+_V3_ON_DELETE = """
+    DELETE FROM reply_stats WHERE seq = old.seq;
+    DELETE FROM request_prompts WHERE seq = old.seq;
+    UPDATE request_prompts SET answered = EXISTS (
+        SELECT 1 FROM reply_stats AS r WHERE r.session_seq = old.session_seq AND r.request_id = old.request_id)
+    WHERE old.role = 'assistant' AND old.request_id IS NOT NULL
+      AND session_seq = old.session_seq AND request_id = old.request_id;"""
+# (group key column, metric column) pairs with a percentile index.
+STATS_PERCENTILE_INDEXES = [(key, metric) for key in ("model_id", "route", "session_seq", "day")
+                            for metric in ("ttft", "tps")]
+_V3 = f"""
+CREATE TABLE reply_stats (
+    seq           INTEGER PRIMARY KEY,
+    session_seq   INTEGER NOT NULL,
+    request_id    TEXT,
+    timestamp     TEXT    NOT NULL,
+    day           TEXT    NOT NULL,
+    model_id      TEXT,
+    route         TEXT,
+    partial       INTEGER NOT NULL,
+    error         INTEGER NOT NULL,
+    fallback      INTEGER NOT NULL,
+    ttft          REAL,
+    tps           REAL,
+    input_tokens  INTEGER,
+    output_tokens INTEGER,
+    cost_usd      REAL
+);
+CREATE TABLE request_prompts (
+    seq         INTEGER PRIMARY KEY,
+    session_seq INTEGER NOT NULL,
+    request_id  TEXT    NOT NULL,
+    timestamp   TEXT    NOT NULL,
+    answered    INTEGER NOT NULL
+);
+CREATE TABLE stats_progress (last_seq INTEGER NOT NULL);
+INSERT INTO stats_progress (last_seq) VALUES (0);
+{STATS_CATCH_UP[0]};
+CREATE INDEX reply_stats_by_request ON reply_stats (session_seq, request_id) WHERE request_id IS NOT NULL;
+{STATS_CATCH_UP[1]};
+{STATS_CATCH_UP[3]};
+CREATE INDEX request_prompts_by_request ON request_prompts (session_seq, request_id);
+CREATE INDEX request_prompts_unanswered ON request_prompts (timestamp) WHERE answered = 0;
+""" + "".join(f"CREATE INDEX reply_stats_{key}_{metric} ON reply_stats ({key}, {metric}, timestamp, session_seq) "
+              f"WHERE {metric} IS NOT NULL;\n" for key, metric in STATS_PERCENTILE_INDEXES) + f"""
+CREATE TRIGGER stats_on_delete AFTER DELETE ON messages WHEN old.seq <= {_V3_INDEXED} BEGIN{_V3_ON_DELETE}
+END;
+CREATE TRIGGER stats_on_update
+AFTER UPDATE OF seq, session_seq, role, timestamp, model_id, metrics, routing, partial, request_id ON messages
+WHEN old.seq <= {_V3_INDEXED} BEGIN{_V3_ON_DELETE}{_V3_ON_INSERT}
+END;
+"""
 
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
@@ -119,7 +249,8 @@ CREATE TABLE settings (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 """),
-    (3, """
+    (3, _V3),
+    (4, """
 CREATE TABLE usage_log (
     seq                INTEGER PRIMARY KEY,
     timestamp          TEXT    NOT NULL,

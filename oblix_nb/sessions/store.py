@@ -37,8 +37,10 @@ from .. import runtime
 from .._util import check_session_id, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError, StorageError
+from . import stats as stats_module
 from .io import normalize_message, parse_session_file, write_json_atomic
-from .migrations import LATEST_VERSION, migrate, schema_version
+from .migrations import LATEST_VERSION, STATS_CATCH_UP_CHUNK, STATS_LOWER_MARK, STATS_PENDING, migrate, \
+    schema_version
 from .validate import canonical_json, check_json, check_limit, check_query, check_setting_key, check_text, \
     check_title, dumps, json_object
 
@@ -48,6 +50,17 @@ MAX_MATCHES_PER_HIT = 3
 INDEX_DELAY_S = 0.05      # a background indexing pass starts this long after a write (writes in between share it)
 INDEX_CHUNK_ROWS = 200    # rows indexed per transaction: a writer waits at most one chunk (~1-2 ms)
 SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing pending rows itself
+# stats(): (reply_stats group column, request_prompts group expression) per ``by``; the columns have
+# percentile indexes (migration 3). Unanswered prompts have no model or route.
+_STATS_KEYS = {"model": ("model_id", "NULL"), "route": ("route", "NULL"),
+               "session": ("session_seq", "session_seq"), "day": ("day", "substr(timestamp, 1, 10)")}
+STATS_CHUNK_ROWS = 20_000  # messages indexed into the stats tables per write transaction
+_STATS_MAX_PARAMS = 30_000  # below SQLite's 32,766 bound parameters per statement
+_STATS_READS_PER_STATEMENT = 500  # result columns per statement (SQLite allows 2,000)
+_STATS_SUM_NAMES = ("requests", "errors", "partial", "fallbacks", "input_tokens", "output_tokens", "cost_usd",
+                    "cost_unknown")
+_STATS_SUMS = ("count(*), sum(error), sum(partial), sum(fallback), IFNULL(sum(input_tokens), 0), "
+               "IFNULL(sum(output_tokens), 0), sum(cost_usd), count(*) - count(cost_usd)")
 
 # A message row as read and written: the order of the columns below, after ``session_seq``.
 MESSAGE_COLUMNS = ("id", "role", "content", "timestamp", "model_id", "metrics", "routing", "partial",
@@ -76,8 +89,9 @@ def _ms(stamp: str) -> str:
     return stamp[:23] + "Z"
 
 
-def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
-    """SQL WHERE clause (and its parameters) selecting sessions whose metadata matches every given key."""
+def _metadata_sessions(filter_metadata: Optional[dict]) -> tuple[str, list]:
+    """A SELECT of the ``seq`` of sessions whose metadata matches every given key (and its parameters);
+    ``("", [])`` when there is no filter."""
     if filter_metadata is None:
         return "", []
     if not isinstance(filter_metadata, dict):
@@ -90,9 +104,29 @@ def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
         check_text(key, "filter_metadata key")
         subqueries.append("SELECT session_seq FROM session_meta WHERE key = ? AND value = ?")
         params += [key, canonical_json(value, f"filter_metadata[{key!r}]")]
-    if not subqueries:
-        return "", []
-    return f"WHERE seq IN ({' INTERSECT '.join(subqueries)})", params
+    return " INTERSECT ".join(subqueries), params
+
+
+def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
+    """SQL WHERE clause (and its parameters) selecting sessions whose metadata matches every given key."""
+    select, params = _metadata_sessions(filter_metadata)
+    return (f"WHERE seq IN ({select})", params) if select else ("", [])
+
+
+def _stats_where(since: Optional[str], until: Optional[str], filter_metadata: Optional[dict]) -> tuple[str, list]:
+    """`` AND ...`` conditions (and parameters) on a stats table's ``timestamp`` and ``session_seq``."""
+    conditions, params = [], []
+    if since is not None:
+        conditions.append("timestamp >= ?")
+        params.append(since)
+    if until is not None:
+        conditions.append("timestamp < ?")
+        params.append(until)
+    sessions_select, meta_params = _metadata_sessions(filter_metadata)
+    if sessions_select:
+        conditions.append(f"session_seq IN ({sessions_select})")
+        params += meta_params
+    return "".join(f" AND {c}" for c in conditions), params
 
 
 # summaries(order=...): the SQL sort key of each order (ties: most recently created first)
@@ -487,13 +521,147 @@ class SessionStore:
             out[sid][model_id] = n
         return out
 
+    def stats(self, by: str = "model", since: Optional[str] = None, until: Optional[str] = None,
+              filter_metadata: Optional[dict] = None) -> list[dict]:
+        """Request statistics per group, computed in SQL from the ``reply_stats`` / ``request_prompts`` tables
+        (see :mod:`.migrations`, version 3, and :mod:`.stats` for what each column counts).
+
+        ``by``: "model", "route", "session" or "day"; ``since``/``until``: canonical ISO bounds (inclusive /
+        exclusive) or None; ``filter_metadata`` as in :meth:`summaries`. Returns one dict per group:
+        ``key`` (model id, route, session id or ``YYYY-MM-DD``; None for requests without a model/route),
+        the :data:`.stats.STATS_COLUMNS`, and ``title`` for sessions. Groups come in no particular order.
+
+        One aggregate scan (GROUP BY) gives the counts and sums; each percentile is read per group with
+        ``ORDER BY metric LIMIT 1 OFFSET rank`` on a covering index, batched into a few statements.
+        """
+        by = stats_module.check_by(by)
+        key, prompt_key = _STATS_KEYS[by]
+        where, params = _stats_where(since, until, filter_metadata)
+        self._update_stats_tables()
+        groups: dict = {}
+        with self._read() as conn:
+            for row in conn.execute(
+                    f"SELECT {key}, {_STATS_SUMS}, count(ttft), count(tps) FROM reply_stats NOT INDEXED "
+                    f"WHERE 1{where} GROUP BY 1", params):
+                groups[row[0]] = {"key": row[0], **dict(zip(_STATS_SUM_NAMES, row[1:-2])),
+                                  "_n": {"ttft": row[-2], "tps": row[-1]}}
+            for group_key, unanswered in conn.execute(
+                    f"SELECT {prompt_key}, count(*) FROM request_prompts WHERE answered = 0{where} GROUP BY 1",
+                    params):
+                group = groups.setdefault(group_key, {
+                    "key": group_key, **dict.fromkeys(_STATS_SUM_NAMES, 0), "cost_usd": None,
+                    "_n": {"ttft": 0, "tps": 0}})
+                group["requests"] += unanswered
+                group["errors"] += unanswered
+            self._stats_percentiles(conn, key, where, params, list(groups.values()))
+            if by == "session":
+                names = {seq: (sid, title) for seq, sid, title in conn.execute(
+                    "SELECT seq, id, title FROM sessions WHERE seq IN (SELECT value FROM json_each(?))",
+                    (json.dumps(list(groups)),))}
+                for group in groups.values():
+                    group["key"], group["title"] = names[group["key"]]
+        for group in groups.values():
+            del group["_n"]
+        return list(groups.values())
+
+    def stats_totals(self, group_by: tuple[str, ...] = ("day", "model_id"), since: Optional[str] = None,
+                     until: Optional[str] = None, filter_metadata: Optional[dict] = None) -> list[dict]:
+        """Reply counts and sums per combination of ``group_by`` columns ("day", "model_id", "route"), in
+        one GROUP BY: dicts with those columns and ``requests`` (replies here: unanswered prompts are not
+        included), errors, partial, fallbacks, input_tokens, output_tokens, cost_usd, cost_unknown."""
+        columns = list(group_by)
+        for column in columns:
+            if column not in ("day", "model_id", "route"):
+                raise ValueError(f"group_by columns must be 'day', 'model_id' or 'route', not {column!r}")
+        where, params = _stats_where(since, until, filter_metadata)
+        self._update_stats_tables()
+        keys = ", ".join(columns) or "NULL"
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {keys}, {_STATS_SUMS} FROM reply_stats NOT INDEXED WHERE 1{where} "
+                                f"GROUP BY {', '.join(str(i + 1) for i in range(max(1, len(columns))))}",
+                                params).fetchall()
+        return [{**dict(zip(columns, row)), **dict(zip(_STATS_SUM_NAMES, row[max(1, len(columns)):]))}
+                for row in rows]
+
+    def stats_sample(self, since: Optional[str] = None, until: Optional[str] = None,
+                     filter_metadata: Optional[dict] = None, limit: int = 20_000) -> list[dict]:
+        """Up to about ``limit`` replies (all when fewer) as dicts ``{timestamp, model_id, route, partial,
+        fallback, ttft, tps, input_tokens, output_tokens}``, for plots of distributions. Larger sets are
+        thinned by a hash of the row id, so the sample spreads evenly over time and groups and is the same
+        on every call."""
+        sql_limit = check_limit(limit)
+        where, params = _stats_where(since, until, filter_metadata)
+        self._update_stats_tables()
+        columns = ("timestamp", "model_id", "route", "partial", "fallback", "ttft", "tps", "input_tokens",
+                   "output_tokens")
+        with self._read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM reply_stats NOT INDEXED WHERE 1{where}", params).fetchone()[0]
+            thin = ""
+            if sql_limit >= 0 and total > sql_limit:
+                thin = f" AND (seq * 2654435761) % 1000003 < {int(1000003 * sql_limit / total)}"
+            rows = conn.execute(f"SELECT {', '.join(columns)} FROM reply_stats NOT INDEXED WHERE 1{where}{thin} "
+                                f"ORDER BY seq", params).fetchall()
+        return [dict(zip(columns, row)) for row in rows]
+
+    def _update_stats_tables(self) -> None:
+        """Index the messages written since the last stats call into the stats tables (see
+        :mod:`.migrations`, version 3), ``STATS_CHUNK_ROWS`` messages per write transaction (so a writer in
+        another kernel waits at most one chunk); nothing to do costs one read. A read-only store is not
+        brought up to date: its stats show what was indexed while it was writable."""
+        if self.read_only is not None:
+            return
+        while True:
+            with self._locked("read") as conn:
+                if not conn.execute(STATS_PENDING).fetchone()[0]:
+                    return
+            with self._write(visible=False) as conn:
+                last = conn.execute("SELECT last_seq FROM stats_progress").fetchone()[0]
+                upper = conn.execute("SELECT seq FROM messages WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+                                     (last, STATS_CHUNK_ROWS - 1)).fetchone()
+                if upper is None:
+                    upper = conn.execute("SELECT IFNULL(MAX(seq), 0) FROM messages").fetchone()
+                for statement in STATS_CATCH_UP_CHUNK:
+                    conn.execute(statement, (last, upper[0]) if "?" in statement else ())
+
+    @staticmethod
+    def _stats_percentiles(conn: sqlite3.Connection, key: str, where: str, params: list,
+                           groups: list[dict]) -> None:
+        """Fill each group's percentile columns: the values at the ranks around each quantile, read with
+        ``ORDER BY LIMIT 1 OFFSET`` from the ``(key, metric, timestamp, session_seq)`` index, many groups per
+        statement; interpolated as numpy does."""
+        picks = []  # (group, column, metric, lo, hi, weight)
+        for group in groups:
+            for column, metric, q in stats_module.PERCENTILES:
+                n = group["_n"][metric]
+                group[column] = None
+                if n:
+                    picks.append((group, column, metric, *stats_module.positions(n, q)))
+        reads = sorted({(id(g), metric, rank) for g, _, metric, lo, hi, _ in picks for rank in (lo, hi)})
+        by_id = {id(g): g for g in groups}
+        per_read = 1 + len(params)
+        batch = max(1, min(_STATS_READS_PER_STATEMENT, _STATS_MAX_PARAMS // per_read))
+        values: dict = {}
+        for start in range(0, len(reads), batch):
+            chunk = reads[start:start + batch]
+            sql = ", ".join(
+                f"(SELECT {metric} FROM reply_stats INDEXED BY reply_stats_{key}_{metric} WHERE {key} IS ? AND "
+                f"{metric} IS NOT NULL{where} ORDER BY {metric} LIMIT 1 OFFSET {int(rank)})"
+                for _, metric, rank in chunk)
+            args = [a for gid, _, _ in chunk for a in (by_id[gid]["key"], *params)]
+            row = conn.execute(f"SELECT {sql}", args).fetchone()
+            values.update(zip(chunk, row))
+        for group, column, metric, lo, hi, weight in picks:
+            a, b = values[(id(group), metric, lo)], values[(id(group), metric, hi)]
+            group[column] = stats_module.lerp(a, b, weight)
+
     def delete(self, session_id: str) -> bool:
         """Delete a session with its messages and index entries. False if there was no such session."""
         check_session_id(session_id)
         with self._write() as conn:
             if conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount == 0:
                 return False
-            for name, table, _, _ in _FTS_TABLES:  # new rows may reuse deleted seqs: keep them above the mark
+            conn.execute(STATS_LOWER_MARK)  # new rows may reuse deleted seqs: keep them above the marks
+            for name, table, _, _ in _FTS_TABLES:
                 conn.execute(f"UPDATE fts_progress SET last_seq = "
                              f"MIN(last_seq, IFNULL((SELECT MAX(seq) FROM {table}), 0)) WHERE name = ?", (name,))
         return True

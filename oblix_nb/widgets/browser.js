@@ -178,7 +178,8 @@ function render({ model, el }) {
       for (const column of columns) {
         const value = row[column.key];
         const td = h("td", { "data-key": column.key, text: value === undefined || value === null ? "" : String(value) });
-        td.title = td.textContent;
+        // equal titles: the tooltip tells them apart by id
+        td.title = column.key === "title" ? `${td.textContent} (#${String(row.id).slice(0, 8)})` : td.textContent;
         tr.append(td);
       }
       tr.addEventListener("click", (event) => {

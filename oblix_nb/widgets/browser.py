@@ -6,7 +6,8 @@
 A page (``page_size``, default 25) of sessions at a time, read with SQL ``LIMIT``/``OFFSET`` — a store of
 100k sessions pages as fast as one of 100. Columns: title, updated, messages, models (the model mix) and
 metadata, plus any column a row carries that is listed in :data:`COLUMNS` (``cost``, once summaries have
-it); title, updated, messages and models sort (click the header; again to reverse). Filters: title
+it); title, updated, messages and models sort (click the header; again to reverse; models up to
+:data:`MODELS_SORT_LIMIT` matching sessions). Filters: title
 substring, metadata ``k=v`` with JSON-typed values, full text (FTS5). Rows are multi-selectable (click,
 Ctrl/Cmd-click, Shift-click, or the checkboxes); the selection's transcript shows below; actions on it: open
 in a chat panel, export (the absolute path written is shown), copy, merge, delete (after a confirm step).
@@ -51,6 +52,9 @@ COLUMNS = (
     ("metadata", "Metadata", None),
 )
 OPTIONAL_COLUMNS = ("cost",)
+# Sorting by model reads the replies of every matching session (no index serves it): offered up to this many
+# matching sessions (~0.3 s at 20,000 on a loaded 2-core machine); filter first beyond that.
+MODELS_SORT_LIMIT = 20_000
 
 
 def _split_pairs(text: str) -> list[str]:
@@ -204,6 +208,10 @@ class SessionBrowser(anywidget.AnyWidget):
                 total = len(candidates)
             else:
                 total = store.count(filter_metadata=meta_arg, title_contains=title_q or None)
+            if self.sort == "models" and total > MODELS_SORT_LIMIT:
+                self.sort, self.descending = "updated", True
+                self._set_status(f"sorted by updated: sorting by models needs at most {MODELS_SORT_LIMIT:,} "
+                                 f"matching sessions (filter first)")
             pages = max(1, -(-total // self.page_size))
             page = min(self.page, pages - 1)
             offset = page * self.page_size
@@ -221,7 +229,9 @@ class SessionBrowser(anywidget.AnyWidget):
             visible = {r["id"] for r in rows}
             wanted = [sid for sid in (select if select is not None else self.selected) if sid in visible]
             shown = {key for row in grid for key in row}
-            columns = [{"key": key, "label": label, "sortable": order is not None and not text_q}
+            columns = [{"key": key, "label": label,
+                        "sortable": order is not None and not text_q and (order != "models" or
+                                                                          total <= MODELS_SORT_LIMIT)}
                        for key, label, order in COLUMNS if key not in OPTIONAL_COLUMNS or key in shown]
             self._quiet = True
             try:
@@ -279,6 +289,10 @@ class SessionBrowser(anywidget.AnyWidget):
         if column not in orders:
             raise ValueError(f"cannot sort by {column!r}: one of {sorted(orders)}")
         self._action()
+        if orders[column] == "models" and self.total > MODELS_SORT_LIMIT:
+            self._set_status(f"sorting by models needs at most {MODELS_SORT_LIMIT:,} matching sessions: "
+                             f"filter first ({self.total:,} match now)", error=True)
+            return
         if descending is None:
             descending = not self.descending if orders[column] == self.sort else column in ("updated", "messages")
         self.sort, self.descending = orders[column], descending

@@ -1,0 +1,221 @@
+"""Benchmark: ``client.stats()`` over 1,000,000 stored messages (not a test; prints one JSON object).
+
+    python bench/stats.py [--messages 1000000] [--per-session 100] [--repeat 3] [--keep PATH]
+
+Seeds a throwaway store through ``append_messages`` (one transaction per session, so the stats triggers of
+migration 3 run as they do in use): half prompts, half replies from 12 models (some with 60-character ids),
+local and cloud routes, 30 days of timestamps, 3 % partial replies, 1 % cut by an error, 2 % fallbacks,
+0.5 % prompts without a reply, a cost on the hosted models' replies. Then, best of ``--repeat``:
+
+* ``stats``: ``client.stats(by=...)`` for each ``by``, and with ``since="7d"`` and a ``filter_metadata``;
+* ``baseline``: the same frame computed the usual way, in the same process: ``messages_df()`` (one SQL query
+  for all messages) plus a pandas ``groupby`` with ``quantile`` (by model);
+* ``json_extract``: SQLite aggregating the messages' JSON directly (``json_extract`` per field, GROUP BY
+  model, no percentiles), i.e. what the stats tables avoid;
+* ``append``: one committed ``append_message`` of a reply, with the stats triggers and with them dropped (on
+  copies of the store): the stats tables are filled in batches by the next stats call, not per write; that
+  call's cost is reported too, as is the one-time indexing of the whole seeded store.
+
+The goal is every ``stats`` call under 1 s at 1,000,000 messages.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from oblix_nb import OblixClient, runtime  # noqa: E402
+from oblix_nb.sessions.store import SessionStore  # noqa: E402
+
+MODELS = [(f"llamacpp:smollm2-{i}", "local", None) for i in range(4)] + \
+         [(f"openai:server-{i}", "local", None) for i in range(4)] + \
+         [(f"openai:a-very-long-hosted-model-identifier-{i}-2026-11-30-preview", "cloud", 0.6e-6 * (i + 1))
+          for i in range(4)]
+DAY0 = 1_764_000_000  # 2025-11-24
+
+
+def stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}Z"
+
+
+def reply(rng: random.Random, request_id: str, ts: float) -> dict:
+    model, target, price = MODELS[rng.randrange(len(MODELS))]
+    out = rng.randint(5, 600)
+    inp = int(rng.lognormvariate(5, 1.2)) + 5
+    ttft = 0.02 + inp * rng.uniform(0.0002, 0.002)
+    total = ttft + out / rng.uniform(15, 120)
+    fallback = rng.random() < 0.02
+    error = rng.random() < 0.01
+    metrics = {"total_latency": total, "time_to_first_token": ttft, "tokens_per_second": out / (total - ttft),
+               "input_tokens": inp, "output_tokens": out, "start_time": stamp(ts), "end_time": stamp(ts + total),
+               "model_name": model.split(":", 1)[1], "model_type": model.split(":", 1)[0],
+               "usage_source": {"input": "server", "output": "server"}, "finish_reason": "stop",
+               "context": {"messages": 3, "dropped": 0, "truncated": False},
+               "cost_usd": None if price is None else price * (inp + 4 * out)}
+    if error:
+        metrics["error"] = "APIConnectionError: connection reset"
+    return {"role": "assistant", "content": "answer " * (out // 8 + 1), "model_id": model, "metrics": metrics,
+            "routing": {"target": target, "model_id": model, "reason": f"{target}: bench",
+                        "fallback_from": MODELS[0][0] if fallback else None, "candidates": [model],
+                        "forced": False},
+            "partial": error or rng.random() < 0.02, "request_id": request_id, "timestamp": stamp(ts + total)}
+
+
+def seed(store: SessionStore, messages: int, per_session: int) -> int:
+    rng = random.Random(14)
+    made, s = 0, 0
+    while made < messages:
+        sid = store.create(title=f"bench {s}", metadata={"team": f"t{s % 10}"})
+        ts = DAY0 + rng.uniform(0, 30 * 86400)
+        batch = []
+        for i in range(min(per_session, messages - made) // 2):
+            request_id = f"r{s}-{i}"
+            batch.append({"role": "user", "content": "question " * rng.randint(3, 40), "request_id": request_id,
+                          "timestamp": stamp(ts)})
+            if rng.random() >= 0.005:
+                batch.append(reply(rng, request_id, ts))
+            ts += rng.uniform(5, 600)
+        store.append_messages(sid, batch)
+        made += len(batch)
+        s += 1
+    return made
+
+
+def best(fn, repeat: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def baseline(client: OblixClient):
+    df = client.messages_df()
+    replies = df[df.role == "assistant"]
+    grouped = replies.groupby("model_id", observed=True)
+    return grouped.agg(requests=("message_id", "size"), partial=("partial", "sum"),
+                       input_tokens=("input_tokens", "sum"), output_tokens=("output_tokens", "sum"),
+                       ttft_p50=("time_to_first_token", "median"),
+                       ttft_p95=("time_to_first_token", lambda s: s.quantile(0.95)),
+                       tokens_per_second_p50=("tokens_per_second", "median"))
+
+
+def json_extract(store: SessionStore):
+    with store._read() as conn:
+        return conn.execute(
+            "SELECT model_id, count(*), sum(json_extract(metrics, '$.input_tokens')), "
+            "sum(json_extract(metrics, '$.output_tokens')), sum(json_extract(metrics, '$.cost_usd')), "
+            "sum(json_extract(routing, '$.fallback_from') IS NOT NULL), sum(partial) "
+            "FROM messages WHERE role = 'assistant' GROUP BY model_id").fetchall()
+
+
+def append_cost(path: Path, repeat: int = 2000) -> dict:
+    """Median seconds of one committed append_message of a reply, with the stats triggers and without them
+    (on copies of the store); then the cost of the next stats() call, which indexes those ``repeat`` replies."""
+    out = {}
+    for name in ("with_stats_tables", "triggers_dropped"):
+        copy = path.parent / f"append-{name}.db"
+        with sqlite3.connect(path) as src, sqlite3.connect(copy) as dst:
+            src.backup(dst)
+        if name == "triggers_dropped":
+            with sqlite3.connect(copy) as conn:
+                for trigger in ("stats_on_update", "stats_on_delete"):
+                    conn.execute(f"DROP TRIGGER {trigger}")
+        store = SessionStore(copy)
+        sid = store.create(title="append")
+        rng = random.Random(1)
+        samples = []
+        for i in range(repeat):
+            message = reply(rng, f"a{i}", DAY0 + i)
+            fields = {k: v for k, v in message.items() if k not in ("role", "content")}
+            t0 = time.perf_counter()
+            store.append_message(sid, "assistant", message["content"], **fields)
+            samples.append(time.perf_counter() - t0)
+        out[name] = statistics.median(samples)
+        if name == "with_stats_tables":
+            t0 = time.perf_counter()
+            store.stats("model")
+            out["next_stats_call_indexing_them"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            store.stats("model")
+            out["the_call_after"] = time.perf_counter() - t0
+        store.close()
+        copy.unlink()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--per-session", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", help="seed this database (or reuse it if it exists) instead of a temp one")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="oblix-bench-stats-"))
+    path = Path(args.keep).resolve() if args.keep else home / "sessions.db"
+    try:
+        t0 = time.perf_counter()
+        fresh = not path.exists()
+        store = SessionStore(path)
+        made = seed(store, args.messages, args.per_session) if fresh else None
+        seed_s = time.perf_counter() - t0
+        store.close()
+        client = OblixClient(home=path.parent)
+        if path.name != "sessions.db":
+            client.sessions.close()
+            client.sessions = SessionStore(path)
+        total = client.sessions._conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+        import pandas  # noqa: F401  (imported once, as in a notebook, before timing)
+
+        t0 = time.perf_counter()
+        client.sessions._update_stats_tables()
+        first_index_s = time.perf_counter() - t0
+        results = {}
+        for label, kwargs in [("by=model", {"by": "model"}), ("by=route", {"by": "route"}),
+                              ("by=day", {"by": "day"}), ("by=session", {"by": "session"}),
+                              ("by=model, since=7 days before the last", {"by": "model", "since": stamp(
+                                  DAY0 + 23 * 86400)}),
+                              ("by=day, filter_metadata={'team': 't3'}", {"by": "day",
+                                                                          "filter_metadata": {"team": "t3"}})]:
+            seconds, frame = best(lambda: client.stats(**kwargs), args.repeat)
+            results[label] = {"seconds": round(seconds, 4), "groups": len(frame)}
+        base_s, _ = best(lambda: baseline(client), 1)
+        json_s, _ = best(lambda: json_extract(client.sessions), 1)
+        appends = append_cost(path)
+        report = {
+            "messages": total, "seeded": made, "seed_seconds": round(seed_s, 1),
+            "stats": results,
+            "baseline_messages_df_groupby_seconds": round(base_s, 3),
+            "json_extract_group_by_model_seconds": round(json_s, 3),
+            "ratio_baseline_over_stats_by_model": round(base_s / results["by=model"]["seconds"], 1),
+            "ratio_json_extract_over_stats_by_model": round(json_s / results["by=model"]["seconds"], 1),
+            "first_stats_call_indexing_all_seconds": round(first_index_s, 1),
+            "append_reply_ms": {k: round(v * 1000, 4) for k, v in appends.items()},
+            "append_ratio_with_over_without_triggers": round(
+                appends["with_stats_tables"] / appends["triggers_dropped"], 3),
+            "goal": "every stats call <= 1 s at 1,000,000 messages",
+            "goal_met": all(r["seconds"] <= 1.0 for r in results.values()),
+            "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(),
+        }
+        print(json.dumps(report, indent=2))
+        client.sessions.close()
+        runtime.run(client.shutdown())
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
