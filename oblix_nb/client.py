@@ -343,8 +343,9 @@ class OblixClient:
                          api_key: Optional[str] = None, **kwargs: Any) -> bool:
         """Hook a model: checks that its endpoint answers and lists it (never downloads, never bills).
 
-        kwargs: ``base_url`` (OPENAI), ``target`` ("local"/"cloud"), ``context_window``, ``timeout``,
-        ``model_path``/``n_ctx``/``n_threads`` (LLAMACPP), ``keep_alive`` (OLLAMA).
+        kwargs: ``base_url`` (OPENAI, CLAUDE), ``target`` ("local"/"cloud"), ``context_window``, ``timeout``,
+        ``model_path``/``n_ctx``/``n_threads`` (LLAMACPP), ``keep_alive`` (OLLAMA), ``prompt_cache`` (CLAUDE).
+        CLAUDE checks with the free Models API (``GET /v1/models/{model}``), never a billed message.
         Raises ModelUnavailableError naming the endpoint and the model.
         """
         return await runtime.to_loop(self._hook_model(model_type, model_name, endpoint, api_key, **kwargs))
