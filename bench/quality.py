@@ -127,6 +127,8 @@ async def main_async(args) -> dict:
     configs = dict(CONFIGS)
     if args.explore:
         configs.update(EXPLORE)
+    if args.only:
+        configs = {name: sampling for name, sampling in {**CONFIGS, **EXPLORE}.items() if name in args.only}
     results = []
     for name, sampling in configs.items():
         results.append(await run_config(name, sampling, args.max_tokens, args.threads))
@@ -139,7 +141,8 @@ async def main_async(args) -> dict:
         "n_threads": args.threads,
         "seeds": f"{SEED_BASE}..{SEED_BASE + len(PROMPTS) - 1} (one per prompt, same in every config)",
         "results": results,
-        "loop_share_before": by["before"]["loop_share"], "loop_share_after": by["after"]["loop_share"],
+        "loop_share_before": by["before"]["loop_share"] if "before" in by else None,
+        "loop_share_after": by["after"]["loop_share"] if "after" in by else None,
     }
 
 
@@ -147,8 +150,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--explore", action="store_true", help="also try a few other sampling settings")
+    parser.add_argument("--only", nargs="+", metavar="CONFIG", help="run only these configurations")
     parser.add_argument("--threads", type=int, default=1,
-                        help="llama.cpp threads (default 1: replies do not depend on it, and on a busy machine "
+                        help="llama.cpp threads, the same for every configuration (default 1: on a busy machine "
                              "one thread decodes far faster than two competing ones)")
     args = parser.parse_args(argv)
     print(json.dumps(asyncio.run(main_async(args)), indent=2))

@@ -13,7 +13,8 @@ from __future__ import annotations
 from .agents import BudgetAgent, ConnectivityAgent, ResourceMonitor
 from .client import OblixClient
 from .errors import (BudgetExceededError, ModelCallError, ModelUnavailableError, NoModelHookedError, OblixError,
-                     ReplyNotStoredError, SessionExistsError, SessionFileError, SessionNotFoundError, StorageError)
+                     ReplyNotStoredError, RowError, SchemaError, SessionExistsError, SessionFileError,
+                     SessionNotFoundError, StorageError, StructuredOutputError)
 from .models.base import ModelType
 from .streaming import StdoutSink, StreamSink
 
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "OblixClient", "ModelType", "ResourceMonitor", "ConnectivityAgent", "BudgetAgent", "StreamSink", "StdoutSink",
     "OblixError", "SessionNotFoundError", "SessionExistsError", "ModelUnavailableError", "ModelCallError", "NoModelHookedError",
-    "StorageError", "ReplyNotStoredError", "SessionFileError", "BudgetExceededError",
+    "StorageError", "ReplyNotStoredError", "SessionFileError", "SchemaError", "StructuredOutputError", "RowError", "BudgetExceededError",
     "load_ipython_extension", "unload_ipython_extension",
 ]
 

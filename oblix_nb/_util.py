@@ -1,6 +1,8 @@
-"""Small shared helpers: timestamps and ids."""
+"""Small shared helpers: timestamps, ids and the current user."""
 from __future__ import annotations
 
+import getpass
+import os
 import re
 import uuid
 from datetime import datetime, timezone
@@ -81,3 +83,17 @@ def title_from(text: str, default: str, width: int = 60) -> str:
     """A session title from a prompt: its first non-blank line, shortened to ``width`` with an ellipsis."""
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), default)
     return first if len(first) <= width else first[: width - 1].rstrip() + "…"
+
+
+def current_user() -> str:
+    """Who is writing: env ``OBLIX_USER`` if set, else the OS user (``getpass.getuser()``), else ``"unknown"``.
+
+    Recorded as the author of every session and message a store writes (a shared store tells users apart).
+    """
+    name = os.environ.get("OBLIX_USER", "").strip()
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name and no passwd entry (some containers)
+        return "unknown"

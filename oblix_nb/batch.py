@@ -29,14 +29,17 @@ import hashlib
 import json
 import math
 import re
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .errors import ModelCallError, NoModelHookedError, OblixError
+from ._util import describe_error
+from .errors import (ModelCallError, NoModelHookedError, OblixError, RowError, SchemaError,
+                     StructuredOutputError)
 from .models.base import SAMPLING_OPTIONS, GenerationParams
-from .structured import Schema, SchemaError, StructuredOutputError, compile_schema
+from .structured import Schema, compile_schema, extract_json
 
 META_COLUMNS = ("model_id", "route", "input_tokens", "output_tokens", "latency_s", "error", "cached")
 DEFAULT_CONCURRENCY = {True: 1, False: 4}  # in-process model (not re-entrant) : servers
@@ -250,7 +253,6 @@ class MapJob:
         self.model_id = model_id
         self.on_error = on_error
         self.progress = progress
-        self.use_cache = cache
         # The model routing tries first: the forced one, else (routing prefers local) the first local one.
         models = list(client.models.values())
         backend = client.models[model_id] if model_id else next((m for m in models if m.target == "local"),
@@ -304,7 +306,6 @@ class MapJob:
         del finished
         self.done = self.cached + self.errors
         self.output_tokens = 0
-        self.interrupted = False
 
     # ------------------------------------------------------------------------------------------ keys, session
     def _params_json(self) -> dict:
@@ -355,8 +356,6 @@ class MapJob:
         text, model_id, route, input_tokens, output_tokens, latency = reply
         if self.schema is not None:
             try:
-                from .structured import extract_json
-
                 value = extract_json(text)
             except StructuredOutputError:  # stored valid; unreadable now means the store was edited
                 value = None
@@ -442,12 +441,10 @@ class MapJob:
         workers = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, len(self.pending)))]
         try:
             await asyncio.gather(*workers)
-        except BaseException as exc:
+        except BaseException:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
-                self.interrupted = True
             raise
 
     async def drive(self) -> None:
@@ -556,7 +553,14 @@ class MapJob:
                               model_id=self.model_id, system=self.system, schema=self.schema,
                               prior=[{"role": "user", "content": prompt}, {"role": "assistant", "content": text}])
         if to_store:
-            client.sessions.append_messages(self.session_id, to_store)
+            try:
+                client.sessions.append_messages(self.session_id, to_store)
+            except (OSError, sqlite3.Error, OblixError) as exc:
+                # The reply is not dropped: it stays in the result; the error says it is not in the store
+                # (so the next call will ask the model again).
+                error = "; ".join(e for e in (error, f"reply not stored: {describe_error(exc)}") if e)
+                return RowOutcome(value, response["model_id"], response["routing_decision"]["target"],
+                                  input_tokens, output_tokens, latency, error, False)
         if response is None:
             return RowOutcome(None, None, None, None, None, None, error, False)
         return RowOutcome(value if error is None else None, response["model_id"],
@@ -604,14 +608,6 @@ class MapJob:
             bar.close()
 
 
-class RowError(OblixError):
-    """``on_error="raise"``: a row failed. ``positions`` are its row positions; finished rows stay stored."""
-
-    def __init__(self, message: str, *, positions: list[int]):
-        super().__init__(message)
-        self.positions = positions
-
-
 def _no_store(*_args) -> None:
     """map() stores each row's exchange itself, once validated (one transaction per row)."""
 
@@ -634,6 +630,9 @@ async def map_frame(client, data: Any, prompt: Any, **kwargs: Any):
 
     Result columns: ``response`` (or the schema's properties), ``model_id``, ``route``, ``input_tokens``,
     ``output_tokens``, ``latency_s``, ``error``, ``cached`` -- on a copy of the input's index, same order.
+    ``error`` is None for a finished row; else what failed: ``ModelCallError: ...`` (no model could answer),
+    ``StructuredOutputError: ...`` (invalid even after the retry), ``prompt: ...`` (the callable failed), or
+    ``reply not stored: ...`` (the store refused the write: the reply is in the result, not in the store).
     """
     job = MapJob(client, data, prompt, **kwargs)
     await job.drive()

@@ -63,12 +63,15 @@ class Budgets:
         if usd is None:
             self._store.delete_setting(SETTINGS_PREFIX + per)
             return None
+        usage_log.require(self._store, "a budget")
         if isinstance(usd, bool) or not isinstance(usd, (int, float)) or not math.isfinite(usd) or usd < 0:
             raise ValueError(f"a budget is a finite number of US dollars >= 0, not {usd!r}")
         self._store.set_setting(SETTINGS_PREFIX + per, {"usd": float(usd)})
         return BudgetStatus(per, float(usd), self._spent(per, None)).as_dict()
 
     def limits(self) -> dict[str, float]:
+        if not usage_log.supported(self._store):
+            return {}
         return {key[len(SETTINGS_PREFIX):]: float(value["usd"])
                 for key, value in self._store.settings(SETTINGS_PREFIX).items()
                 if key[len(SETTINGS_PREFIX):] in PERIODS and isinstance(value, dict)}

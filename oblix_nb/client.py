@@ -1,4 +1,4 @@
-"""OblixClient: the Oblix session API over a SQLite store, plus hook_model / hook_agent / execute / shutdown."""
+"""OblixClient: the Oblix session API over a session store (SQLite, or PostgreSQL), plus hook_model / hook_agent / execute / shutdown."""
 from __future__ import annotations
 
 import asyncio
@@ -20,14 +20,14 @@ from ._util import check_session_id, describe_error, iso, new_id, utcnow
 from .agents import BudgetAgent, ConnectivityAgent, ResourceMonitor, run_check
 from .budget import Budgets
 from .context import fit_history
-from .errors import BudgetExceededError, ModelCallError, NoModelHookedError, ReplyNotStoredError, \
-    SessionNotFoundError
+from .errors import (BudgetExceededError, ModelCallError, NoModelHookedError, ReplyNotStoredError,
+                     SessionNotFoundError, StructuredOutputError)
 from .models import make_backend
 from .models.base import SAMPLING_OPTIONS, GenerationParams, ModelBackend, ModelType, Usage, \
     is_connection_failure
 from .pricing import Price, PriceBook, reply_cost
 from .routing import decide
-from .sessions import SessionStore
+from .sessions import open_store
 from .sessions import usage as usage_log
 from .sessions.validate import check_text
 from .streaming import StdoutSink, StreamSink, as_sink
@@ -71,17 +71,22 @@ def default_home() -> Path:
 class OblixClient:
     """One client for a local and a cloud model, whose conversations are durable, queryable data.
 
-    ``home`` (or env ``OBLIX_HOME``, else ``~/.oblix``) holds ``sessions.db``. Constructing a client makes no
-    network call and opens nothing but the local database.
+    ``home`` (or env ``OBLIX_HOME``, else ``~/.oblix``) holds ``sessions.db``, the default SQLite store.
+    ``database_url`` (or env ``OBLIX_DATABASE_URL``) selects another store: ``postgresql://user@host/db`` for a
+    shared PostgreSQL store (extra ``postgres``), or ``sqlite:PATH``. Constructing a client makes no network
+    call beyond opening that store. Every session and message it writes records ``author`` (default env
+    ``OBLIX_USER``, else the OS user).
     """
 
     def __init__(self, host: str = "localhost", port: int = 4321, config_path: Optional[str] = None, *,
-                 home: Optional[str | os.PathLike] = None):
+                 home: Optional[str | os.PathLike] = None, database_url: Optional[str] = None,
+                 author: Optional[str] = None):
         self.host = host
         self.port = port
         self.config_path = config_path
         self.home = Path(home).expanduser() if home is not None else default_home()
-        self.sessions = SessionStore(self.home / "sessions.db")
+        url = database_url if database_url is not None else os.environ.get("OBLIX_DATABASE_URL") or None
+        self.sessions = open_store(url, default_path=self.home / "sessions.db", author=author)
         self.current_session_id: Optional[str] = None
         self._init_orchestration()
 
@@ -113,9 +118,10 @@ class OblixClient:
         """The whole session as the reference's JSON structure. Unknown id: SessionNotFoundError (a KeyError)."""
         return self.sessions.get(session_id)
 
-    def list_sessions(self, limit: int = 50, filter_metadata: dict = None) -> List[dict]:
-        """Session summaries, newest ``updated_at`` first."""
-        return self.sessions.summaries(limit=limit, filter_metadata=filter_metadata)
+    def list_sessions(self, limit: int = 50, filter_metadata: dict = None, *,
+                      author: Optional[str] = None) -> List[dict]:
+        """Session summaries, newest ``updated_at`` first; ``author``: only the sessions that user created."""
+        return self.sessions.summaries(limit=limit, filter_metadata=filter_metadata, author=author)
 
     def delete_session(self, session_id: str) -> bool:
         """Delete a session and its messages. False if there was no such session."""
@@ -171,7 +177,7 @@ class OblixClient:
         return self.sessions.append_message(session_id, role, content, **fields)
 
     def search_sessions(self, query: str, limit: int = 20) -> List[dict]:
-        """Full-text search (SQLite FTS5) over titles and message text; best match first."""
+        """Full-text search over titles and message text (SQLite FTS5 or PostgreSQL tsvector); best first."""
         return self.sessions.search(query, limit=limit)
 
     # ------------------------------------------------------------------ model aliases (kept in the store)
@@ -214,27 +220,29 @@ class OblixClient:
                                  f"hooked: {list(self._models)}, aliases: {self.model_aliases()}")
 
     # ------------------------------------------------------------------ DataFrames (pandas imported on call)
-    def sessions_df(self, limit: Optional[int] = None, filter_metadata: dict = None):
+    def sessions_df(self, limit: Optional[int] = None, filter_metadata: dict = None, *,
+                    author: Optional[str] = None):
         """One row per session (newest ``updated_at`` first), metadata keys expanded to columns.
 
-        Columns: session_id, title, created_at, updated_at (UTC datetimes), message_count, cost_usd (the sum of
-        its replies' known costs; NA when none is known), then one column per metadata key. ``limit=None``: all sessions; ``filter_metadata`` as in ``list_sessions``.
+        Columns: session_id, title, created_at, updated_at (UTC datetimes), message_count, author, cost_usd (the sum
+        of its replies' known costs; NA when none is known), then one column per metadata key. ``limit=None``: all sessions; ``filter_metadata``/``author`` as in
+        ``list_sessions``.
         """
         from .sessions.frames import sessions_df
 
-        return sessions_df(self.sessions, limit=limit, filter_metadata=filter_metadata)
+        return sessions_df(self.sessions, limit=limit, filter_metadata=filter_metadata, author=author)
 
-    def messages_df(self, session_ids: Optional[str | List[str]] = None):
+    def messages_df(self, session_ids: Optional[str | List[str]] = None, *, author: Optional[str] = None):
         """One row per message of ``session_ids`` (one id or a list; None: every session).
 
         Columns: session_id, session_title, message_id, role, content, timestamp (UTC), model_id,
         route_target, time_to_first_token, tokens_per_second, total_latency, input_tokens, output_tokens
-        (nullable Int64), cost_usd (Float64; NA when unknown), partial (bool), request_id.
-        role/model_id/route_target are categoricals.
+        (nullable Int64), cost_usd (Float64; NA when unknown), partial (bool), request_id, author (who wrote it). role/model_id/route_target/author
+        are categoricals. ``author``: only that user's messages.
         """
         from .sessions.frames import messages_df
 
-        return messages_df(self.sessions, session_ids=session_ids)
+        return messages_df(self.sessions, session_ids=session_ids, author=author)
 
     # ------------------------------------------------------------------ cost and budgets
     # Views of the current store (``sessions`` may be swapped for another store, e.g. by %config OblixMagics.home).
@@ -316,6 +324,7 @@ class OblixClient:
     # ------------------------------------------------------------------ orchestration
     def _init_orchestration(self) -> None:
         self._models: dict[str, ModelBackend] = {}   # model_id -> backend, in hook order
+        self._hook_specs: dict[str, Any] = {}        # model_id -> cluster.ModelSpec (how to hook it again)
         self._agents: list[Any] = []
         self._started_agents: list[Any] = []         # samplers this client started (and so stops)
         # Looked up at call time, so the notebook layer's factory (set by %load_ext in a kernel) applies here too.
@@ -362,6 +371,9 @@ class OblixClient:
         if old is not None:
             await old.aclose()
         self._models[backend.model_id] = backend
+        from .cluster import ModelSpec
+
+        self._hook_specs[backend.model_id] = ModelSpec.of(model_type, model_name, endpoint, kwargs)  # no api_key
         self._sync_agent_endpoints()
         return True
 
@@ -369,6 +381,7 @@ class OblixClient:
         """Unhook a model and close what it opened. False if it was not hooked."""
         async def unhook() -> bool:
             backend = self._models.pop(model_id, None)
+            self._hook_specs.pop(model_id, None)
             if backend is None:
                 return False
             await backend.aclose()
@@ -456,8 +469,6 @@ class OblixClient:
 
     async def _run_structured(self, request: "Request", sink: Optional[StreamSink], stream: bool) -> dict:
         """``_run`` with the schema enforced and the reply parsed: one retry on an invalid reply."""
-        from .structured import StructuredOutputError
-
         response = await self._run(request, sink, stream)
         try:
             response["parsed"] = request.schema.parse(response["response"])
@@ -484,8 +495,17 @@ class OblixClient:
 
         See :func:`oblix_nb.batch.map_frame` for the arguments, the result's columns, caching and resuming.
         ``map_sync`` is the same call for code without an event loop at hand (a cell, a script).
+        A Dask DataFrame gives a Dask DataFrame, computed partition by partition on the workers, each with its
+        own client built from this one's spec, all logging to the shared store (see :mod:`oblix_nb.cluster`).
         """
         from .batch import map_frame
+        from .cluster import is_dask_frame, map_dask
+
+        if is_dask_frame(data):
+            return map_dask(
+                self, data, prompt, schema=schema, model_id=model_id, concurrency=concurrency,
+                temperature=temperature, max_tokens=max_tokens, system=system, session_id=session_id,
+                cache=cache, on_error=on_error, **options)
 
         return await map_frame(
             self, data, prompt, schema=schema, model_id=self.resolve_model_id(model_id), concurrency=concurrency,

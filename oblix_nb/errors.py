@@ -79,6 +79,28 @@ class ReplyNotStoredError(OblixError):
         self.path = path
 
 
+class SchemaError(OblixError, ValueError):
+    """A ``schema=`` that is not a JSON Schema dict, a pydantic model class or a valid concise spec."""
+
+
+class StructuredOutputError(OblixError, ValueError):
+    """A reply that is not JSON matching the schema. ``text`` is the reply; ``response`` execute()'s dict."""
+
+    def __init__(self, message: str, *, text: str = "", response: dict | None = None):
+        super().__init__(message)
+        self.text = text
+        self.response = response
+
+
+class RowError(OblixError):
+    """``map(..., on_error="raise")``: a row failed. ``positions`` are its row positions in the input; the
+    rows that finished are stored (the next identical call takes them from the store)."""
+
+    def __init__(self, message: str, *, positions: list[int]):
+        super().__init__(message)
+        self.positions = positions
+
+
 class BudgetExceededError(OblixError):
     """A cloud call could exceed a budget set with ``client.set_budget`` and no local model is hooked to take it.
 

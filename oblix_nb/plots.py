@@ -65,19 +65,6 @@ class Dashboard:
     def __repr__(self) -> str:
         return f"<Dashboard: {', '.join(self.figures)}>"
 
-    def _repr_html_(self) -> str:
-        """Show the figures themselves (as PNG) when the dashboard is a cell's value."""
-        import base64
-        import io
-
-        parts = []
-        for fig in self.figures.values():
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
-            parts.append(f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}" '
-                         f'alt="{fig.get_label()}" style="max-width:100%"/>')
-        return "<div>" + "".join(parts) + "</div>"
-
     def close(self) -> None:
         """Close every figure (frees them from pyplot)."""
         import matplotlib.pyplot as plt
@@ -189,16 +176,17 @@ def _ttft_by_model(plt, sample: list[dict], order: list, group) -> "Figure":
 
     horizontal = ({"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2])) >= (3, 10)
                   else {"vert": False})
-    parts = ax.boxplot(data, **horizontal, whis=(5, 95), widths=0.6, patch_artist=True, showfliers=True,
-                       flierprops={"marker": ".", "markersize": 3, "alpha": 0.5,
-                                   "markerfacecolor": PALETTE[0], "markeredgecolor": PALETTE[0]},
-                       medianprops={"color": PALETTE[1], "linewidth": 2},
-                       whiskerprops={"color": PALETTE[0]}, capprops={"color": PALETTE[0]},
-                       boxprops={"facecolor": PALETTE[0] + "55", "edgecolor": PALETTE[0]})
+    ax.boxplot(data, **horizontal, whis=(5, 95), widths=0.6, patch_artist=True, showfliers=True,
+               flierprops={"marker": ".", "markersize": 3, "alpha": 0.5,
+                           "markerfacecolor": PALETTE[0], "markeredgecolor": PALETTE[0]},
+               medianprops={"color": PALETTE[1], "linewidth": 2},
+               whiskerprops={"color": PALETTE[0]}, capprops={"color": PALETTE[0]},
+               boxprops={"facecolor": PALETTE[0] + "55", "edgecolor": PALETTE[0]})
     ax.set_yticks(range(1, len(data) + 1), labels[::-1])
-    ax.set_xlabel("time to first token (s)" + (", log scale" if _spans_decades(sum(data, [])) else ""))
-    if _spans_decades(sum(data, [])):
+    log = _spans_decades([v for values in data for v in values])
+    if log:
         ax.set_xscale("log")
+    ax.set_xlabel("time to first token (s)" + (", log scale" if log else ""))
     ax.set_ylabel("model")
     ax.grid(axis="y", visible=False)
     from matplotlib.lines import Line2D
@@ -209,7 +197,6 @@ def _ttft_by_model(plt, sample: list[dict], order: list, group) -> "Figure":
                Line2D([], [], color=PALETTE[0], label="5th-95th percentile"),
                Line2D([], [], color=PALETTE[0], marker=".", linestyle="", label="beyond them")]
     _legend(fig, handles, f"{sum(len(d) for d in data):,} replies")
-    del parts
     return fig
 
 
@@ -251,7 +238,7 @@ def _ttft_vs_input(plt, sample: list[dict], order: list, group, colour_of: dict)
         ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
-    ax.set_xlabel("input tokens (prompt + history, tokens)" + (", log scale" if log_x else ""))
+    ax.set_xlabel("input tokens (prompt + history)" + (", log scale" if log_x else ""))
     ax.set_ylabel("time to first token (s)" + (", log scale" if log_y else ""))
     _legend(fig, handles, "model (dots: replies,\nline: median per size bin)")
     return fig
@@ -263,6 +250,14 @@ def _day_axis(ax) -> None:
     locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, show_offset=True))
+
+
+def _stacked_limits(ax) -> None:
+    """Stacked bars leave zero-height bars on top whose sticky bottom edges would pin the y limit to the
+    tallest stack (cutting it flush at the frame): ignore sticky edges, keep 0 as the floor."""
+    ax.use_sticky_edges = False
+    ax.autoscale_view()
+    ax.set_ylim(bottom=0)
 
 
 def _days(daily) -> list:
@@ -303,6 +298,8 @@ def _tokens_and_cost(plt, rows: list[dict], daily, order: list, group, colour_of
     from matplotlib.ticker import EngFormatter
 
     ax_tokens.yaxis.set_major_formatter(EngFormatter(sep=""))  # 1.5M, not an offset "1e6"
+    _stacked_limits(ax_tokens)
+    _stacked_limits(ax_cost)
     ax_tokens.set_ylabel("tokens (input + output)")
     ax_cost.set_ylabel("cost (USD)")
     ax_cost.set_xlabel("day (UTC)")
@@ -343,6 +340,7 @@ def _routes(plt, rows: list[dict], daily) -> "Figure":
             handles.append(ax.bar(days, counts[route], width=width, bottom=bottom, color=colour,
                                   label=ROUTE_LABELS[route]))
             bottom += counts[route]
+    _stacked_limits(ax)
     ax.set_ylabel("requests per day")
     ax.set_xlabel("day (UTC)")
     rate_ax = ax.twinx()

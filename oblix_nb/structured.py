@@ -24,20 +24,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .errors import OblixError
+from .errors import SchemaError, StructuredOutputError
 
-
-class SchemaError(OblixError, ValueError):
-    """A ``schema=`` that is not a JSON Schema dict, a pydantic model class or a valid concise spec."""
-
-
-class StructuredOutputError(OblixError, ValueError):
-    """A reply that is not JSON matching the schema. ``text`` is the reply; ``response`` execute()'s dict."""
-
-    def __init__(self, message: str, *, text: str = "", response: Optional[dict] = None):
-        super().__init__(message)
-        self.text = text
-        self.response = response
+__all__ = ["Schema", "SchemaError", "StructuredOutputError", "compile_schema", "parse_spec",
+           "schema_from_text", "extract_json"]
 
 
 _TYPE_WORDS = {

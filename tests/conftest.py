@@ -15,6 +15,13 @@ Fixtures
                    names, all SmolLM2-135M); ``POST .url + "/_control/fail"`` injects errors (529 etc.);
                    prompt prefixes of 32+ tokens are cacheable (``--cache-min-tokens 32``).
 ``tmp_home``       (function) an empty directory for ``OblixClient(home=...)``.
+``pg_server``      (session) a PostgreSQL server from Debian's packages in a temp folder on a free loopback port
+                   (``tests/pg.py``: ``.url``, ``.new_schema_url()``); stopped after the run. Skips with the reason
+                   when PostgreSQL or psycopg is not installed (``./dev test`` installs both).
+``pg_url``         (function) a URL on that server whose search_path is a fresh empty schema.
+``store_url``      (function, parametrised ``sqlite`` / ``postgresql``) the URL of an empty store on each engine.
+``store``          (function, parametrised) an open empty store on each engine: the store test suite
+                   (tests/test_sessions*.py) runs once per engine. ``tests/stores.py`` has engine-aware probes.
 ``no_external_network`` (session, autouse) every socket connect/connect_ex/sendto/create_connection to a
                    non-loopback address, and every DNS lookup of a non-local name, raises at once (nothing is
                    sent). Loopback (127.0.0.0/8, ::1) and AF_UNIX pass. Its value has ``.error`` (the exception
@@ -26,11 +33,15 @@ automatically, so ``pytest -m "not server"`` skips them without starting anythin
 from __future__ import annotations
 
 import ipaddress
+import os
+import sys
 import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/pg.py, tests/stores.py
 
 SERVER_FIXTURES = {"openai_server", "ollama_server", "anthropic_server"}
 
@@ -211,3 +222,50 @@ def tmp_home(tmp_path):
     home = tmp_path / "oblix_home"
     home.mkdir()
     return home
+
+
+# ------------------------------------------------------------------------------------------------ session stores
+# Every store test runs against both engines: the SQLite store and a real PostgreSQL server (Debian's
+# packages, started here in a temp folder on a free loopback port; see tests/pg.py).
+STORE_ENGINES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server for the whole run (``tests/pg.py``); skips with the reason if it cannot start."""
+    from pg import PostgresServer, find_bin
+
+    pytest.importorskip("psycopg", reason="psycopg 3 is not installed (pip install 'oblix-nb[postgres]')")
+    pytest.importorskip("psycopg_pool", reason="psycopg_pool is not installed (pip install 'oblix-nb[postgres]')")
+    bindir, why = find_bin()
+    if bindir is None:
+        pytest.skip(why)
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A PostgreSQL URL whose search_path is a fresh, empty schema (one per test)."""
+    return pg_server.new_schema_url()
+
+
+@pytest.fixture(params=STORE_ENGINES)
+def store_url(request, tmp_path):
+    """The URL of an empty store on each engine: ``sqlite:<tmp>/home/sessions.db`` or a fresh PG schema."""
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'home' / 'sessions.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(store_url):
+    """An empty session store, on each engine in turn (``store.engine`` says which)."""
+    from oblix_nb.sessions import open_store
+
+    s = open_store(store_url)
+    yield s
+    s.close()

@@ -464,3 +464,18 @@ def test_each_backend_turns_a_schema_into_its_own_constraint():
     local = LlamaCppBackend("smollm2-135m")
     grammar = local.structured_output(schema)["grammar"]
     assert "root" in grammar._grammar and local.structured_output(dict(schema))["grammar"] is grammar  # cached
+
+
+async def test_a_reply_that_cannot_be_stored_stays_in_the_result(client, monkeypatch):
+    hook(client, FakeBackend())
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(client.sessions, "append_messages", full_disk)
+    out = await client.map(["a", "b"], "{value}", progress=False)
+    assert out["response"].tolist() == ["echo: a", "echo: b"]
+    assert out["error"].str.startswith("reply not stored: OSError").all()
+    monkeypatch.undo()
+    again = await client.map(["a", "b"], "{value}", progress=False)
+    assert not again["cached"].any() and again["error"].isna().all()

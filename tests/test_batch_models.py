@@ -80,7 +80,7 @@ async def test_server_killed_mid_batch_rows_fall_back_to_the_embedded_model(clie
     try:
         await client.hook_model(ModelType.OPENAI, server.model, base_url=server.base_url, target="local")
         await client.hook_model(ModelType.LLAMACPP, "smollm2-135m")
-        rows = pd.DataFrame({"t": [f"Say the number {i}." for i in range(8)]}, index=[5, 5, 3, 3, 1, 1, 0, 0])
+        rows = pd.DataFrame({"t": [f"Say the number {i}." for i in range(16)]}, index=[i // 2 for i in range(16)])
         task = asyncio.ensure_future(client.map(rows, "{t}", max_tokens=8, concurrency=2, progress=False))
         while True:
             msgs = client.messages_df()
@@ -95,7 +95,7 @@ async def test_server_killed_mid_batch_rows_fall_back_to_the_embedded_model(clie
     served = set(out["model_id"])
     assert f"openai:{server.model}" in served and "llamacpp:smollm2-135m" in served
     # a row in flight when the server died either failed mid-reply (recorded) or fell back; none is lost
-    assert out["error"].isna().sum() >= 6
+    assert out["error"].isna().sum() >= len(rows) - 2
     assert (out["response"].notna() | out["error"].notna()).all()
     fell_back = out[out["model_id"] == "llamacpp:smollm2-135m"]
     assert (fell_back["error"].isna()).all()

@@ -342,7 +342,7 @@ def _run_script(tmp_path, code: str, env: dict) -> subprocess.CompletedProcess:
     script = tmp_path / "demo.py"
     script.write_text(code)
     return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=420)
+                          timeout=540)
 
 
 def _demo_session(home: Path) -> dict:
@@ -357,6 +357,8 @@ def _demo_session(home: Path) -> dict:
 
 
 @needs_model
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_readme_python_block_runs_as_pasted(tmp_path):
     code = readme_python_block()
     assert "asyncio.run(main())" in code and "await client.shutdown()" in code
@@ -370,6 +372,8 @@ def test_readme_python_block_runs_as_pasted(tmp_path):
 
 
 @needs_model
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_readme_python_block_with_its_optional_hooks_on_loopback(tmp_path, openai_server, ollama_server):
     """The optional hooks uncommented, pointed at the suite's loopback servers (the hosted-API one stays off)."""
     code = readme_python_block()

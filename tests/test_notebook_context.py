@@ -241,7 +241,9 @@ def _frames():
     mixed = pd.DataFrame({"num": [1.0, np.nan, 3.0], "text": ["a|b", "line\nbreak", None],
                           "when": pd.to_datetime(["2024-01-01", None, "2024-03-01"]), "flag": [True, False, True],
                           "cat": pd.Categorical(["u", "v", "u"]), "obj": [{"x": 1}, [1, 2], None]})
-    return {"empty": pd.DataFrame(), "no_rows": pd.DataFrame({"a": pd.Series([], dtype=float)}),
+    odd = pd.DataFrame([[1, "a", None, 1 + 2j, [1]], [2, "b", None, 3j, [2]]],
+                       columns=["x", "x", "allnan", "cplx", "lists"])  # duplicate names, unhashable values
+    return {"empty": pd.DataFrame(), "no_rows": pd.DataFrame({"a": pd.Series([], dtype=float)}), "odd": odd,
             "wide": wide, "multi": multi, "mixed": mixed, "series": mixed["num"],
             "dt_index": pd.DataFrame({"v": range(3)}, index=pd.date_range("2024", periods=3))}
 
@@ -264,6 +266,8 @@ def test_description_has_dtypes_missing_stats_and_rows():
     for piece in ("float64", "datetime64", "bool", "category", "1 (33.3%)", "| mean |", "| unique |",
                   "First 3 rows", "a\\|b", "line break"):
         assert piece in text, piece
+    odd = describe(_frames()["odd"], "odd", max_chars=6000)
+    assert "| lists | object | 0 |" in odd and "| [1] |" in odd and odd.count("\n| x |") == 2
     wide = describe(_frames()["wide"], "wide", max_chars=6000)
     assert "…and 260 more columns" in wide and "c299" not in wide.split("…and")[0]
 
@@ -491,6 +495,9 @@ def test_oblix_fix_sends_source_and_traceback_and_code_goes_to_a_new_cell(ip, mo
     assert "divisor = 0\nresult = 1 / divisor" in prompt and "ZeroDivisionError" in prompt
     assert f"In [{count(r_err)}]" in prompt
     assert nexts == [("result = 1 / 1", False)]
+    result, cap = run(ip, f"%%oblix\nAbout {{Err[{count(r_err) + 1}]}} and {{In[{count(r_err)}]}}")
+    assert result.success and f"{{Err[{count(r_err) + 1}]}}" in backend.seen[-1][-1]["content"]
+    assert "left as written" in cap.stderr and f"Err[{count(r_err) + 1}]" in cap.stderr
     result, _ = run(ip, f"%oblix_fix {count(r_err)}")
     assert result.success and len(nexts) == 1  # markdown: no new cell
     result, _ = run(ip, f"%oblix_fix {count(r_err) + 1}")

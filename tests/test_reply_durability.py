@@ -302,8 +302,8 @@ def test_kill_9_mid_stream_leaves_a_partial_checkpoint(tmp_path, gguf_path):
         assert reply["metrics"]["finish_reason"] == "interrupted"
         full = "".join(e["text"] for e in streamed)
         assert full.startswith(reply["content"])
-        # at most the last interval (plus scheduling slack) was lost
-        older = "".join(e["text"] for e in streamed if e["t"] < killed_at - interval - 0.5)
+        # at most the last interval was lost (plus 1 s of slack for a loaded machine's scheduling)
+        older = "".join(e["text"] for e in streamed if e["t"] < killed_at - interval - 1.0)
         assert reply["content"].startswith(older) and len(reply["content"]) >= len(older)
         history = client.sessions.history(session["id"])
         assert history[-1]["partial"] is True

@@ -58,8 +58,9 @@ SUMMARY_KEYS = ["id", "title", "created_at", "updated_at", "message_count", "met
 
 
 @pytest.fixture
-def client(tmp_path):
-    c = OblixClient(home=tmp_path / "home")
+def client(tmp_path, store_url):
+    """A client on each store engine (conftest's ``store_url``: SQLite, then PostgreSQL)."""
+    c = OblixClient(home=tmp_path / "home", database_url=store_url)
     yield c
     c.sessions.close()
 

@@ -1,11 +1,11 @@
 """The database itself: WAL and pragmas, numbered migrations, several processes and threads at once."""
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 import threading
 
 import pytest
+from stores import run_processes
 
 from oblix_nb.sessions import SessionStore
 from oblix_nb.sessions import migrations
@@ -33,17 +33,6 @@ def _open_worker(path: str, worker: int) -> None:
         store.close()
 
 
-def _run_processes(target, args_list) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    processes = [ctx.Process(target=target, args=args) for args in args_list]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(timeout=240)
-    for p in processes:
-        if p.is_alive():
-            p.kill()
-    assert [p.exitcode for p in processes] == [0] * len(processes)
 
 
 # ---------------------------------------------------------------------------------------------- pragmas
@@ -140,7 +129,7 @@ def test_a_failed_migration_leaves_the_database_unmigrated(db_path, monkeypatch)
 
 
 def test_processes_opening_a_new_database_at_once_migrate_it_once(db_path):
-    _run_processes(_open_worker, [(str(db_path), w) for w in range(4)])
+    run_processes(_open_worker, [(str(db_path), w) for w in range(4)])
 
     store = SessionStore(db_path)
     try:
@@ -157,7 +146,7 @@ def test_four_processes_append_to_one_session(db_path):
     session_id = store.create(title="shared")
     store.close()
 
-    _run_processes(_append_worker, [(str(db_path), session_id, w, 250) for w in range(4)])
+    run_processes(_append_worker, [(str(db_path), session_id, w, 250) for w in range(4)])
 
     store = SessionStore(db_path)
     try:

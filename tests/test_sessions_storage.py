@@ -154,6 +154,16 @@ def test_read_only_home_can_be_read_but_not_written(tmp_path, leftover_wal):
             client.sessions.close()
 
 
+def test_empty_read_only_home_names_the_database_and_the_cause(tmp_path):
+    with tmpfs(tmp_path / "home", size="1m") as home:
+        remount_read_only(home)
+        with pytest.raises(StorageError) as info:
+            OblixClient(home=home)
+        assert str(home / "sessions.db") in str(info.value) and "read-only file system" in str(info.value)
+        with pytest.raises(StorageError, match="(?i)read-only file system"):
+            OblixClient(home=home / "sub")  # a folder that cannot be created there
+
+
 def test_unwritable_path_names_the_database_and_the_cause(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

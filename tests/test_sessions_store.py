@@ -1,21 +1,16 @@
-"""SessionStore semantics: listing and filters, metadata, messages, history, search, copy, merge, id checks."""
+"""Session store semantics: listing and filters, metadata, messages, history, search, copy, merge, id checks.
+
+Each test runs on both engines (the ``store`` fixture in conftest.py: SQLite and PostgreSQL).
+"""
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 
 import pytest
+from stores import plan, row_counts, statements_during, tables_read_during
 
 from oblix_nb.errors import InvalidSessionIdError, SessionNotFoundError
-from oblix_nb.sessions import SessionStore
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = SessionStore(tmp_path / "db" / "sessions.db")
-    yield s
-    s.close()
 
 
 def write_session(path, session_id, updated_at, title="t", messages=(), **extra):
@@ -23,34 +18,6 @@ def write_session(path, session_id, updated_at, title="t", messages=(), **extra)
            "updated_at": updated_at, "messages": list(messages), "context": {}, "metadata": {}, **extra}
     path.write_text(json.dumps(doc), encoding="utf-8")
     return path
-
-
-def statements_during(store, action):
-    """The SQL statements ``action()`` runs on the store's connection."""
-    seen: list[str] = []
-    store._conn.set_trace_callback(seen.append)
-    try:
-        action()
-    finally:
-        store._conn.set_trace_callback(None)
-    return seen
-
-
-def tables_read_during(store, action):
-    """Tables ``action()`` reads, as reported by SQLite's authorizer on the store's connection."""
-    read: set[str] = set()
-
-    def authorizer(code, arg1, arg2, db_name, trigger):
-        if code == sqlite3.SQLITE_READ:
-            read.add(arg1)
-        return sqlite3.SQLITE_OK
-
-    store._conn.set_authorizer(authorizer)
-    try:
-        action()
-    finally:
-        store._conn.set_authorizer(None)
-    return read
 
 
 # ---------------------------------------------------------------------------------------------- listing
@@ -136,13 +103,16 @@ def test_filter_metadata_rejects_non_dicts(store):
 
 def test_filter_metadata_uses_the_index(store):
     store.create(metadata={"project": "p1"})
-    plan = " ".join(row[-1] for row in store._conn.execute(
-        "EXPLAIN QUERY PLAN SELECT seq FROM sessions WHERE seq IN "
-        "(SELECT session_seq FROM session_meta WHERE key = ? AND value = ?)", ("project", '"p1"')))
-    assert "session_meta_by_value" in plan
-
+    if store.engine == "sqlite":
+        assert "session_meta_by_value" in plan(store, "SELECT seq FROM sessions WHERE seq IN "
+                                                      "(SELECT session_seq FROM session_meta WHERE key = ? AND value = ?)",
+                                               ("project", '"p1"'))
+        index = "session_meta"
+    else:  # the GIN index on the JSONB column serves containment
+        assert "sessions_meta" in plan(store, "SELECT seq FROM sessions WHERE meta @> ?::jsonb", ('{"project":"p1"}',))
+        index = "meta @>"
     statements = statements_during(store, lambda: store.summaries(filter_metadata={"project": "p1"}))
-    assert any("session_meta" in s for s in statements)
+    assert any(index in s for s in statements)
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -298,12 +268,17 @@ def test_append_message_is_one_insert_and_one_session_update(store):
 
     statements = statements_during(store, lambda: store.append_message(session_id, "user", "one more"))
 
-    # The stats triggers' steps (migration 2) are traced as repeats of the statement that fired them.
-    writes = list(dict.fromkeys(s for s in statements
-                                if s.split()[0].upper() in ("INSERT", "UPDATE", "DELETE", "REPLACE")))
-    assert len(writes) == 2, writes
-    assert writes[0].startswith("UPDATE sessions SET updated_at")
-    assert writes[1].startswith("INSERT INTO messages")
+    if store.engine == "sqlite":
+        # The stats triggers' steps (migration 3) are traced as repeats of the statement that fired them.
+        writes = list(dict.fromkeys(s for s in statements
+                                    if s.split()[0].upper() in ("INSERT", "UPDATE", "DELETE", "REPLACE")))
+        assert len(writes) == 2, writes
+        assert writes[0].startswith("UPDATE sessions SET updated_at")
+        assert writes[1].startswith("INSERT INTO messages")
+    else:  # one statement, one round trip: the session row's UPDATE feeds the INSERT (a CTE)
+        assert len(statements) == 1, statements
+        assert statements[0].startswith("WITH s AS (UPDATE sessions SET updated_at")
+        assert "INSERT INTO messages" in statements[0]
     assert store.summaries()[0]["message_count"] == 6
 
 
@@ -360,9 +335,8 @@ def test_history_returns_newest_in_chronological_order(store):
 
 
 def test_history_reads_only_the_newest_rows_through_the_index(store):
-    plan = " | ".join(row[-1] for row in store._conn.execute(
-        "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE session_seq = ? ORDER BY seq DESC LIMIT ?", (1, 5)))
-    assert "messages_by_session" in plan and "TEMP B-TREE" not in plan
+    text = plan(store, "SELECT id FROM messages WHERE session_seq = ? ORDER BY seq DESC LIMIT ?", (1, 5))
+    assert "messages_by_session" in text and "TEMP B-TREE" not in text and "Sort" not in text
 
 
 def test_delete_removes_messages_and_index_rows(store):
@@ -374,9 +348,7 @@ def test_delete_removes_messages_and_index_rows(store):
     assert store.delete(gone) is True
 
     assert store.exists(gone) is False and store.exists(keep) is True
-    counts = {table: store._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-              for table in ("sessions", "messages", "session_meta")}
-    assert counts == {"sessions": 1, "messages": 3, "session_meta": 1}
+    assert row_counts(store) == {"sessions": 1, "messages": 3, "session_meta": 1}
     assert [s["id"] for s in store.summaries(filter_metadata={"k": "v"})] == [keep]
     assert [hit["id"] for hit in store.search("shared")] == [keep]
 
@@ -448,8 +420,9 @@ def test_search_sees_new_writes_and_deletes(store):
     assert [r["id"] for r in store.search("zebra")] == [second]
     assert [r["id"] for r in store.search("yak")] == [second]
     assert store.search("alpha") == []
-    for table in ("messages_fts", "titles_fts"):
-        store._conn.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")
+    if store.engine == "sqlite":
+        for table in ("messages_fts", "titles_fts"):
+            store._conn.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")
 
 
 def test_search_limit(store):
@@ -536,7 +509,7 @@ def test_merge_keeps_the_original_source_of_merged_messages(store):
 def test_merge_unknown_or_empty_creates_nothing(store):
     a = _session_with(store, "A", ["2024-01-01T10:00:00Z"])
     before = store.summaries(limit=None)
-    messages_before = store._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    messages_before = row_counts(store)["messages"]
 
     with pytest.raises(SessionNotFoundError):
         store.merge([a, str(uuid.uuid4())])
@@ -546,11 +519,10 @@ def test_merge_unknown_or_empty_creates_nothing(store):
         store.merge(a)
 
     assert store.summaries(limit=None) == before
-    assert store._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == messages_before
+    assert row_counts(store)["messages"] == messages_before
 
 
-def test_count_and_model_counts(tmp_path):
-    store = SessionStore(tmp_path / "s.db")
+def test_count_and_model_counts(store):
     a = store.create(metadata={"p": 1})
     b = store.create(metadata={"p": "1"})
     store.append_message(a, "user", "q")
@@ -562,6 +534,96 @@ def test_count_and_model_counts(tmp_path):
     assert store.count(filter_metadata={"p": 2}) == 0
     assert store.model_counts([a, b]) == {a: {"openai:x": 2, "llamacpp:y": 1}, b: {}}
     assert store.model_counts([]) == {}
+
+
+# ---------------------------------------------------------------------------------------------- authors (teams)
+def test_sessions_and_messages_record_their_author(store_url, monkeypatch):
+    from oblix_nb.sessions import open_store
+
+    monkeypatch.setenv("OBLIX_USER", "ana")
+    ana = open_store(store_url)
+    bob = open_store(store_url, author="bob")
+    try:
+        assert (ana.author, bob.author) == ("ana", "bob")
+        mine = ana.create(title="ana's")
+        theirs = bob.create(title="bob's")
+        ana.append_message(theirs, "user", "ana writes in bob's session")
+        bob.append_messages(theirs, [{"role": "assistant", "content": "bob answers"}])
+
+        assert [s["id"] for s in ana.summaries(author="ana")] == [mine]
+        assert [s["id"] for s in ana.summaries(author="bob")] == [theirs]
+        assert ana.summaries(author="nobody") == [] and ana.count(author="bob") == 1
+        assert {s["id"]: s["author"] for s in bob.summaries(with_author=True)} == {mine: "ana", theirs: "bob"}
+        assert "author" not in ana.summaries()[0]  # the reference summary keys are unchanged
+        assert "author" not in ana.get(theirs)["messages"][0]  # and so is the session JSON
+        rows = ana.message_rows([theirs])
+        assert [(r[4], r[-1]) for r in rows] == [("ana writes in bob's session", "ana"), ("bob answers", "bob")]
+        assert [r[4] for r in ana.message_rows(author="bob")] == ["bob answers"]
+        copy_id = bob.copy(theirs)  # a copy is bob's session; its messages keep who wrote them
+        assert ana.summaries(author="bob", limit=1)[0]["id"] == copy_id
+        assert [r[-1] for r in ana.message_rows([copy_id])] == ["ana", "bob"]
+        with pytest.raises(TypeError):
+            ana.summaries(author=3)
+    finally:
+        ana.close()
+        bob.close()
+
+
+def test_author_defaults_to_the_os_user(store_url, monkeypatch):
+    import getpass
+
+    from oblix_nb.sessions import open_store
+
+    monkeypatch.delenv("OBLIX_USER", raising=False)
+    s = open_store(store_url)
+    try:
+        assert s.author == getpass.getuser()
+        sid = s.create()
+        assert s.summaries(author=getpass.getuser())[0]["id"] == sid
+    finally:
+        s.close()
+
+
+def test_client_filters_by_author_in_lists_and_dataframes(store_url, tmp_path, monkeypatch):
+    pytest.importorskip("pandas")
+    from oblix_nb import OblixClient
+
+    monkeypatch.setenv("OBLIX_DATABASE_URL", store_url)
+    ana = OblixClient(home=tmp_path / "ana", author="ana")
+    bob = OblixClient(home=tmp_path / "bob", author="bob")
+    try:
+        assert ana.sessions.url == bob.sessions.url  # one shared store, selected by the environment
+        a = ana.sessions.create(title="a")
+        b = bob.sessions.create(title="b")
+        ana.append_message(b, "user", "hello bob")
+        assert [s["id"] for s in bob.list_sessions(author="ana")] == [a]
+        frame = bob.sessions_df(author="bob")
+        assert frame["session_id"].tolist() == [b] and frame["author"].tolist() == ["bob"]
+        assert set(bob.sessions_df()["author"]) == {"ana", "bob"}
+        messages = bob.messages_df(author="ana")
+        assert messages["content"].tolist() == ["hello bob"] and messages["author"].tolist() == ["ana"]
+    finally:
+        ana.sessions.close()
+        bob.sessions.close()
+
+
+def test_upsert_message_updates_a_checkpoint_in_place(store):
+    session_id = store.create()
+    store.append_message(session_id, "user", "question")
+    store.upsert_message(session_id, "assistant", "par", id="r1", partial=True)
+    store.upsert_message(session_id, "assistant", "partial\x00 reply", id="r1", partial=True)
+    store.append_message(session_id, "user", "next")
+    final = store.upsert_message(session_id, "assistant", "partial reply, finished", id="r1", model_id="m")
+
+    messages = store.messages(session_id)
+    assert [m["content"] for m in messages] == ["question", "partial reply, finished", "next"]
+    assert messages[1] == final and "partial" not in final
+    assert store.summaries()[0]["message_count"] == 3
+    assert [r["id"] for r in store.search("finished")] == [session_id]
+    with pytest.raises(TypeError):
+        store.upsert_message(session_id, "assistant", "x")
+    with pytest.raises(SessionNotFoundError):
+        store.upsert_message(str(uuid.uuid4()), "assistant", "x", id="r2")
 
 
 # ---------------------------------------------------------------- for the widgets: sort, title filter, one summary
@@ -592,12 +654,14 @@ def test_summaries_sort_orders_and_title_filter(store):
 
 
 def test_change_token(store, tmp_path):
+    from oblix_nb.sessions import open_store
+
     token = store.change_token()
     assert store.change_token() == token
     sid = store.create(title="x")
     assert store.change_token() != token
     token = store.change_token()
-    other = SessionStore(store.path)
+    other = open_store(store.url)
     try:
         assert store.change_token() == token      # opening another connection writes nothing
         other.append_message(sid, "user", "hi")
@@ -608,3 +672,46 @@ def test_change_token(store, tmp_path):
     with pytest.raises(Exception):
         store.append_message(str(uuid.uuid4()), "user", "no such session")
     assert store.change_token() == token          # a failed write commits nothing
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def test_settings_round_trip(store):
+    assert store.get_setting("alias:fast", "none") == "none"
+    store.set_setting("alias:fast", "openai:smollm2")
+    store.set_setting("alias:deep", {"model": "x", "n": [1, 2.5, None]})
+    store.set_setting("budget:\"q\\\x00", 3)
+    assert store.get_setting("alias:fast") == "openai:smollm2"
+    assert store.settings("alias:") == {"alias:deep": {"model": "x", "n": [1, 2.5, None]},
+                                        "alias:fast": "openai:smollm2"}
+    assert store.get_setting("budget:\"q\\\x00") == 3 and "budget:\"q\\\x00" in store.settings()
+    assert store.delete_setting("alias:fast") is True and store.delete_setting("alias:fast") is False
+    with pytest.raises(TypeError):
+        store.set_setting("k", object())
+
+
+def test_settings_are_per_user_in_a_shared_postgres_store(pg_url):
+    from oblix_nb.sessions import open_store
+
+    ana, bob = open_store(pg_url, author="ana"), open_store(pg_url, author="bob")
+    try:
+        ana.set_setting("price:openai:gpt", {"in": 1.0})
+        assert bob.get_setting("price:openai:gpt") is None and bob.settings() == {}
+        bob.set_setting("price:openai:gpt", {"in": 9.0})
+        assert ana.get_setting("price:openai:gpt") == {"in": 1.0}
+    finally:
+        ana.close()
+        bob.close()
+
+
+def test_default_listing_reads_the_newest_rows_through_the_index(store):
+    if store.engine == "sqlite":
+        text = plan(store, "SELECT id FROM sessions ORDER BY updated_at DESC, seq DESC LIMIT 50")
+        assert "sessions_by_updated" in text and "TEMP B-TREE" not in text
+        return
+    seen = statements_during(store, lambda: store.summaries(limit=50))
+    listing = next(s for s in seen if "ORDER BY" in s)
+    text = plan(store, listing.replace("%s", "?"), (50, 0))
+    assert "sessions_by_updated" in text and "Sort" not in text, text
+    seen = statements_during(store, lambda: store.summaries(limit=50, author="ana"))
+    text = plan(store, next(s for s in seen if "ORDER BY" in s).replace("%s", "?"), ("ana", 50, 0))
+    assert "sessions_by_author" in text and "Sort" not in text, text

@@ -12,6 +12,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from stores import row_counts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,18 +23,9 @@ from oblix_nb.sessions.validate import MAX_JSON_DEPTH, SQL_INT_MAX
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = SessionStore(tmp_path / "sessions.db")
-    yield s
-    s.close()
-
-
 def snapshot(store: SessionStore) -> dict:
     """Everything a user can see, plus the raw row counts: equal snapshots mean nothing changed."""
-    with store._read() as conn:
-        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                  for t in ("sessions", "messages", "session_meta")}
+    counts = row_counts(store)
     return {"counts": counts, "summaries": store.summaries(limit=None),
             "sessions": [store.get(s["id"]) for s in store.summaries(limit=None)]}
 
@@ -504,15 +496,17 @@ def test_nul_and_other_control_characters_are_ordinary_text(store, tmp_path):
 
 
 def test_sqlite_never_sees_invalid_input(store, monkeypatch):
-    """The checks run before SQL: a refused call does not even start a write transaction."""
+    """The checks run before SQL: a refused call does not even start a write transaction (PostgreSQL: does
+    not even take a connection)."""
     sid = seeded(store)
     writes = []
-    real = store._write
+    entry = "_write" if store.engine == "sqlite" else "_conn"
+    real = getattr(store, entry)
 
     def spy():
         writes.append(1)
         return real()
-    monkeypatch.setattr(store, "_write", spy)
+    monkeypatch.setattr(store, entry, spy)
     for call in (lambda: store.create(metadata={"x": circular_list()}),
                  lambda: store.append_message(sid, "user", "\ud800"),
                  lambda: store.update_metadata(sid, {"d": deep(500)})):

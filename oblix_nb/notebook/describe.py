@@ -169,14 +169,9 @@ def _describe_pandas(value, label: str, kind: str, rows: int, max_cols: int, sta
             missing = (missing * (n_rows / max(len(sample), 1))).round().astype("int64")
     except Exception:  # noqa: BLE001
         missing = None
-    summary = None
-    if stats and n_rows and shown.shape[1]:
-        try:
-            summary = sample.describe(include="all").T
-        except Exception:  # noqa: BLE001 - e.g. unhashable objects in a column
-            summary = None
+    summary = _statistics(sample) if stats and n_rows and shown.shape[1] else None
     stat_names = [s for s in ("mean", "std", "min", "25%", "50%", "75%", "max", "unique", "top", "freq")
-                  if summary is not None and s in summary.columns]
+                  if summary is not None and any(s in column for column in summary)]
     header = ["column", "dtype", "missing"] + stat_names
     table_rows = []
     for position, column in enumerate(shown.columns):
@@ -188,7 +183,7 @@ def _describe_pandas(value, label: str, kind: str, rows: int, max_cols: int, sta
                 miss += f" ({count / n_rows:.1%})"
         row = [column, str(shown.dtypes.iloc[position]), miss]
         for s in stat_names:
-            cell = summary.iloc[position][s] if summary is not None else None
+            cell = summary[position].get(s) if summary is not None else None
             row.append("" if cell is None or (not isinstance(cell, str) and pd.isna(cell)) else cell)
         table_rows.append(row)
     if table_rows:
@@ -208,6 +203,28 @@ def _describe_pandas(value, label: str, kind: str, rows: int, max_cols: int, sta
             ["(index)"] + [str(c) for c in first.columns],
             [[idx] + list(values) for idx, values in zip(first.index, first.itertuples(index=False, name=None))]))
     return "\n\n".join(parts)
+
+
+def _statistics(sample) -> Optional[list[dict]]:
+    """``describe()`` of each column (by position) as dicts; a column that cannot be described as is (e.g.
+    lists, which are unhashable) is described by its values' reprs; None if nothing can be."""
+    try:
+        summary = sample.describe(include="all").T
+        if len(summary) == sample.shape[1]:
+            return [summary.iloc[i].to_dict() for i in range(len(summary))]
+    except Exception:  # noqa: BLE001 - fall back to one column at a time
+        pass
+    out: list[dict] = []
+    for position in range(sample.shape[1]):
+        column = sample.iloc[:, position]
+        try:
+            out.append(column.describe().to_dict())
+        except Exception:  # noqa: BLE001
+            try:
+                out.append(column.map(repr).describe().to_dict())
+            except Exception:  # noqa: BLE001
+                out.append({})
+    return out if any(out) else None
 
 
 def _describe_dask(value, label: str, rows: int, max_cols: int) -> str:

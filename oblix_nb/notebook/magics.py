@@ -564,9 +564,7 @@ class OblixMagics(Magics):
             raise UsageError(f"invalid session id {text!r}: ids are letters, digits, '-' and '_'")
         if client.sessions.exists(text):
             return text
-        with client.sessions._read() as conn:
-            rows = conn.execute("SELECT id, title FROM sessions WHERE substr(id, 1, ?) = ? "
-                                "ORDER BY updated_at DESC LIMIT 6", (len(text), text)).fetchall()
+        rows = client.sessions.ids_with_prefix(text, limit=6)
         if not rows:
             raise UsageError(f"no session with id or prefix {text!r} (see %oblix_session list)")
         if len(rows) > 1:
@@ -577,9 +575,7 @@ class OblixMagics(Magics):
 
     def _describe(self, session_id: str, counts: bool = True) -> str:
         try:
-            with self.client.sessions._read() as conn:
-                row = conn.execute("SELECT title, message_count FROM sessions WHERE id = ?",
-                                   (session_id,)).fetchone()
+            row = self.client.sessions.brief(session_id)
         except Exception:  # noqa: BLE001 - only a description
             row = None
         if row is None:
@@ -803,8 +799,11 @@ class OblixMagics(Magics):
         command = args.command or "list"
         try:
             if command == "list":
-                return model_table(client, self.default_model or self._stored_default(client),
-                                   timeout=getattr(args, "timeout", 3.0))
+                table = model_table(client, self.default_model or self._stored_default(client),
+                                    timeout=getattr(args, "timeout", 3.0))
+                if not client.models:
+                    print("no model is hooked yet (%%oblix hooks the embedded one on first use)", file=sys.stderr)
+                return table
             if command == "alias":
                 if args.name is None:
                     return client.model_aliases()
@@ -906,11 +905,16 @@ class OblixMagics(Magics):
         from .references import UnknownReference, build_prompt
 
         try:
-            return build_prompt(template, self.shell, context=args.context,
-                                budget_chars=self._context_budget(client, model_id, args.max_tokens))
+            prompt = build_prompt(template, self.shell, context=args.context,
+                                  budget_chars=self._context_budget(client, model_id, args.max_tokens))
         except UnknownReference as exc:
             raise UsageError(f"{prog} --context: {exc.args[0]!r} is not a variable or a reference "
                              f"(In[N], Out[N], Err[N], name.attr, name[key])") from None
+        missing = [ref for ref in prompt.unresolved if re.match(r"(In|Out|Err)\[-?\d+\]", ref)]
+        if missing:  # other unknown braces are code or JSON; a cell reference that finds nothing is a slip
+            print(f"{prog}: left as written (no such cell, result or error): "
+                  + ", ".join("{" + ref + "}" for ref in missing), file=sys.stderr)
+        return prompt
 
     def _ask(self, client, prompt: str, args, model_id: Optional[str], *, fmt: str = "markdown",
              schema: Any = None):

@@ -1,7 +1,7 @@
-"""Sessions and messages as pandas DataFrames, read straight from the SQLite store (pandas imported on call).
+"""Sessions and messages as pandas DataFrames, read straight from the store (pandas imported on call).
 
-``messages_df`` does the per-message JSON work inside SQLite (``json_extract`` on the metrics/routing
-columns) and builds each column once with its final dtype, so 100,000 messages take a fraction of a second
+``messages_df`` has the engine do the per-message JSON work (SQLite's ``json_extract``, PostgreSQL's ``->>``
+on the metrics/routing columns: see each store's ``message_rows``) and builds each column once with its final dtype, so 100,000 messages take a fraction of a second
 (see ``bench/frames.py``); nothing is materialised as per-message dicts.
 
 Dtypes: timestamps are UTC datetimes; ``role``, ``model_id``, ``route_target``, ``session_id`` and
@@ -13,37 +13,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Optional, Union
 
-from .._util import check_session_id
-from ..errors import SessionNotFoundError
-
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from .store import SessionStore
 
-SESSION_COLUMNS = ["session_id", "title", "created_at", "updated_at", "message_count", "cost_usd"]
+SESSION_COLUMNS = ["session_id", "title", "created_at", "updated_at", "message_count", "author", "cost_usd"]
 
-# (column, SQL expression) in DataFrame column order.
-_MESSAGE_SELECT = [
-    ("session_id", "s.id"),
-    ("session_title", "s.title"),
-    ("message_id", "m.id"),
-    ("role", "m.role"),
-    ("content", "m.content"),
-    ("timestamp", "m.timestamp"),
-    ("model_id", "m.model_id"),
-    ("route_target", "json_extract(m.routing, '$.target')"),
-    ("time_to_first_token", "json_extract(m.metrics, '$.time_to_first_token')"),
-    ("tokens_per_second", "json_extract(m.metrics, '$.tokens_per_second')"),
-    ("total_latency", "json_extract(m.metrics, '$.total_latency')"),
-    ("input_tokens", "json_extract(m.metrics, '$.input_tokens')"),
-    ("output_tokens", "json_extract(m.metrics, '$.output_tokens')"),
-    ("cost_usd", "json_extract(m.metrics, '$.cost_usd')"),
-    ("partial", "m.partial"),
-    ("request_id", "m.request_id"),
-]
-MESSAGE_COLUMNS = [name for name, _ in _MESSAGE_SELECT]
-_CATEGORICAL = ("session_id", "session_title", "role", "model_id", "route_target")
+# messages_df's columns; each engine's ``message_rows`` returns rows in this order.
+MESSAGE_COLUMNS = ["session_id", "session_title", "message_id", "role", "content", "timestamp", "model_id",
+                   "route_target", "time_to_first_token", "tokens_per_second", "total_latency", "input_tokens",
+                   "output_tokens", "cost_usd", "partial", "request_id", "author"]
+_CATEGORICAL = ("session_id", "session_title", "role", "model_id", "route_target", "author")
 _FLOATS = ("time_to_first_token", "tokens_per_second", "total_latency")
 _INTS = ("input_tokens", "output_tokens")
 _NULLABLE_FLOATS = ("cost_usd",)  # NA (unknown) stays distinct from 0.0 (free)
@@ -56,44 +37,21 @@ def _utc(values):
     return pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601", utc=True)
 
 
-def _ids(session_ids: Union[str, Iterable[str], None]) -> Optional[list[str]]:
-    if session_ids is None:
-        return None
-    if isinstance(session_ids, str):
-        session_ids = [session_ids]
-    ids = list(dict.fromkeys(session_ids))
-    for session_id in ids:
-        check_session_id(session_id)
-    return ids
-
-
-def messages_df(store: "SessionStore", session_ids: Union[str, Iterable[str], None] = None) -> "pd.DataFrame":
-    """One row per message (all sessions, or ``session_ids``), sessions in creation order, messages in
-    conversation order. Unknown ids raise SessionNotFoundError.
+def messages_df(store: "SessionStore", session_ids: Union[str, Iterable[str], None] = None,
+                author: Optional[str] = None) -> "pd.DataFrame":
+    """One row per message (all sessions, or ``session_ids``; only ``author``'s messages if given), sessions
+    in creation order, messages in conversation order. Unknown ids raise SessionNotFoundError.
 
     Columns: session_id, session_title, message_id, role, content, timestamp, model_id, route_target,
     time_to_first_token, tokens_per_second, total_latency, input_tokens, output_tokens, cost_usd, partial,
-    request_id.
+    request_id, author.
     """
     import numpy as np
     import pandas as pd
 
-    ids = _ids(session_ids)
-    select = ", ".join(expr for _, expr in _MESSAGE_SELECT)
-    sql = f"SELECT {select} FROM messages AS m JOIN sessions AS s ON s.seq = m.session_seq"
-    params: list = []
-    with store._read() as conn:
-        if ids is not None:
-            found = {row[0] for row in conn.execute(
-                f"SELECT id FROM sessions WHERE id IN ({', '.join('?' * len(ids))})", ids)} if ids else set()
-            missing = [i for i in ids if i not in found]
-            if missing:
-                raise SessionNotFoundError(missing[0])
-            sql += f" WHERE s.id IN ({', '.join('?' * len(ids))})" if ids else " WHERE 0"
-            params = ids
-        sql += " ORDER BY m.session_seq, m.seq"
-        rows = conn.execute(sql, params).fetchall()
-
+    if isinstance(session_ids, str):
+        session_ids = [session_ids]
+    rows = store.message_rows(None if session_ids is None else list(session_ids), author=author)
     columns = list(zip(*rows)) if rows else [()] * len(MESSAGE_COLUMNS)
     data = {}
     for name, values in zip(MESSAGE_COLUMNS, columns):
@@ -136,26 +94,29 @@ def _int64_array(values):
 
 
 def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metadata: Optional[dict] = None,
-                offset: int = 0) -> "pd.DataFrame":
+                offset: int = 0, author: Optional[str] = None) -> "pd.DataFrame":
     """One row per session, most recently updated first (as ``list_sessions``), metadata keys expanded to
-    columns (named after the key; ``meta_<key>`` if the key clashes with a base column).
+    columns (named after the key; ``meta_<key>`` if the key clashes with a base column). ``author`` keeps
+    the sessions that user created.
 
-    Base columns: session_id, title, created_at, updated_at (UTC datetimes), message_count (Int64), cost_usd
-    (Float64: the sum of its replies' known ``metrics.cost_usd``; NA when none is known).
+    Base columns: session_id, title, created_at, updated_at (UTC datetimes), message_count (Int64), author,
+    cost_usd (Float64: the sum of its replies' known ``metrics.cost_usd``; NA when none is known).
     Metadata columns get pandas' nullable dtypes where the values allow (Int64, Float64, boolean, string);
     lists and dicts stay objects.
     """
     import pandas as pd
 
-    summaries = store.summaries(limit=limit, filter_metadata=filter_metadata, offset=offset)
+    summaries = store.summaries(limit=limit, filter_metadata=filter_metadata, offset=offset, author=author,
+                                with_author=True)
     data: dict = {
         "session_id": pd.array([s["id"] for s in summaries], dtype="str"),
         "title": pd.array([s["title"] for s in summaries], dtype="str"),
         "created_at": _utc([s["created_at"] for s in summaries]).array,
         "updated_at": _utc([s["updated_at"] for s in summaries]).array,
         "message_count": pd.array([s["message_count"] for s in summaries], dtype="Int64"),
+        "author": pd.array([s["author"] for s in summaries], dtype="str"),
     }
-    costs = session_costs(store, [s["id"] for s in summaries])
+    costs = store.session_costs([s["id"] for s in summaries])
     data["cost_usd"] = pd.array([costs.get(s["id"]) for s in summaries], dtype="Float64")
     keys: dict[str, None] = {}
     for s in summaries:
@@ -165,20 +126,6 @@ def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metad
         values = [s["metadata"].get(key) for s in summaries]
         data[column] = _meta_column(values)
     return pd.DataFrame(data)
-
-
-def session_costs(store: "SessionStore", session_ids: list[str]) -> dict:
-    """``{session_id: sum of its replies' known cost_usd}`` (sessions without any known cost are absent)."""
-    out: dict = {}
-    with store._read() as conn:
-        for start in range(0, len(session_ids), 500):  # stay under SQLite's variable limit
-            chunk = session_ids[start:start + 500]
-            out.update(conn.execute(
-                f"SELECT s.id, SUM(json_extract(m.metrics, '$.cost_usd')) FROM sessions AS s "
-                f"JOIN messages AS m ON m.session_seq = s.seq "
-                f"WHERE s.id IN ({', '.join('?' * len(chunk))}) AND m.role = 'assistant' AND m.metrics IS NOT NULL "
-                f"GROUP BY s.id HAVING count(json_extract(m.metrics, '$.cost_usd')) > 0", chunk).fetchall())
-    return out
 
 
 def _meta_column(values: list):

@@ -21,9 +21,9 @@ Schema (version 1):
   ``sessions.metadata``.
 - ``messages_fts`` / ``titles_fts``: FTS5 indexes over message text and session titles (external content,
   so the text is stored once). They are brought up to date in batches rather than per write: ``fts_progress``
-  records the last ``seq`` indexed in each, and the store indexes the newer rows (one INSERT ... SELECT)
-  before every search, so a search always sees every committed message while appends and creates never pay
-  for an FTS5 segment per commit. Triggers remove (and re-index) rows at or below the mark on DELETE (and
+  records the last ``seq`` indexed in each, and the store indexes the newer rows (INSERT ... SELECT, in
+  chunks) in a background pass shortly after writes, and what is left before a search, so appends and creates
+  never pay for an FTS5 segment per commit and a search never pays for a large backlog. Triggers remove (and re-index) rows at or below the mark on DELETE (and
   UPDATE). Whoever deletes rows must then lower the mark to the highest remaining ``seq`` (the store's
   ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
 
@@ -51,7 +51,10 @@ parsing every message's JSON (``json_extract`` over a million messages takes sec
   it streams costs nothing extra) and on DELETE (session deletes cascade into them); whoever deletes
   messages lowers the mark afterwards (:data:`STATS_LOWER_MARK`), as for FTS.
 
-Version 4 (costs): ``usage_log``, one row per model reply (finished, or cut short: ``partial``), whether or not it
+Version 4 (teams): ``sessions.author`` and ``messages.author``, who wrote the row (``OBLIX_USER``, else the
+OS user); NULL for rows written before. ``sessions_by_author`` serves ``list_sessions(author=...)``.
+
+Version 5 (costs): ``usage_log``, one row per model reply (finished, or cut short: ``partial``), whether or not it
 was stored in a session: when, which session and request, model and route target, token counts (cached parts
 apart), ``cost_usd`` (exact, NULL when unknown) and ``cost_estimate_usd`` (when only an estimate exists). Budgets
 sum it (their limits and user prices are ``budget:<per>`` / ``price:<model>`` settings); deleting a session does
@@ -251,6 +254,11 @@ CREATE TABLE settings (
 """),
     (3, _V3),
     (4, """
+ALTER TABLE sessions ADD COLUMN author TEXT;
+ALTER TABLE messages ADD COLUMN author TEXT;
+CREATE INDEX sessions_by_author ON sessions (author, updated_at, seq);
+"""),
+    (5, """
 CREATE TABLE usage_log (
     seq                INTEGER PRIMARY KEY,
     timestamp          TEXT    NOT NULL,

@@ -31,10 +31,10 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from .. import runtime
-from .._util import check_session_id, iso, parse_iso, utcnow
+from .._util import check_session_id, current_user, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError, StorageError
 from . import stats as stats_module
@@ -55,6 +55,9 @@ SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing pending rows it
 _STATS_KEYS = {"model": ("model_id", "NULL"), "route": ("route", "NULL"),
                "session": ("session_seq", "session_seq"), "day": ("day", "substr(timestamp, 1, 10)")}
 STATS_CHUNK_ROWS = 20_000  # messages indexed into the stats tables per write transaction
+_STATS_SESSIONS = "temp.oblix_stats_sessions"  # the sessions a stats call's filter_metadata selects
+_STATS_RANKS = "temp.oblix_stats_ranks"  # (group key, rank) pairs a windowed percentile pass keeps
+_STATS_WINDOW_GROUPS = 1_000  # above this many groups, percentiles come from one window pass per metric
 _STATS_MAX_PARAMS = 30_000  # below SQLite's 32,766 bound parameters per statement
 _STATS_READS_PER_STATEMENT = 500  # result columns per statement (SQLite allows 2,000)
 _STATS_SUM_NAMES = ("requests", "errors", "partial", "fallbacks", "input_tokens", "output_tokens", "cost_usd",
@@ -63,8 +66,9 @@ _STATS_SUMS = ("count(*), sum(error), sum(partial), sum(fallback), IFNULL(sum(in
                "IFNULL(sum(output_tokens), 0), sum(cost_usd), count(*) - count(cost_usd)")
 
 # A message row as read and written: the order of the columns below, after ``session_seq``.
+# ``author`` (who wrote the row) is last: it is not part of the message dict.
 MESSAGE_COLUMNS = ("id", "role", "content", "timestamp", "model_id", "metrics", "routing", "partial",
-                   "request_id", "source_session_id")
+                   "request_id", "source_session_id", "author")
 _SELECT_MESSAGES = f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE session_seq = ?"
 _INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {', '.join(MESSAGE_COLUMNS)}) "
                    f"VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + 1))})")
@@ -87,6 +91,14 @@ def _update_stamp(dt: Optional[datetime] = None) -> str:
 def _ms(stamp: str) -> str:
     """A stored ``updated_at`` in the canonical millisecond form."""
     return stamp[:23] + "Z"
+
+
+def _where(filter_metadata: Optional[dict], author: Optional[str]) -> tuple[str, list]:
+    """SQL WHERE clause (and parameters) for a metadata filter and an author filter on ``sessions``."""
+    where, params = _metadata_where(filter_metadata)
+    if check_author(author) is None:
+        return where, params
+    return (f"{where} AND author = ?" if where else "WHERE author = ?"), [*params, author]
 
 
 def _metadata_sessions(filter_metadata: Optional[dict]) -> tuple[str, list]:
@@ -113,8 +125,10 @@ def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
     return (f"WHERE seq IN ({select})", params) if select else ("", [])
 
 
-def _stats_where(since: Optional[str], until: Optional[str], filter_metadata: Optional[dict]) -> tuple[str, list]:
-    """`` AND ...`` conditions (and parameters) on a stats table's ``timestamp`` and ``session_seq``."""
+def _stats_where(since: Optional[str], until: Optional[str],
+                 filter_metadata: Optional[dict]) -> tuple[str, list, Optional[tuple[str, list]]]:
+    """`` AND ...`` conditions (and parameters) on a stats table's ``timestamp`` and ``session_seq``, and the
+    query filling :data:`_STATS_SESSIONS` with the sessions ``filter_metadata`` selects (None: no filter)."""
     conditions, params = [], []
     if since is not None:
         conditions.append("timestamp >= ?")
@@ -123,10 +137,21 @@ def _stats_where(since: Optional[str], until: Optional[str], filter_metadata: Op
         conditions.append("timestamp < ?")
         params.append(until)
     sessions_select, meta_params = _metadata_sessions(filter_metadata)
+    fill = None
     if sessions_select:
-        conditions.append(f"session_seq IN ({sessions_select})")
-        params += meta_params
-    return "".join(f" AND {c}" for c in conditions), params
+        conditions.append(f"session_seq IN {_STATS_SESSIONS}")
+        fill = (sessions_select, meta_params)
+    return "".join(f" AND {c}" for c in conditions), params, fill
+
+
+def _select_sessions(conn: sqlite3.Connection, fill: Optional[tuple[str, list]]) -> None:
+    """Materialise the sessions a metadata filter selects, once per stats call (an ``IN (subquery)`` would be
+    evaluated again by every percentile read). A TEMP table: private to this connection, fine read-only."""
+    if fill is None:
+        return
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STATS_SESSIONS.split('.')[1]} (seq INTEGER PRIMARY KEY)")
+    conn.execute(f"DELETE FROM {_STATS_SESSIONS}")
+    conn.execute(f"INSERT INTO {_STATS_SESSIONS} {fill[0]}", fill[1])
 
 
 # summaries(order=...): the SQL sort key of each order (ties: most recently created first)
@@ -141,9 +166,10 @@ SUMMARY_ORDERS = {
 }
 
 
-def _summary_where(filter_metadata: Optional[dict], title_contains: Optional[str]) -> tuple[str, list]:
-    """WHERE clause for :meth:`SessionStore.summaries`/``count``: metadata match and a title substring."""
-    where, params = _metadata_where(filter_metadata)
+def _summary_where(filter_metadata: Optional[dict], title_contains: Optional[str],
+                   author: Optional[str] = None) -> tuple[str, list]:
+    """WHERE clause for :meth:`SessionStore.summaries`/``count``: metadata match, author and a title substring."""
+    where, params = _where(filter_metadata, author)
     if title_contains:
         if not isinstance(title_contains, str):
             raise TypeError(f"title_contains must be a str, not {type(title_contains).__name__}")
@@ -158,15 +184,15 @@ def _default_title(created_at: str) -> str:
     return f"Session {created_at[:10]} {created_at[11:16]} UTC"
 
 
-def _message_row(message: dict) -> tuple:
-    """A message dict checked by ``normalize_message`` as a row (MESSAGE_COLUMNS order)."""
+def _message_row(message: dict, author: Optional[str]) -> tuple:
+    """A message dict checked by ``normalize_message``, written by ``author``, as a row (MESSAGE_COLUMNS order)."""
     metrics, routing = message.get("metrics"), message.get("routing")
     return (message["id"], message["role"], message["content"], message["timestamp"],
             message.get("model_id"),
             None if metrics is None else dumps(metrics, "message metrics", checked=True),
             None if routing is None else dumps(routing, "message routing", checked=True),
             1 if message.get("partial") else None,
-            message.get("request_id"), message.get("source_session_id"))
+            message.get("request_id"), message.get("source_session_id"), author)
 
 
 def _message_dict(row: tuple) -> dict:
@@ -188,8 +214,118 @@ def _message_dict(row: tuple) -> dict:
 
 
 def _summary(row: tuple) -> dict:
-    return {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": _ms(row[3]),
-            "message_count": row[4], "metadata": json.loads(row[5])}
+    """A summary dict from a row of ``_SUMMARY_COLUMNS`` (plus ``author``, if selected, under that key)."""
+    summary = {"id": row[0], "title": row[1], "created_at": row[2], "updated_at": _ms(row[3]),
+               "message_count": row[4], "metadata": json.loads(row[5])}
+    if len(row) > 6:
+        summary["author"] = row[6]
+    return summary
+
+
+def check_author(author: Any) -> Optional[str]:
+    """An ``author`` filter: None (anyone) or a non-empty string."""
+    if author is not None and (not isinstance(author, str) or not author):
+        raise TypeError(f"author must be a non-empty string or None, not {author!r}")
+    return author
+
+
+def copy_plan(source: dict, rows: list[tuple], new_title: Optional[str], session_id: str) -> tuple:
+    """``(title, context, metadata, rows)`` of a copy of ``source`` (title/context/metadata) with message
+    ``rows``: fresh message ids, everything else (authors too) kept; the metadata gains ``copied_from``."""
+    title = new_title if new_title is not None else f"Copy of {source['title']}"
+    metadata = {**source["metadata"], "copied_from": session_id}
+    return title, source["context"], metadata, [(fresh_id(), *row[1:]) for row in rows]
+
+
+def merge_plan(sources: list[tuple[str, dict, list[tuple]]], title: Optional[str]) -> tuple:
+    """``(title, context, metadata, rows)`` of the merge of ``sources`` (``(id, source, rows)`` in order):
+    see :meth:`SessionStore.merge`."""
+    rows, context, metadata = [], {}, {}
+    for source_id, source, source_rows in sources:
+        context.update(source["context"])
+        metadata.update(source["metadata"])
+        rows += [(fresh_id(), *row[1:9], row[9] or source_id, *row[10:]) for row in source_rows]
+    # Canonical timestamps sort as text in time order; sort() is stable, so ties keep source order.
+    rows.sort(key=lambda row: row[3])
+    metadata["merged_from"] = [source_id for source_id, _, _ in sources]
+    if title is None:
+        title = "Merged: " + " + ".join(source["title"] for _, source, _ in sources)
+    return title, context, metadata, rows
+
+
+def merge_ids(session_ids: Any) -> list[str]:
+    """The distinct, validated ids of a merge (TypeError for a non-list, ValueError for none)."""
+    if isinstance(session_ids, str) or not hasattr(session_ids, "__iter__"):
+        raise TypeError("session_ids must be a list of session ids")
+    ids = list(dict.fromkeys(session_ids))
+    for session_id in ids:
+        check_session_id(session_id)
+    if not ids:
+        raise ValueError("merge needs at least one session id")
+    return ids
+
+
+def import_plan(path: str | os.PathLike, new_id: bool, author: Optional[str],
+                max_bytes: Optional[int] = None) -> dict:
+    """A session file parsed and ready to insert: ``{id, title, created_at, updated_at (as stored), context,
+    metadata, rows}`` (see :meth:`SessionStore.import_file`); its messages are recorded as ``author``'s."""
+    doc = parse_session_file(path, max_bytes=max_bytes)
+    session_id, metadata, messages = doc["id"], doc["metadata"], doc["messages"]
+    if new_id:
+        metadata = {**metadata, "imported_from": {
+            "session_id": session_id, "file": str(Path(os.fspath(path)).expanduser().resolve()),
+            "imported_at": iso()}}
+        session_id = fresh_id()
+        messages = [{**message, "id": fresh_id()} for message in messages]
+    title = doc["title"]
+    if title is None:
+        title = _default_title(doc["created_at"])
+    return {"id": session_id, "title": title, "created_at": doc["created_at"],
+            "updated_at": _update_stamp(parse_iso(doc["updated_at"])), "context": doc["context"],
+            "metadata": metadata, "rows": [_message_row(message, author) for message in messages]}
+
+
+def normalize_messages(messages: Any) -> list[dict]:
+    """``append_messages``' list of message dicts (``role``, ``content`` and the optional fields), each checked
+    by ``normalize_message``; messages without a timestamp share one. TypeError for a non-list or a bad item."""
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(f"messages must be a list of dicts, not {type(messages).__name__}")
+    default_timestamp = iso()
+    normalized = []
+    for i, item in enumerate(messages):
+        if not isinstance(item, dict):
+            raise TypeError(f"messages[{i}] must be a dict, not {type(item).__name__}")
+        fields = dict(item)
+        try:
+            role, content = fields.pop("role"), fields.pop("content")
+        except KeyError as exc:
+            raise TypeError(f"messages[{i}] is missing {exc.args[0]!r}") from None
+        normalized.append(normalize_message(role, content, fields, default_timestamp))
+    return normalized
+
+
+def frame_ids(session_ids: Optional[Iterable[str]]) -> Optional[list[str]]:
+    """The distinct, validated ids of a ``message_rows`` call (None: every session)."""
+    if session_ids is None:
+        return None
+    if isinstance(session_ids, str):
+        session_ids = [session_ids]
+    return [check_session_id(session_id) for session_id in dict.fromkeys(session_ids)]
+
+
+# frames.MESSAGE_COLUMNS, as SQLite expressions over messages m JOIN sessions s.
+_FRAME_SELECT = ", ".join([
+    "s.id", "s.title", "m.id", "m.role", "m.content", "m.timestamp", "m.model_id",
+    "json_extract(m.routing, '$.target')", "json_extract(m.metrics, '$.time_to_first_token')",
+    "json_extract(m.metrics, '$.tokens_per_second')", "json_extract(m.metrics, '$.total_latency')",
+    "json_extract(m.metrics, '$.input_tokens')", "json_extract(m.metrics, '$.output_tokens')",
+    "json_extract(m.metrics, '$.cost_usd')", "m.partial", "m.request_id", "m.author"])
+
+
+def exists_message(session_id: str, where: str) -> str:
+    """The SessionExistsError text for an import whose id is already in the store at ``where``."""
+    return (f"session {session_id} already exists in {where}; it was not overwritten "
+            f"(import with new_id=True to add the file as a new session)")
 
 
 def _fts_query(query: str) -> str:
@@ -234,26 +370,87 @@ _MESSAGES = {3: "access permission denied", 5: "database is locked", 8: "readonl
 
 
 def _not_writable(path: Path) -> Optional[str]:
-    """Why the database file or its folder cannot be written (None if they can)."""
-    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+    """Why the database file (if it exists) or its folder cannot be written (None if they can)."""
+    if (not path.exists() or os.access(path, os.W_OK)) and os.access(path.parent, os.W_OK):
         return None
     try:
-        if os.statvfs(path).f_flag & os.ST_RDONLY:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
             return "read-only file system"
     except OSError:
         pass
     return "no write permission"
 
 
-class SessionStore:
+
+class SharedOps:
+    """The store methods both engines share: built on each engine's ``_write()`` (one transaction),
+    ``_source()`` (a session and its message rows), ``_insert_session()`` (a whole session) and
+    ``_written()`` (after a committed write of searchable text)."""
+
+    def messages(self, session_id: str) -> list[dict]:
+        """All of the session's messages, in conversation order."""
+        return self.history(session_id, limit=None)
+
+    def export(self, session_id: str, path: str | os.PathLike) -> Path:
+        """Write the session's reference JSON to ``path`` atomically (parent folders created); returns it."""
+        session = self.get(session_id)
+        try:
+            return write_json_atomic(path, session)
+        except OSError as exc:
+            raise StorageError(f"cannot export session {session_id} to {path}: {exc.strerror or exc}",
+                               path=os.fspath(path), cause=exc) from exc
+
+    def copy(self, session_id: str, new_title: Optional[str] = None) -> str:
+        """Copy a session: new session id and message ids, same messages (timestamps too), context and
+        metadata; the metadata gains ``copied_from``. Default title ``"Copy of <title>"``. Returns the new id."""
+        check_session_id(session_id)
+        check_title(new_title)
+        copy_id = fresh_id()
+        with self._write() as conn:
+            now = utcnow()
+            title, context, metadata, rows = copy_plan(*self._source(conn, session_id), new_title, session_id)
+            self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), context, metadata, rows)
+        self._written()
+        return copy_id
+
+    def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
+        """Merge sessions into a new one; returns its id.
+
+        Messages from all sources, ordered by timestamp (ties keep the order of ``session_ids``, then each
+        session's order), get fresh ids; each keeps ``source_session_id`` (the session it came from, or the
+        one it originally came from if it was already merged). A repeated id counts once. Context and
+        metadata are merged in order (later sources win); the metadata records ``merged_from`` (the ids).
+        Default title ``"Merged: <title 1> + <title 2> ..."``. An unknown id raises SessionNotFoundError and
+        creates nothing; an empty list raises ValueError.
+        """
+        ids = merge_ids(session_ids)
+        check_title(title)
+        merged_id = fresh_id()
+        with self._write() as conn:
+            now = utcnow()
+            sources = [(session_id, *self._source(conn, session_id)) for session_id in ids]
+            title, context, metadata, rows = merge_plan(sources, title)
+            self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
+        self._written()
+        return merged_id
+
+
+class SessionStore(SharedOps):
     """Sessions and their messages in one SQLite database at ``path`` (created, with its folders, if missing).
 
     Every method validates session ids first (``check_session_id``), so a malformed id never reaches SQL
     or the file system. Unknown ids raise SessionNotFoundError (a KeyError), except where the reference API
     returns False (``delete``, ``update_metadata``).
+
+    ``author`` (default :func:`current_user`: env ``OBLIX_USER``, else the OS user) is recorded on every
+    session and message this store writes. The PostgreSQL engine (:mod:`.pg`) has the same interface.
     """
 
-    def __init__(self, path: str | os.PathLike, *, max_import_bytes: Optional[int] = None):
+    engine = "sqlite"
+
+    def __init__(self, path: str | os.PathLike, *, author: Optional[str] = None,
+                 max_import_bytes: Optional[int] = None):
+        self.author = check_author(author) or current_user()
         self.path = Path(os.fspath(path)).expanduser()
         #: import_file's size cap in bytes (None: env OBLIX_MAX_IMPORT_BYTES, else 256 MiB)
         self.max_import_bytes = max_import_bytes
@@ -267,6 +464,8 @@ class SessionStore:
         self._index_wanted = False
         self._closed = False
         self._lock = threading.RLock()
+        self._reader: Optional[sqlite3.Connection] = None  # searches' own connection, opened on first search
+        self._reader_lock = threading.Lock()
         self._writes = 0  # visible writes committed through this connection (data_version skips them)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,6 +476,11 @@ class SessionStore:
             self._conn = self._open_read_write()
         except sqlite3.Error as exc:
             error = storage_error(exc, self.path, "open")
+            if isinstance(error, StorageError) and not self.path.is_file():
+                why = _not_writable(self.path)
+                if why:
+                    error = StorageError(f"cannot create the session database {self.path}: {why}",
+                                         path=str(self.path), cause=exc)
             if not isinstance(error, StorageError) or not self.path.is_file():
                 raise error from exc
             self._conn = self._open_read_only(error)
@@ -334,6 +538,11 @@ class SessionStore:
     def __repr__(self) -> str:
         return f"<SessionStore {str(self.path)!r}>"
 
+    @property
+    def url(self) -> str:
+        """``sqlite:PATH``: where this store lives, as ``python -m oblix_nb migrate`` takes it."""
+        return f"sqlite:{self.path}"
+
     # ------------------------------------------------------------------ plumbing
     @contextmanager
     def _locked(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -352,17 +561,21 @@ class SessionStore:
         if self.read_only is not None:
             raise StorageError(f"cannot write to the session database {self.path}: it is open read-only "
                                f"({self.read_only})", path=str(self.path))
-        with self._locked("write to") as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._lock:
+            conn = self._conn
             try:
-                yield conn
-                conn.execute("COMMIT")
-                if visible:
-                    self._writes += 1
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                    if visible:
+                        self._writes += 1
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise storage_error(exc, self.path, "write to") from exc
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -373,9 +586,6 @@ class SessionStore:
                 yield conn
             finally:
                 conn.execute("COMMIT")
-
-    def _written(self) -> None:
-        """Called after every committed write that adds or changes searchable text."""
 
     @staticmethod
     def _seq(conn: sqlite3.Connection, session_id: str) -> int:
@@ -393,15 +603,17 @@ class SessionStore:
 
     def _insert_session(self, conn: sqlite3.Connection, session_id: str, title: str, created_at: str,
                         updated_at: str, context: Optional[dict], metadata: Optional[dict],
-                        rows: list[tuple]) -> None:
+                        rows: list[tuple], author: Optional[str] = None) -> None:
         """Insert a whole session; ``updated_at`` as :func:`_update_stamp`, ``rows`` are message rows
-        (MESSAGE_COLUMNS order). Invalid context or metadata raise TypeError (rolling the write back)."""
+        (MESSAGE_COLUMNS order); ``author`` defaults to this store's. Invalid context or metadata raise
+        TypeError (rolling the write back)."""
         _, context_json = json_object(context, "context")
         metadata, metadata_json = json_object(metadata, "metadata")
         seq = conn.execute(
-            "INSERT INTO sessions (id, title, created_at, updated_at, context, metadata, message_count) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (session_id, title, created_at, updated_at, context_json, metadata_json, len(rows))).lastrowid
+            "INSERT INTO sessions (id, title, created_at, updated_at, context, metadata, message_count, author) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (session_id, title, created_at, updated_at, context_json, metadata_json, len(rows),
+             author or self.author)).lastrowid
         self._set_meta(conn, seq, metadata)
         if rows:
             conn.executemany(_INSERT_MESSAGE, [(seq, *row) for row in rows])
@@ -458,8 +670,9 @@ class SessionStore:
                 "metadata": json.loads(row[6])}
 
     def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
-                  offset: int = 0, *, title_contains: Optional[str] = None, order: str = "updated",
-                  descending: bool = True) -> list[dict]:
+                  offset: int = 0, author: Optional[str] = None, with_author: bool = False, *,
+                  title_contains: Optional[str] = None, order: str = "updated", descending: bool = True
+                  ) -> list[dict]:
         """Session summaries ``{id, title, created_at, updated_at, message_count, metadata}``, most recently
         updated first (equal ``updated_at``: most recently created first).
 
@@ -469,15 +682,17 @@ class SessionStore:
         ``title_contains`` keeps titles containing that text (case-insensitive for ASCII letters).
         ``order`` sorts by ``"updated"`` (default), ``"created"``, ``"title"`` (case-insensitive),
         ``"messages"`` (count) or ``"models"`` (the alphabetically first model that replied), descending
-        unless ``descending=False``; ValueError for another order.
+        unless ``descending=False``; ValueError for another order. ``author`` keeps the sessions that user
+        created; ``with_author=True`` adds an ``author`` key to each summary.
         """
         sql_limit = check_limit(limit)
         sql_offset = check_limit(offset, "offset")
         if order not in SUMMARY_ORDERS:
             raise ValueError(f"order must be one of {sorted(SUMMARY_ORDERS)}, not {order!r}")
-        where, params = _summary_where(filter_metadata, title_contains)
+        where, params = _summary_where(filter_metadata, title_contains, author)
         direction = "DESC" if descending else "ASC"
-        sql = (f"SELECT {_SUMMARY_COLUMNS} FROM sessions {where} "
+        columns = _SUMMARY_COLUMNS + (", author" if with_author else "")
+        sql = (f"SELECT {columns} FROM sessions {where} "
                f"ORDER BY {SUMMARY_ORDERS[order]} {direction}, seq {direction} LIMIT ? OFFSET ?")
         with self._locked("read") as conn:
             rows = conn.execute(sql, (*params, sql_limit, sql_offset)).fetchall()
@@ -492,9 +707,10 @@ class SessionStore:
             raise SessionNotFoundError(session_id)
         return _summary(row)
 
-    def count(self, filter_metadata: Optional[dict] = None, *, title_contains: Optional[str] = None) -> int:
-        """How many sessions match ``filter_metadata`` and ``title_contains`` (the rules of :meth:`summaries`)."""
-        where, params = _summary_where(filter_metadata, title_contains)
+    def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None, *,
+              title_contains: Optional[str] = None) -> int:
+        """How many sessions match ``filter_metadata``, ``author`` and ``title_contains`` (as :meth:`summaries`)."""
+        where, params = _summary_where(filter_metadata, title_contains, author)
         with self._locked("read") as conn:
             return conn.execute(f"SELECT count(*) FROM sessions {where}", params).fetchone()[0]
 
@@ -504,6 +720,21 @@ class SessionStore:
         visible writes. Equal tokens mean nothing changed, so a view polling this can skip re-reading."""
         with self._locked("read") as conn:
             return conn.execute("PRAGMA data_version").fetchone()[0], self._writes
+
+    def brief(self, session_id: str) -> Optional[tuple[str, int]]:
+        """``(title, message_count)`` of a session, or None if there is none (for one-line descriptions)."""
+        check_session_id(session_id)
+        with self._locked("read") as conn:
+            return conn.execute("SELECT title, message_count FROM sessions WHERE id = ?", (session_id,)).fetchone()
+
+    def ids_with_prefix(self, prefix: str, limit: int = 6) -> list[tuple[str, str]]:
+        """``(id, title)`` of up to ``limit`` sessions whose id starts with ``prefix``, newest update first."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        with self._locked("read") as conn:
+            return conn.execute(
+                "SELECT id, title FROM sessions WHERE substr(id, 1, ?) = ? ORDER BY updated_at DESC LIMIT ?",
+                (len(prefix), prefix, check_limit(limit))).fetchall()
 
     def model_counts(self, session_ids: list[str]) -> dict[str, dict[str, int]]:
         """``{session_id: {model_id: assistant replies}}`` for the given sessions, in one grouped query."""
@@ -521,6 +752,44 @@ class SessionStore:
             out[sid][model_id] = n
         return out
 
+    def session_costs(self, session_ids: list[str]) -> dict[str, float]:
+        """``{session_id: sum of its replies' known metrics.cost_usd}``; sessions with no known cost are absent."""
+        ids = [check_session_id(sid) for sid in session_ids]
+        out: dict[str, float] = {}
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
+                chunk = ids[start:start + 500]
+                out.update(conn.execute(
+                    f"SELECT s.id, SUM(json_extract(m.metrics, '$.cost_usd')) FROM sessions AS s "
+                    f"JOIN messages AS m ON m.session_seq = s.seq WHERE s.id IN ({', '.join('?' * len(chunk))}) "
+                    f"AND m.role = 'assistant' AND m.metrics IS NOT NULL GROUP BY s.id "
+                    f"HAVING count(json_extract(m.metrics, '$.cost_usd')) > 0", chunk).fetchall())
+        return out
+
+    def message_rows(self, session_ids: Optional[Iterable[str]] = None,
+                     author: Optional[str] = None) -> list[tuple]:
+        """Rows for ``frames.messages_df`` (its MESSAGE_COLUMNS, JSON fields extracted by SQLite): the messages
+        of ``session_ids`` (None: all), only ``author``'s if given, sessions in creation order, messages in
+        conversation order. An unknown id raises SessionNotFoundError."""
+        ids = frame_ids(session_ids)
+        check_author(author)
+        sql = f"SELECT {_FRAME_SELECT} FROM messages AS m JOIN sessions AS s ON s.seq = m.session_seq WHERE 1"
+        params: list = []
+        with self._read() as conn:
+            if ids is not None:
+                marks = ", ".join("?" * len(ids))
+                found = {row[0] for row in conn.execute(
+                    f"SELECT id FROM sessions WHERE id IN ({marks})", ids)} if ids else set()
+                missing = [i for i in ids if i not in found]
+                if missing:
+                    raise SessionNotFoundError(missing[0])
+                sql += f" AND s.id IN ({marks})" if ids else " AND 0"
+                params += ids
+            if author is not None:
+                sql += " AND m.author = ?"
+                params.append(author)
+            return conn.execute(sql + " ORDER BY m.session_seq, m.seq", params).fetchall()
+
     def stats(self, by: str = "model", since: Optional[str] = None, until: Optional[str] = None,
               filter_metadata: Optional[dict] = None) -> list[dict]:
         """Request statistics per group, computed in SQL from the ``reply_stats`` / ``request_prompts`` tables
@@ -536,10 +805,11 @@ class SessionStore:
         """
         by = stats_module.check_by(by)
         key, prompt_key = _STATS_KEYS[by]
-        where, params = _stats_where(since, until, filter_metadata)
+        where, params, fill = _stats_where(since, until, filter_metadata)
         self._update_stats_tables()
         groups: dict = {}
         with self._read() as conn:
+            _select_sessions(conn, fill)
             for row in conn.execute(
                     f"SELECT {key}, {_STATS_SUMS}, count(ttft), count(tps) FROM reply_stats NOT INDEXED "
                     f"WHERE 1{where} GROUP BY 1", params):
@@ -573,10 +843,11 @@ class SessionStore:
         for column in columns:
             if column not in ("day", "model_id", "route"):
                 raise ValueError(f"group_by columns must be 'day', 'model_id' or 'route', not {column!r}")
-        where, params = _stats_where(since, until, filter_metadata)
+        where, params, fill = _stats_where(since, until, filter_metadata)
         self._update_stats_tables()
         keys = ", ".join(columns) or "NULL"
         with self._read() as conn:
+            _select_sessions(conn, fill)
             rows = conn.execute(f"SELECT {keys}, {_STATS_SUMS} FROM reply_stats NOT INDEXED WHERE 1{where} "
                                 f"GROUP BY {', '.join(str(i + 1) for i in range(max(1, len(columns))))}",
                                 params).fetchall()
@@ -590,11 +861,12 @@ class SessionStore:
         thinned by a hash of the row id, so the sample spreads evenly over time and groups and is the same
         on every call."""
         sql_limit = check_limit(limit)
-        where, params = _stats_where(since, until, filter_metadata)
+        where, params, fill = _stats_where(since, until, filter_metadata)
         self._update_stats_tables()
         columns = ("timestamp", "model_id", "route", "partial", "fallback", "ttft", "tps", "input_tokens",
                    "output_tokens")
         with self._read() as conn:
+            _select_sessions(conn, fill)
             total = conn.execute(f"SELECT count(*) FROM reply_stats NOT INDEXED WHERE 1{where}", params).fetchone()[0]
             thin = ""
             if sql_limit >= 0 and total > sql_limit:
@@ -626,9 +898,14 @@ class SessionStore:
     @staticmethod
     def _stats_percentiles(conn: sqlite3.Connection, key: str, where: str, params: list,
                            groups: list[dict]) -> None:
-        """Fill each group's percentile columns: the values at the ranks around each quantile, read with
-        ``ORDER BY LIMIT 1 OFFSET`` from the ``(key, metric, timestamp, session_seq)`` index, many groups per
-        statement; interpolated as numpy does."""
+        """Fill each group's percentile columns from the values at the ranks around each quantile (0-based,
+        among the group's non-null values in order), interpolated as numpy does. Both reads walk the
+        ``(key, metric, timestamp, session_seq)`` index in order, so nothing is sorted:
+
+        - a few groups: ``ORDER BY metric LIMIT 1 OFFSET rank`` per rank, many per statement;
+        - many small groups (sessions): one ``row_number()`` pass over the whole index per metric, keeping
+          the wanted ``(key, rank)`` pairs (a TEMP table), instead of tens of thousands of subqueries.
+        """
         picks = []  # (group, column, metric, lo, hi, weight)
         for group in groups:
             for column, metric, q in stats_module.PERCENTILES:
@@ -636,22 +913,38 @@ class SessionStore:
                 group[column] = None
                 if n:
                     picks.append((group, column, metric, *stats_module.positions(n, q)))
-        reads = sorted({(id(g), metric, rank) for g, _, metric, lo, hi, _ in picks for rank in (lo, hi)})
-        by_id = {id(g): g for g in groups}
+        reads = {(metric, g["key"], rank) for g, _, metric, lo, hi, _ in picks for rank in (lo, hi)}
+        windowed = len(groups) > _STATS_WINDOW_GROUPS
+        values: dict = {}
+        if windowed:
+            by_window = {r for r in reads if r[1] is not None}  # NULL keys never match IN: read those by offset
+            reads -= by_window
+            for metric in {m for m, _, _ in by_window}:
+                conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STATS_RANKS.split('.')[1]} "
+                             f"(k, rn INTEGER, PRIMARY KEY (k, rn)) WITHOUT ROWID")
+                conn.execute(f"DELETE FROM {_STATS_RANKS}")
+                conn.executemany(f"INSERT OR IGNORE INTO {_STATS_RANKS} (k, rn) VALUES (?, ?)",
+                                 [(k, rank) for m, k, rank in by_window if m == metric])
+                for k, rank, value in conn.execute(
+                        f"SELECT w.k, w.rn, w.v FROM (SELECT {key} AS k, {metric} AS v, "
+                        f"row_number() OVER (PARTITION BY {key} ORDER BY {metric}) - 1 AS rn "
+                        f"FROM reply_stats INDEXED BY reply_stats_{key}_{metric} WHERE {metric} IS NOT NULL{where}"
+                        f") AS w WHERE (w.k, w.rn) IN (SELECT k, rn FROM {_STATS_RANKS})", params):
+                    values[(metric, k, rank)] = value
+        reads = sorted(reads, key=lambda r: (r[0], str(r[1]), r[2]))
         per_read = 1 + len(params)
         batch = max(1, min(_STATS_READS_PER_STATEMENT, _STATS_MAX_PARAMS // per_read))
-        values: dict = {}
         for start in range(0, len(reads), batch):
             chunk = reads[start:start + batch]
             sql = ", ".join(
                 f"(SELECT {metric} FROM reply_stats INDEXED BY reply_stats_{key}_{metric} WHERE {key} IS ? AND "
                 f"{metric} IS NOT NULL{where} ORDER BY {metric} LIMIT 1 OFFSET {int(rank)})"
-                for _, metric, rank in chunk)
-            args = [a for gid, _, _ in chunk for a in (by_id[gid]["key"], *params)]
+                for metric, _, rank in chunk)
+            args = [a for _, k, _ in chunk for a in (k, *params)]
             row = conn.execute(f"SELECT {sql}", args).fetchone()
             values.update(zip(chunk, row))
         for group, column, metric, lo, hi, weight in picks:
-            a, b = values[(id(group), metric, lo)], values[(id(group), metric, hi)]
+            a, b = values[(metric, group["key"], lo)], values[(metric, group["key"], hi)]
             group[column] = stats_module.lerp(a, b, weight)
 
     def delete(self, session_id: str) -> bool:
@@ -715,19 +1008,7 @@ class SessionStore:
         transaction: all are stored or none. Returns the stored message dicts (an empty list changes nothing,
         but an unknown session still raises)."""
         check_session_id(session_id)
-        if not isinstance(messages, (list, tuple)):
-            raise TypeError(f"messages must be a list of dicts, not {type(messages).__name__}")
-        default_timestamp = iso()
-        normalized = []
-        for i, item in enumerate(messages):
-            if not isinstance(item, dict):
-                raise TypeError(f"messages[{i}] must be a dict, not {type(item).__name__}")
-            fields = dict(item)
-            try:
-                role, content = fields.pop("role"), fields.pop("content")
-            except KeyError as exc:
-                raise TypeError(f"messages[{i}] is missing {exc.args[0]!r}") from None
-            normalized.append(normalize_message(role, content, fields, default_timestamp))
+        normalized = normalize_messages(messages)
         if not normalized:
             if not self.exists(session_id):
                 raise SessionNotFoundError(session_id)
@@ -738,7 +1019,7 @@ class SessionStore:
     def _append(self, session_id: str, messages: list[dict]) -> None:
         """Insert normalized messages and bump the session's ``updated_at`` (to the commit time, so it is
         never before the messages' default timestamps) and ``message_count``."""
-        rows = [_message_row(message) for message in messages]
+        rows = [_message_row(message, self.author) for message in messages]
         with self._write() as conn:
             found = conn.execute(
                 "UPDATE sessions SET updated_at = ?, message_count = message_count + ? WHERE id = ? "
@@ -764,7 +1045,7 @@ class SessionStore:
         if fields.get("id") is None:
             raise TypeError("upsert_message needs the message's id=")
         message = normalize_message(role, content, fields)
-        row = _message_row(message)
+        row = _message_row(message, self.author)
         with self._write() as conn:
             found = conn.execute("UPDATE sessions SET updated_at = ? WHERE id = ? RETURNING seq",
                                  (_update_stamp(), session_id)).fetchall()
@@ -776,10 +1057,6 @@ class SessionStore:
                 conn.execute("UPDATE sessions SET message_count = message_count + 1 WHERE seq = ?", (seq,))
         self._written()
         return message
-
-    def messages(self, session_id: str) -> list[dict]:
-        """All of the session's messages, in conversation order."""
-        return self.history(session_id, limit=None)
 
     def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
         """The newest ``limit`` messages (all if None), in chronological order. Reads only those rows."""
@@ -798,7 +1075,10 @@ class SessionStore:
         if self._index_wanted or not self.background_index or self.read_only is not None:
             return
         self._index_wanted = True
-        runtime.get_loop().call_soon_threadsafe(self._schedule_index_pass)
+        try:
+            runtime.get_loop().call_soon_threadsafe(self._schedule_index_pass)
+        except RuntimeError:  # no threads any more (interpreter shutdown): the next search indexes instead
+            self._index_wanted = False
 
     def _schedule_index_pass(self) -> None:  # on the package loop
         asyncio.get_running_loop().call_later(INDEX_DELAY_S, self._start_index_pass)
@@ -849,17 +1129,53 @@ class SessionStore:
         return done
 
     def _catch_up_for_search(self) -> None:
-        """Before a search: index what is pending, for at most ``SEARCH_CATCHUP_S`` (normally the background
-        pass has left little or nothing); a larger backlog is left to the background pass."""
+        """Before a search: index what is pending, for at most ``search_catchup_s`` (normally the background
+        pass has left little or nothing); a larger backlog is left to the background pass. If a writer or the
+        background pass holds the connection longer than that, the search does not wait for it."""
         if self.read_only is not None:
             return
+        budget = self.search_catchup_s
+        if not self._lock.acquire(timeout=-1 if budget is None else budget):
+            self._written()
+            return
         try:
-            caught_up = self._index_backlog(budget_s=self.search_catchup_s)
+            caught_up = self._index_backlog(budget_s=budget)
         except StorageError:  # a full disk must not stop searching what is indexed
             caught_up = False
+        finally:
+            self._lock.release()
         if not caught_up:
             self._index_wanted = False
             self._written()
+
+    @contextmanager
+    def _search_read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction on the store's second, read-only connection: a search reads a snapshot of the
+        committed data while a writer or the background index pass holds the main one (WAL readers never
+        wait for the writer). A read-only store has just the one connection."""
+        if self.read_only is not None:
+            with self._read() as conn:
+                yield conn
+            return
+        with self._reader_lock:
+            if self._reader is None:
+                if self._closed:
+                    raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+                try:
+                    self._reader = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                                   timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                                   check_same_thread=False)
+                except sqlite3.Error as exc:
+                    raise storage_error(exc, self.path, "open") from exc
+            conn = self._reader
+            try:
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise storage_error(exc, self.path, "read") from exc
 
     def search(self, query: str, limit: int = 20) -> list[dict]:
         """Full-text search over session titles and message text, best match (bm25) first.
@@ -882,7 +1198,7 @@ class SessionStore:
         self._catch_up_for_search()
         scores: dict[int, float] = {}
         matches: dict[int, list[dict]] = {}
-        with self._read() as conn:
+        with self._search_read() as conn:
             for seq, rank in conn.execute("SELECT rowid, rank FROM titles_fts WHERE titles_fts MATCH ? "
                                           "ORDER BY rank LIMIT ?", (match, sql_limit)):
                 scores[seq] = rank
@@ -929,15 +1245,6 @@ class SessionStore:
         return {row[0]: row[1:] for row in rows}
 
     # ------------------------------------------------------------------ files
-    def export(self, session_id: str, path: str | os.PathLike) -> Path:
-        """Write the session's reference JSON to ``path`` atomically (parent folders created); returns it."""
-        session = self.get(session_id)
-        try:
-            return write_json_atomic(path, session)
-        except OSError as exc:
-            raise StorageError(f"cannot export session {session_id} to {path}: {exc.strerror or exc}",
-                               path=os.fspath(path), cause=exc) from exc
-
     def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
         """Import a session file (ours, or the original Oblix SDK's as is); returns the session id.
 
@@ -948,80 +1255,59 @@ class SessionStore:
         (a ValueError; nothing is overwritten). With ``new_id=True`` the session and its messages get fresh ids
         and the metadata records ``imported_from: {session_id, file, imported_at}``. All or nothing.
         """
-        doc = parse_session_file(path, max_bytes=max_bytes if max_bytes is not None else self.max_import_bytes)
-        session_id, metadata, messages = doc["id"], doc["metadata"], doc["messages"]
-        if new_id:
-            metadata = {**metadata, "imported_from": {
-                "session_id": session_id, "file": str(Path(os.fspath(path)).expanduser().resolve()),
-                "imported_at": iso()}}
-            session_id = fresh_id()
-            messages = [{**message, "id": fresh_id()} for message in messages]
-        title = doc["title"]
-        if title is None:
-            title = _default_title(doc["created_at"])
+        plan = import_plan(path, new_id, self.author,
+                           max_bytes=max_bytes if max_bytes is not None else self.max_import_bytes)
+        session_id = plan["id"]
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
-                raise SessionExistsError(
-                    f"session {session_id} already exists in {self.path}; it was not overwritten "
-                    f"(import with new_id=True to add the file as a new session)")
-            self._insert_session(conn, session_id, title, doc["created_at"],
-                                 _update_stamp(parse_iso(doc["updated_at"])), doc["context"], metadata,
-                                 [_message_row(message) for message in messages])
+                raise SessionExistsError(exists_message(session_id, str(self.path)))
+            self._insert_session(conn, session_id, plan["title"], plan["created_at"], plan["updated_at"],
+                                 plan["context"], plan["metadata"], plan["rows"])
         self._written()
         return session_id
 
-    # ------------------------------------------------------------------ copy / merge
-    def copy(self, session_id: str, new_title: Optional[str] = None) -> str:
-        """Copy a session: new session id and message ids, same messages (timestamps too), context and
-        metadata; the metadata gains ``copied_from``. Default title ``"Copy of <title>"``. Returns the new id."""
-        check_session_id(session_id)
-        check_title(new_title)
-        copy_id = fresh_id()
+    # ------------------------------------------------------------------ bulk transfer (python -m oblix_nb migrate)
+    def session_records(self, after_seq: int = 0, limit: int = 500) -> list[dict]:
+        """Up to ``limit`` whole sessions after internal position ``after_seq``, in creation order, exactly as
+        stored: ``{seq, id, title, created_at, updated_at (stored form), context, metadata, author, rows}``
+        (``rows``: message rows, MESSAGE_COLUMNS order). ``seq`` is the cursor for the next call."""
+        with self._read() as conn:
+            heads = conn.execute("SELECT seq, id, title, created_at, updated_at, context, metadata, author "
+                                 "FROM sessions WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+            rows: dict[int, list] = {head[0]: [] for head in heads}
+            if heads:
+                for row in conn.execute(f"SELECT session_seq, {', '.join(MESSAGE_COLUMNS)} FROM messages "
+                                        f"WHERE session_seq BETWEEN ? AND ? ORDER BY seq",
+                                        (heads[0][0], heads[-1][0])):
+                    if row[0] in rows:
+                        rows[row[0]].append(row[1:])
+        return [{"seq": h[0], "id": h[1], "title": h[2], "created_at": h[3], "updated_at": h[4],
+                 "context": json.loads(h[5]), "metadata": json.loads(h[6]), "author": h[7], "rows": rows[h[0]]}
+                for h in heads]
+
+    def insert_records(self, records: list[dict]) -> list[str]:
+        """Insert :meth:`session_records` records (from either engine) in one transaction, keeping ids,
+        timestamps and authors; sessions whose id is already here are skipped. Returns the inserted ids."""
+        inserted = []
         with self._write() as conn:
-            now = utcnow()
-            source, rows = self._source(conn, session_id)
-            title = new_title if new_title is not None else f"Copy of {source['title']}"
-            metadata = {**source["metadata"], "copied_from": session_id}
-            self._insert_session(conn, copy_id, title, iso(now), _update_stamp(now), source["context"], metadata,
-                                 [(fresh_id(), *row[1:]) for row in rows])
+            for rec in records:
+                if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (rec["id"],)).fetchone():
+                    continue
+                self._insert_session(conn, rec["id"], rec["title"], rec["created_at"], rec["updated_at"],
+                                     rec["context"], rec["metadata"], rec["rows"], rec["author"])
+                inserted.append(rec["id"])
         self._written()
-        return copy_id
+        return inserted
 
-    def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
-        """Merge sessions into a new one; returns its id.
-
-        Messages from all sources, ordered by timestamp (ties keep the order of ``session_ids``, then each
-        session's order), get fresh ids; each keeps ``source_session_id`` (the session it came from, or the
-        one it originally came from if it was already merged). A repeated id counts once. Context and
-        metadata are merged in order (later sources win); the metadata records ``merged_from`` (the ids).
-        Default title ``"Merged: <title 1> + <title 2> ..."``. An unknown id raises SessionNotFoundError and
-        creates nothing; an empty list raises ValueError.
-        """
-        if isinstance(session_ids, str) or not hasattr(session_ids, "__iter__"):
-            raise TypeError("session_ids must be a list of session ids")
-        ids = list(dict.fromkeys(session_ids))
-        for session_id in ids:
-            check_session_id(session_id)
+    def stored_counts(self, session_ids: list[str]) -> dict[str, int]:
+        """``{id: number of message rows}`` for those of ``session_ids`` that exist (counted, not the counter)."""
+        ids = [check_session_id(sid) for sid in session_ids]
         if not ids:
-            raise ValueError("merge needs at least one session id")
-        check_title(title)
-        merged_id = fresh_id()
-        with self._write() as conn:
-            now = utcnow()
-            sources = [(session_id, *self._source(conn, session_id)) for session_id in ids]
-            rows, context, metadata = [], {}, {}
-            for source_id, source, source_rows in sources:
-                context.update(source["context"])
-                metadata.update(source["metadata"])
-                rows += [(fresh_id(), *row[1:9], row[9] or source_id) for row in source_rows]
-            # Canonical timestamps sort as text in time order; sort() is stable, so ties keep source order.
-            rows.sort(key=lambda row: row[3])
-            metadata["merged_from"] = ids
-            if title is None:
-                title = "Merged: " + " + ".join(source["title"] for _, source, _ in sources)
-            self._insert_session(conn, merged_id, title, iso(now), _update_stamp(now), context, metadata, rows)
-        self._written()
-        return merged_id
+            return {}
+        with self._read() as conn:
+            return dict(conn.execute(
+                f"SELECT s.id, (SELECT count(*) FROM messages m WHERE m.session_seq = s.seq) FROM sessions s "
+                f"WHERE s.id IN ({', '.join('?' * len(ids))})", ids).fetchall())
 
     # ------------------------------------------------------------------ settings
     def get_setting(self, key: str, default: Any = None) -> Any:
@@ -1059,3 +1345,6 @@ class SessionStore:
         with self._lock:
             self._closed = True
             self._conn.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()

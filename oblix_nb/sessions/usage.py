@@ -22,6 +22,19 @@ SPEND_SQL = "IFNULL(SUM(IFNULL(cost_usd, cost_estimate_usd)), 0)"
 GROUPS = {"model": "model_id", "session": "session_id", "day": "date(timestamp, 'localtime')"}
 
 
+def supported(store) -> bool:
+    """The usage log lives in the SQLite store (migration 5); the PostgreSQL store has none yet."""
+    from .store import SessionStore
+
+    return isinstance(store, SessionStore)
+
+
+def require(store, what: str) -> None:
+    if not supported(store):
+        raise NotImplementedError(f"{what} needs the usage log, which only the SQLite session store keeps so far; "
+                                  f"{type(store).__name__} has none")
+
+
 def _int(value) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -31,7 +44,10 @@ def _num(value) -> Optional[float]:
 
 
 def record(store, response: dict, target: Optional[str], partial: bool = False) -> None:
-    """Log one reply from execute()'s response dict (its metrics carry tokens and cost)."""
+    """Log one reply from execute()'s response dict (its metrics carry tokens and cost). A store without a
+    usage log (PostgreSQL, for now) logs nothing: each reply's cost is still in its message's metrics."""
+    if not supported(store):
+        return
     m = response.get("metrics") or {}
     row = (m.get("end_time") or iso(), response.get("session_id"), response.get("request_id"),
            response.get("model_id"), target, _int(m.get("input_tokens")), _int(m.get("output_tokens")),
@@ -53,6 +69,7 @@ def spent(store, since: Optional[str] = None, session_id: Optional[str] = None) 
 
     Sums are kept per store and read incrementally: each call adds only the rows logged since the last one
     (by any process), so a check stays fast however long the log grows."""
+    require(store, "spend")
     key = (str(store.path), since, session_id)
     with _sums_lock:
         mark, total = _sums.get(key, (0, 0.0))
@@ -85,6 +102,7 @@ def usage_df(store, by: str = "model") -> "pd.DataFrame":
 
     if by not in GROUPS:
         raise ValueError(f"by must be one of {list(GROUPS)}, not {by!r}")
+    require(store, "client.usage()")
     key = GROUPS[by]
     sql = (f"SELECT {key} AS k, count(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
            f"SUM(cache_write_tokens), SUM(cost_usd), SUM(cost_estimate_usd), "

@@ -40,10 +40,8 @@ def check_text(value: str, field: str) -> str:
     return value
 
 
-def check_str(value: Any, field: str, *, optional: bool = False) -> Optional[str]:
-    """A str field: TypeError for another type (None allowed when ``optional``), ValueError as check_text."""
-    if value is None and optional:
-        return None
+def check_str(value: Any, field: str) -> str:
+    """A str field: TypeError for another type, ValueError as check_text."""
     if not isinstance(value, str):
         raise TypeError(f"{field} must be a string, not {type(value).__name__}")
     return check_text(value, field)
@@ -82,10 +80,11 @@ def _plain(items, depth: int) -> bool:
             if not (v.isascii() or _plain_text(v)):
                 return False
         elif t is dict:
-            for k in v:
-                if type(k) is not str or not (k.isascii() or _plain_text(k)):
-                    return False
-            if not _plain(v.values(), depth + 1):
+            try:
+                ascii_keys = all(map(str.isascii, v))  # TypeError for a key that is not a str
+            except TypeError:
+                return False
+            if not (ascii_keys or all(map(_plain_text, v))) or not _plain(v.values(), depth + 1):
                 return False
         elif t is list or t is tuple:
             if not _plain(v, depth + 1):

@@ -1,0 +1,126 @@
+"""``client.map`` over a Dask DataFrame: partitions are mapped on the Dask workers, each with its own client.
+
+    ddf = dd.from_pandas(frame, npartitions=8)
+    out = client.map_sync(ddf, "Classify: {text}", schema="label, score float")   # a Dask DataFrame (lazy)
+    out.compute()                                                                 # runs on the workers
+
+How it works:
+
+- The driver's client is described by a :class:`ClientSpec`: its store's URL and author, and how each hooked
+  model was hooked (type, name, endpoint, options): plain data that pickles into the task graph. **No secret
+  travels in it**: API keys passed to ``hook_model`` are left out (each worker's backends read theirs from the
+  worker's own environment, e.g. ``OPENAI_API_KEY``) and a password in the database URL is removed (workers
+  use ``PGPASSWORD`` or ``~/.pgpass``, as libpq does).
+- The driver creates (or finds) the batch's session in the store and computes the output's ``meta`` from an
+  empty frame (no model call); every partition is then ``map_frame`` on a worker with a client built once per
+  worker process from the spec, logging into that one batch session. So the result, the cache and resuming
+  work as for a pandas frame: re-running the same map (same prompt, schema, models, parameters) takes
+  finished rows from the store, whichever worker computed them.
+
+The store must be reachable from every worker: PostgreSQL (``database_url="postgresql://..."``) for a real
+cluster; a SQLite file only on one machine (e.g. ``LocalCluster``).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+_SERIALISABLE = (str, int, float, bool, type(None))
+
+
+def is_dask_frame(data: Any) -> bool:
+    """True for a Dask DataFrame or Series (checked without importing dask)."""
+    module = type(data).__module__ or ""
+    return (module.startswith("dask.") or module.startswith("dask_expr")) and hasattr(data, "map_partitions")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How one model was hooked, without its API key."""
+    model_type: str
+    model_name: str
+    endpoint: Optional[str] = None
+    options: tuple = ()  # sorted (name, value) pairs of plain values
+
+    @classmethod
+    def of(cls, model_type: Any, model_name: str, endpoint: Optional[str], options: dict) -> "ModelSpec":
+        plain = tuple(sorted((k, v) for k, v in options.items() if isinstance(v, _SERIALISABLE)))
+        return cls(getattr(model_type, "value", str(model_type)), model_name, endpoint, plain)
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """What a worker needs to build a client like the driver's (see the module docstring)."""
+    database_url: Optional[str]
+    author: str
+    models: tuple = field(default_factory=tuple)
+    default_max_tokens: Optional[int] = None
+
+    @classmethod
+    def from_client(cls, client) -> "ClientSpec":
+        store = client.sessions
+        url = store.url if store.engine == "sqlite" else _without_password(store._url)
+        specs = tuple(client._hook_specs[model_id] for model_id in client.models if model_id in client._hook_specs)
+        missing = [model_id for model_id in client.models if model_id not in client._hook_specs]
+        if missing:
+            raise ValueError(f"models {missing} cannot be rebuilt on the workers (hooked without hook_model)")
+        return cls(url, store.author, specs, client.default_max_tokens)
+
+    def build(self):
+        """A new client from this spec (in the current process), its models hooked."""
+        from . import runtime
+        from .client import OblixClient
+
+        client = OblixClient(database_url=self.database_url, author=self.author)
+        client.default_max_tokens = self.default_max_tokens
+        for spec in self.models:
+            runtime.run(client.hook_model(spec.model_type, spec.model_name, spec.endpoint, **dict(spec.options)))
+        return client
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = netloc.rsplit("@", 1)[-1]
+        netloc = f"{parts.username}@{host}" if parts.username else host
+    query = "&".join(q for q in parts.query.split("&") if q and not q.lower().startswith("password="))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# One client per worker process and spec, built on first use and shared by the worker's threads.
+_clients: dict[ClientSpec, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def worker_client(spec: ClientSpec):
+    with _clients_lock:
+        client = _clients.get(spec)
+        if client is None:
+            client = _clients[spec] = spec.build()
+        return client
+
+
+def _map_partition(frame, spec: ClientSpec, prompt: Any, options: dict):
+    """One partition on a worker: ``map_frame`` with this process's client (synchronous)."""
+    from . import runtime
+    from .batch import map_frame
+
+    return runtime.run(map_frame(worker_client(spec), frame, prompt, **options))
+
+
+def map_dask(client, data: Any, prompt: Any, **options: Any):
+    """``client.map`` for a Dask DataFrame (or Series): a Dask DataFrame on the same partitions and index,
+    computed partition by partition on the workers (nothing runs until ``.compute()``/``.persist()``)."""
+    from .batch import MapJob
+
+    spec = ClientSpec.from_client(client)
+    options = {**options, "progress": False}
+    # The driver settles the batch session (so workers never race to create it) and the output's columns
+    # and dtypes, from an empty frame: no model is called.
+    job = MapJob(client, data._meta, prompt, **options)
+    options["session_id"] = job.session_id
+    return data.map_partitions(_map_partition, spec, prompt, options, meta=job.frame())

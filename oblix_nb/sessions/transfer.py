@@ -1,0 +1,227 @@
+"""Moving sessions between stores: ``python -m oblix_nb migrate --from SOURCE --to TARGET``.
+
+- store to store (``sqlite:PATH`` <-> ``postgresql://...``, either direction, or same engine): sessions are
+  streamed in creation order, ``batch`` sessions at a time (each batch read in one snapshot and written in
+  one transaction), keeping ids, timestamps, titles, context, metadata and authors exactly.
+- a folder of original Oblix SDK session files (``~/.oblix/sessions/*.json``) into either store: each file is
+  validated and imported as is (its id kept).
+
+Resumable: a session whose id is already in the target is skipped (never overwritten), so a run that was
+interrupted (Ctrl-C, kill -9: only whole batches are ever committed) is finished by running the same command
+again. Verified: after each batch the target's stored message rows are counted for every session of the
+batch and compared with the source; a session already in the target with a different count is reported as a
+conflict (``MigrationError`` at the end, after everything else was moved). A progress bar (tqdm if installed,
+else a line on stderr) shows sessions done out of the total.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..errors import OblixError, SessionExistsError
+
+DEFAULT_BATCH = 500
+
+
+class MigrationError(OblixError):
+    """A migration finished but its verification found differences (``report`` holds them)."""
+
+    def __init__(self, message: str, report: "MigrationReport"):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class MigrationReport:
+    source: str
+    target: str
+    sessions: int = 0          # sessions seen in the source
+    messages: int = 0          # their message rows
+    copied: int = 0            # sessions written to the target by this run
+    skipped: int = 0           # already in the target with the same messages (an earlier run, or a re-import)
+    conflicts: list[str] = field(default_factory=list)  # in the target already, with different messages
+    invalid: list[str] = field(default_factory=list)    # folder import: files refused ("path: reason")
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "target": self.target, "sessions": self.sessions,
+                "messages": self.messages, "copied": self.copied, "skipped": self.skipped,
+                "conflicts": self.conflicts, "invalid": self.invalid, "seconds": round(self.seconds, 3)}
+
+
+class _Progress:
+    """tqdm if installed (and ``enabled``), else one updating line on stderr at most twice a second."""
+
+    def __init__(self, total: int, what: str, enabled: bool):
+        self.total, self.what, self.done, self.enabled = total, what, 0, enabled
+        self._bar = None
+        self._shown = 0.0
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=total, unit=" sessions", desc=what, file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self.enabled and (time.monotonic() - self._shown > 0.5 or self.done >= self.total):
+            self._shown = time.monotonic()
+            print(f"\r{self.what}: {self.done}/{self.total} sessions", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled:
+            print(file=sys.stderr)
+
+
+def _verify(source_counts: dict[str, int], target, report: MigrationReport, inserted: set[str]) -> None:
+    stored = target.stored_counts(list(source_counts))
+    for session_id, expected in source_counts.items():
+        got = stored.get(session_id)
+        if got == expected:
+            if session_id not in inserted:
+                report.skipped += 1
+        elif session_id in inserted:
+            raise MigrationError(f"session {session_id}: {expected} messages read but {got} stored", report)
+        else:
+            report.conflicts.append(f"{session_id}: {expected} messages in the source, {got} in the target")
+
+
+def copy_store(source, target, batch: int = DEFAULT_BATCH, progress: bool = True,
+               on_batch: Optional[Callable[[int], None]] = None) -> MigrationReport:
+    """Copy every session of ``source`` into ``target`` (two open stores, either engine); see the module."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch must be a positive int, not {batch!r}")
+    report = MigrationReport(source.url, target.url)
+    started = time.perf_counter()
+    bar = _Progress(source.count(), "migrate", progress)
+    try:
+        after = 0
+        while True:
+            records = source.session_records(after, batch)
+            if not records:
+                break
+            after = records[-1]["seq"]
+            inserted = set(target.insert_records(records))
+            report.copied += len(inserted)
+            report.sessions += len(records)
+            report.messages += sum(len(rec["rows"]) for rec in records)
+            _verify({rec["id"]: len(rec["rows"]) for rec in records}, target, report, inserted)
+            bar.update(len(records))
+            if on_batch is not None:
+                on_batch(report.sessions)
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    if report.conflicts:
+        raise MigrationError(f"{len(report.conflicts)} session(s) already in {target.url} differ from the "
+                             f"source and were left as they are: {report.conflicts[:3]}", report)
+    return report
+
+
+def import_folder(folder: str | os.PathLike, target, progress: bool = True) -> MigrationReport:
+    """Import every ``*.json`` session file in ``folder`` (the original Oblix SDK's, or ours) into ``target``.
+
+    Ids are kept; a file whose id is already in the target is skipped if its messages match, else reported
+    as a conflict. Invalid files are listed in ``report.invalid`` (the others are still imported); a
+    MigrationError is raised at the end if there were conflicts or invalid files.
+    """
+    from .io import parse_session_file
+
+    root = Path(os.fspath(folder)).expanduser()
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a folder of session files")
+    files = sorted(root.glob("*.json"))
+    report = MigrationReport(str(root), target.url)
+    started = time.perf_counter()
+    bar = _Progress(len(files), "import", progress)
+    try:
+        for path in files:
+            report.sessions += 1
+            try:
+                doc = parse_session_file(path, max_bytes=getattr(target, "max_import_bytes", None))
+                report.messages += len(doc["messages"])
+                target.import_file(path)
+                report.copied += 1
+            except SessionExistsError:
+                if target.stored_counts([doc["id"]]).get(doc["id"]) == len(doc["messages"]):
+                    report.skipped += 1
+                else:
+                    report.conflicts.append(f"{path}: session {doc['id']} is already in the target with "
+                                            f"other messages")
+            except (ValueError, TypeError, OSError) as exc:
+                report.invalid.append(f"{path}: {exc}")
+            bar.update(1)
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    if report.conflicts or report.invalid:
+        raise MigrationError(f"{len(report.invalid)} invalid file(s), {len(report.conflicts)} conflict(s): "
+                             f"{(report.invalid + report.conflicts)[:3]}", report)
+    return report
+
+
+def migrate(source: str, target: str, batch: int = DEFAULT_BATCH, progress: bool = True) -> MigrationReport:
+    """``python -m oblix_nb migrate``: ``source`` is a store URL (``sqlite:PATH``, ``postgresql://...``) or a
+    folder of session files; ``target`` a store URL. Opens both, moves everything, closes them."""
+    from . import open_store
+
+    target_store = open_store(target)
+    try:
+        as_path = Path(source[len("folder:"):] if source.startswith("folder:") else source).expanduser()
+        if source.startswith("folder:") or ("://" not in source and not source.startswith("sqlite:")
+                                            and as_path.is_dir()):
+            return import_folder(as_path, target_store, progress=progress)
+        if "://" not in source:
+            path = Path(source[len("sqlite:"):] if source.startswith("sqlite:") else source).expanduser()
+            if not path.is_file():  # never create an empty source
+                raise FileNotFoundError(f"no session database at {path}")
+        source_store = open_store(source)
+        try:
+            if getattr(source_store, "url", None) == target_store.url:
+                raise ValueError("--from and --to name the same store")
+            return copy_store(source_store, target_store, batch=batch, progress=progress)
+        finally:
+            source_store.close()
+    finally:
+        target_store.close()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="python -m oblix_nb migrate",
+        description="Copy every session from one store to another (SQLite <-> PostgreSQL), or import a folder "
+                    "of Oblix session files (~/.oblix/sessions/*.json). Resumable: run it again to finish.")
+    parser.add_argument("--from", dest="source", required=True,
+                        help="sqlite:PATH, postgresql://user@host:port/db, or a folder of *.json session files")
+    parser.add_argument("--to", dest="target", required=True, help="sqlite:PATH or postgresql://...")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="sessions per transaction (500)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        report = migrate(args.source, args.target, batch=args.batch, progress=not args.quiet)
+    except MigrationError as exc:
+        print(json.dumps(exc.report.as_dict(), indent=2))
+        print(f"migrate: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("migrate: interrupted; whole batches already copied stay copied: run the same command again "
+              "to finish", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a command line: one clear line, no traceback
+        print(f"migrate: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0
