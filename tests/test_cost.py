@@ -264,3 +264,31 @@ def test_magics_config_prices(tmp_path, monkeypatch):
     finally:
         shell.run_line_magic("unload_ext", "oblix_nb")
         InteractiveShell.clear_instance()
+
+
+def test_cost_columns_on_both_engines(store):
+    """messages_df/sessions_df read metrics.cost_usd on SQLite and PostgreSQL alike (the ``store`` fixture)."""
+    from oblix_nb.sessions.frames import messages_df, sessions_df
+
+    paid, free, none = store.create(title="paid"), store.create(title="free"), store.create(title="none")
+    store.append_message(paid, "user", "q", request_id="r1")
+    store.append_message(paid, "assistant", "a1", model_id="claude:x", request_id="r1",
+                         metrics={"cost_usd": 0.25, "output_tokens": 3})
+    store.append_message(paid, "assistant", "a2", model_id="claude:x", metrics={"cost_usd": 0.5})
+    store.append_message(paid, "assistant", "a3", model_id="openai:y", metrics={"cost_usd": None})
+    store.append_message(free, "assistant", "b", model_id="llamacpp:z", metrics={"cost_usd": 0.0})
+    store.append_message(none, "assistant", "c", model_id="openai:y", metrics={"output_tokens": 1})
+    df = messages_df(store)
+    assert df["cost_usd"].dtype == "Float64"
+    by_content = dict(zip(df["content"], df["cost_usd"]))
+    assert by_content["a1"] == 0.25 and by_content["b"] == 0.0
+    assert by_content["a3"] is pd_na() and by_content["c"] is pd_na() and by_content["q"] is pd_na()
+    assert df.loc[df.content == "q", "request_id"].tolist() == ["r1"]  # the columns after it are intact
+    costs = dict(zip(sessions_df(store)["title"], sessions_df(store)["cost_usd"]))
+    assert costs["paid"] == 0.75 and costs["free"] == 0.0 and costs["none"] is pd_na()
+
+
+def pd_na():
+    import pandas as pd
+
+    return pd.NA
