@@ -802,7 +802,8 @@ class SessionStore(SharedOps):
                 groups[row[0]] = {"key": row[0], **dict(zip(_STATS_SUM_NAMES, row[1:-2])),
                                   "_n": {"ttft": row[-2], "tps": row[-1]}}
             for group_key, unanswered in conn.execute(
-                    f"SELECT {prompt_key}, count(*) FROM request_prompts WHERE answered = 0{where} GROUP BY 1",
+                    f"SELECT {prompt_key}, count(*) FROM request_prompts INDEXED BY request_prompts_unanswered "
+                    f"WHERE answered = 0{where} GROUP BY 1",
                     params):
                 group = groups.setdefault(group_key, {
                     "key": group_key, **dict.fromkeys(_STATS_SUM_NAMES, 0), "cost_usd": None,
