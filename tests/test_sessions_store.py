@@ -701,3 +701,17 @@ def test_settings_are_per_user_in_a_shared_postgres_store(pg_url):
     finally:
         ana.close()
         bob.close()
+
+
+def test_default_listing_reads_the_newest_rows_through_the_index(store):
+    if store.engine == "sqlite":
+        text = plan(store, "SELECT id FROM sessions ORDER BY updated_at DESC, seq DESC LIMIT 50")
+        assert "sessions_by_updated" in text and "TEMP B-TREE" not in text
+        return
+    seen = statements_during(store, lambda: store.summaries(limit=50))
+    listing = next(s for s in seen if "ORDER BY" in s)
+    text = plan(store, listing.replace("%s", "?"), (50, 0))
+    assert "sessions_by_updated" in text and "Sort" not in text, text
+    seen = statements_during(store, lambda: store.summaries(limit=50, author="ana"))
+    text = plan(store, next(s for s in seen if "ORDER BY" in s).replace("%s", "?"), ("ana", 50, 0))
+    assert "sessions_by_author" in text and "Sort" not in text, text

@@ -411,11 +411,14 @@ class PostgresSessionStore(SharedOps):
             raise ValueError(f"order must be one of {sorted(_ORDERS)}, not {order!r}")
         where, params = self._where(filter_metadata, author, title_contains)
         direction = "DESC" if descending else "ASC"
+        # Only "models" can be NULL: there, NULL sorts first as in SQLite. (Elsewhere no NULLS clause, so the
+        # (updated_at DESC, seq DESC) index serves the default listing without a sort.)
+        nulls = (" NULLS LAST" if descending else " NULLS FIRST") if order == "models" else ""
         columns = _SUMMARY_COLUMNS + ", title_escaped" + (", author" if with_author else "")
         with self._conn() as conn:
             rows = conn.execute(
-                f"SELECT {columns} FROM sessions {where} ORDER BY {_ORDERS[order]} {direction} "
-                f"NULLS {'LAST' if descending else 'FIRST'}, seq {direction} "  # NULL sorts first, as in SQLite
+                f"SELECT {columns} FROM sessions {where} ORDER BY {_ORDERS[order]} {direction}{nulls}, "
+                f"seq {direction} "
                 f"LIMIT %s OFFSET %s", (*params, None if sql_limit < 0 else sql_limit, sql_offset),
                 prepare=None if not where else False).fetchall()
         return [_pg_summary(row) for row in rows]
