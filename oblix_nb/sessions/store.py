@@ -786,8 +786,8 @@ class SessionStore(SharedOps):
         ``key`` (model id, route, session id or ``YYYY-MM-DD``; None for requests without a model/route),
         the :data:`.stats.STATS_COLUMNS`, and ``title`` for sessions. Groups come in no particular order.
 
-        One aggregate scan (GROUP BY) gives the counts and sums; each percentile is read per group with
-        ``ORDER BY metric LIMIT 1 OFFSET rank`` on a covering index, batched into a few statements.
+        One aggregate scan (GROUP BY) gives the counts and sums; the percentiles are read from covering
+        indexes in their order, never sorted (:meth:`_stats_percentiles`).
         """
         by = stats_module.check_by(by)
         key, prompt_key = _STATS_KEYS[by]
