@@ -503,9 +503,9 @@ class OblixClient:
 
         if is_dask_frame(data):
             return map_dask(
-                self, data, prompt, schema=schema, model_id=model_id, concurrency=concurrency,
-                temperature=temperature, max_tokens=max_tokens, system=system, session_id=session_id,
-                cache=cache, on_error=on_error, **options)
+                self, data, prompt, schema=schema, model_id=self.resolve_model_id(model_id),
+                concurrency=concurrency, temperature=temperature, max_tokens=max_tokens, system=system,
+                session_id=session_id, cache=cache, on_error=on_error, **options)
 
         return await map_frame(
             self, data, prompt, schema=schema, model_id=self.resolve_model_id(model_id), concurrency=concurrency,
@@ -516,9 +516,12 @@ class OblixClient:
         """``map()`` from synchronous code, e.g. a notebook cell: runs on the package's loop thread (no nested
         event loop). A kernel interrupt stops the batch; finished rows are stored and the next call resumes."""
         from .batch import map_frame_sync
+        from .cluster import is_dask_frame, map_dask
 
         if runtime.in_loop_thread():
             raise RuntimeError("map_sync() called from the package's loop thread; await map() instead")
+        if is_dask_frame(data):  # a lazy Dask DataFrame: nothing runs here until .compute()
+            return map_dask(self, data, prompt, **{**kwargs, "model_id": self.resolve_model_id(kwargs.get("model_id"))})
         return map_frame_sync(self, data, prompt, **kwargs)
 
     def stream(self, prompt: str, **kwargs: Any) -> "ExecutionStream":

@@ -800,8 +800,8 @@ class SessionStore(SharedOps):
         ``key`` (model id, route, session id or ``YYYY-MM-DD``; None for requests without a model/route),
         the :data:`.stats.STATS_COLUMNS`, and ``title`` for sessions. Groups come in no particular order.
 
-        One aggregate scan (GROUP BY) gives the counts and sums; each percentile is read per group with
-        ``ORDER BY metric LIMIT 1 OFFSET rank`` on a covering index, batched into a few statements.
+        One aggregate scan (GROUP BY) gives the counts and sums; the percentiles are read from covering
+        indexes in their order, never sorted (:meth:`_stats_percentiles`).
         """
         by = stats_module.check_by(by)
         key, prompt_key = _STATS_KEYS[by]
@@ -816,7 +816,8 @@ class SessionStore(SharedOps):
                 groups[row[0]] = {"key": row[0], **dict(zip(_STATS_SUM_NAMES, row[1:-2])),
                                   "_n": {"ttft": row[-2], "tps": row[-1]}}
             for group_key, unanswered in conn.execute(
-                    f"SELECT {prompt_key}, count(*) FROM request_prompts WHERE answered = 0{where} GROUP BY 1",
+                    f"SELECT {prompt_key}, count(*) FROM request_prompts INDEXED BY request_prompts_unanswered "
+                    f"WHERE answered = 0{where} GROUP BY 1",
                     params):
                 group = groups.setdefault(group_key, {
                     "key": group_key, **dict.fromkeys(_STATS_SUM_NAMES, 0), "cost_usd": None,
