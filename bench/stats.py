@@ -12,9 +12,9 @@ local and cloud routes, 30 days of timestamps, 3 % partial replies, 1 % cut by a
   for all messages) plus a pandas ``groupby`` with ``quantile`` (by model);
 * ``json_extract``: SQLite aggregating the messages' JSON directly (``json_extract`` per field, GROUP BY
   model, no percentiles), i.e. what the stats tables avoid;
-* ``append``: one committed ``append_message`` of a reply, with the stats triggers and with them dropped (on
-  copies of the store): the stats tables are filled in batches by the next stats call, not per write; that
-  call's cost is reported too, as is the one-time indexing of the whole seeded store.
+* ``append``: one committed ``append_message`` of a reply to a 20,000-message store, with the stats triggers and
+  with them dropped: the stats tables are filled in batches by the next stats call, not per write; that call's
+  cost is reported too, as is the one-time indexing of the whole seeded store.
 
 The goal is every ``stats`` call under 1 s at 1,000,000 messages.
 """
@@ -78,7 +78,7 @@ def seed(store: SessionStore, messages: int, per_session: int) -> int:
         sid = store.create(title=f"bench {s}", metadata={"team": f"t{s % 10}"})
         ts = DAY0 + rng.uniform(0, 30 * 86400)
         batch = []
-        for i in range(min(per_session, messages - made) // 2):
+        for i in range(max(1, min(per_session, messages - made) // 2)):
             request_id = f"r{s}-{i}"
             batch.append({"role": "user", "content": "question " * rng.randint(3, 40), "request_id": request_id,
                           "timestamp": stamp(ts)})
@@ -91,13 +91,16 @@ def seed(store: SessionStore, messages: int, per_session: int) -> int:
     return made
 
 
-def best(fn, repeat: int) -> tuple[float, object]:
+def best(fn, repeat: int) -> tuple[float, object, float]:
+    """Best wall-clock seconds of ``repeat`` calls, the last result, and the CPU seconds of that best call
+    (the process's own time: on a machine shared with other jobs, wall time also counts waiting for a core)."""
     times, out = [], None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+        times.append((time.perf_counter() - t0, time.process_time() - c0))
+    wall, cpu = min(times)
+    return wall, out, cpu
 
 
 def baseline(client: OblixClient):
@@ -120,19 +123,18 @@ def json_extract(store: SessionStore):
             "FROM messages WHERE role = 'assistant' GROUP BY model_id").fetchall()
 
 
-def append_cost(path: Path, repeat: int = 2000) -> dict:
-    """Median seconds of one committed append_message of a reply, with the stats triggers and without them
-    (on copies of the store); then the cost of the next stats() call, which indexes those ``repeat`` replies."""
+def append_cost(folder: Path, repeat: int = 2000, history: int = 20_000) -> dict:
+    """Median seconds of one committed append_message of a reply to a store of ``history`` messages, with the
+    stats triggers and with them dropped; then the next stats() call, which indexes those ``repeat`` replies,
+    and the call after it."""
     out = {}
     for name in ("with_stats_tables", "triggers_dropped"):
-        copy = path.parent / f"append-{name}.db"
-        with sqlite3.connect(path) as src, sqlite3.connect(copy) as dst:
-            src.backup(dst)
+        store = SessionStore(folder / f"append-{name}.db")
+        seed(store, history, 100)
+        store.stats("model")
         if name == "triggers_dropped":
-            with sqlite3.connect(copy) as conn:
-                for trigger in ("stats_on_update", "stats_on_delete"):
-                    conn.execute(f"DROP TRIGGER {trigger}")
-        store = SessionStore(copy)
+            for trigger in ("stats_on_update", "stats_on_delete"):
+                store._conn.execute(f"DROP TRIGGER {trigger}")
         sid = store.create(title="append")
         rng = random.Random(1)
         samples = []
@@ -151,7 +153,6 @@ def append_cost(path: Path, repeat: int = 2000) -> dict:
             store.stats("model")
             out["the_call_after"] = time.perf_counter() - t0
         store.close()
-        copy.unlink()
     return out
 
 
@@ -168,7 +169,8 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         fresh = not path.exists()
-        store = SessionStore(path)
+        store = SessionStore(path)  # an older store is migrated here: the stats tables are built in bulk
+        open_s = time.perf_counter() - t0
         made = seed(store, args.messages, args.per_session) if fresh else None
         seed_s = time.perf_counter() - t0
         store.close()
@@ -190,16 +192,19 @@ def main() -> None:
                                   DAY0 + 23 * 86400)}),
                               ("by=day, filter_metadata={'team': 't3'}", {"by": "day",
                                                                           "filter_metadata": {"team": "t3"}})]:
-            seconds, frame = best(lambda: client.stats(**kwargs), args.repeat)
-            results[label] = {"seconds": round(seconds, 4), "groups": len(frame)}
-        base_s, _ = best(lambda: baseline(client), 1)
-        json_s, _ = best(lambda: json_extract(client.sessions), 1)
-        appends = append_cost(path)
+            seconds, frame, cpu = best(lambda: client.stats(**kwargs), args.repeat)
+            results[label] = {"seconds": round(seconds, 4), "cpu_seconds": round(cpu, 4), "groups": len(frame)}
+        base_s, _, base_cpu = best(lambda: baseline(client), 1)
+        json_s, _, json_cpu = best(lambda: json_extract(client.sessions), 1)
+        appends = append_cost(home)
         report = {
-            "messages": total, "seeded": made, "seed_seconds": round(seed_s, 1),
+            "messages": total, "seeded": made, "seed_seconds": round(seed_s, 1) if fresh else None,
+            "open_and_migrate_seconds": round(open_s, 1),
             "stats": results,
             "baseline_messages_df_groupby_seconds": round(base_s, 3),
+            "baseline_cpu_seconds": round(base_cpu, 3),
             "json_extract_group_by_model_seconds": round(json_s, 3),
+            "json_extract_cpu_seconds": round(json_cpu, 3),
             "ratio_baseline_over_stats_by_model": round(base_s / results["by=model"]["seconds"], 1),
             "ratio_json_extract_over_stats_by_model": round(json_s / results["by=model"]["seconds"], 1),
             "first_stats_call_indexing_all_seconds": round(first_index_s, 1),
@@ -208,6 +213,8 @@ def main() -> None:
                 appends["with_stats_tables"] / appends["triggers_dropped"], 3),
             "goal": "every stats call <= 1 s at 1,000,000 messages",
             "goal_met": all(r["seconds"] <= 1.0 for r in results.values()),
+            "goal_met_in_cpu_seconds": all(r["cpu_seconds"] <= 1.0 for r in results.values()),
+            "load_average_1min": round(os.getloadavg()[0], 1),
             "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(),
         }
         print(json.dumps(report, indent=2))

@@ -176,16 +176,17 @@ def _ttft_by_model(plt, sample: list[dict], order: list, group) -> "Figure":
 
     horizontal = ({"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2])) >= (3, 10)
                   else {"vert": False})
-    parts = ax.boxplot(data, **horizontal, whis=(5, 95), widths=0.6, patch_artist=True, showfliers=True,
-                       flierprops={"marker": ".", "markersize": 3, "alpha": 0.5,
-                                   "markerfacecolor": PALETTE[0], "markeredgecolor": PALETTE[0]},
-                       medianprops={"color": PALETTE[1], "linewidth": 2},
-                       whiskerprops={"color": PALETTE[0]}, capprops={"color": PALETTE[0]},
-                       boxprops={"facecolor": PALETTE[0] + "55", "edgecolor": PALETTE[0]})
+    ax.boxplot(data, **horizontal, whis=(5, 95), widths=0.6, patch_artist=True, showfliers=True,
+               flierprops={"marker": ".", "markersize": 3, "alpha": 0.5,
+                           "markerfacecolor": PALETTE[0], "markeredgecolor": PALETTE[0]},
+               medianprops={"color": PALETTE[1], "linewidth": 2},
+               whiskerprops={"color": PALETTE[0]}, capprops={"color": PALETTE[0]},
+               boxprops={"facecolor": PALETTE[0] + "55", "edgecolor": PALETTE[0]})
     ax.set_yticks(range(1, len(data) + 1), labels[::-1])
-    ax.set_xlabel("time to first token (s)" + (", log scale" if _spans_decades(sum(data, [])) else ""))
-    if _spans_decades(sum(data, [])):
+    log = _spans_decades([v for values in data for v in values])
+    if log:
         ax.set_xscale("log")
+    ax.set_xlabel("time to first token (s)" + (", log scale" if log else ""))
     ax.set_ylabel("model")
     ax.grid(axis="y", visible=False)
     from matplotlib.lines import Line2D
@@ -196,7 +197,6 @@ def _ttft_by_model(plt, sample: list[dict], order: list, group) -> "Figure":
                Line2D([], [], color=PALETTE[0], label="5th-95th percentile"),
                Line2D([], [], color=PALETTE[0], marker=".", linestyle="", label="beyond them")]
     _legend(fig, handles, f"{sum(len(d) for d in data):,} replies")
-    del parts
     return fig
 
 

@@ -267,7 +267,7 @@ def test_description_has_dtypes_missing_stats_and_rows():
                   "First 3 rows", "a\\|b", "line break"):
         assert piece in text, piece
     odd = describe(_frames()["odd"], "odd", max_chars=6000)
-    assert "| lists | object | 0 |" in odd and "| [1] |" in odd and odd.count("| x |") == 2
+    assert "| lists | object | 0 |" in odd and "| [1] |" in odd and odd.count("\n| x |") == 2
     wide = describe(_frames()["wide"], "wide", max_chars=6000)
     assert "…and 260 more columns" in wide and "c299" not in wide.split("…and")[0]
 

@@ -103,7 +103,8 @@ def check_figure(name, fig, theme):
                         legend_colours.add(tuple(round(c, 3) for c in to_rgb(colour)))
         for ax in axes:
             for patch in ax.patches:
-                if isinstance(patch, Rectangle) and patch.get_height() > 0 and patch.get_width() > 0 and patch.get_visible():
+                if isinstance(patch, Rectangle) and patch.get_visible() and patch.get_height() > 0 \
+                        and patch.get_width() > 0:
                     colour = tuple(round(c, 3) for c in to_rgb(patch.get_facecolor()))
                     assert colour in legend_colours, f"{name}: bar colour {colour} has no legend entry"
             for line in ax.lines:
@@ -171,7 +172,20 @@ def test_log_axes_when_the_data_spans_decades(client):
         assert dashboard["ttft_by_model"].axes[0].get_xscale() == "log"
     finally:
         dashboard.close()
+
+
+def test_linear_axes_when_the_data_does_not_span_decades(client):
     sid = client.sessions.create()
+    client.sessions.append_messages(sid, [
+        {"role": "assistant", "content": "a", "model_id": "m",
+         "metrics": {"time_to_first_token": 0.2 + 0.01 * i, "input_tokens": 100 + 10 * i}} for i in range(20)])
+    dashboard = client.plot_stats()
+    try:
+        ax = dashboard["ttft_vs_input"].axes[0]
+        assert ax.get_xscale() == "linear" and ax.get_yscale() == "linear"
+        assert "log" not in ax.get_xlabel()
+    finally:
+        dashboard.close()
 
 
 def test_wrap_keeps_every_character():

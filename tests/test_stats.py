@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -326,3 +326,20 @@ def test_indexing_in_small_chunks_gives_the_same_frame(client, monkeypatch):
     ids += load(client, sessions[3:])
     for by in ("model", "session"):
         compare(client.stats(by=by), expected(requests, by, ids, [t for t, _, _ in sessions]), by)
+
+
+@pytest.mark.parametrize("by", ["model", "route", "session", "day"])
+def test_percentiles_by_window_pass_equal_the_hand_computed_frame(client, monkeypatch, by):
+    """Many groups take the one-pass window read instead of per-group OFFSET reads: same frame (None keys,
+    windows and metadata filters included)."""
+    sqlite_only(client, "the percentile read strategies")
+    import oblix_nb.sessions.store as store_module
+
+    monkeypatch.setattr(store_module, "_STATS_WINDOW_GROUPS", 0)
+    sessions, requests = generate(5, **SHAPES["many models, long ids, empty days"])
+    ids = load(client, sessions)
+    titles = [t for t, _, _ in sessions]
+    compare(client.stats(by=by), expected(requests, by, ids, titles), by)
+    since = DAY0 + timedelta(days=3, hours=12)
+    chosen = [r for r in requests if r["timestamp"] >= stamp(since) and r["team"] == "t2"]
+    compare(client.stats(by=by, since=since, filter_metadata={"team": "t2"}), expected(chosen, by, ids, titles), by)

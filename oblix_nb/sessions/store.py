@@ -55,6 +55,9 @@ SEARCH_CATCHUP_S = 0.02   # the longest a search spends indexing pending rows it
 _STATS_KEYS = {"model": ("model_id", "NULL"), "route": ("route", "NULL"),
                "session": ("session_seq", "session_seq"), "day": ("day", "substr(timestamp, 1, 10)")}
 STATS_CHUNK_ROWS = 20_000  # messages indexed into the stats tables per write transaction
+_STATS_SESSIONS = "temp.oblix_stats_sessions"  # the sessions a stats call's filter_metadata selects
+_STATS_RANKS = "temp.oblix_stats_ranks"  # (group key, rank) pairs a windowed percentile pass keeps
+_STATS_WINDOW_GROUPS = 1_000  # above this many groups, percentiles come from one window pass per metric
 _STATS_MAX_PARAMS = 30_000  # below SQLite's 32,766 bound parameters per statement
 _STATS_READS_PER_STATEMENT = 500  # result columns per statement (SQLite allows 2,000)
 _STATS_SUM_NAMES = ("requests", "errors", "partial", "fallbacks", "input_tokens", "output_tokens", "cost_usd",
@@ -122,8 +125,10 @@ def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
     return (f"WHERE seq IN ({select})", params) if select else ("", [])
 
 
-def _stats_where(since: Optional[str], until: Optional[str], filter_metadata: Optional[dict]) -> tuple[str, list]:
-    """`` AND ...`` conditions (and parameters) on a stats table's ``timestamp`` and ``session_seq``."""
+def _stats_where(since: Optional[str], until: Optional[str],
+                 filter_metadata: Optional[dict]) -> tuple[str, list, Optional[tuple[str, list]]]:
+    """`` AND ...`` conditions (and parameters) on a stats table's ``timestamp`` and ``session_seq``, and the
+    query filling :data:`_STATS_SESSIONS` with the sessions ``filter_metadata`` selects (None: no filter)."""
     conditions, params = [], []
     if since is not None:
         conditions.append("timestamp >= ?")
@@ -132,10 +137,21 @@ def _stats_where(since: Optional[str], until: Optional[str], filter_metadata: Op
         conditions.append("timestamp < ?")
         params.append(until)
     sessions_select, meta_params = _metadata_sessions(filter_metadata)
+    fill = None
     if sessions_select:
-        conditions.append(f"session_seq IN ({sessions_select})")
-        params += meta_params
-    return "".join(f" AND {c}" for c in conditions), params
+        conditions.append(f"session_seq IN {_STATS_SESSIONS}")
+        fill = (sessions_select, meta_params)
+    return "".join(f" AND {c}" for c in conditions), params, fill
+
+
+def _select_sessions(conn: sqlite3.Connection, fill: Optional[tuple[str, list]]) -> None:
+    """Materialise the sessions a metadata filter selects, once per stats call (an ``IN (subquery)`` would be
+    evaluated again by every percentile read). A TEMP table: private to this connection, fine read-only."""
+    if fill is None:
+        return
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STATS_SESSIONS.split('.')[1]} (seq INTEGER PRIMARY KEY)")
+    conn.execute(f"DELETE FROM {_STATS_SESSIONS}")
+    conn.execute(f"INSERT INTO {_STATS_SESSIONS} {fill[0]}", fill[1])
 
 
 # summaries(order=...): the SQL sort key of each order (ties: most recently created first)
@@ -303,7 +319,7 @@ _FRAME_SELECT = ", ".join([
     "json_extract(m.routing, '$.target')", "json_extract(m.metrics, '$.time_to_first_token')",
     "json_extract(m.metrics, '$.tokens_per_second')", "json_extract(m.metrics, '$.total_latency')",
     "json_extract(m.metrics, '$.input_tokens')", "json_extract(m.metrics, '$.output_tokens')",
-    "m.partial", "m.request_id", "m.author"])
+    "json_extract(m.metrics, '$.cost_usd')", "m.partial", "m.request_id", "m.author"])
 
 
 def exists_message(session_id: str, where: str) -> str:
@@ -736,6 +752,20 @@ class SessionStore(SharedOps):
             out[sid][model_id] = n
         return out
 
+    def session_costs(self, session_ids: list[str]) -> dict[str, float]:
+        """``{session_id: sum of its replies' known metrics.cost_usd}``; sessions with no known cost are absent."""
+        ids = [check_session_id(sid) for sid in session_ids]
+        out: dict[str, float] = {}
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
+                chunk = ids[start:start + 500]
+                out.update(conn.execute(
+                    f"SELECT s.id, SUM(json_extract(m.metrics, '$.cost_usd')) FROM sessions AS s "
+                    f"JOIN messages AS m ON m.session_seq = s.seq WHERE s.id IN ({', '.join('?' * len(chunk))}) "
+                    f"AND m.role = 'assistant' AND m.metrics IS NOT NULL GROUP BY s.id "
+                    f"HAVING count(json_extract(m.metrics, '$.cost_usd')) > 0", chunk).fetchall())
+        return out
+
     def message_rows(self, session_ids: Optional[Iterable[str]] = None,
                      author: Optional[str] = None) -> list[tuple]:
         """Rows for ``frames.messages_df`` (its MESSAGE_COLUMNS, JSON fields extracted by SQLite): the messages
@@ -770,22 +800,24 @@ class SessionStore(SharedOps):
         ``key`` (model id, route, session id or ``YYYY-MM-DD``; None for requests without a model/route),
         the :data:`.stats.STATS_COLUMNS`, and ``title`` for sessions. Groups come in no particular order.
 
-        One aggregate scan (GROUP BY) gives the counts and sums; each percentile is read per group with
-        ``ORDER BY metric LIMIT 1 OFFSET rank`` on a covering index, batched into a few statements.
+        One aggregate scan (GROUP BY) gives the counts and sums; the percentiles are read from covering
+        indexes in their order, never sorted (:meth:`_stats_percentiles`).
         """
         by = stats_module.check_by(by)
         key, prompt_key = _STATS_KEYS[by]
-        where, params = _stats_where(since, until, filter_metadata)
+        where, params, fill = _stats_where(since, until, filter_metadata)
         self._update_stats_tables()
         groups: dict = {}
         with self._read() as conn:
+            _select_sessions(conn, fill)
             for row in conn.execute(
                     f"SELECT {key}, {_STATS_SUMS}, count(ttft), count(tps) FROM reply_stats NOT INDEXED "
                     f"WHERE 1{where} GROUP BY 1", params):
                 groups[row[0]] = {"key": row[0], **dict(zip(_STATS_SUM_NAMES, row[1:-2])),
                                   "_n": {"ttft": row[-2], "tps": row[-1]}}
             for group_key, unanswered in conn.execute(
-                    f"SELECT {prompt_key}, count(*) FROM request_prompts WHERE answered = 0{where} GROUP BY 1",
+                    f"SELECT {prompt_key}, count(*) FROM request_prompts INDEXED BY request_prompts_unanswered "
+                    f"WHERE answered = 0{where} GROUP BY 1",
                     params):
                 group = groups.setdefault(group_key, {
                     "key": group_key, **dict.fromkeys(_STATS_SUM_NAMES, 0), "cost_usd": None,
@@ -812,10 +844,11 @@ class SessionStore(SharedOps):
         for column in columns:
             if column not in ("day", "model_id", "route"):
                 raise ValueError(f"group_by columns must be 'day', 'model_id' or 'route', not {column!r}")
-        where, params = _stats_where(since, until, filter_metadata)
+        where, params, fill = _stats_where(since, until, filter_metadata)
         self._update_stats_tables()
         keys = ", ".join(columns) or "NULL"
         with self._read() as conn:
+            _select_sessions(conn, fill)
             rows = conn.execute(f"SELECT {keys}, {_STATS_SUMS} FROM reply_stats NOT INDEXED WHERE 1{where} "
                                 f"GROUP BY {', '.join(str(i + 1) for i in range(max(1, len(columns))))}",
                                 params).fetchall()
@@ -829,11 +862,12 @@ class SessionStore(SharedOps):
         thinned by a hash of the row id, so the sample spreads evenly over time and groups and is the same
         on every call."""
         sql_limit = check_limit(limit)
-        where, params = _stats_where(since, until, filter_metadata)
+        where, params, fill = _stats_where(since, until, filter_metadata)
         self._update_stats_tables()
         columns = ("timestamp", "model_id", "route", "partial", "fallback", "ttft", "tps", "input_tokens",
                    "output_tokens")
         with self._read() as conn:
+            _select_sessions(conn, fill)
             total = conn.execute(f"SELECT count(*) FROM reply_stats NOT INDEXED WHERE 1{where}", params).fetchone()[0]
             thin = ""
             if sql_limit >= 0 and total > sql_limit:
@@ -865,9 +899,14 @@ class SessionStore(SharedOps):
     @staticmethod
     def _stats_percentiles(conn: sqlite3.Connection, key: str, where: str, params: list,
                            groups: list[dict]) -> None:
-        """Fill each group's percentile columns: the values at the ranks around each quantile, read with
-        ``ORDER BY LIMIT 1 OFFSET`` from the ``(key, metric, timestamp, session_seq)`` index, many groups per
-        statement; interpolated as numpy does."""
+        """Fill each group's percentile columns from the values at the ranks around each quantile (0-based,
+        among the group's non-null values in order), interpolated as numpy does. Both reads walk the
+        ``(key, metric, timestamp, session_seq)`` index in order, so nothing is sorted:
+
+        - a few groups: ``ORDER BY metric LIMIT 1 OFFSET rank`` per rank, many per statement;
+        - many small groups (sessions): one ``row_number()`` pass over the whole index per metric, keeping
+          the wanted ``(key, rank)`` pairs (a TEMP table), instead of tens of thousands of subqueries.
+        """
         picks = []  # (group, column, metric, lo, hi, weight)
         for group in groups:
             for column, metric, q in stats_module.PERCENTILES:
@@ -875,22 +914,38 @@ class SessionStore(SharedOps):
                 group[column] = None
                 if n:
                     picks.append((group, column, metric, *stats_module.positions(n, q)))
-        reads = sorted({(id(g), metric, rank) for g, _, metric, lo, hi, _ in picks for rank in (lo, hi)})
-        by_id = {id(g): g for g in groups}
+        reads = {(metric, g["key"], rank) for g, _, metric, lo, hi, _ in picks for rank in (lo, hi)}
+        windowed = len(groups) > _STATS_WINDOW_GROUPS
+        values: dict = {}
+        if windowed:
+            by_window = {r for r in reads if r[1] is not None}  # NULL keys never match IN: read those by offset
+            reads -= by_window
+            for metric in {m for m, _, _ in by_window}:
+                conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STATS_RANKS.split('.')[1]} "
+                             f"(k, rn INTEGER, PRIMARY KEY (k, rn)) WITHOUT ROWID")
+                conn.execute(f"DELETE FROM {_STATS_RANKS}")
+                conn.executemany(f"INSERT OR IGNORE INTO {_STATS_RANKS} (k, rn) VALUES (?, ?)",
+                                 [(k, rank) for m, k, rank in by_window if m == metric])
+                for k, rank, value in conn.execute(
+                        f"SELECT w.k, w.rn, w.v FROM (SELECT {key} AS k, {metric} AS v, "
+                        f"row_number() OVER (PARTITION BY {key} ORDER BY {metric}) - 1 AS rn "
+                        f"FROM reply_stats INDEXED BY reply_stats_{key}_{metric} WHERE {metric} IS NOT NULL{where}"
+                        f") AS w WHERE (w.k, w.rn) IN (SELECT k, rn FROM {_STATS_RANKS})", params):
+                    values[(metric, k, rank)] = value
+        reads = sorted(reads, key=lambda r: (r[0], str(r[1]), r[2]))
         per_read = 1 + len(params)
         batch = max(1, min(_STATS_READS_PER_STATEMENT, _STATS_MAX_PARAMS // per_read))
-        values: dict = {}
         for start in range(0, len(reads), batch):
             chunk = reads[start:start + batch]
             sql = ", ".join(
                 f"(SELECT {metric} FROM reply_stats INDEXED BY reply_stats_{key}_{metric} WHERE {key} IS ? AND "
                 f"{metric} IS NOT NULL{where} ORDER BY {metric} LIMIT 1 OFFSET {int(rank)})"
-                for _, metric, rank in chunk)
-            args = [a for gid, _, _ in chunk for a in (by_id[gid]["key"], *params)]
+                for metric, _, rank in chunk)
+            args = [a for _, k, _ in chunk for a in (k, *params)]
             row = conn.execute(f"SELECT {sql}", args).fetchone()
             values.update(zip(chunk, row))
         for group, column, metric, lo, hi, weight in picks:
-            a, b = values[(id(group), metric, lo)], values[(id(group), metric, hi)]
+            a, b = values[(metric, group["key"], lo)], values[(metric, group["key"], hi)]
             group[column] = stats_module.lerp(a, b, weight)
 
     def delete(self, session_id: str) -> bool:
