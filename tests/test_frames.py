@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def client(tmp_path):
-    c = OblixClient(home=tmp_path / "home")
+def client(tmp_path, store_url):
+    """A client on each store engine (conftest's ``store_url``): the same frames from SQLite and PostgreSQL."""
+    c = OblixClient(home=tmp_path / "home", database_url=store_url)
     yield c
     c.sessions.close()
 

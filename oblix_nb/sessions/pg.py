@@ -297,6 +297,8 @@ class PostgresSessionStore(SharedOps):
         with self._conn() as conn, conn.transaction():
             yield conn
 
+    _read = _write  # one snapshot for reads of several statements (as SessionStore._read)
+
     def _written(self) -> None:
         """Nothing to do after a write: PostgreSQL indexes text as it is written."""
 

@@ -2,10 +2,15 @@
 
 A row is written for every reply, stored in a session or not, finished or cut short, so spend is counted
 even for ``execute()`` calls without a session, and deleting a session does not give its spend back.
+
+Both engines keep it (SQLite migration 5, PostgreSQL migration 3). In a shared PostgreSQL store each row
+records its ``author`` and spend is summed per user (one user's calls never use up another's budget).
 """
 from __future__ import annotations
 
 import threading
+from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Optional
 
 from .._util import iso
@@ -17,16 +22,19 @@ _COLUMNS = ("timestamp", "session_id", "request_id", "model_id", "target", "inpu
             "cache_read_tokens", "cache_write_tokens", "cost_usd", "cost_estimate_usd", "partial")
 _INSERT = f"INSERT INTO usage_log ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 # Spend: exact costs, and estimates where no exact cost exists.
-SPEND_SQL = "IFNULL(SUM(IFNULL(cost_usd, cost_estimate_usd)), 0)"
+SPEND_SQL = "COALESCE(SUM(COALESCE(cost_usd, cost_estimate_usd)), 0)"
 # "day": the local calendar day of this machine, as budgets' "day" (SQLite's localtime is the process's zone).
 GROUPS = {"model": "model_id", "session": "session_id", "day": "date(timestamp, 'localtime')"}
 
 
 def supported(store) -> bool:
-    """The usage log lives in the SQLite store (migration 5); the PostgreSQL store has none yet."""
-    from .store import SessionStore
+    """Whether ``store`` keeps a usage log (both engines do; a store of another kind may not)."""
+    return getattr(store, "engine", None) in ("sqlite", "postgresql")
 
-    return isinstance(store, SessionStore)
+
+def _sql(store, sql: str) -> str:
+    """``sql`` for ``store``'s engine: ``?`` placeholders become ``%s`` on PostgreSQL."""
+    return sql if store.engine == "sqlite" else sql.replace("?", "%s")
 
 
 def require(store, what: str) -> None:
@@ -53,8 +61,13 @@ def record(store, response: dict, target: Optional[str], partial: bool = False) 
            response.get("model_id"), target, _int(m.get("input_tokens")), _int(m.get("output_tokens")),
            _int(m.get("cache_read_tokens")), _int(m.get("cache_write_tokens")), _num(m.get("cost_usd")),
            _num(m.get("cost_estimate_usd")), 1 if partial else 0)
-    with store._write() as conn:
-        conn.execute(_INSERT, row)
+    if store.engine == "sqlite":
+        with store._write() as conn:
+            conn.execute(_INSERT, row)
+        return
+    with store._conn() as conn:
+        conn.execute(_sql(store, _INSERT.replace("(timestamp", "(author, timestamp").replace("VALUES (", "VALUES (?, ")),
+                     (store.author, *row))
 
 
 # (database path, since, session_id) -> (highest seq summed, sum). The log is append-only, so a sum stays
@@ -70,7 +83,7 @@ def spent(store, since: Optional[str] = None, session_id: Optional[str] = None) 
     Sums are kept per store and read incrementally: each call adds only the rows logged since the last one
     (by any process), so a check stays fast however long the log grows."""
     require(store, "spend")
-    key = (str(store.path), since, session_id)
+    key = (store.url, store.author if store.engine != "sqlite" else None, since, session_id)
     with _sums_lock:
         mark, total = _sums.get(key, (0, 0.0))
     where, params = ["seq > ?"], [mark]
@@ -80,8 +93,12 @@ def spent(store, since: Optional[str] = None, session_id: Optional[str] = None) 
     if session_id is not None:
         where.append("session_id = ?")
         params.append(session_id)
-    sql = (f"SELECT (SELECT IFNULL(MAX(seq), 0) FROM usage_log), {SPEND_SQL} FROM usage_log "
+    if store.engine != "sqlite":
+        where.append("author = ?")
+        params.append(store.author)
+    sql = (f"SELECT (SELECT COALESCE(MAX(seq), 0) FROM usage_log), {SPEND_SQL} FROM usage_log "
            f"WHERE {' AND '.join(where)}")
+    sql = _sql(store, sql)
     with store._read() as conn:
         top, added = conn.execute(sql, params).fetchone()
         if top < mark:  # not the log the mark was taken on (replaced file): sum it all again
@@ -104,12 +121,20 @@ def usage_df(store, by: str = "model") -> "pd.DataFrame":
         raise ValueError(f"by must be one of {list(GROUPS)}, not {by!r}")
     require(store, "client.usage()")
     key = GROUPS[by]
+    params: list = []
+    where = ""
+    if store.engine != "sqlite":  # this user's rows; "day" in this machine's current UTC offset
+        offset = datetime.now().astimezone().utcoffset().total_seconds()
+        key = {"day": f"to_char(timestamp::timestamptz AT TIME ZONE 'UTC' + interval '{int(offset)} seconds', "
+                      f"'YYYY-MM-DD')"}.get(by, key)
+        where, params = "WHERE author = %s", [store.author]
     sql = (f"SELECT {key} AS k, count(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
            f"SUM(cache_write_tokens), SUM(cost_usd), SUM(cost_estimate_usd), "
-           f"SUM(cost_usd IS NULL AND cost_estimate_usd IS NULL), {SPEND_SQL}, MIN(timestamp), MAX(timestamp) "
-           f"FROM usage_log GROUP BY k ORDER BY MIN(timestamp)")
+           f"SUM(CASE WHEN cost_usd IS NULL AND cost_estimate_usd IS NULL THEN 1 ELSE 0 END), {SPEND_SQL}, "
+           f"MIN(timestamp), MAX(timestamp) FROM usage_log {where} GROUP BY k ORDER BY MIN(timestamp)")
     with store._read() as conn:
-        rows = conn.execute(sql).fetchall()
+        rows = [tuple(int(v) if isinstance(v, Decimal) else v for v in row)
+                for row in conn.execute(sql, params).fetchall()]
         titles = dict(conn.execute("SELECT id, title FROM sessions").fetchall()) if by == "session" else {}
     names = ["replies", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd",
              "cost_estimate_usd", "unpriced_replies", "spend_usd", "first", "last"]
