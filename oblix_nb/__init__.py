@@ -6,24 +6,24 @@
     await client.execute("Hello!")
 
 In IPython/Jupyter: ``%load_ext oblix_nb``, then ``%oblix_session`` and ``%%oblix``.
-``import oblix_nb`` stays light: pandas, ipywidgets and llama_cpp are imported only when used.
+``import oblix_nb`` stays light: pandas, ipywidgets, llama_cpp and anthropic are imported only when used.
 """
 from __future__ import annotations
 
-from .agents import ConnectivityAgent, ResourceMonitor
+from .agents import BudgetAgent, ConnectivityAgent, ResourceMonitor
 from .client import OblixClient
-from .errors import (ModelCallError, ModelUnavailableError, NoModelHookedError, OblixError, ReplyNotStoredError,
-                     RowError, SchemaError, SessionExistsError, SessionFileError, SessionNotFoundError, StorageError,
-                     StructuredOutputError)
+from .errors import (BudgetExceededError, ModelCallError, ModelUnavailableError, NoModelHookedError, OblixError,
+                     ReplyNotStoredError, RowError, SchemaError, SessionExistsError, SessionFileError,
+                     SessionNotFoundError, StorageError, StructuredOutputError)
 from .models.base import ModelType
 from .streaming import StdoutSink, StreamSink
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "OblixClient", "ModelType", "ResourceMonitor", "ConnectivityAgent", "StreamSink", "StdoutSink",
+    "OblixClient", "ModelType", "ResourceMonitor", "ConnectivityAgent", "BudgetAgent", "StreamSink", "StdoutSink",
     "OblixError", "SessionNotFoundError", "SessionExistsError", "ModelUnavailableError", "ModelCallError", "NoModelHookedError",
-    "StorageError", "ReplyNotStoredError", "SessionFileError", "SchemaError", "StructuredOutputError", "RowError",
+    "StorageError", "ReplyNotStoredError", "SessionFileError", "SchemaError", "StructuredOutputError", "RowError", "BudgetExceededError",
     "load_ipython_extension", "unload_ipython_extension",
 ]
 

@@ -17,15 +17,18 @@ from typing import Any, Awaitable, Callable, List, Optional
 
 from . import runtime
 from ._util import check_session_id, describe_error, iso, new_id, utcnow
-from .agents import ConnectivityAgent, ResourceMonitor, run_check
+from .agents import BudgetAgent, ConnectivityAgent, ResourceMonitor, run_check
+from .budget import Budgets
 from .context import fit_history
-from .errors import (ModelCallError, NoModelHookedError, ReplyNotStoredError, SessionNotFoundError,
-                     StructuredOutputError)
+from .errors import (BudgetExceededError, ModelCallError, NoModelHookedError, ReplyNotStoredError,
+                     SessionNotFoundError, StructuredOutputError)
 from .models import make_backend
 from .models.base import SAMPLING_OPTIONS, GenerationParams, ModelBackend, ModelType, Usage, \
     is_connection_failure
+from .pricing import Price, PriceBook, reply_cost
 from .routing import decide
 from .sessions import open_store
+from .sessions import usage as usage_log
 from .sessions.validate import check_text
 from .streaming import StdoutSink, StreamSink, as_sink
 
@@ -221,8 +224,8 @@ class OblixClient:
                     author: Optional[str] = None):
         """One row per session (newest ``updated_at`` first), metadata keys expanded to columns.
 
-        Columns: session_id, title, created_at, updated_at (UTC datetimes), message_count, author, then one
-        column per metadata key. ``limit=None``: all sessions; ``filter_metadata``/``author`` as in
+        Columns: session_id, title, created_at, updated_at (UTC datetimes), message_count, author, cost_usd (the sum
+        of its replies' known costs; NA when none is known), then one column per metadata key. ``limit=None``: all sessions; ``filter_metadata``/``author`` as in
         ``list_sessions``.
         """
         from .sessions.frames import sessions_df
@@ -234,12 +237,65 @@ class OblixClient:
 
         Columns: session_id, session_title, message_id, role, content, timestamp (UTC), model_id,
         route_target, time_to_first_token, tokens_per_second, total_latency, input_tokens, output_tokens
-        (nullable Int64), partial (bool), request_id, author (who wrote it). role/model_id/route_target/author
+        (nullable Int64), cost_usd (Float64; NA when unknown), partial (bool), request_id, author (who wrote it). role/model_id/route_target/author
         are categoricals. ``author``: only that user's messages.
         """
         from .sessions.frames import messages_df
 
         return messages_df(self.sessions, session_ids=session_ids, author=author)
+
+    # ------------------------------------------------------------------ cost and budgets
+    # Views of the current store (``sessions`` may be swapped for another store, e.g. by %config OblixMagics.home).
+    @property
+    def prices(self) -> PriceBook:
+        return PriceBook(self.sessions)
+
+    @property
+    def budgets(self) -> Budgets:
+        return Budgets(self.sessions)
+
+    def set_price(self, model: str, input: float, output: float, cached: Optional[float] = None,
+                  cache_write: Optional[float] = None) -> dict:
+        """Set a model's price in USD per million tokens (overrides the shipped table; see :mod:`oblix_nb.pricing`).
+
+        ``model``: a model id (``"claude:claude-haiku-4-5"``) or a bare model name. ``cached``: input read from
+        the provider's prompt cache; ``cache_write``: input written to it (both default to ``input``). Kept in
+        the session store, so every kernel sharing it uses the price. Returns the price as a dict.
+        """
+        return self.prices.set(model, input, output, cached, cache_write).as_dict()
+
+    def price_of(self, model_id: str) -> Optional[dict]:
+        """The price that applies to a hooked model (a dict with its ``source``), or None if unknown."""
+        backend = self._models.get(model_id)
+        price = self.prices.for_backend(backend) if backend is not None else self.prices.lookup(
+            model_id, model_id.split(":", 1)[-1], "cloud")
+        return price.as_dict() if price is not None else None
+
+    def set_budget(self, usd: Optional[float], per: str = "day") -> Optional[dict]:
+        """Cap cloud spend: ``usd`` per ``"day"`` (since local midnight), ``"session"`` or ``"total"``; None removes
+        that budget. Kept in the session store (it holds for every kernel sharing it). Hooks a BudgetAgent if
+        none is hooked. A cloud call whose worst case exceeds what is left is routed to a local model, or refused
+        with BudgetExceededError when none is hooked (see :mod:`oblix_nb.budget`). Returns the budget's status
+        ``{per, usd, spent_usd, remaining_usd}`` (None when removed)."""
+        status = self.budgets.set(usd, per)
+        if status is not None and self._agent(BudgetAgent) is None:
+            self.hook_agent(BudgetAgent())
+        return status
+
+    def budget_status(self, session_id: Optional[str] = None) -> List[dict]:
+        """The budgets that apply (to ``session_id``, default the current session), tightest first."""
+        sid = session_id if session_id is not None else self.current_session_id
+        return [s.as_dict() for s in self.budgets.status(sid)]
+
+    def usage(self, by: str = "model"):
+        """Replies, tokens and cost grouped ``by`` ``"model"``, ``"session"`` or ``"day"`` (local calendar day),
+        one row per group in order of first use, from the store's usage log (every reply, in a session or not;
+        deleting a session keeps its usage). Columns: the key (``model_id`` / ``session_id`` + ``title`` /
+        ``day``), replies, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd (known
+        exact costs), cost_estimate_usd (estimates for replies cut short before the provider counted),
+        unpriced_replies (replies of models with no known price), spend_usd (what budgets count: cost_usd plus
+        cost_estimate_usd), first, last (UTC)."""
+        return usage_log.usage_df(self.sessions, by=by)
 
     def stats(self, by: str = "model", since: Any = None, until: Any = None, filter_metadata: dict = None):
         """Request statistics per ``by`` ("model", "route", "session" or "day") as a DataFrame, computed in
@@ -296,8 +352,9 @@ class OblixClient:
                          api_key: Optional[str] = None, **kwargs: Any) -> bool:
         """Hook a model: checks that its endpoint answers and lists it (never downloads, never bills).
 
-        kwargs: ``base_url`` (OPENAI), ``target`` ("local"/"cloud"), ``context_window``, ``timeout``,
-        ``model_path``/``n_ctx``/``n_threads`` (LLAMACPP), ``keep_alive`` (OLLAMA).
+        kwargs: ``base_url`` (OPENAI, CLAUDE), ``target`` ("local"/"cloud"), ``context_window``, ``timeout``,
+        ``model_path``/``n_ctx``/``n_threads`` (LLAMACPP), ``keep_alive`` (OLLAMA), ``prompt_cache`` (CLAUDE).
+        CLAUDE checks with the free Models API (``GET /v1/models/{model}``), never a billed message.
         Raises ModelUnavailableError naming the endpoint and the model.
         """
         return await runtime.to_loop(self._hook_model(model_type, model_name, endpoint, api_key, **kwargs))
@@ -337,6 +394,9 @@ class OblixClient:
         if not hasattr(agent, "check") or not isinstance(getattr(agent, "name", None), str):
             raise TypeError("an agent needs a `name` string and a `check()` method")
         self._agents = [a for a in self._agents if a.name != agent.name] + [agent]
+        bind = getattr(agent, "bind", None)  # agents that read the client's state (BudgetAgent)
+        if callable(bind):
+            bind(self)
         start = getattr(agent, "start", None)
         if callable(start) and not getattr(agent, "running", False):
             start()
@@ -443,9 +503,9 @@ class OblixClient:
 
         if is_dask_frame(data):
             return map_dask(
-                self, data, prompt, schema=schema, model_id=model_id, concurrency=concurrency,
-                temperature=temperature, max_tokens=max_tokens, system=system, session_id=session_id,
-                cache=cache, on_error=on_error, **options)
+                self, data, prompt, schema=schema, model_id=self.resolve_model_id(model_id),
+                concurrency=concurrency, temperature=temperature, max_tokens=max_tokens, system=system,
+                session_id=session_id, cache=cache, on_error=on_error, **options)
 
         return await map_frame(
             self, data, prompt, schema=schema, model_id=self.resolve_model_id(model_id), concurrency=concurrency,
@@ -456,9 +516,12 @@ class OblixClient:
         """``map()`` from synchronous code, e.g. a notebook cell: runs on the package's loop thread (no nested
         event loop). A kernel interrupt stops the batch; finished rows are stored and the next call resumes."""
         from .batch import map_frame_sync
+        from .cluster import is_dask_frame, map_dask
 
         if runtime.in_loop_thread():
             raise RuntimeError("map_sync() called from the package's loop thread; await map() instead")
+        if is_dask_frame(data):  # a lazy Dask DataFrame: nothing runs here until .compute()
+            return map_dask(self, data, prompt, **{**kwargs, "model_id": self.resolve_model_id(kwargs.get("model_id"))})
         return map_frame_sync(self, data, prompt, **kwargs)
 
     def stream(self, prompt: str, **kwargs: Any) -> "ExecutionStream":
@@ -552,7 +615,13 @@ class OblixClient:
             fitted = fit_history(history, request.prompt, context_window=backend.context_window or 2048,
                                  max_tokens=params.max_tokens, count=backend.estimate_tokens,
                                  overhead=backend.message_overhead())
-            call = Call(backend, replace(request, params=params), decision, checks, fitted)
+            price = self.prices.for_backend(backend)
+            blocked = self._over_budget(backend, price, fitted, params, request.session_id)
+            if blocked is not None:
+                tried.add(backend.model_id)
+                decision = self._skip_over_budget(decision, backend, blocked, tried, failures)
+                continue
+            call = Call(backend, replace(request, params=params), decision, checks, fitted, price)
             try:
                 return await call.run(sink if stream else None, stream, store, self.checkpoint_interval)
             except BeforeFirstToken as exc:
@@ -564,6 +633,44 @@ class OblixClient:
                         "no model could answer: " + "; ".join(failures), model_id=backend.model_id
                     ) from exc.__cause__
                 decision = decision.fell_back(backend.model_id, exc.summary, remaining[0])
+            finally:
+                if call.final is not None:  # a reply (finished or cut short) exists: log its usage once
+                    self._log_usage(*call.final)
+
+    def _log_usage(self, response: dict, partial: bool) -> None:
+        """One usage-log row per reply (spend for budgets, ``usage()``); bookkeeping never costs the reply."""
+        if not response.get("response") and (response.get("metrics") or {}).get("input_tokens") is None:
+            return
+        try:
+            usage_log.record(self.sessions, response, (response.get("routing_decision") or {}).get("target"),
+                             partial)
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"oblix_nb: could not log the usage of request {response.get('request_id')}: "
+                          f"{describe_error(exc)}", RuntimeWarning, stacklevel=2)
+
+    def _over_budget(self, backend: ModelBackend, price: Optional[Price], fitted, params: GenerationParams,
+                     session_id: Optional[str]):
+        """None if ``backend`` may be called under the budgets, else ``(why, budget status, worst case USD)``."""
+        if price is not None and price.source == "local":
+            return None
+        max_out = params.max_tokens or backend.default_max_tokens() or \
+            max(1, (backend.context_window or 4096) - fitted.used)
+        return self.budgets.check_call(price, fitted.used, max_out, session_id)
+
+    def _skip_over_budget(self, decision, backend: ModelBackend, blocked, tried: set, failures: list):
+        """The decision for the next candidate after ``backend`` was over budget; BudgetExceededError if none."""
+        why, status, worst = blocked
+        remaining = [m for m in decision.candidates if m not in tried and m in self._models]
+        if not remaining:
+            local = any(m.target == "local" for m in self._models.values())
+            raise BudgetExceededError(
+                f"{backend.model_id} not called: {why}"
+                + ("; no local model is hooked to take the request" if not local else "")
+                + (f"; earlier: {'; '.join(failures)}" if failures else ""),
+                budget=status.as_dict() if status else None, worst_case_usd=worst, model_id=backend.model_id)
+        failures.append(f"{backend.model_id}: over budget")
+        return decision.skipped(backend.model_id, f"over budget: {why}", remaining[0],
+                                self._models[remaining[0]].target)
 
     def _store_reply(self, request: "Request", text: str, response: dict, partial: bool,
                      message_id: Optional[str] = None, replace: bool = False) -> None:
@@ -670,9 +777,12 @@ class BeforeFirstToken(Exception):
 class Call:
     """One attempt at one model: streams, measures, stores the reply (or the partial one)."""
 
-    def __init__(self, backend: ModelBackend, request: Request, decision, checks: list, fitted):
+    def __init__(self, backend: ModelBackend, request: Request, decision, checks: list, fitted,
+                 price: Optional[Price] = None):
         self.backend, self.request, self.decision, self.checks, self.fitted = \
             backend, request, decision, checks, fitted
+        self.price = price
+        self.final: Optional[tuple[dict, bool]] = None  # (response, partial) once the reply is complete or cut
         self.pieces: list[str] = []
         self.first_token_at: Optional[float] = None
         self.usage = Usage(input_source="none", output_source="none")
@@ -697,6 +807,9 @@ class Call:
             "context": {"messages": len(self.fitted.messages), "dropped": self.fitted.dropped,
                         "truncated": self.fitted.truncated},
         }
+        if u.cache_read_tokens is not None or u.cache_write_tokens is not None:
+            metrics["cache_read_tokens"], metrics["cache_write_tokens"] = u.cache_read_tokens, u.cache_write_tokens
+        metrics.update(reply_cost(self.price, u))
         out = {
             "request_id": self.request.request_id, "model_id": b.model_id, "response": "".join(self.pieces),
             "metrics": metrics, "routing_decision": self.decision.as_dict(), "agent_checks": self.checks,
@@ -730,6 +843,7 @@ class Call:
             partial = self.response(end, partial=True)
             if not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 partial["metrics"]["error"] = describe_error(exc)  # cut by a failure, not stopped
+            self.final = (partial, True)
             not_stored = self.save(store, partial, True)
             if sink is not None:
                 sink.end(None, exc)
@@ -745,6 +859,7 @@ class Call:
                 f"{self.backend.model_id} failed after {len(self.pieces)} chunk(s): {describe_error(exc)}" + kept,
                 model_id=self.backend.model_id, partial=partial["response"], response=partial) from exc
         response = self.response(self.end, partial=False)
+        self.final = (response, False)
         not_stored = self.save(store, response, False)
         if sink is not None:
             sink.end(response)

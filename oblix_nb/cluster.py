@@ -105,11 +105,10 @@ def worker_client(spec: ClientSpec):
 
 
 def _map_partition(frame, spec: ClientSpec, prompt: Any, options: dict):
-    """One partition on a worker: ``map_frame`` with this process's client (synchronous)."""
-    from . import runtime
-    from .batch import map_frame
+    """One partition on a worker: ``map_frame_sync`` with this process's client."""
+    from .batch import map_frame_sync
 
-    return runtime.run(map_frame(worker_client(spec), frame, prompt, **options))
+    return map_frame_sync(worker_client(spec), frame, prompt, **options)
 
 
 def map_dask(client, data: Any, prompt: Any, **options: Any):
@@ -118,7 +117,7 @@ def map_dask(client, data: Any, prompt: Any, **options: Any):
     from .batch import MapJob
 
     spec = ClientSpec.from_client(client)
-    options = {**options, "progress": False}
+    options = {**options, "progress": False}  # workers draw no bars; Dask has its own progress tools
     # The driver settles the batch session (so workers never race to create it) and the output's columns
     # and dtypes, from an empty frame: no model is called.
     job = MapJob(client, data._meta, prompt, **options)

@@ -99,3 +99,18 @@ class RowError(OblixError):
     def __init__(self, message: str, *, positions: list[int]):
         super().__init__(message)
         self.positions = positions
+
+
+class BudgetExceededError(OblixError):
+    """A cloud call could exceed a budget set with ``client.set_budget`` and no local model is hooked to take it.
+
+    Nothing was sent. ``budget`` is the budget that blocked it (``{"per", "usd", "spent_usd", "remaining_usd"}``),
+    ``worst_case_usd`` what the call could have cost, ``model_id`` the model it was routed to.
+    """
+
+    def __init__(self, message: str, *, budget: dict | None = None, worst_case_usd: float | None = None,
+                 model_id: str | None = None):
+        super().__init__(message)
+        self.budget = budget
+        self.worst_case_usd = worst_case_usd
+        self.model_id = model_id

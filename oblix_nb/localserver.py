@@ -1,12 +1,12 @@
 """Real model servers on loopback, for notebooks and tests.
 
-    from oblix_nb.localserver import start_openai_server, start_ollama_server
+    from oblix_nb.localserver import start_openai_server
 
     with start_openai_server() as srv:          # llama_cpp.server (OpenAI API) over SmolLM2-135M
         openai.OpenAI(base_url=srv.base_url, api_key="unused")      # srv.base_url == srv.url + "/v1"
 
-    with start_ollama_server() as srv:          # oblix_nb.ollama_compat (Ollama API) over SmolLM2-135M
-        ollama.Client(host=srv.base_url)                             # srv.base_url == srv.url
+The test suite's own API servers (Ollama, Anthropic Messages) are test infrastructure: they live in
+``tests/servers/`` and are started with this module's :class:`LocalServer`.
 
 Every server is a subprocess bound to 127.0.0.1 on a free port. Its output goes to a temporary log file (never to
 the notebook); ``log_tail()`` reads it. ``stop()`` (also on ``with`` exit, garbage collection and interpreter exit)
@@ -17,8 +17,8 @@ Attributes of a :class:`LocalServer`:
 
 ``url``       root URL, ``http://127.0.0.1:PORT``
 ``base_url``  what the API's official client takes as its base URL: ``url + "/v1"`` for the OpenAI server
-              (``openai.OpenAI(base_url=...)``), ``url`` itself for the Ollama server (``ollama.Client(host=...)``)
-``kind``      ``"openai"`` or ``"ollama"`` (``"process"`` for a bare :class:`LocalServer`)
+              (``openai.OpenAI(base_url=...)``); the test servers set their own
+``kind``      ``"openai"`` (``"process"`` for a bare :class:`LocalServer`; the test servers set their own)
 ``model``     the model name the server answers to (``"smollm2:135m"`` by default)
 ``port``, ``pid``, ``log_path``, ``gguf_path``, ``startup_seconds`` (start to ready, warm-up included)
 """
@@ -39,6 +39,7 @@ from typing import Optional, Sequence
 import httpx
 
 LOOPBACK = "127.0.0.1"
+SECRET_ENV = frozenset({"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"})
 
 # Started as ``python -c _BOOTSTRAP PARENT_PID (-m MODULE | PATH) ARGS...``: runs the module or script as __main__ in
 # this very process (so ``pid`` is the server's pid) after starting a thread that exits when the parent dies.
@@ -112,7 +113,8 @@ class LocalServer:
         fd, log_path = tempfile.mkstemp(prefix=f"oblix-{name}-{self.port}-", suffix=".log")
         self.log_path = Path(log_path)
         self._log = os.fdopen(fd, "wb")
-        child_env = dict(os.environ if env is None else env)
+        # A model server never needs the user's provider keys: they are not handed to it.
+        child_env = {k: v for k, v in (os.environ if env is None else env).items() if k not in SECRET_ENV}
         child_env.setdefault("PYTHONUNBUFFERED", "1")
         try:
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
@@ -260,34 +262,6 @@ def start_openai_server(model: str = "smollm2-135m", *, port: Optional[int] = No
                                     "messages": [{"role": "user", "content": "Hi"}]})
                 r.raise_for_status()
             server.startup_seconds = time.monotonic() - server._started
-    except BaseException:
-        server.stop()
-        raise
-    return server
-
-
-def start_ollama_server(model: str = "smollm2-135m", *, port: Optional[int] = None, name: str = "smollm2:135m",
-                        n_ctx: int = 2048, n_threads: int = 2, warmup: bool = True, timeout: float = 120.0,
-                        extra_args: Sequence[str] = ()) -> LocalServer:
-    """Start :mod:`oblix_nb.ollama_compat` (an Ollama-API server over llama-cpp-python) on 127.0.0.1.
-
-    ``model``: a shipped short name or a ``.gguf`` path; ``name``: the Ollama model name it serves. Returns once
-    ``GET /api/version`` answers (the model is loaded, and warmed up in-process unless ``warmup=False``, before the
-    server starts listening). ``.base_url`` == ``.url`` == ``http://127.0.0.1:PORT`` -- pass it to
-    ``ollama.Client(host=...)``. ``GET .url + "/_debug/requests"`` lists the request bodies it received.
-
-    The server file is run by path (``python .../ollama_compat.py``): it imports nothing from ``oblix_nb``, so the
-    child does not pay for (or depend on) importing the whole package."""
-    gguf = _gguf(model)
-    port = port or free_port()
-    script = str(Path(__file__).with_name("ollama_compat.py"))
-    argv = [sys.executable, script, "--model", str(gguf), "--name", name, "--host", LOOPBACK, "--port", str(port),
-            "--n_threads", str(n_threads), "--n_ctx", str(n_ctx), *(() if warmup else ("--no-warmup",)),
-            *extra_args]
-    server = LocalServer(argv, port=port, ready_path="/api/version", api_path="", name="ollama-compat",
-                         kind="ollama", model=name, gguf_path=gguf)
-    try:
-        server.wait_ready(timeout)
     except BaseException:
         server.stop()
         raise

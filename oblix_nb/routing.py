@@ -3,12 +3,14 @@
 Policy (``decide``), strongest rule first — each agent result counts with the rank of its ``state``:
 
 1. ``"disconnected"`` (rank 4): you can't use a cloud you can't reach → normally local. Beats everything.
+   ``"over_budget"`` (rank 4, BudgetAgent): you can't use a cloud you can't pay for → local.
 2. ``"critical"`` (rank 3): resources critical → normally cloud.
 3. ``"constrained"`` (rank 2): resources constrained → normally cloud (so it beats a degraded connection).
+   ``"near_budget"`` (rank 2, BudgetAgent): spend nears a budget → local (a tie with "constrained" goes local).
 4. ``"degraded"`` (rank 1): connection degraded → normally local (unless resources said cloud, above).
 5. Any other state with an explicit ``target`` (rank 0) — foreign agents' votes.
-   The built-in "all fine" states ``"available"`` (resource_monitor) and ``"connected"`` (connectivity) say a
-   target is *usable*, not *preferred*, so they are not votes.
+   The built-in "all fine" states ``"available"`` (resource_monitor), ``"connected"`` (connectivity) and
+   ``"within_budget"`` (budget) say a target is *usable*, not *preferred*, so they are not votes.
 6. No vote at all → **local** (privacy; no per-token cost).
 
 The highest rank that has votes decides; within that rank the majority target wins, and a tie goes to local.
@@ -29,8 +31,9 @@ from .agents.base import normalize_result
 from .errors import NoModelHookedError
 
 TARGETS = ("local", "cloud")
-STATE_RANK = {"disconnected": 4, "critical": 3, "constrained": 2, "degraded": 1}
-NEUTRAL_STATES = frozenset({"available", "connected"})
+STATE_RANK = {"disconnected": 4, "over_budget": 4, "critical": 3, "constrained": 2, "near_budget": 2,
+              "degraded": 1}
+NEUTRAL_STATES = frozenset({"available", "connected", "within_budget"})
 DEFAULT_TARGET = "local"
 
 
@@ -88,6 +91,17 @@ class RoutingDecision:
                   f"so fell back to {next_id} ({next_target})")
         return replace(self, target=next_target, model_id=next_id, reason=reason, fallback_from=fallback_from,
                        candidates=candidates, _targets=targets)
+
+    def skipped(self, model_id: str, why: str, next_model: str, next_target: str) -> "RoutingDecision":
+        """A new decision for ``next_model`` after ``model_id`` was passed over before any call (e.g. over
+        budget). Unlike :meth:`fell_back` nothing failed, so ``fallback_from`` is unchanged."""
+        candidates = list(self.candidates)
+        if next_model not in candidates:
+            candidates.append(next_model)
+        targets = {**self._targets, next_model: next_target}
+        reason = f"{self.reason}; {model_id} skipped: {why}; so routed to {next_model} ({next_target})"
+        return replace(self, target=next_target, model_id=next_model, reason=reason, candidates=candidates,
+                       _targets=targets)
 
 
 # ---------------------------------------------------------------------------------------------- decide

@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Callable, Optional, Protocol, TextIO, Union, runtime_checkable
 
+from .pricing import cost_label
+
 
 @runtime_checkable
 class StreamSink(Protocol):
@@ -24,7 +26,7 @@ class StreamSink(Protocol):
 
 def format_footer(response: dict) -> str:
     """One line: model, route and reason, time to first token, tokens/s, tokens; whether the reply was cut at
-    ``max_tokens`` (finish reason ``length``) or is partial."""
+    ``max_tokens`` (finish reason ``length``) or is partial; the cost of a cloud reply."""
     m = response.get("metrics") or {}
     route = response.get("routing_decision") or {}
     bits = [response.get("model_id") or "?"]
@@ -41,6 +43,9 @@ def format_footer(response: dict) -> str:
         bits.append(f"{m['output_tokens']} tokens")
     if m.get("finish_reason") == "length":
         bits.append("cut at max_tokens")
+    cost = cost_label(m)  # cloud replies only
+    if cost:
+        bits.append(cost)
     if response.get("partial"):
         bits.append("PARTIAL")
     return " · ".join(bits)

@@ -6,10 +6,14 @@ Fixtures
 ``openai_server``  (session) ``oblix_nb.localserver.LocalServer`` running ``python -m llama_cpp.server``:
                    ``.base_url`` = ``http://127.0.0.1:PORT/v1`` (for ``openai.OpenAI``), ``.url`` = root,
                    ``.model`` = ``"smollm2:135m"``, ``.pid``, ``.port``, ``.log_tail()``.
-``ollama_server``  (session) ``LocalServer`` running ``oblix_nb.ollama_compat``: ``.base_url`` == ``.url`` ==
+``ollama_server``  (session) ``LocalServer`` running ``tests/servers/ollama_compat.py``: ``.base_url`` == ``.url`` ==
                    ``http://127.0.0.1:PORT`` (for ``ollama.Client(host=...)``), ``.model`` = ``"smollm2:135m"``;
                    ``GET .url + "/_debug/requests"`` lists the request bodies it received,
                    ``GET .url + "/_debug/generations"`` one status record per generation.
+``anthropic_server`` (session) ``LocalServer`` running ``tests/servers/anthropic_compat.py`` (Anthropic Messages
+                   API): ``.base_url`` == ``.url`` (no ``/v1``), ``.api_key``, ``.model`` / ``.models`` (Claude-looking
+                   names, all SmolLM2-135M); ``POST .url + "/_control/fail"`` injects errors (529 etc.);
+                   prompt prefixes of 32+ tokens are cacheable (``--cache-min-tokens 32``).
 ``tmp_home``       (function) an empty directory for ``OblixClient(home=...)``.
 ``pg_server``      (session) a PostgreSQL server from Debian's packages in a temp folder on a free loopback port
                    (``tests/pg.py``: ``.url``, ``.new_schema_url()``); stopped after the run. Skips with the reason
@@ -39,7 +43,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/pg.py, tests/stores.py
 
-SERVER_FIXTURES = {"openai_server", "ollama_server"}
+SERVER_FIXTURES = {"openai_server", "ollama_server", "anthropic_server"}
 
 
 # ------------------------------------------------------------------------------------------------ network guard
@@ -186,12 +190,26 @@ def openai_server(gguf_path):
 
 @pytest.fixture(scope="session")
 def ollama_server(gguf_path):
-    """``oblix_nb.ollama_compat`` (Ollama API) over SmolLM2-135M on a free 127.0.0.1 port, warmed up."""
+    """``tests/servers/ollama_compat.py`` (Ollama API) over SmolLM2-135M on a free 127.0.0.1 port, warmed up."""
     _need_llama_server()
     pytest.importorskip("starlette", reason="starlette is not installed")
-    from oblix_nb.localserver import start_ollama_server
+    from servers import start_ollama_server
 
     server = start_ollama_server(str(gguf_path))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def anthropic_server(gguf_path):
+    """``tests/servers/anthropic_compat.py`` (Anthropic Messages API) over SmolLM2-135M on a free loopback port."""
+    _need_llama_server()
+    pytest.importorskip("starlette", reason="starlette is not installed")
+    from servers import start_anthropic_server
+
+    server = start_anthropic_server(str(gguf_path), extra_args=("--cache-min-tokens", "32"))
     try:
         yield server
     finally:

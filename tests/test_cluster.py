@@ -84,3 +84,16 @@ def test_the_worker_spec_carries_no_secret(tmp_path, monkeypatch):
 
     assert secret_key.encode() not in pickle.dumps(spec)
     client.sessions.close()
+
+
+async def test_async_map_of_a_dask_frame_is_lazy(openai_server, tmp_path):
+    client = OblixClient(home=tmp_path)
+    await client.hook_model(ModelType.OPENAI, openai_server.model, base_url=openai_server.base_url)
+    ddf = dd.from_pandas(pd.DataFrame({"text": ["a", "b", "c"]}), npartitions=2)
+    try:
+        out = await client.map(ddf, "Say {text}", max_tokens=4)
+        assert is_dask_frame(out) and out.npartitions == 2 and "response" in out.columns
+        batch = client.sessions.summaries(filter_metadata={"kind": "map"})
+        assert len(batch) == 1 and batch[0]["message_count"] == 0  # nothing ran yet
+    finally:
+        client.sessions.close()

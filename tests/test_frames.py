@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def client(tmp_path):
-    c = OblixClient(home=tmp_path / "home")
+def client(tmp_path, store_url):
+    """A client on each store engine (conftest's ``store_url``): the same frames from SQLite and PostgreSQL."""
+    c = OblixClient(home=tmp_path / "home", database_url=store_url)
     yield c
     c.sessions.close()
 
@@ -86,7 +87,7 @@ def test_sessions_df_expands_metadata(client):
     a, b = seed(client)
     s = client.sessions_df()
     assert len(s) == 3
-    assert list(s.columns[:6]) == SESSION_COLUMNS
+    assert list(s.columns[:len(SESSION_COLUMNS)]) == SESSION_COLUMNS
     assert {"team", "n", "ok", "score", "tags"} <= set(s.columns)
     assert str(s["created_at"].dt.tz) == "UTC"
     assert s["message_count"].dtype == "Int64"

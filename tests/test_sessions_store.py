@@ -715,3 +715,25 @@ def test_default_listing_reads_the_newest_rows_through_the_index(store):
     seen = statements_during(store, lambda: store.summaries(limit=50, author="ana"))
     text = plan(store, next(s for s in seen if "ORDER BY" in s).replace("%s", "?"), ("ana", 50, 0))
     assert "sessions_by_author" in text and "Sort" not in text, text
+
+
+# ---------------------------------------------------------------------------------------------- usage log
+def test_usage_log_records_and_sums_spend(store_url):
+    pytest.importorskip("pandas")
+    from oblix_nb.sessions import open_store
+    from oblix_nb.sessions import usage
+
+    ana, bob = open_store(store_url, author="ana"), open_store(store_url, author="bob")
+    try:
+        reply = {"model_id": "claude:x", "session_id": None, "request_id": "r1",
+                 "metrics": {"input_tokens": 10, "output_tokens": 5, "cost_usd": 0.25}}
+        usage.record(ana, reply, "cloud")
+        usage.record(ana, {**reply, "metrics": {"input_tokens": 1, "cost_estimate_usd": 0.5}}, "cloud", True)
+        usage.record(bob, {**reply, "metrics": {"cost_usd": 2.0}}, "cloud")
+        assert usage.spent(ana) == pytest.approx(0.75 if ana.engine == "postgresql" else 2.75)
+        frame = usage.usage_df(ana, by="model")
+        assert frame["replies"].tolist() == ([2] if ana.engine == "postgresql" else [3])
+        assert frame["input_tokens"].tolist() == [11] and len(usage.usage_df(ana, by="day")) == 1
+    finally:
+        ana.close()
+        bob.close()

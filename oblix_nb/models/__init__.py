@@ -19,9 +19,10 @@ def make_backend(model_type: ModelType, model_name: str, endpoint: Optional[str]
     if model_type is ModelType.LLAMACPP:
         from .llamacpp import LlamaCppBackend
         return LlamaCppBackend(model_name, endpoint, **kwargs)
-    raise NotImplementedError(
-        f"{model_type.value} models are not available in this build of oblix_nb; use OPENAI (any "
-        f"OpenAI-compatible base_url), OLLAMA or LLAMACPP")
+    if model_type is ModelType.CLAUDE:
+        from .claude import ClaudeBackend
+        return ClaudeBackend(model_name, endpoint, api_key=api_key, **kwargs)
+    raise NotImplementedError(f"{model_type.value} models are not available in this build of oblix_nb")
 
 
 __all__ = ["ModelBackend", "ModelType", "make_backend"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional, Union
@@ -42,11 +43,13 @@ class GenerationParams:
 @dataclass
 class Usage:
     """Token counts for one call, and where they came from: "server", "engine" (in-process llama.cpp), "tokenizer", "stream_chunks", "estimate"."""
-    input_tokens: Optional[int] = None
+    input_tokens: Optional[int] = None   # everything the model read, cached parts included
     output_tokens: Optional[int] = None
     input_source: str = "server"
     output_source: str = "server"
     finish_reason: Optional[str] = None
+    cache_read_tokens: Optional[int] = None   # of input_tokens: read from the provider's prompt cache
+    cache_write_tokens: Optional[int] = None  # of input_tokens: written to it (Anthropic bills these extra)
 
 
 StreamItem = Union[str, Usage]
@@ -141,7 +144,7 @@ class ModelBackend(ABC):
 
 
 def is_connection_failure(exc: BaseException) -> bool:
-    """Errors before the first token that justify trying the next candidate (refused, 5xx, 429, timeout)."""
+    """Errors before the first token that justify trying the next candidate (refused, 5xx, 429, 529, timeout)."""
     import httpx
 
     if isinstance(exc, (ConnectionError, TimeoutError, httpx.TransportError)):
@@ -162,5 +165,19 @@ def is_connection_failure(exc: BaseException) -> bool:
             return True
     except ImportError:  # pragma: no cover
         pass
+    anthropic = sys.modules.get("anthropic")  # only loaded if a Claude model was hooked
+    if anthropic is not None:
+        if isinstance(exc, (anthropic.APIConnectionError, anthropic.APITimeoutError)):
+            return True
+        if isinstance(exc, anthropic.APIStatusError):
+            # An SSE `error` event (e.g. overloaded_error) arrives with the stream's HTTP 200.
+            body = exc.body if isinstance(exc.body, dict) else {}
+            error = body.get("error") if isinstance(body.get("error"), dict) else body
+            if error.get("type") in RETRYABLE_ERROR_TYPES:
+                return True
     status = getattr(exc, "status_code", None)
     return isinstance(status, int) and (status >= 500 or status == 429)
+
+
+# Anthropic error types worth trying another model for (429, 500, 529 and their in-stream equivalents).
+RETRYABLE_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})

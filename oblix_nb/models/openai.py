@@ -28,6 +28,14 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
+def _server_usage(usage, finish) -> Usage:
+    """The server's usage; ``prompt_tokens`` includes cached tokens, which OpenAI reports (and bills) apart."""
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    return Usage(usage.prompt_tokens, usage.completion_tokens, "server", "server", finish,
+                 cache_read_tokens=cached if isinstance(cached, int) else None)
+
+
 def _strict_compatible(schema: Any) -> bool:
     """True if OpenAI's strict mode accepts the schema: every object lists all its properties as required and
     forbids additional ones (the concise specs are written that way; most hand-written schemas are not)."""
@@ -159,7 +167,7 @@ class OpenAIBackend(ModelBackend):
         finally:
             await stream.close()
         if server_usage is not None:
-            yield Usage(server_usage.prompt_tokens, server_usage.completion_tokens, "server", "server", finish)
+            yield _server_usage(server_usage, finish)
         else:  # some servers (llama_cpp.server 0.3.x) ignore include_usage: count it ourselves and say how
             yield await self._counted_usage(messages, "".join(pieces), finish, chunks)
 
@@ -205,8 +213,7 @@ class OpenAIBackend(ModelBackend):
         choice = reply.choices[0]
         text = choice.message.content or ""
         if reply.usage is not None:
-            return text, Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens, "server", "server",
-                               choice.finish_reason)
+            return text, _server_usage(reply.usage, choice.finish_reason)
         return text, await self._counted_usage(messages, text, choice.finish_reason, None)
 
     async def aclose(self) -> None:

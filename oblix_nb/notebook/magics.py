@@ -25,12 +25,13 @@ from typing import Any, Optional
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Bool, Enum, Float, Int, Unicode, observe, validate
+from traitlets import Bool, Dict, Enum, Float, Int, Unicode, observe, validate
 
 from .. import runtime
 from .._util import new_id, title_from
 from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableError, NoModelHookedError,
                       OblixError, SessionNotFoundError)
+from ..pricing import parse_price
 from . import errhook, state, transform
 from .display import (QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, has_display_frontend,
                       notebook_sink_factory, safe_html, shell_publisher)
@@ -470,7 +471,12 @@ class OblixMagics(Magics):
     max_history = Int(
         1000, help="At most this many earlier messages of the session are sent as context "
                    "(then fitted to the model's context window).").tag(config=True)
-    show_footer = Bool(True, help="Show the footer (model, route, TTFT, tokens/s) under replies.").tag(config=True)
+    show_footer = Bool(True, help="Show the footer (model, route, TTFT, tokens/s, cost) under replies.").tag(
+        config=True)
+    prices = Dict(
+        {}, help="Model prices in USD per million tokens, overriding the shipped table: {model id or name: "
+                 "{'input': ..., 'output': ..., 'cached': ..., 'cache_write': ...}} (cached/cache_write optional). "
+                 "Applied to the kernel's client with set_price, so they are kept in its store.").tag(config=True)
     frontend = Enum(
         ["auto", "display", "terminal"], "auto",
         help="'display': rich, updating cell output; 'terminal': plain tokens on stdout; 'auto': display in "
@@ -499,6 +505,20 @@ class OblixMagics(Magics):
         if proposal["value"] < 0:
             raise ValueError("max_history must be >= 0")
         return proposal["value"]
+
+    @validate("prices")
+    def _check_prices(self, proposal):
+        for model, price in proposal["value"].items():
+            parse_price(price)  # ValueError/TypeError name what is wrong; nothing is applied
+            if not isinstance(model, str) or not model.strip():
+                raise ValueError(f"price keys are model ids or names, not {model!r}")
+        return proposal["value"]
+
+    @observe("prices")
+    def _prices_changed(self, change) -> None:
+        for model, price in change["new"].items():
+            p = parse_price(price)
+            self.client.set_price(model, p.input, p.output, p.cached, p.cache_write)
 
     @observe("home")
     def _home_changed(self, change) -> None:

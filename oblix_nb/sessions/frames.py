@@ -6,7 +6,8 @@ on the metrics/routing columns: see each store's ``message_rows``) and builds ea
 
 Dtypes: timestamps are UTC datetimes; ``role``, ``model_id``, ``route_target``, ``session_id`` and
 ``session_title`` are categoricals; token counts are nullable ``Int64``; timings are ``float64`` (NaN when
-unknown); ``partial`` is ``bool``.
+unknown); ``cost_usd`` is nullable ``Float64`` (NA when the cost is unknown, 0 for local models); ``partial``
+is ``bool``.
 """
 from __future__ import annotations
 
@@ -17,15 +18,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .store import SessionStore
 
-SESSION_COLUMNS = ["session_id", "title", "created_at", "updated_at", "message_count", "author"]
+SESSION_COLUMNS = ["session_id", "title", "created_at", "updated_at", "message_count", "author", "cost_usd"]
 
 # messages_df's columns; each engine's ``message_rows`` returns rows in this order.
 MESSAGE_COLUMNS = ["session_id", "session_title", "message_id", "role", "content", "timestamp", "model_id",
                    "route_target", "time_to_first_token", "tokens_per_second", "total_latency", "input_tokens",
-                   "output_tokens", "partial", "request_id", "author"]
+                   "output_tokens", "cost_usd", "partial", "request_id", "author"]
 _CATEGORICAL = ("session_id", "session_title", "role", "model_id", "route_target", "author")
 _FLOATS = ("time_to_first_token", "tokens_per_second", "total_latency")
 _INTS = ("input_tokens", "output_tokens")
+_NULLABLE_FLOATS = ("cost_usd",)  # NA (unknown) stays distinct from 0.0 (free)
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
@@ -41,8 +43,8 @@ def messages_df(store: "SessionStore", session_ids: Union[str, Iterable[str], No
     in creation order, messages in conversation order. Unknown ids raise SessionNotFoundError.
 
     Columns: session_id, session_title, message_id, role, content, timestamp, model_id, route_target,
-    time_to_first_token, tokens_per_second, total_latency, input_tokens, output_tokens, partial, request_id,
-    author.
+    time_to_first_token, tokens_per_second, total_latency, input_tokens, output_tokens, cost_usd, partial,
+    request_id, author.
     """
     import numpy as np
     import pandas as pd
@@ -59,6 +61,8 @@ def messages_df(store: "SessionStore", session_ids: Union[str, Iterable[str], No
             data[name] = np.array(values, dtype="float64")  # None -> NaN
         elif name in _INTS:
             data[name] = _int64_array(values)
+        elif name in _NULLABLE_FLOATS:
+            data[name] = pd.array([None if v is None else float(v) for v in values], dtype="Float64")
         elif name == "timestamp":
             data[name] = _utc(values).array
         elif name == "partial":
@@ -95,7 +99,8 @@ def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metad
     columns (named after the key; ``meta_<key>`` if the key clashes with a base column). ``author`` keeps
     the sessions that user created.
 
-    Base columns: session_id, title, created_at, updated_at (UTC datetimes), message_count (Int64), author.
+    Base columns: session_id, title, created_at, updated_at (UTC datetimes), message_count (Int64), author,
+    cost_usd (Float64: the sum of its replies' known ``metrics.cost_usd``; NA when none is known).
     Metadata columns get pandas' nullable dtypes where the values allow (Int64, Float64, boolean, string);
     lists and dicts stay objects.
     """
@@ -111,6 +116,8 @@ def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metad
         "message_count": pd.array([s["message_count"] for s in summaries], dtype="Int64"),
         "author": pd.array([s["author"] for s in summaries], dtype="str"),
     }
+    costs = store.session_costs([s["id"] for s in summaries])
+    data["cost_usd"] = pd.array([costs.get(s["id"]) for s in summaries], dtype="Float64")
     keys: dict[str, None] = {}
     for s in summaries:
         keys.update(dict.fromkeys(s["metadata"]))

@@ -28,7 +28,8 @@ Schema (version 1):
   ``delete`` does), so a new row that reuses a deleted row's ``seq`` is still above the mark.
 
 Version 2 adds ``settings``: store-wide key/value pairs (value: JSON text) that outlive a kernel, such as
-model aliases (``alias:<name>`` -> model id). Only the store's ``*_setting`` methods touch it.
+model aliases (``alias:<name>`` -> model id), budgets (``budget:<per>``) and user prices
+(``price:<model>``). Only the store's ``*_setting`` methods touch it.
 
 Version 3 adds what :meth:`.store.SessionStore.stats` reads, so analytics scan narrow plain columns instead of
 parsing every message's JSON (``json_extract`` over a million messages takes seconds):
@@ -52,6 +53,13 @@ parsing every message's JSON (``json_extract`` over a million messages takes sec
 
 Version 4 (teams): ``sessions.author`` and ``messages.author``, who wrote the row (``OBLIX_USER``, else the
 OS user); NULL for rows written before. ``sessions_by_author`` serves ``list_sessions(author=...)``.
+
+Version 5 (costs): ``usage_log``, one row per model reply (finished, or cut short: ``partial``), whether or not it
+was stored in a session: when, which session and request, model and route target, token counts (cached parts
+apart), ``cost_usd`` (exact, NULL when unknown) and ``cost_estimate_usd`` (when only an estimate exists). Budgets
+sum it (their limits and user prices are ``budget:<per>`` / ``price:<model>`` settings); deleting a session does
+not give its spend back. Append-only (budget sums are kept incrementally above the highest ``seq`` summed).
+Indexed by time and by session, covering the cost columns.
 """
 from __future__ import annotations
 
@@ -249,6 +257,25 @@ CREATE TABLE settings (
 ALTER TABLE sessions ADD COLUMN author TEXT;
 ALTER TABLE messages ADD COLUMN author TEXT;
 CREATE INDEX sessions_by_author ON sessions (author, updated_at, seq);
+"""),
+    (5, """
+CREATE TABLE usage_log (
+    seq                INTEGER PRIMARY KEY,
+    timestamp          TEXT    NOT NULL,
+    session_id         TEXT,
+    request_id         TEXT,
+    model_id           TEXT    NOT NULL,
+    target             TEXT,
+    input_tokens       INTEGER,
+    output_tokens      INTEGER,
+    cache_read_tokens  INTEGER,
+    cache_write_tokens INTEGER,
+    cost_usd           REAL,
+    cost_estimate_usd  REAL,
+    partial            INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX usage_log_by_time ON usage_log (timestamp, cost_usd, cost_estimate_usd);
+CREATE INDEX usage_log_by_session ON usage_log (session_id, timestamp, cost_usd, cost_estimate_usd);
 """),
 ]
 

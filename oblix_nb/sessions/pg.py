@@ -109,10 +109,10 @@ _FRAME_SELECT = ", ".join([
     "s.id", "CASE WHEN s.title_escaped THEN NULL ELSE s.title END", "m.id", "m.role", "m.content", "m.timestamp", "m.model_id", "j.rj ->> 'target'",
     _NUMBER.format("time_to_first_token", "float8"), _NUMBER.format("tokens_per_second", "float8"),
     _NUMBER.format("total_latency", "float8"), _COUNT.format("input_tokens"),
-    _COUNT.format("output_tokens"), "m.partial", "m.request_id", "m.author",
+    _COUNT.format("output_tokens"), _NUMBER.format("cost_usd", "float8"), "m.partial", "m.request_id", "m.author",
     "m.escaped", "s.title_escaped", "s.title"])
 # positions in a frame row of the message text columns stored escaped when the row's flag is set
-_FRAME_TEXT_AT = (2, 4, 6, 14)
+_FRAME_TEXT_AT = (2, 4, 6, 15)
 
 
 def _psycopg():
@@ -297,6 +297,8 @@ class PostgresSessionStore(SharedOps):
         with self._conn() as conn, conn.transaction():
             yield conn
 
+    _read = _write  # one snapshot for reads of several statements (as SessionStore._read)
+
     def _written(self) -> None:
         """Nothing to do after a write: PostgreSQL indexes text as it is written."""
 
@@ -476,6 +478,20 @@ class PostgresSessionStore(SharedOps):
         for sid, model_id, escaped, n in rows:
             out[sid][_title(model_id, escaped)] = n
         return out
+
+    def session_costs(self, session_ids: list[str]) -> dict[str, float]:
+        """``{session_id: sum of its replies' known metrics.cost_usd}``; sessions with no known cost are absent."""
+        ids = [check_session_id(sid) for sid in session_ids]
+        if not ids:
+            return {}
+        cost = _NUMBER.format("cost_usd", "float8")
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT s.id, SUM({cost}) FROM sessions s JOIN messages m ON m.session_seq = s.seq "
+                f"CROSS JOIN LATERAL (SELECT m.metrics::jsonb AS mj) j WHERE s.id = ANY(%s) "
+                f"AND m.role = 'assistant' AND m.metrics IS NOT NULL GROUP BY s.id HAVING count({cost}) > 0",
+                (ids,)).fetchall()
+        return {sid: float(total) for sid, total in rows}
 
     def message_rows(self, session_ids: Optional[Iterable[str]] = None,
                      author: Optional[str] = None) -> list[tuple]:

@@ -24,6 +24,9 @@ Schema (version 1), the SQLite schema's columns with PostgreSQL types:
 Version 2: ``settings``, the twin of SQLite's (aliases, budgets, prices), but per user: keyed by
 ``(author, key)``, so in a shared database one user's settings never reach another.
 
+Version 3: ``usage_log``, the twin of SQLite's (one row per model reply: tokens and cost, for budgets and
+``client.usage()``), with its ``author``: spend is counted and budgeted per user.
+
 Timestamps, ids and model ids use the "C" collation: they sort byte by byte, as in SQLite, whatever the
 database's locale.
 """
@@ -83,6 +86,26 @@ CREATE TABLE settings (
     value  TEXT NOT NULL,
     PRIMARY KEY (author, key)
 );
+"""),
+    (3, """
+CREATE TABLE usage_log (
+    seq                BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    author             TEXT    NOT NULL,
+    timestamp          TEXT    COLLATE "C" NOT NULL,
+    session_id         TEXT,
+    request_id         TEXT,
+    model_id           TEXT    NOT NULL,
+    target             TEXT,
+    input_tokens       BIGINT,
+    output_tokens      BIGINT,
+    cache_read_tokens  BIGINT,
+    cache_write_tokens BIGINT,
+    cost_usd           DOUBLE PRECISION,
+    cost_estimate_usd  DOUBLE PRECISION,
+    partial            SMALLINT NOT NULL DEFAULT 0
+);
+CREATE INDEX usage_log_by_time ON usage_log (author, timestamp, cost_usd, cost_estimate_usd);
+CREATE INDEX usage_log_by_session ON usage_log (author, session_id, timestamp, cost_usd, cost_estimate_usd);
 """),
 ]
 

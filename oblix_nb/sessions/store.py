@@ -323,7 +323,7 @@ _FRAME_SELECT = ", ".join([
     "json_extract(m.routing, '$.target')", "json_extract(m.metrics, '$.time_to_first_token')",
     "json_extract(m.metrics, '$.tokens_per_second')", "json_extract(m.metrics, '$.total_latency')",
     "json_extract(m.metrics, '$.input_tokens')", "json_extract(m.metrics, '$.output_tokens')",
-    "m.partial", "m.request_id", "m.author"])
+    "json_extract(m.metrics, '$.cost_usd')", "m.partial", "m.request_id", "m.author"])
 
 
 def exists_message(session_id: str, where: str) -> str:
@@ -756,6 +756,20 @@ class SessionStore(SharedOps):
             out[sid][model_id] = n
         return out
 
+    def session_costs(self, session_ids: list[str]) -> dict[str, float]:
+        """``{session_id: sum of its replies' known metrics.cost_usd}``; sessions with no known cost are absent."""
+        ids = [check_session_id(sid) for sid in session_ids]
+        out: dict[str, float] = {}
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):  # stay under SQLite's variable limit
+                chunk = ids[start:start + 500]
+                out.update(conn.execute(
+                    f"SELECT s.id, SUM(json_extract(m.metrics, '$.cost_usd')) FROM sessions AS s "
+                    f"JOIN messages AS m ON m.session_seq = s.seq WHERE s.id IN ({', '.join('?' * len(chunk))}) "
+                    f"AND m.role = 'assistant' AND m.metrics IS NOT NULL GROUP BY s.id "
+                    f"HAVING count(json_extract(m.metrics, '$.cost_usd')) > 0", chunk).fetchall())
+        return out
+
     def message_rows(self, session_ids: Optional[Iterable[str]] = None,
                      author: Optional[str] = None) -> list[tuple]:
         """Rows for ``frames.messages_df`` (its MESSAGE_COLUMNS, JSON fields extracted by SQLite): the messages
@@ -790,8 +804,8 @@ class SessionStore(SharedOps):
         ``key`` (model id, route, session id or ``YYYY-MM-DD``; None for requests without a model/route),
         the :data:`.stats.STATS_COLUMNS`, and ``title`` for sessions. Groups come in no particular order.
 
-        One aggregate scan (GROUP BY) gives the counts and sums; each percentile is read per group with
-        ``ORDER BY metric LIMIT 1 OFFSET rank`` on a covering index, batched into a few statements.
+        One aggregate scan (GROUP BY) gives the counts and sums; the percentiles are read from covering
+        indexes in their order, never sorted (:meth:`_stats_percentiles`).
         """
         by = stats_module.check_by(by)
         key, prompt_key = _STATS_KEYS[by]
@@ -806,7 +820,8 @@ class SessionStore(SharedOps):
                 groups[row[0]] = {"key": row[0], **dict(zip(_STATS_SUM_NAMES, row[1:-2])),
                                   "_n": {"ttft": row[-2], "tps": row[-1]}}
             for group_key, unanswered in conn.execute(
-                    f"SELECT {prompt_key}, count(*) FROM request_prompts WHERE answered = 0{where} GROUP BY 1",
+                    f"SELECT {prompt_key}, count(*) FROM request_prompts INDEXED BY request_prompts_unanswered "
+                    f"WHERE answered = 0{where} GROUP BY 1",
                     params):
                 group = groups.setdefault(group_key, {
                     "key": group_key, **dict.fromkeys(_STATS_SUM_NAMES, 0), "cost_usd": None,

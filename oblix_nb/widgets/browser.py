@@ -33,6 +33,7 @@ from .. import runtime
 from ..notebook import render, state
 from ..notebook.kv import parse_pairs
 from ..notebook.render import escape
+from ..pricing import format_cost
 from .chat import ChatPanel
 from .html import model_name, one_line, short_time, stored_message_html
 from .live import watch
@@ -221,6 +222,8 @@ class SessionBrowser(anywidget.AnyWidget):
                                        descending=self.descending)
             self.rows = rows
             mix = self.model_mix(r["id"] for r in rows)
+            costs = store.session_costs([r["id"] for r in rows])  # only sessions with a known cost
+            rows = [{**r, "cost": format_cost(costs[r["id"]])} if r["id"] in costs else r for r in rows]
             grid = [self._grid_row(r, mix.get(r["id"], Counter())) for r in rows]
             visible = {r["id"] for r in rows}
             wanted = [sid for sid in (select if select is not None else self.selected) if sid in visible]

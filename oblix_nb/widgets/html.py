@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from ..notebook import render
 from ..notebook.render import escape
+from ..pricing import cost_label
 
 CURSOR = "▌"
 
@@ -42,10 +43,12 @@ def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, m
                pending: bool = False, cost: Optional[str] = None) -> str:
     """One muted line under a reply: model · route: reason · TTFT · tok/s · tokens · cost (+ flags).
 
-    All escaped. ``cost`` is an already formatted amount (e.g. ``"$0.0012"``), shown after the token count
-    when given. Flags are words, not only colours (``■ stopped — partial``, ``⚠ error``).
+    All escaped. ``cost`` is an already formatted amount (e.g. ``"$0.0012"``), shown after the token count;
+    by default the reply's own (``metrics["cost_usd"]``, for cloud replies only: see
+    :func:`oblix_nb.pricing.cost_label`). Flags are words, not only colours (``■ stopped — partial``, ``⚠ error``).
     """
     routing, metrics = routing or {}, metrics or {}
+    cost = cost or cost_label(metrics)
     bits: list[str] = []
     if model_id:
         bits.append(f'<b class="oblix-model">{escape(model_id)}</b>')

@@ -1,0 +1,157 @@
+"""The usage log: one row per model reply (see migration 2), what budgets and ``client.usage()`` add up.
+
+A row is written for every reply, stored in a session or not, finished or cut short, so spend is counted
+even for ``execute()`` calls without a session, and deleting a session does not give its spend back.
+
+Both engines keep it (SQLite migration 5, PostgreSQL migration 3). In a shared PostgreSQL store each row
+records its ``author`` and spend is summed per user (one user's calls never use up another's budget).
+"""
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Optional
+
+from .._util import iso
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+_COLUMNS = ("timestamp", "session_id", "request_id", "model_id", "target", "input_tokens", "output_tokens",
+            "cache_read_tokens", "cache_write_tokens", "cost_usd", "cost_estimate_usd", "partial")
+_INSERT = f"INSERT INTO usage_log ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+# Spend: exact costs, and estimates where no exact cost exists.
+SPEND_SQL = "COALESCE(SUM(COALESCE(cost_usd, cost_estimate_usd)), 0)"
+# "day": the local calendar day of this machine, as budgets' "day" (SQLite's localtime is the process's zone).
+GROUPS = {"model": "model_id", "session": "session_id", "day": "date(timestamp, 'localtime')"}
+
+
+def supported(store) -> bool:
+    """Whether ``store`` keeps a usage log (both engines do; a store of another kind may not)."""
+    return getattr(store, "engine", None) in ("sqlite", "postgresql")
+
+
+def _sql(store, sql: str) -> str:
+    """``sql`` for ``store``'s engine: ``?`` placeholders become ``%s`` on PostgreSQL."""
+    return sql if store.engine == "sqlite" else sql.replace("?", "%s")
+
+
+def require(store, what: str) -> None:
+    if not supported(store):
+        raise NotImplementedError(f"{what} needs the usage log, which only the SQLite session store keeps so far; "
+                                  f"{type(store).__name__} has none")
+
+
+def _int(value) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _num(value) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def record(store, response: dict, target: Optional[str], partial: bool = False) -> None:
+    """Log one reply from execute()'s response dict (its metrics carry tokens and cost). A store without a
+    usage log (PostgreSQL, for now) logs nothing: each reply's cost is still in its message's metrics."""
+    if not supported(store):
+        return
+    m = response.get("metrics") or {}
+    row = (m.get("end_time") or iso(), response.get("session_id"), response.get("request_id"),
+           response.get("model_id"), target, _int(m.get("input_tokens")), _int(m.get("output_tokens")),
+           _int(m.get("cache_read_tokens")), _int(m.get("cache_write_tokens")), _num(m.get("cost_usd")),
+           _num(m.get("cost_estimate_usd")), 1 if partial else 0)
+    if store.engine == "sqlite":
+        with store._write() as conn:
+            conn.execute(_INSERT, row)
+        return
+    with store._conn() as conn:
+        conn.execute(_sql(store, _INSERT.replace("(timestamp", "(author, timestamp").replace("VALUES (", "VALUES (?, ")),
+                     (store.author, *row))
+
+
+# (database path, since, session_id) -> (highest seq summed, sum). The log is append-only, so a sum stays
+# right when only rows above its mark are added to it, whichever process wrote them.
+_sums: dict[tuple, tuple[int, float]] = {}
+_sums_lock = threading.Lock()
+
+
+def spent(store, since: Optional[str] = None, session_id: Optional[str] = None) -> float:
+    """USD spent (exact costs, estimates where there is no exact one) since ``since`` (an ISO timestamp;
+    None: ever), in one session if ``session_id`` is given.
+
+    Sums are kept per store and read incrementally: each call adds only the rows logged since the last one
+    (by any process), so a check stays fast however long the log grows."""
+    require(store, "spend")
+    key = (store.url, store.author if store.engine != "sqlite" else None, since, session_id)
+    with _sums_lock:
+        mark, total = _sums.get(key, (0, 0.0))
+    where, params = ["seq > ?"], [mark]
+    if since is not None:
+        where.append("timestamp >= ?")
+        params.append(since)
+    if session_id is not None:
+        where.append("session_id = ?")
+        params.append(session_id)
+    if store.engine != "sqlite":
+        where.append("author = ?")
+        params.append(store.author)
+    sql = (f"SELECT (SELECT COALESCE(MAX(seq), 0) FROM usage_log), {SPEND_SQL} FROM usage_log "
+           f"WHERE {' AND '.join(where)}")
+    sql = _sql(store, sql)
+    with store._read() as conn:
+        top, added = conn.execute(sql, params).fetchone()
+        if top < mark:  # not the log the mark was taken on (replaced file): sum it all again
+            params[0] = mark = 0
+            top, added = conn.execute(sql, params).fetchone()
+            total = 0.0
+    total += float(added)
+    with _sums_lock:
+        if len(_sums) > 10_000:
+            _sums.clear()
+        _sums[key] = (top, total)
+    return total
+
+
+def usage_df(store, by: str = "model") -> "pd.DataFrame":
+    """Replies, tokens and cost grouped ``by`` "model", "session" or "day" (local). See ``OblixClient.usage``."""
+    import pandas as pd
+
+    if by not in GROUPS:
+        raise ValueError(f"by must be one of {list(GROUPS)}, not {by!r}")
+    require(store, "client.usage()")
+    key = GROUPS[by]
+    params: list = []
+    where = ""
+    if store.engine != "sqlite":  # this user's rows; "day" in this machine's current UTC offset
+        offset = datetime.now().astimezone().utcoffset().total_seconds()
+        key = {"day": f"to_char(timestamp::timestamptz AT TIME ZONE 'UTC' + interval '{int(offset)} seconds', "
+                      f"'YYYY-MM-DD')"}.get(by, key)
+        where, params = "WHERE author = %s", [store.author]
+    sql = (f"SELECT {key} AS k, count(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
+           f"SUM(cache_write_tokens), SUM(cost_usd), SUM(cost_estimate_usd), "
+           f"SUM(CASE WHEN cost_usd IS NULL AND cost_estimate_usd IS NULL THEN 1 ELSE 0 END), {SPEND_SQL}, "
+           f"MIN(timestamp), MAX(timestamp) FROM usage_log {where} GROUP BY k ORDER BY MIN(timestamp)")
+    with store._read() as conn:
+        rows = [tuple(int(v) if isinstance(v, Decimal) else v for v in row)
+                for row in conn.execute(sql, params).fetchall()]
+        titles = dict(conn.execute("SELECT id, title FROM sessions").fetchall()) if by == "session" else {}
+    names = ["replies", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd",
+             "cost_estimate_usd", "unpriced_replies", "spend_usd", "first", "last"]
+    columns = list(zip(*rows)) if rows else [()] * (len(names) + 1)
+    key_name = {"model": "model_id", "session": "session_id", "day": "day"}[by]
+    data: dict = {}
+    if by == "day":
+        data[key_name] = pd.to_datetime(pd.Series(columns[0], dtype=object), format="%Y-%m-%d").dt.date.array
+    else:
+        data[key_name] = pd.array(columns[0], dtype="str")  # session_id NA: calls made outside a session
+    if by == "session":
+        data["title"] = pd.array([titles.get(sid) for sid in columns[0]], dtype="str")  # NA: deleted/none
+    for name, values in zip(names, columns[1:]):
+        if name in ("first", "last"):
+            data[name] = pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601", utc=True).array
+        elif name in ("cost_usd", "cost_estimate_usd", "spend_usd"):
+            data[name] = pd.array(values, dtype="Float64")
+        else:
+            data[name] = pd.array(values, dtype="Int64")
+    return pd.DataFrame(data)
