@@ -714,7 +714,10 @@ class OblixClient:
                     except KeyboardInterrupt:
                         print("(reply stopped; what arrived was kept, flagged partial)", file=sys.stderr,
                               flush=True)
-                    except ModelCallError as exc:
+                    except ReplyNotStoredError as exc:
+                        # The reply was shown as it streamed; say it is not in the session, keep chatting.
+                        print(f"[not stored] {exc}", file=sys.stderr, flush=True)
+                    except (ModelCallError, BudgetExceededError) as exc:
                         print(f"[error] {exc}", file=sys.stderr, flush=True)
                 try:
                     next_prompt = input("you> ")

@@ -397,3 +397,33 @@ def test_readme_python_block_with_its_optional_hooks_on_loopback(tmp_path, opena
     session = _demo_session(tmp_path / "home")
     replies = [m for m in session["messages"] if m["role"] == "assistant"]
     assert len(replies) == 2 and all(m["content"] and m["model_id"] for m in replies)
+
+
+@pytest.mark.parametrize("error_kind", ["not_stored", "budget", "model"])
+def test_terminal_chat_reports_a_failed_turn_and_goes_on(tmp_path, monkeypatch, capsys, error_kind):
+    """A turn that fails (reply not stored, budget refused, model error) is reported; the chat continues."""
+    from oblix_nb import OblixClient
+    from oblix_nb.errors import BudgetExceededError, ModelCallError, ReplyNotStoredError
+
+    client = OblixClient(home=tmp_path / "home")
+    sid = client.sessions.create(title="chat")
+    errors = {
+        "not_stored": ReplyNotStoredError("disk full", response={"response": "hi"}, session_id=sid, path="x.db"),
+        "budget": BudgetExceededError("over budget"),
+        "model": ModelCallError("server down"),
+    }
+    calls = []
+
+    async def failing_execute(prompt, **kwargs):
+        calls.append(prompt)
+        raise errors[error_kind]
+
+    monkeypatch.setattr(client, "execute", failing_execute)
+    answers = iter(["second question", "exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    result = client._terminal_chat("first question", sid, {})
+    assert result == {"session_id": sid}
+    assert calls == ["first question", "second question"]   # the loop went on after the failure
+    err = capsys.readouterr().err
+    assert err.count("[not stored]" if error_kind == "not_stored" else "[error]") == 2
+    assert "chat ended" in err
