@@ -1,4 +1,4 @@
-"""The usage log: one row per model reply (see migration 2), what budgets and ``client.usage()`` add up.
+"""The usage log: one row per model reply (SQLite migration 5), what budgets and ``client.usage()`` add up.
 
 A row is written for every reply, stored in a session or not, finished or cut short, so spend is counted
 even for ``execute()`` calls without a session, and deleting a session does not give its spend back.
@@ -39,7 +39,7 @@ def _sql(store, sql: str) -> str:
 
 def require(store, what: str) -> None:
     if not supported(store):
-        raise NotImplementedError(f"{what} needs the usage log, which only the SQLite session store keeps so far; "
+        raise NotImplementedError(f"{what} needs the usage log, which the SQLite and PostgreSQL session stores keep; "
                                   f"{type(store).__name__} has none")
 
 
@@ -53,7 +53,7 @@ def _num(value) -> Optional[float]:
 
 def record(store, response: dict, target: Optional[str], partial: bool = False) -> None:
     """Log one reply from execute()'s response dict (its metrics carry tokens and cost). A store without a
-    usage log (PostgreSQL, for now) logs nothing: each reply's cost is still in its message's metrics."""
+    usage log (neither SQLite nor PostgreSQL) logs nothing: each reply's cost is still in its message's metrics."""
     if not supported(store):
         return
     m = response.get("metrics") or {}
