@@ -4,6 +4,7 @@ from __future__ import annotations
 import getpass
 import os
 import re
+import signal
 import uuid
 from datetime import datetime, timezone
 
@@ -97,3 +98,18 @@ def current_user() -> str:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no login name and no passwd entry (some containers)
         return "unknown"
+
+
+def block_interrupts() -> None:
+    """Keep SIGINT away from the calling (package-owned, non-main) thread, and the threads it starts.
+
+    The kernel delivers a process-directed signal to any thread that does not block it. CPython then only sets
+    a flag for the main thread, which stays blocked in whatever it was waiting on (``input()``, a lock) when the
+    signal landed on another thread: Ctrl-C in a terminal, or a kernel interrupt, would be lost until that wait
+    ended by itself. Every thread the package starts calls this first, so SIGINT goes to the main thread.
+    """
+    if hasattr(signal, "pthread_sigmask"):
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        except (OSError, ValueError):  # pragma: no cover - platforms without per-thread masks
+            pass

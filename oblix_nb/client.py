@@ -46,6 +46,34 @@ CHAT_HELP = ("Chatting in session {session_id}. Type a message and press Enter. 
              "press Ctrl-D, or Ctrl-C at the prompt (Ctrl-C during a reply stops that reply).")
 
 
+def _read_line(prompt: str) -> str:
+    """``input(prompt)`` for the terminal chat, but a Ctrl-C is acted on within 0.1 s.
+
+    The kernel may deliver the terminal's SIGINT to any thread that does not block it (a library's worker, an
+    executor thread); CPython then only flags it for the main thread, which would sit in ``input()`` until
+    the next Enter. Waiting with short ``select`` timeouts lets the main thread run the handler. Non-terminal
+    input (a pipe, a notebook's stdin) and platforms without ``select`` on files use ``input()`` as is.
+    """
+    stdin = sys.stdin
+    try:
+        fd = stdin.fileno()
+        interactive = os.name == "posix" and stdin.isatty()
+    except (AttributeError, OSError, ValueError):
+        interactive = False
+    if not interactive:
+        return input(prompt)
+    import select
+
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    while not select.select([fd], [], [], 0.1)[0]:
+        pass
+    line = stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\n")
+
+
 @contextlib.contextmanager
 def _sigint_raises():
     """While inside: Ctrl-C raises KeyboardInterrupt in the main thread (Python's default handler)."""
@@ -720,7 +748,7 @@ class OblixClient:
                     except (ModelCallError, BudgetExceededError) as exc:
                         print(f"[error] {exc}", file=sys.stderr, flush=True)
                 try:
-                    next_prompt = input("you> ")
+                    next_prompt = _read_line("you> ")
                 except (EOFError, KeyboardInterrupt):
                     print(file=sys.stderr)
                     break

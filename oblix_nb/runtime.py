@@ -14,7 +14,10 @@ import atexit
 import concurrent.futures
 import queue
 import threading
+import time
 from typing import Any, AsyncIterator, Awaitable, Coroutine, Iterator, TypeVar
+
+from ._util import block_interrupts
 
 T = TypeVar("T")
 
@@ -32,6 +35,7 @@ def get_loop() -> asyncio.AbstractEventLoop:
             ready = threading.Event()
 
             def _run() -> None:
+                block_interrupts()  # threads started from the loop (executors, workers) inherit the mask
                 asyncio.set_event_loop(loop)
                 loop.call_soon(ready.set)
                 loop.run_forever()
@@ -105,7 +109,7 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         raise RuntimeError("oblix_nb.runtime.run() called from the background loop itself; await instead")
     fut = submit(coro)
     try:
-        return fut.result(timeout=timeout)
+        return _wait(fut, timeout)
     except KeyboardInterrupt:
         _cancel_and_wait(fut)
         raise
@@ -114,6 +118,20 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         raise TimeoutError(f"operation did not finish within {timeout} s") from None
 
 
+def _wait(fut: concurrent.futures.Future, timeout: float | None):
+    """``fut.result(timeout)``, waking every 0.1 s: a SIGINT that the kernel delivered to another thread only
+    flags the main thread, so a single long wait would not see Ctrl-C / a kernel interrupt until it ended."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
+        try:
+            return fut.result(timeout=step)
+        except concurrent.futures.TimeoutError:
+            if fut.done() or (deadline is not None and time.monotonic() >= deadline):
+                raise
+
+
+_POLL_S = 0.1
 _DONE = object()
 
 

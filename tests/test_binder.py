@@ -98,6 +98,8 @@ def _execute(path: Path, venv: Path, env: dict) -> tuple[list[str], str]:
         errors.append(f"kernel: {type(exc).__name__}: {str(exc).splitlines()[0]}")
     probe = "".join(o.get("text", "") for o in nb.cells[0].get("outputs", []))
     for index, cell in enumerate(nb.cells[1:]):
+        if "raises-exception" in cell.get("metadata", {}).get("tags", []):
+            continue  # shows an error on purpose (nbclient's convention, as run_notebooks and test_notebooks)
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
             if out.get("output_type") == "error":
                 errors.append(f"cell {index}: {out.get('ename')}: {_ANSI.sub('', str(out.get('evalue', '')))[:500]}")

@@ -126,3 +126,23 @@ def test_keyboard_interrupt_cancels(monkeypatch):
     monkeypatch.undo()
     assert cancelled.wait(2)
     time.sleep(0)
+
+
+def test_package_threads_leave_sigint_to_the_main_thread():
+    """SIGINT must reach the main thread (Ctrl-C in a terminal, a kernel interrupt): the loop thread and the
+    threads it starts block it, and a wait in run() wakes often enough to act on a signal flagged elsewhere."""
+    import asyncio
+    import signal
+
+    from oblix_nb import runtime
+
+    async def loop_mask():
+        return signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+    async def executor_mask():
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    assert signal.SIGINT in runtime.run(loop_mask())
+    assert signal.SIGINT in runtime.run(executor_mask())
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the caller's mask is untouched

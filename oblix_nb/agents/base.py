@@ -17,7 +17,7 @@ import time
 import weakref
 from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
-from .._util import describe_error, iso, utcnow
+from .._util import block_interrupts, describe_error, iso, utcnow
 
 TARGETS = ("local", "cloud")
 
@@ -160,6 +160,7 @@ class BackgroundSampler:
 
 def _sampler_loop(ref: "weakref.ReferenceType[BackgroundSampler]", stop: threading.Event,
                   wake: threading.Event) -> None:
+    block_interrupts()
     while not stop.is_set():
         sampler = ref()
         if sampler is None:
@@ -373,6 +374,7 @@ async def _in_thread(agent: Any, check: Callable[[], Any], timeout: float, name:
             fut.set_exception(value)
 
     def work() -> None:
+        block_interrupts()
         try:
             value, ok = check(), True
         except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting coroutine

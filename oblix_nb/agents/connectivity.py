@@ -38,7 +38,7 @@ import urllib.request
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from .._util import describe_error, iso
+from .._util import block_interrupts, describe_error, iso
 from .base import SampledAgent
 
 
@@ -355,6 +355,7 @@ def _resolve(host: str, port: int, timeout: float) -> list:
     box: dict[str, Any] = {}
 
     def work() -> None:
+        block_interrupts()
         try:
             box["addrs"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except Exception as exc:  # noqa: BLE001

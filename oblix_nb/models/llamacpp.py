@@ -19,6 +19,7 @@ import threading
 import weakref
 from typing import AsyncIterator, Optional
 
+from .._util import block_interrupts
 from ..errors import ModelUnavailableError
 from .base import GenerationParams, ModelBackend, ModelType, StreamItem, Usage
 from .gguf import recommended_sampling, resolve_gguf
@@ -62,6 +63,7 @@ def _in_daemon_thread(fn) -> "asyncio.Future":
             (future.set_result if ok else future.set_exception)(value)
 
     def run() -> None:
+        block_interrupts()
         try:
             result = fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 from .. import runtime
-from .._util import check_session_id, current_user, iso, parse_iso, utcnow
+from .._util import block_interrupts, check_session_id, current_user, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
 from ..errors import SessionExistsError, SessionNotFoundError, StorageError
 from . import stats as stats_module
@@ -1092,6 +1092,7 @@ class SessionStore(SharedOps):
         threading.Thread(target=self._index_pass, name="oblix-search-index", daemon=True).start()
 
     def _index_pass(self) -> None:
+        block_interrupts()
         self._index_wanted = False  # writes from now on schedule another pass
         try:
             self._index_backlog()
