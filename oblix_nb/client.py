@@ -617,12 +617,16 @@ class OblixClient:
         history = (self.sessions.history(request.session_id, limit=self.max_history_messages)
                    if request.session_id else [])
         if request.session_id:
-            # What the model sees is stored: a system message is kept in the session (once: a session whose
-            # history already has it does not get it again), so later turns and re-runs see it too.
+            # What the model sees is stored: a request's system message (system=, a schema's or a format's
+            # instruction) is kept in the session before its prompt, once per session (a session whose history
+            # already has it does not get it again), tagged with the request that brought it.
             turn = [{"role": "user", "content": request.prompt, "request_id": request.request_id}]
             if request.system and not _has_system(history, request.system):
                 turn.insert(0, {"role": "system", "content": request.system, "request_id": request.request_id})
             self.sessions.append_messages(request.session_id, turn)
+        # Such an instruction applies to its own request only: a later question in the session is not held to an
+        # earlier cell's schema or format. System messages written otherwise (no request id) stay in force.
+        history = [m for m in history if not _request_instruction(m)]
         return await self._attempts(request, decision, checks, history, sink, stream, self._store_reply)
 
     async def _attempts(self, request: "Request", decision, checks: list, history: list[dict],
@@ -773,6 +777,11 @@ class OblixClient:
 
 def _has_system(history: list[dict], text: str) -> bool:
     return any(m["role"] == "system" and m["content"] == text for m in history)
+
+
+def _request_instruction(message: dict) -> bool:
+    """A system message that execute() stored for one request (tagged with its request id)."""
+    return message["role"] == "system" and bool(message.get("request_id"))
 
 
 @dataclass

@@ -436,6 +436,18 @@ def test_what_the_model_saw_is_stored_and_can_be_rerun(ip):
     assert [m["role"] for m in backend.seen[-1]].count("system") == 1
     # re-running the stored exchange sends exactly the stored messages
     assert backend.seen[-1][:3] == [{"role": m["role"], "content": m["content"]} for m in stored]
+    # an instruction belongs to its own request: the next question without --system (or after a --schema
+    # cell) is not held to it, though the session still shows it where it was used
+    run(ip, "%%oblix --schema 'label'\nClassify: fine")
+    assert any("JSON" in m["content"] for m in backend.seen[-1] if m["role"] == "system")
+    run(ip, "%%oblix\nAnd in plain words?")
+    assert [m for m in backend.seen[-1] if m["role"] == "system"] == []
+    roles = [m["role"] for m in c.sessions.messages(c.current_session_id)]
+    assert roles.count("system") == 2 and roles[-2:] == ["user", "assistant"]
+    # a system message written into the session by hand (no request) stays in force
+    c.append_message(c.current_session_id, "system", "Always answer in English.")
+    run(ip, "%%oblix\nOne more?")
+    assert [m["content"] for m in backend.seen[-1] if m["role"] == "system"] == ["Always answer in English."]
 
 
 @pytest.mark.parametrize("fmt,reply,check", [
