@@ -197,3 +197,20 @@ def test_close_is_idempotent(db_path):
     store.close()
     with pytest.raises(sqlite3.ProgrammingError):
         store.summaries()
+
+
+def test_a_database_from_a_newer_oblix_nb_is_refused_not_downgraded(tmp_path):
+    import sqlite3
+
+    from oblix_nb.sessions.migrations import LATEST_VERSION, migrate, refuse_newer
+
+    path = tmp_path / "newer.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    with pytest.raises(RuntimeError, match="newer than this oblix_nb"):
+        migrate(conn)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION + 1  # left as it was
+    conn.close()
+    refuse_newer(3, 3)  # the same version is fine
+    with pytest.raises(RuntimeError, match=r"version 4 is newer .*\(knows up to 3\)"):
+        refuse_newer(4, 3)

@@ -300,6 +300,13 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
+def refuse_newer(current: int, latest: int) -> None:
+    """A database migrated by a newer oblix_nb than this one (either engine) is refused, never downgraded."""
+    if current > latest:
+        raise RuntimeError(f"session database schema version {current} is newer than this oblix_nb "
+                           f"(knows up to {latest}); upgrade oblix_nb")
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the database to ``LATEST_VERSION``; returns the number of migrations applied.
 
@@ -311,9 +318,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     conn.execute("BEGIN IMMEDIATE")
     try:
         current = schema_version(conn)  # another process may have migrated while we waited for the lock
-        if current > LATEST_VERSION:
-            raise RuntimeError(f"session database schema version {current} is newer than this oblix_nb "
-                               f"(knows up to {LATEST_VERSION}); upgrade oblix_nb")
+        refuse_newer(current, LATEST_VERSION)
         applied = 0
         for version, sql in MIGRATIONS:
             if version <= current:

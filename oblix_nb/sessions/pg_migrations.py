@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .migrations import refuse_newer
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
 CREATE TABLE sessions (
@@ -138,9 +140,7 @@ def migrate(conn: Any) -> int:
         current = schema_version(conn)
         if current == 0 and conn.execute("SELECT count(*) FROM oblix_schema").fetchone()[0] == 0:
             conn.execute("INSERT INTO oblix_schema (version) VALUES (0)")
-        if current > LATEST_VERSION:
-            raise RuntimeError(f"session database schema version {current} is newer than this oblix_nb "
-                               f"(knows up to {LATEST_VERSION}); upgrade oblix_nb")
+        refuse_newer(current, LATEST_VERSION)
         applied = 0
         for version, sql in MIGRATIONS:
             if version <= current:
