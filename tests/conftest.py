@@ -21,7 +21,7 @@ Fixtures
 ``pg_url``         (function) a URL on that server whose search_path is a fresh empty schema.
 ``store_url``      (function, parametrised ``sqlite`` / ``postgresql``) the URL of an empty store on each engine.
 ``store``          (function, parametrised) an open empty store on each engine: the store test suite
-                   (tests/test_sessions*.py) runs once per engine. ``tests/stores.py`` has engine-aware probes.
+                   (tests/sessions/) runs once per engine. ``tests/stores.py`` has engine-aware probes.
 ``no_external_network`` (session, autouse) every socket connect/connect_ex/sendto/create_connection to a
                    non-loopback address, and every DNS lookup of a non-local name, raises at once (nothing is
                    sent). Loopback (127.0.0.0/8, ::1) and AF_UNIX pass. Its value has ``.error`` (the exception

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BINDER = REPO / "binder"
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 _SKIP_DIRS = {".venv", "venv", ".git", "__pycache__", ".pytest_cache", ".benchmarks", "test-artifacts", "build",

@@ -8,7 +8,7 @@ import pytest
 from oblix_nb.models.gguf import shipped_gguf
 from oblix_nb.notebook.run_notebooks import run_notebook
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 
 pytestmark = [
     pytest.mark.slow,

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "install_progress.py"
 
 # The shape of `pip install -v` output around a llama-cpp-python source build (abridged from a real run).

@@ -11,7 +11,7 @@ import pytest
 from oblix_nb import OblixClient, SessionNotFoundError, runtime
 from oblix_nb.sessions.frames import MESSAGE_COLUMNS, SESSION_COLUMNS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

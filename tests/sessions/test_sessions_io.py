@@ -14,7 +14,7 @@ from oblix_nb.errors import InvalidSessionIdError, SessionExistsError
 from oblix_nb.sessions import SessionStore
 from oblix_nb.sessions import io as session_io
 
-FIXTURE = Path(__file__).parent / "fixtures" / "oblix-0.1.3-session.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "oblix-0.1.3-session.json"
 SHARED_FIXTURE = Path("/work/shared/fixtures/oblix-0.1.3-session.json")
 
 

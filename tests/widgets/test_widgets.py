@@ -241,7 +241,7 @@ def test_front_end_send_and_refusal_gives_the_text_back(client):
     front(panel, "bogus")  # ignored
     panel._on_front_end(panel, "not a dict", [])
     assert not panel.busy
-    js = (Path(__file__).resolve().parents[1] / "oblix_nb" / "widgets" / "chat.js").read_text()
+    js = (Path(__file__).resolve().parents[2] / "oblix_nb" / "widgets" / "chat.js").read_text()
     assert "shiftKey" in js and "Enter" in js
 
 
@@ -803,7 +803,7 @@ def test_widget_front_ends_are_package_data():
     import fnmatch
     import tomllib
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
         "oblix_nb.widgets"]
     assets = [p.name for p in (root / "oblix_nb" / "widgets").iterdir() if p.suffix in (".js", ".css")]

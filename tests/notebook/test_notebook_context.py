@@ -606,7 +606,7 @@ def test_oblix_fix_in_terminal_ipython(tmp_path):
     from pathlib import Path
 
     env = dict(os.environ, OBLIX_HOME=str(tmp_path / "home"), PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        [str(Path(__file__).resolve().parents[2])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     out = subprocess.run([sys.executable, "-c", TERMINAL_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=120, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr

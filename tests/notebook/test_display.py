@@ -248,7 +248,7 @@ def test_import_oblix_nb_stays_light():
     code = ("import sys, oblix_nb, oblix_nb.notebook; "
             "print(sorted(m for m in ('pandas', 'ipywidgets', 'llama_cpp', 'IPython') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
     assert out.stdout.strip() == "[]"
 
 

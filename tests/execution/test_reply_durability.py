@@ -24,7 +24,7 @@ from oblix_nb.client import Checkpoint
 from oblix_nb.models.base import ModelBackend, ModelType, Usage
 from oblix_nb.sessions import SessionStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Scripted(ModelBackend):
