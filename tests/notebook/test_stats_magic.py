@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 
 from test_magics import client, ip, run, usage_error  # noqa: E402,F401  (ip is a fixture)
-from test_stats import stamp  # noqa: E402
+from sessions.test_stats import stamp  # noqa: E402
 
 
 def seed_replies():
