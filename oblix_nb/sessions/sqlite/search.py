@@ -67,6 +67,7 @@ class SqliteSearch:
         self._index_wanted = False  # writes from now on schedule another pass
         try:
             self._index_backlog()
+            self._maintain_stats()  # then the other derived tables (.stats), in small chunks
         except Exception as exc:  # noqa: BLE001 - a failed pass is retried by the next write or search
             self.index_error = exc
 

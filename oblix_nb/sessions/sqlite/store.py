@@ -37,7 +37,7 @@ from ..io import normalize_message
 from ..validate import canonical_json, check_limit, check_title, json_object
 from .common import (BUSY_TIMEOUT_S, SUMMARY_ORDERS, _SUMMARY_COLUMNS, _not_writable, _summary_where,
                      storage_error)
-from .migrations import LATEST_VERSION, STATS_LOWER_MARK, migrate, schema_version
+from .migrations import LATEST_VERSION, STATS_LOWER_MARK, STATS_PENDING, migrate, schema_version
 from .search import _FTS_PENDING, _FTS_TABLES, SEARCH_CATCHUP_S, SqliteSearch
 from .stats import SqliteStats
 
@@ -112,7 +112,8 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
         else:
             self.read_only = _not_writable(self.path)  # SQLite falls back to reading silently
             with self._locked("read") as conn:
-                if conn.execute(_FTS_PENDING).fetchone()[0]:  # e.g. written by an older version
+                # derived tables behind (e.g. written by an older version): bring them up to date
+                if conn.execute(_FTS_PENDING).fetchone()[0] or conn.execute(STATS_PENDING).fetchone()[0]:
                     self._written()
 
     def _open_read_write(self) -> sqlite3.Connection:
