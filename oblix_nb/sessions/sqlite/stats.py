@@ -188,8 +188,9 @@ class SqliteStats:
     def _maintain_stats(self) -> None:
         """The background maintainer's stats step (run by the index pass after the FTS indexes, on its daemon
         thread): index pending messages ``STATS_BACKGROUND_CHUNK_ROWS`` per transaction, releasing the
-        connection between chunks and then pausing as long as the chunk took (a writer waits at most one
-        chunk, and gets at least half of the time), until none is pending or the store closes. One thread at a time does it; a pass that finds another at work leaves it to that one."""
+        connection between chunks and, while writes keep coming, pausing as long as the chunk took (a writer
+        waits at most one chunk and gets at least half of the time); with no writes about it runs at full
+        speed. Until none is pending or the store closes. One thread at a time does it; a pass that finds another at work leaves it to that one."""
         if self.read_only is not None:
             return
         with self._lock:
@@ -197,14 +198,19 @@ class SqliteStats:
                 return
             self._stats_busy = True
         try:
+            seen = self._writes
             while True:
                 started = time.perf_counter()
                 with self._lock:
                     if self._closed or not self._stats_chunk(STATS_BACKGROUND_CHUNK_ROWS):
                         return
-                # Yield as long as the chunk took (at most half the time goes to this work while writes keep
-                # coming), so a writer waiting for the connection gets it: the lock is not fair.
-                time.sleep(max(0.001, time.perf_counter() - started))
+                if self._writes != seen:
+                    # Writes are coming: pause as long as the chunk took, so they get at least half of the
+                    # connection's time (the lock is not fair: a waiting writer might not get it otherwise).
+                    seen = self._writes
+                    time.sleep(max(0.001, time.perf_counter() - started))
+                else:
+                    time.sleep(0)  # no writer about: go on at full speed (a newcomer still gets the lock)
         finally:
             self._stats_busy = False
 
