@@ -17,6 +17,13 @@ local and cloud routes, 30 days of timestamps, 3 % partial replies, 1 % cut by a
   cost is reported too, as is the one-time indexing of the whole seeded store.
 
 The goal is every ``stats`` call under 1 s at 1,000,000 messages.
+
+    python bench/stats.py --first-after-write [--messages 200000] [--baseline-rev 856aa6d]
+
+Issue 17 (the stats tables kept by the background maintainer): this tree against the package at
+``--baseline-rev`` side by side in one process (bench/append.py's loader), each on a fresh database: the
+bulk write's own wall time (``seed``: ratio <= 1.05 is the goal), then the first ``stats(by="model")`` right
+after it (which used to index the whole backlog itself; goal <= 2 s at 200,000 messages) and the call after.
 """
 from __future__ import annotations
 
@@ -33,9 +40,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/append.py
 
 from oblix_nb import OblixClient, runtime  # noqa: E402
-from oblix_nb.sessions.store import SessionStore  # noqa: E402
+from oblix_nb.sessions import SessionStore  # noqa: E402
 
 MODELS = [(f"llamacpp:smollm2-{i}", "local", None) for i in range(4)] + \
          [(f"openai:server-{i}", "local", None) for i in range(4)] + \
@@ -156,13 +164,57 @@ def append_cost(folder: Path, repeat: int = 2000, history: int = 20_000) -> dict
     return out
 
 
+def first_after_write(messages: int, per_session: int, baseline_rev: str) -> dict:
+    """Seed ``messages`` into a fresh store per side (this tree, the baseline), then time the first stats()."""
+    from append import load_baseline  # bench/append.py
+
+    work = Path(tempfile.mkdtemp(prefix="oblix-bench-first-stats-"))
+    try:
+        sides = {"ours": SessionStore, "baseline": load_baseline(baseline_rev, work / "pkg")}
+        out: dict = {}
+        for name, cls in sides.items():
+            store = cls(work / f"{name}.db")
+            t0, c0 = time.perf_counter(), time.process_time()
+            seed(store, messages, per_session)
+            seed_s, seed_cpu = time.perf_counter() - t0, time.process_time() - c0  # CPU: background too
+            behind = store._conn.execute("SELECT IFNULL((SELECT MAX(seq) FROM messages), 0) - last_seq "
+                                         "FROM stats_progress").fetchone()[0]
+            t0 = time.perf_counter()
+            groups = store.stats("model")
+            first_s = time.perf_counter() - t0
+            next_s = best(lambda: store.stats("model"), 3)[0]
+            out[name] = {"seed_seconds": round(seed_s, 2), "seed_cpu_seconds_all_threads": round(seed_cpu, 2),
+                         "messages_not_in_stats_tables_after_seed": behind, "first_stats_seconds": round(first_s, 3),
+                         "next_stats_seconds": round(next_s, 3), "groups": len(groups),
+                         "load_avg_1m": round(os.getloadavg()[0], 2)}
+            store.close()
+        ours, base = out["ours"], out["baseline"]
+        out["ratio_seed_ours_over_baseline"] = round(ours["seed_seconds"] / base["seed_seconds"], 3)
+        out["ratio_next_stats_ours_over_baseline"] = round(
+            ours["next_stats_seconds"] / max(base["next_stats_seconds"], 1e-9), 3)
+        out["goal"] = "first stats() after the bulk write <= 2 s; seed ratio <= 1.05"
+        out["goal_met"] = ours["first_stats_seconds"] <= 2.0 and out["ratio_seed_ours_over_baseline"] <= 1.05
+        out["messages"], out["baseline_rev"] = messages, baseline_rev
+        out["cpus"] = os.cpu_count()
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--first-after-write", action="store_true",
+                        help="issue 17: first stats() right after a bulk write, against --baseline-rev")
+    parser.add_argument("--baseline-rev", default="856aa6d")
+    parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--per-session", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", help="seed this database (or reuse it if it exists) instead of a temp one")
     args = parser.parse_args()
+    if args.first_after_write:
+        print(json.dumps(first_after_write(args.messages or 200_000, args.per_session, args.baseline_rev), indent=2))
+        return
+    args.messages = args.messages or 1_000_000
 
     home = Path(tempfile.mkdtemp(prefix="oblix-bench-stats-"))
     path = Path(args.keep).resolve() if args.keep else home / "sessions.db"

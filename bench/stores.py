@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from oblix_nb._util import iso  # noqa: E402
 from oblix_nb.sessions import open_store  # noqa: E402
-from oblix_nb.sessions.store import _update_stamp  # noqa: E402
+from oblix_nb.sessions.base import _update_stamp  # noqa: E402
 from sessions import median_ms  # noqa: E402  (bench/sessions.py)
 
 TEXT = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore "

@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import re
-import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from typing import Any, Callable, Optional
 
 from ._util import describe_error
 from .errors import (ModelCallError, NoModelHookedError, OblixError, RowError, SchemaError,
-                     StructuredOutputError)
+                     StorageError, StructuredOutputError)
 from .models.base import SAMPLING_OPTIONS, GenerationParams
 from .structured import Schema, compile_schema, extract_json
 
@@ -555,7 +554,7 @@ class MapJob:
         if to_store:
             try:
                 client.sessions.append_messages(self.session_id, to_store)
-            except (OSError, sqlite3.Error, OblixError) as exc:
+            except (OSError, StorageError, OblixError) as exc:
                 # The reply is not dropped: it stays in the result; the error says it is not in the store
                 # (so the next call will ask the model again).
                 error = "; ".join(e for e in (error, f"reply not stored: {describe_error(exc)}") if e)

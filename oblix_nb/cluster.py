@@ -60,7 +60,7 @@ class ClientSpec:
     @classmethod
     def from_client(cls, client) -> "ClientSpec":
         store = client.sessions
-        url = store.url if store.engine == "sqlite" else _without_password(store._url)
+        url = store.public_url()
         specs = tuple(client._hook_specs[model_id] for model_id in client.models if model_id in client._hook_specs)
         missing = [model_id for model_id in client.models if model_id not in client._hook_specs]
         if missing:

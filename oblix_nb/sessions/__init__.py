@@ -1,21 +1,25 @@
 """Durable session stores with one interface and two engines, plus JSON import/export.
 
-- :class:`SessionStore` (``store.py``): one SQLite database (WAL, numbered migrations, FTS5); the embedded
-  default, ``<home>/sessions.db``.
-- :class:`~.pg.PostgresSessionStore` (``pg.py``): a shared PostgreSQL database (psycopg 3 with a connection
-  pool, numbered migrations, JSONB metadata with a GIN index, ``tsvector`` full-text search), for a team or
-  many kernels on many machines. Needs the ``postgres`` extra; imported only when used.
+- :class:`SessionStoreBase` (``base.py``): the contract every engine implements, documented once, and what
+  does not depend on the engine. Code outside the engine folders uses only it.
+- :class:`SessionStore` (``sqlite/``, class ``SqliteSessionStore``): one SQLite database (WAL, numbered
+  migrations, FTS5); the embedded default, ``<home>/sessions.db``.
+- :class:`~.postgres.store.PostgresSessionStore` (``postgres/``): a shared PostgreSQL database (psycopg 3 with
+  a connection pool, numbered migrations, JSONB metadata with a GIN index, ``tsvector`` full-text search), for
+  a team or many kernels on many machines. Needs the ``postgres`` extra; imported only when used.
 
-Both have the same methods, semantics and JSON; :func:`open_store` picks one from a URL.
+Both engine folders have the same modules (``store``, ``migrations``, ``search``, ``stats``); both have the
+same methods, semantics and JSON; :func:`open_store` picks one from a URL.
 """
 from __future__ import annotations
 
 import os
 from typing import Optional
 
-from .store import SessionStore
+from .base import SessionStoreBase
+from .sqlite.store import SessionStore, SqliteSessionStore
 
-__all__ = ["SessionStore", "open_store", "is_postgres_url"]
+__all__ = ["SessionStore", "SessionStoreBase", "SqliteSessionStore", "open_store", "is_postgres_url"]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -25,7 +29,7 @@ def is_postgres_url(url: str) -> bool:
 
 
 def open_store(url: Optional[str], *, default_path: Optional[str | os.PathLike] = None,
-               author: Optional[str] = None):
+               author: Optional[str] = None) -> SessionStoreBase:
     """The store a URL names: ``postgresql://...`` (or ``postgres://``) a PostgreSQL store, ``sqlite:PATH``
     (or a plain path) a SQLite store; None means the SQLite database at ``default_path``.
 
@@ -38,7 +42,7 @@ def open_store(url: Optional[str], *, default_path: Optional[str | os.PathLike] 
     if not isinstance(url, str) or not url.strip():
         raise ValueError("database URL must be a non-empty string")
     if is_postgres_url(url):
-        from .pg import PostgresSessionStore
+        from .postgres.store import PostgresSessionStore
 
         return PostgresSessionStore(url, author=author)
     if url.startswith("sqlite:"):

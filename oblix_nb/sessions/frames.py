@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterable, Optional, Union
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from .store import SessionStore
+    from .base import SessionStoreBase as SessionStore
 
 SESSION_COLUMNS = ["session_id", "title", "created_at", "updated_at", "message_count", "author", "cost_usd"]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import OblixError, SessionExistsError
+from .base import SessionStoreBase
 
 DEFAULT_BATCH = 500
 
@@ -83,7 +84,7 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def _verify(source_counts: dict[str, int], target, report: MigrationReport, inserted: set[str]) -> None:
+def _verify(source_counts: dict[str, int], target: SessionStoreBase, report: MigrationReport, inserted: set[str]) -> None:
     stored = target.stored_counts(list(source_counts))
     for session_id, expected in source_counts.items():
         got = stored.get(session_id)
@@ -96,7 +97,7 @@ def _verify(source_counts: dict[str, int], target, report: MigrationReport, inse
             report.conflicts.append(f"{session_id}: {expected} messages in the source, {got} in the target")
 
 
-def copy_store(source, target, batch: int = DEFAULT_BATCH, progress: bool = True,
+def copy_store(source: SessionStoreBase, target: SessionStoreBase, batch: int = DEFAULT_BATCH, progress: bool = True,
                on_batch: Optional[Callable[[int], None]] = None) -> MigrationReport:
     """Copy every session of ``source`` into ``target`` (two open stores, either engine); see the module."""
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -128,7 +129,7 @@ def copy_store(source, target, batch: int = DEFAULT_BATCH, progress: bool = True
     return report
 
 
-def import_folder(folder: str | os.PathLike, target, progress: bool = True) -> MigrationReport:
+def import_folder(folder: str | os.PathLike, target: SessionStoreBase, progress: bool = True) -> MigrationReport:
     """Import every ``*.json`` session file in ``folder`` (the original Oblix SDK's, or ours) into ``target``.
 
     Ids are kept; a file whose id is already in the target is skipped if its messages match, else reported

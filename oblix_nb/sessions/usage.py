@@ -9,32 +9,22 @@ records its ``author`` and spend is summed per user (one user's calls never use 
 from __future__ import annotations
 
 import threading
-from datetime import datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Optional
 
 from .._util import iso
+from .base import SPEND_SQL, USAGE_COLUMNS, USAGE_GROUPS, SessionStoreBase  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-_COLUMNS = ("timestamp", "session_id", "request_id", "model_id", "target", "input_tokens", "output_tokens",
-            "cache_read_tokens", "cache_write_tokens", "cost_usd", "cost_estimate_usd", "partial")
-_INSERT = f"INSERT INTO usage_log ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-# Spend: exact costs, and estimates where no exact cost exists.
-SPEND_SQL = "COALESCE(SUM(COALESCE(cost_usd, cost_estimate_usd)), 0)"
-# "day": the local calendar day of this machine, as budgets' "day" (SQLite's localtime is the process's zone).
-GROUPS = {"model": "model_id", "session": "session_id", "day": "date(timestamp, 'localtime')"}
+_COLUMNS = USAGE_COLUMNS  # old names, kept for importers
+GROUPS = dict.fromkeys(USAGE_GROUPS)
 
 
 def supported(store) -> bool:
-    """Whether ``store`` keeps a usage log (both engines do; a store of another kind may not)."""
-    return getattr(store, "engine", None) in ("sqlite", "postgresql")
-
-
-def _sql(store, sql: str) -> str:
-    """``sql`` for ``store``'s engine: ``?`` placeholders become ``%s`` on PostgreSQL."""
-    return sql if store.engine == "sqlite" else sql.replace("?", "%s")
+    """Whether ``store`` keeps a usage log: every :class:`~.base.SessionStoreBase` does (a store of another
+    kind may not)."""
+    return isinstance(store, SessionStoreBase)
 
 
 def require(store, what: str) -> None:
@@ -51,61 +41,39 @@ def _num(value) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def record(store, response: dict, target: Optional[str], partial: bool = False) -> None:
+def record(store: "SessionStoreBase", response: dict, target: Optional[str], partial: bool = False) -> None:
     """Log one reply from execute()'s response dict (its metrics carry tokens and cost). A store without a
     usage log (neither SQLite nor PostgreSQL) logs nothing: each reply's cost is still in its message's metrics."""
     if not supported(store):
         return
     m = response.get("metrics") or {}
-    row = (m.get("end_time") or iso(), response.get("session_id"), response.get("request_id"),
-           response.get("model_id"), target, _int(m.get("input_tokens")), _int(m.get("output_tokens")),
-           _int(m.get("cache_read_tokens")), _int(m.get("cache_write_tokens")), _num(m.get("cost_usd")),
-           _num(m.get("cost_estimate_usd")), 1 if partial else 0)
-    if store.engine == "sqlite":
-        with store._write() as conn:
-            conn.execute(_INSERT, row)
-        return
-    with store._conn() as conn:
-        conn.execute(_sql(store, _INSERT.replace("(timestamp", "(author, timestamp").replace("VALUES (", "VALUES (?, ")),
-                     (store.author, *row))
+    store.log_usage((m.get("end_time") or iso(), response.get("session_id"), response.get("request_id"),
+                     response.get("model_id"), target, _int(m.get("input_tokens")), _int(m.get("output_tokens")),
+                     _int(m.get("cache_read_tokens")), _int(m.get("cache_write_tokens")), _num(m.get("cost_usd")),
+                     _num(m.get("cost_estimate_usd")), 1 if partial else 0))
 
 
-# (database path, since, session_id) -> (highest seq summed, sum). The log is append-only, so a sum stays
+# (store URL, author, since, session_id) -> (highest seq summed, sum). The log is append-only, so a sum stays
 # right when only rows above its mark are added to it, whichever process wrote them.
 _sums: dict[tuple, tuple[int, float]] = {}
 _sums_lock = threading.Lock()
 
 
-def spent(store, since: Optional[str] = None, session_id: Optional[str] = None) -> float:
+def spent(store: "SessionStoreBase", since: Optional[str] = None, session_id: Optional[str] = None) -> float:
     """USD spent (exact costs, estimates where there is no exact one) since ``since`` (an ISO timestamp;
-    None: ever), in one session if ``session_id`` is given.
+    None: ever), in one session if ``session_id`` is given (on a shared database: this store's author's).
 
     Sums are kept per store and read incrementally: each call adds only the rows logged since the last one
     (by any process), so a check stays fast however long the log grows."""
     require(store, "spend")
-    key = (store.url, store.author if store.engine != "sqlite" else None, since, session_id)
+    key = (store.url, store.author, since, session_id)
     with _sums_lock:
         mark, total = _sums.get(key, (0, 0.0))
-    where, params = ["seq > ?"], [mark]
-    if since is not None:
-        where.append("timestamp >= ?")
-        params.append(since)
-    if session_id is not None:
-        where.append("session_id = ?")
-        params.append(session_id)
-    if store.engine != "sqlite":
-        where.append("author = ?")
-        params.append(store.author)
-    sql = (f"SELECT (SELECT COALESCE(MAX(seq), 0) FROM usage_log), {SPEND_SQL} FROM usage_log "
-           f"WHERE {' AND '.join(where)}")
-    sql = _sql(store, sql)
-    with store._read() as conn:
-        top, added = conn.execute(sql, params).fetchone()
-        if top < mark:  # not the log the mark was taken on (replaced file): sum it all again
-            params[0] = mark = 0
-            top, added = conn.execute(sql, params).fetchone()
-            total = 0.0
-    total += float(added)
+    top, added = store.usage_spend(mark, since, session_id)
+    if top < mark:  # not the log the mark was taken on (replaced file): sum it all again
+        top, added = store.usage_spend(0, since, session_id)
+        total = 0.0
+    total += added
     with _sums_lock:
         if len(_sums) > 10_000:
             _sums.clear()
@@ -113,29 +81,15 @@ def spent(store, since: Optional[str] = None, session_id: Optional[str] = None) 
     return total
 
 
-def usage_df(store, by: str = "model") -> "pd.DataFrame":
+def usage_df(store: "SessionStoreBase", by: str = "model") -> "pd.DataFrame":
     """Replies, tokens and cost grouped ``by`` "model", "session" or "day" (local). See ``OblixClient.usage``."""
     import pandas as pd
 
-    if by not in GROUPS:
-        raise ValueError(f"by must be one of {list(GROUPS)}, not {by!r}")
+    if by not in USAGE_GROUPS:
+        raise ValueError(f"by must be one of {list(USAGE_GROUPS)}, not {by!r}")
     require(store, "client.usage()")
-    key = GROUPS[by]
-    params: list = []
-    where = ""
-    if store.engine != "sqlite":  # this user's rows; "day" in this machine's current UTC offset
-        offset = datetime.now().astimezone().utcoffset().total_seconds()
-        key = {"day": f"to_char(timestamp::timestamptz AT TIME ZONE 'UTC' + interval '{int(offset)} seconds', "
-                      f"'YYYY-MM-DD')"}.get(by, key)
-        where, params = "WHERE author = %s", [store.author]
-    sql = (f"SELECT {key} AS k, count(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
-           f"SUM(cache_write_tokens), SUM(cost_usd), SUM(cost_estimate_usd), "
-           f"SUM(CASE WHEN cost_usd IS NULL AND cost_estimate_usd IS NULL THEN 1 ELSE 0 END), {SPEND_SQL}, "
-           f"MIN(timestamp), MAX(timestamp) FROM usage_log {where} GROUP BY k ORDER BY MIN(timestamp)")
-    with store._read() as conn:
-        rows = [tuple(int(v) if isinstance(v, Decimal) else v for v in row)
-                for row in conn.execute(sql, params).fetchall()]
-        titles = dict(conn.execute("SELECT id, title FROM sessions").fetchall()) if by == "session" else {}
+    rows = store.usage_groups(by)
+    titles = store.session_titles() if by == "session" else {}
     names = ["replies", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd",
              "cost_estimate_usd", "unpriced_replies", "spend_usd", "first", "last"]
     columns = list(zip(*rows)) if rows else [()] * (len(names) + 1)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from oblix_nb.sessions import SessionStore
-from oblix_nb.sessions import store as store_module
+from oblix_nb.sessions.sqlite import search as store_module
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from stores import run_processes
 
 from oblix_nb.sessions import SessionStore
-from oblix_nb.sessions import migrations
+from oblix_nb.sessions.sqlite import migrations
 
 
 @pytest.fixture
@@ -202,7 +202,7 @@ def test_close_is_idempotent(db_path):
 def test_a_database_from_a_newer_oblix_nb_is_refused_not_downgraded(tmp_path):
     import sqlite3
 
-    from oblix_nb.sessions.migrations import LATEST_VERSION, migrate, refuse_newer
+    from oblix_nb.sessions.sqlite.migrations import LATEST_VERSION, migrate, refuse_newer
 
     path = tmp_path / "newer.db"
     conn = sqlite3.connect(path, isolation_level=None)

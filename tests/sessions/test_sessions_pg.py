@@ -10,7 +10,8 @@ import os
 import pytest
 from stores import row_counts, run_processes, sql
 
-from oblix_nb.sessions import open_store, pg_migrations
+from oblix_nb.sessions import open_store
+from oblix_nb.sessions.postgres import migrations as pg_migrations
 
 
 def _append_worker(url: str, shared: str, worker: int, count: int) -> None:
@@ -139,7 +140,7 @@ def test_store_keeps_working_in_a_forked_child(pg_url):
 
 
 def test_urls_and_errors_never_show_the_password(pg_server):
-    from oblix_nb.sessions.pg import redact
+    from oblix_nb.sessions.postgres.codec import redact
 
     secret = "s3cr3t-pw"
     assert secret not in redact(f"postgresql://u:{secret}@h:5/db")

@@ -12,7 +12,7 @@ import pytest
 
 from oblix_nb import OblixClient
 from oblix_nb.sessions import stats as stats_module
-from oblix_nb.sessions.migrations import MIGRATIONS, STATS_PENDING, statements
+from oblix_nb.sessions.sqlite.migrations import MIGRATIONS, STATS_PENDING, statements
 
 COLUMNS = stats_module.STATS_COLUMNS
 DAY0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -317,7 +317,7 @@ def test_stats_never_load_messages_into_python(client):
 def test_indexing_in_small_chunks_gives_the_same_frame(client, monkeypatch):
     """The stats tables are filled chunk by chunk; a prompt and its reply in different chunks still pair."""
     sqlite_only(client, "the stats tables are filled in chunks")
-    import oblix_nb.sessions.store as store_module
+    import oblix_nb.sessions.sqlite.stats as store_module
 
     monkeypatch.setattr(store_module, "STATS_CHUNK_ROWS", 7)
     sessions, requests = generate(11, **SHAPES["few models"])
@@ -333,7 +333,7 @@ def test_percentiles_by_window_pass_equal_the_hand_computed_frame(client, monkey
     """Many groups take the one-pass window read instead of per-group OFFSET reads: same frame (None keys,
     windows and metadata filters included)."""
     sqlite_only(client, "the percentile read strategies")
-    import oblix_nb.sessions.store as store_module
+    import oblix_nb.sessions.sqlite.stats as store_module
 
     monkeypatch.setattr(store_module, "_STATS_WINDOW_GROUPS", 0)
     sessions, requests = generate(5, **SHAPES["many models, long ids, empty days"])

@@ -1,0 +1,109 @@
+"""PostgreSQL engine: the text codec (PostgreSQL text cannot hold U+0000, which is ordinary text for the store)
+and URL redaction.
+
+A title or message holding NUL is stored escaped (the body of its JSON string) and flagged, and read back
+exactly; metadata keys and values are indexed in JSONB through an injective rewrite (:func:`index_json`).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from ..base import MESSAGE_COLUMNS, _summary
+from ..validate import canonical_json, check_json
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for reprs, logs and errors)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://<unparseable URL>"
+    if parts.password is None:
+        netloc = parts.netloc
+    else:
+        netloc = parts.netloc.rsplit("@", 1)
+        netloc = f"{parts.username or ''}:***@{netloc[-1]}"
+    query = "&".join("password=***" if q.lower().startswith("password=") else q for q in parts.query.split("&"))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password removed (not redacted): what another process opens the same database with,
+    using its own credentials (``~/.pgpass``, ``PGPASSWORD``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = netloc.rsplit("@", 1)[-1]
+        netloc = f"{parts.username}@{host}" if parts.username else host
+    query = "&".join(q for q in parts.query.split("&") if q and not q.lower().startswith("password="))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# ---------------------------------------------------------------------------------------------- NUL handling
+def _escape_index(value: Any) -> Any:
+    """An injective rewrite of every string (keys too) so JSONB can hold it: ``\\`` -> ``\\\\``, NUL -> ``\\0``."""
+    if isinstance(value, str):
+        return value.replace("\\", "\\\\").replace("\x00", "\\0")
+    if isinstance(value, dict):
+        return {_escape_index(k): _escape_index(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape_index(v) for v in value]
+    return value
+
+
+def index_json(value: Any, what: str = "metadata") -> str:
+    """The JSON text stored in (or compared with) the JSONB ``meta`` column for a metadata value."""
+    check_json(value, what)  # bounds the recursion below
+    return canonical_json(_escape_index(value), what)
+
+
+def _no_nul(what: str, value: Optional[str]) -> None:
+    if value is not None and "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL (U+0000): PostgreSQL text cannot store it")
+
+
+# Message text columns that may hold NUL (metrics/routing are JSON text, which escapes it).
+_TEXT_AT = tuple(i for i, c in enumerate(MESSAGE_COLUMNS)
+                 if c in ("id", "content", "model_id", "request_id", "source_session_id"))
+
+
+def _escape(text: str) -> str:
+    """Text with NUL as PostgreSQL can store it: the body of its JSON string (``\\u0000`` for NUL)."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def _unescape(text: str) -> str:
+    return json.loads(f'"{text}"')
+
+
+def _title(title: str, escaped: bool) -> str:
+    return _unescape(title) if escaped else title
+
+
+def _write_row(row: tuple) -> tuple:
+    """A message row (MESSAGE_COLUMNS) as written, plus its ``escaped`` flag: if any of its text holds NUL,
+    all of its text columns are stored escaped (:func:`_escape`)."""
+    _no_nul("author", row[-1])
+    if not any(row[i] is not None and "\x00" in row[i] for i in _TEXT_AT):
+        return (*row, False)
+    return (*(_escape(v) if i in _TEXT_AT and v is not None else v for i, v in enumerate(row)), True)
+
+
+def _read_row(row: tuple) -> tuple:
+    """A row read as MESSAGE_COLUMNS + escaped, back to MESSAGE_COLUMNS as it was written."""
+    if row[-1]:
+        return tuple(_unescape(v) if i in _TEXT_AT and v is not None else v for i, v in enumerate(row[:-1]))
+    return row[:-1]
+
+
+_SUMMARY_COLUMNS = "id, title, created_at, updated_at, message_count, metadata"
+
+
+def _pg_summary(row: tuple) -> dict:
+    """A summary from ``_SUMMARY_COLUMNS, title_escaped[, author]``."""
+    return _summary((row[0], _title(row[1], row[6]), *row[2:6], *row[7:]))
