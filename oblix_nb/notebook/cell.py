@@ -14,9 +14,8 @@ from typing import Any, Optional
 
 from IPython.core.error import UsageError
 
-from .. import runtime
+from .. import default_model, runtime
 from .._util import new_id, title_from
-from ..default_model import EMBEDDED_MODEL_ID, HOW_TO_HOOK, ensure_model_sync
 from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableError, NoModelHookedError,
                       SessionNotFoundError)
 from .display import QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, shell_publisher
@@ -340,12 +339,12 @@ class CellPipeline:
         if client.models:
             return True
         if self.m.auto_hook:  # the one default-model policy (oblix_nb.default_model)
-            hooked = self._hook(lambda: ensure_model_sync(client))
+            hooked = self._hook(lambda: default_model.ensure_model_sync(client))
             if hooked:
-                what = "the embedded model " if hooked == EMBEDDED_MODEL_ID else ""
+                what = "the embedded model " if hooked == default_model.EMBEDDED_MODEL_ID else ""
                 print(f"(no model was hooked: hooked {what}{hooked})")
                 return True
-        print(HOW_TO_HOOK, file=sys.stderr)
+        print(default_model.HOW_TO_HOOK, file=sys.stderr)
         return False
 
     @staticmethod

@@ -11,6 +11,10 @@ models and the current session survive a reload). Settings are traitlets, so bot
 ``%config OblixMagics.stream_interval = 0.2`` and ``c.OblixMagics.stream_interval = 0.2`` in an IPython profile
 work: ``default_model``, ``home``, ``stream_interval``, ``max_history``, ``show_footer``, ``frontend``.
 
+This module is the configuration and a thin dispatch: argument parsing (and the reference rules of magic
+lines: IPython's ``{expr}``/``$var`` expansion is off for every magic) is in :mod:`.parsers`, the ``%%oblix``
+pipeline in :mod:`.cell`, the "hook a model if none is hooked" policy in :mod:`oblix_nb.default_model`.
+
 No event loop ever runs in the kernel's thread: every coroutine runs on the package's background loop
 (:mod:`oblix_nb.runtime`), and the reply's display is driven from the main thread (see :mod:`.display`).
 """

@@ -317,7 +317,8 @@ def oblix_parser() -> MagicArgumentParser:
             cells have the earlier turns as context. {name} in the cell is replaced by the value of the
             variable `name` when it exists; so are {In[3]} (cell 3's source), {Out[3]} (its result), {Err[3]}
             (its traceback; negative N counts back from this cell), {_}, {cfg.attr} and {d["key"]}. Other
-            braces are left alone; {{name}} gives a literal {name}. A DataFrame / array named this way, or with
+            braces are left alone (nothing is ever evaluated); {{name}} gives a literal {name}; the same
+            rules fill in --system, --title, --model and --session on the %%oblix line. A DataFrame / array named this way, or with
             --context, is attached as a compact description (shape, dtypes, missing values, describe(), rows).
             What the model saw (the expanded prompt, attachments, system message) is stored in the session.
             The reply is `oblix_last` (a str carrying `.response`, execute()'s dict) and, with --var, NAME.
@@ -407,7 +408,8 @@ def chat_parser() -> MagicArgumentParser:
     p = MagicArgumentParser(
         prog="%oblix_chat", description=textwrap.dedent("""\
             Open a chat panel (a widget) on a session: type, send, watch the reply stream, stop it.
-            Default: the current session (one is created if there is none). Any PROMPT words are sent at once.
+            Default: the current session (one is created if there is none). Any PROMPT words are sent at once;
+            {name}, {In[3]}, {d["k"]} ... in them are filled in as in a %%oblix cell (never evaluated).
             For a handle on the panel use oblix_nb.notebook.widgets.show_chat_panel()."""))
     g = p.add_mutually_exclusive_group()
     g.add_argument("--session", metavar="ID", help="chat in this session (it becomes the current one)")

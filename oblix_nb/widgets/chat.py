@@ -32,7 +32,7 @@ import traitlets
 
 from .. import runtime
 from .._util import title_from
-from ..default_model import ensure_model
+from .. import default_model
 from ..errors import NoModelHookedError
 from ..notebook import state
 from ..streaming import ThrottledSink
@@ -407,7 +407,8 @@ class ChatPanel(anywidget.AnyWidget):
     async def _run(self, prompt: str, session_id: str, reply: _LiveReply) -> dict:
         client = self.client
         if self.auto_hook:  # the one default-model policy (oblix_nb.default_model)
-            await ensure_model(client, on_hook=lambda model_id: self._set_status(f"loading the model {model_id} …"))
+            await default_model.ensure_model(
+                client, on_hook=lambda model_id: self._set_status(f"loading the model {model_id} …"))
         return await client.execute(prompt, session_id=session_id, sink=reply, display_metrics=False,
                                     **self.execute_kwargs)
 
