@@ -104,7 +104,6 @@ _CLIENT_ERRORS = (OblixError, ValueError, OSError, KeyError)
 _ASK_TEXT_ARGS = ("model", "session", "title", "system")
 
 
-
 @magics_class
 class OblixMagics(Magics):
     """``%oblix_session``, ``%%oblix``, ``%oblix_chat``, ``%oblix_fix``, ``%oblix_model``,
@@ -343,7 +342,6 @@ class OblixMagics(Magics):
         return self.client.messages_df(self.resolve(args.id) if args.id else None)
 
     # ------------------------------------------------------------------ %oblix_chat
-    # ------------------------------------------------------------------ %oblix_chat
     @no_var_expand
     @line_magic
     def oblix_chat(self, line: str = ""):
@@ -369,7 +367,7 @@ class OblixMagics(Magics):
             panel.send(prompt)
         return None
 
-
+    # ------------------------------------------------------------------ %oblix_stats
     @no_var_expand
     @line_magic
     def oblix_stats(self, line: str = ""):
@@ -407,7 +405,6 @@ class OblixMagics(Magics):
         return None
 
     # ------------------------------------------------------------------ %oblix_fix
-    # ------------------------------------------------------------------ %oblix_fix
     @no_var_expand
     @line_magic
     def oblix_fix(self, line: str = ""):
@@ -416,7 +413,6 @@ class OblixMagics(Magics):
         except HelpShown:
             return None
         return CellPipeline(self).fix(args)
-
 
     @no_var_expand
     @line_magic

@@ -318,8 +318,9 @@ def oblix_parser() -> MagicArgumentParser:
             variable `name` when it exists; so are {In[3]} (cell 3's source), {Out[3]} (its result), {Err[3]}
             (its traceback; negative N counts back from this cell), {_}, {cfg.attr} and {d["key"]}. Other
             braces are left alone (nothing is ever evaluated); {{name}} gives a literal {name}; the same
-            rules fill in --system, --title, --model and --session on the %%oblix line. A DataFrame / array named this way, or with
-            --context, is attached as a compact description (shape, dtypes, missing values, describe(), rows).
+            rules fill in --system, --title, --model and --session on the %%oblix line. A DataFrame / array
+            named this way, or with --context, is attached as a compact description (shape, dtypes, missing
+            values, describe(), rows).
             What the model saw (the expanded prompt, attachments, system message) is stored in the session.
             The reply is `oblix_last` (a str carrying `.response`, execute()'s dict) and, with --var, NAME.
             Interrupting the kernel stops the request; the partial reply is kept, flagged partial."""))
