@@ -249,3 +249,25 @@ def build_prompt(template: str, shell: Any, *, context: Optional[list[str]] = No
         share = max(budget_chars // len(data), 400)
         prompt.attachments = [(ref, attachment(found, shell, share)) for ref, found in data.items()]
     return prompt
+
+
+def expand_inline(text: str, shell: Any, *, max_chars: int = 4000, namespace: Optional[dict] = None) -> str:
+    """``{ref}`` in ``text`` replaced by its value inline, as :func:`build_prompt` does, for a magic's argument
+    (``--system``, ``--title``, ...): nothing is attached, so a DataFrame / array reference stays as written,
+    as does anything that is not a resolvable reference. Nothing is ever evaluated."""
+    if namespace is None:
+        namespace = getattr(shell, "user_ns", {}) or {}
+
+    def sub(match: "re.Match") -> str:
+        escaped, ref = match.group(1), match.group(2)
+        if escaped is not None:
+            return "{" + escaped + "}" if parse(escaped) is not None else match.group(0)
+        try:
+            found = resolve(ref, shell, namespace)
+        except UnknownReference:
+            return match.group(0)
+        if is_data(found.value):
+            return match.group(0)
+        return inline(found, shell, max_chars)
+
+    return _BRACES.sub(sub, text)

@@ -10,15 +10,15 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
+# The default-model policy lives in the core (oblix_nb.default_model); these names stay importable from here.
+from ..default_model import EMBEDDED_MODEL, EMBEDDED_MODEL_ID, HOW_TO_HOOK, embedded_model_available  # noqa: F401
+
 _lock = threading.RLock()
 _client = None
 _home: Optional[str] = None          # what %config OblixMagics.home asked for ("" = default)
 _max_history: Optional[int] = None
 _sink_factory = None                 # the notebook sink factory while the extension is loaded in a kernel
 _chat_handler = None                 # execute(chat=True) -> the chat panel, while loaded in a kernel
-
-EMBEDDED_MODEL = ("llamacpp", "smollm2-135m")
-EMBEDDED_MODEL_ID = "llamacpp:smollm2-135m"
 
 
 def get_client(home: Optional[str | os.PathLike] = None):
@@ -113,24 +113,6 @@ def set_sink_factory(factory) -> None:
             client_module.default_sink_factory = factory
         elif previous is not None and client_module.default_sink_factory is previous:
             client_module.default_sink_factory = client_module.stdout_sink_factory
-
-
-def embedded_model_available() -> bool:
-    """True if the embedded model (SmolLM2 GGUF + llama-cpp-python) is installed, found without importing."""
-    import importlib.util
-
-    from ..models.gguf import shipped_gguf
-
-    return shipped_gguf(EMBEDDED_MODEL[1]) is not None and importlib.util.find_spec("llama_cpp") is not None
-
-
-HOW_TO_HOOK = (
-    "No model is hooked. Hook one first, e.g.\n"
-    "    from oblix_nb import ModelType\n"
-    "    from oblix_nb.notebook import get_client\n"
-    "    await get_client().hook_model(ModelType.OPENAI, 'gpt-4o-mini', api_key=...)\n"
-    "or install the embedded model: pip install 'oblix-nb[local]'"
-)
 
 
 def reset() -> None:

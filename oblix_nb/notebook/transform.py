@@ -4,8 +4,9 @@ IPython reads any line ending in ``?`` as a help request (its ``HelpEnd`` token 
 ``%oblix_chat What is X?`` would open the help pager on ``What is X`` instead of the chat panel. This cleanup
 transformer, registered by ``%load_ext oblix_nb``, runs before IPython's token transformers and turns such a
 line into the very call IPython itself makes for a line magic
-(``get_ipython().run_line_magic(name, args)``), so ``{var}``/``$var`` expansion and everything else behave as
-for any other line. ``%oblix_chat?`` and ``%oblix_chat??`` (no words after the name) still show the help.
+(``get_ipython().run_line_magic(name, args)``), so references (``{ref}``, ``$name``; never evaluated, see
+:mod:`.parsers`) and everything else behave as for any other line. ``%oblix_chat?`` and ``%oblix_chat??``
+(no words after the name) still show the help.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from ipywidgets import widget_serialization
 
 from .. import runtime
 from ..notebook import render, state
-from ..notebook.kv import parse_pairs
+from ..notebook.parsers import parse_pairs_text
 from ..notebook.render import escape
 from ..pricing import format_cost
 from .chat import ChatPanel
@@ -56,43 +56,14 @@ OPTIONAL_COLUMNS = ("cost",)
 MODELS_SORT_LIMIT = 20_000
 
 
-def _split_pairs(text: str) -> list[str]:
-    """Split on whitespace outside quotes ('…', "…") and brackets ([…], {…})."""
-    tokens, current, quote, depth = [], [], None, 0
-    for ch in text:
-        if quote:
-            current.append(ch)
-            if ch == quote:
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-            current.append(ch)
-        elif ch in "[{":
-            depth += 1
-            current.append(ch)
-        elif ch in "]}":
-            depth = max(0, depth - 1)
-            current.append(ch)
-        elif ch.isspace() and depth == 0:
-            if current:
-                tokens.append("".join(current))
-                current = []
-        else:
-            current.append(ch)
-    if quote:
-        raise ValueError("cannot parse the metadata filter: unclosed quote")
-    if current:
-        tokens.append("".join(current))
-    return tokens
-
-
 def parse_metadata_filter(text: str) -> dict:
     """``"project=alpha n=3 tags='[\"a\"]'"`` → ``{"project": "alpha", "n": 3, "tags": ["a"]}``.
 
-    Values keep their JSON type exactly as in ``%oblix_session list --filter`` (:mod:`oblix_nb.notebook.kv`).
-    ValueError on a token that is not ``key=value``.
+    The one tokenizer of the magics splits it (:func:`oblix_nb.notebook.parsers.split_line`: quotes, brackets
+    and ``=`` inside values as in ``%oblix_session list --filter``) and values keep their JSON type
+    (:mod:`oblix_nb.notebook.kv`). ValueError on a token that is not ``key=value`` or an unterminated quote.
     """
-    return parse_pairs(_split_pairs(text or ""))
+    return parse_pairs_text(text)
 
 
 class SessionBrowser(anywidget.AnyWidget):

@@ -32,6 +32,7 @@ import traitlets
 
 from .. import runtime
 from .._util import title_from
+from .. import default_model
 from ..errors import NoModelHookedError
 from ..notebook import state
 from ..streaming import ThrottledSink
@@ -405,9 +406,9 @@ class ChatPanel(anywidget.AnyWidget):
 
     async def _run(self, prompt: str, session_id: str, reply: _LiveReply) -> dict:
         client = self.client
-        if not client.models and self.auto_hook and state.embedded_model_available():
-            self._set_status(f"loading the embedded model {state.EMBEDDED_MODEL_ID} …")
-            await client.hook_model(*state.EMBEDDED_MODEL)
+        if self.auto_hook:  # the one default-model policy (oblix_nb.default_model)
+            await default_model.ensure_model(
+                client, on_hook=lambda model_id: self._set_status(f"loading the model {model_id} …"))
         return await client.execute(prompt, session_id=session_id, sink=reply, display_metrics=False,
                                     **self.execute_kwargs)
 

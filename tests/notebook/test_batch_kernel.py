@@ -62,7 +62,7 @@ def run(km, kc, code: str, interrupt_after: float | None = None, timeout: float 
 
 SETUP = """
 from oblix_nb import OblixClient
-from test_batch import FakeBackend
+from batch.test_batch import FakeBackend
 client = OblixClient()
 model = FakeBackend(delay=0.1)
 client._models[model.model_id] = model

@@ -13,7 +13,7 @@ from oblix_nb import runtime
 from oblix_nb.notebook import state
 from oblix_nb.structured import SchemaError, schema_from_text
 
-from test_batch import FakeBackend
+from batch.test_batch import FakeBackend
 
 
 @pytest.fixture
