@@ -382,7 +382,7 @@ def _fetch(remote: _Remote, storage: Path, algorithm: str, digest: str, *, tqdm_
             with open(partial, "ab") as f:
                 http_get(remote.url, f, resume_size=have, headers=headers, expected_size=remote.size,
                          displayed_filename=remote.path.rsplit("/", 1)[-1], tqdm_class=tqdm_class)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - httpx errors after huggingface_hub's own retries, OSError
             got = partial.stat().st_size if partial.is_file() else 0
             if got > remote.size:  # more bytes than announced: unusable
                 partial.unlink(missing_ok=True)

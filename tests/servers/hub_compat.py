@@ -14,8 +14,8 @@ commit is a hash of its file list. What huggingface_hub uses (checked against hu
   ``EntryNotFound``, 401 for a repo behind ``--token`` without the right ``Authorization: Bearer``.
 
 Test controls (not Hub API): ``POST /_control`` JSON ``{"throttle_bps": N|null, "corrupt": [repo...],
-"fail_after": N|null}`` (slow downloads; serve one flipped byte for those repos with metadata unchanged; drop the
-connection after N body bytes of each GET), ``GET /_debug/requests`` (method, path, range, status, bytes sent,
+"fail_after": N|null}`` (slow downloads; serve one flipped byte for those repos with metadata unchanged; send N
+more file bytes in all, then drop every file GET's connection after its headers), ``GET /_debug/requests`` (method, path, range, status, bytes sent,
 auth present), ``DELETE /_debug/requests``, ``GET /_health``. Imports nothing from ``oblix_nb``; the helper
 :func:`start_hub_server` (for tests) does.
 """
@@ -144,7 +144,7 @@ def make_handler(state: State):
             if urlsplit(self.path).path == "/_debug/requests":
                 with state.lock:
                     state.requests.clear()
-                return self._json({"ok": True})
+                return self._json({"ok": True})  # outside the lock: _json records the request under it
             self._error(404, "NotFound", "not found")
 
         def do_POST(self):
@@ -167,7 +167,8 @@ def make_handler(state: State):
                 return self._json({"ok": True})
             if path == "/_debug/requests":
                 with state.lock:
-                    return self._json(list(state.requests))
+                    requests = list(state.requests)
+                return self._json(requests)
             m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
             if m:
                 repo = self._repo(m.group(1))
@@ -259,8 +260,12 @@ def make_handler(state: State):
                             break
                         if pos <= corrupt_at < pos + len(chunk):
                             chunk[corrupt_at - pos] ^= 0xFF
-                        if state.fail_after is not None and sent + len(chunk) > state.fail_after:
-                            chunk = chunk[:max(0, state.fail_after - sent)]
+                        with state.lock:
+                            budget = state.fail_after
+                            if budget is not None:
+                                chunk = chunk[:max(0, budget)]
+                                state.fail_after = budget - len(chunk)
+                        if budget is not None and len(chunk) < min(CHUNK, end - pos + 1):
                             self.wfile.write(chunk)
                             sent += len(chunk)
                             self.wfile.flush()
