@@ -155,5 +155,4 @@ def choose_threads(cores: Optional[int] = None, monitor: Optional[LoadMonitor] =
     cores = cores or usable_cores()
     busy = (monitor or LoadMonitor.shared()).other_busy()
     n = threads_for(cores, busy)
-    return n, f"{n} thread(s): {cores} usable core(s), {min(busy, float(os.cpu_count() or cores)):.2f} busy " \
-              f"with other work"
+    return n, f"{n} thread(s): {cores} usable core(s), {busy:.2f} busy with other work"
