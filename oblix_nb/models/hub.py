@@ -384,10 +384,12 @@ def _fetch(remote: _Remote, storage: Path, algorithm: str, digest: str, *, tqdm_
                          displayed_filename=remote.path.rsplit("/", 1)[-1], tqdm_class=tqdm_class)
         except Exception as exc:  # noqa: BLE001 - httpx errors after huggingface_hub's own retries, OSError
             got = partial.stat().st_size if partial.is_file() else 0
-            if got > remote.size:  # more bytes than announced: unusable
+            if got > remote.size or (isinstance(exc, OSError) and "Consistency check" in str(exc)):
+                # the server's bytes do not add up to the announced size: not an interruption, unusable
                 partial.unlink(missing_ok=True)
-                raise ChecksumMismatchError(f"{remote.path}: the server sent more than the {remote.size} bytes "
-                                            f"the Hub announced; the download was deleted") from exc
+                raise ChecksumMismatchError(
+                    f"{remote.path}: the server sent {_human(got)} where the Hub's metadata says "
+                    f"{remote.size} bytes; the download was deleted and nothing was cached") from exc
             raise HubError(f"download of {remote.path} interrupted at {_human(got)} of {_human(remote.size)} "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); hook the "
                            f"model again to resume") from exc

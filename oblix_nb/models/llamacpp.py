@@ -110,6 +110,10 @@ class LlamaCppBackend(ModelBackend):
                              "for a llama.cpp server use ModelType.OPENAI with base_url=")
         super().__init__(model_name, None, context_window=kwargs.pop("context_window", None) or n_ctx, **kwargs)
         self._path = model_path or model_name
+        if str(self._path).startswith("hf:"):
+            from .hub import parse_hf
+
+            parse_hf(str(self._path))  # a malformed hf: name is a ValueError now, not at connect
         self._n_ctx = n_ctx
         self._threads_setting = _check_threads(n_threads)
         self._n_threads = self._threads_setting or 1  # what the context uses now (auto: set at each call)

@@ -100,7 +100,7 @@ def hf_env(monkeypatch, tmp_path, hub_server):
     monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     httpx.delete(hub_server.url + "/_debug/requests")
-    _control(hub_server, throttle_bps=None, corrupt=[], fail_after=None)
+    _control(hub_server, throttle_bps=None, corrupt=[], short=[], fail_after=None)
     return tmp_path / "hf-home" / "hub"
 
 
@@ -329,6 +329,25 @@ async def test_checksum_mismatch_is_a_clear_error_and_leaves_nothing(hf_env, hub
     _control(hub_server, corrupt=[])
     path = hub.resolve_hf(f"hf:{CORRUPT}/corrupt-Q4_K_M.gguf", notify=lambda m: None)
     assert _sha256(path) == gguf_sha
+
+
+def test_short_file_is_refused_and_deleted(hf_env, hub_server):
+    """A complete response with fewer bytes than the Hub's metadata announces is not an interruption to resume."""
+    _control(hub_server, short=[CORRUPT])
+    with pytest.raises(ChecksumMismatchError, match="the download was deleted"):
+        hub.resolve_hf(f"hf:{CORRUPT}/corrupt-Q4_K_M.gguf", notify=lambda m: None)
+    assert [p for p in _storage(hf_env, CORRUPT).rglob("*") if p.is_file() or p.is_symlink()] == []
+
+
+async def test_malformed_hf_name_is_refused_at_hook(tmp_home):
+    from oblix_nb import ModelType, OblixClient
+
+    client = OblixClient(home=tmp_home)
+    try:
+        with pytest.raises(ValueError, match="must be a .gguf"):
+            await client.hook_model(ModelType.LLAMACPP, "hf:acme/repo/weights.safetensors")
+    finally:
+        await client.shutdown()
 
 
 @pytest.mark.parametrize("name, match", [

@@ -14,8 +14,9 @@ commit is a hash of its file list. What huggingface_hub uses (checked against hu
   ``EntryNotFound``, 401 for a repo behind ``--token`` without the right ``Authorization: Bearer``.
 
 Test controls (not Hub API): ``POST /_control`` JSON ``{"throttle_bps": N|null, "corrupt": [repo...],
-"fail_after": N|null}`` (slow downloads; serve one flipped byte for those repos with metadata unchanged; send N
-more file bytes in all, then drop every file GET's connection after its headers), ``GET /_debug/requests`` (method, path, range, status, bytes sent,
+"short": [repo...], "fail_after": N|null}`` (slow downloads; serve one flipped byte for those repos with metadata
+unchanged; serve those repos' files 1000 bytes short, as a complete response, while the metadata announces the
+full size; send N more file bytes in all, then drop every file GET's connection after its headers), ``GET /_debug/requests`` (method, path, range, status, bytes sent,
 auth present), ``DELETE /_debug/requests``, ``GET /_health``. Imports nothing from ``oblix_nb``; the helper
 :func:`start_hub_server` (for tests) does.
 """
@@ -77,6 +78,7 @@ class State:
         self.token = token
         self.throttle_bps: int | None = None
         self.corrupt: set[str] = set()
+        self.short: set[str] = set()
         self.fail_after: int | None = None
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -155,6 +157,8 @@ def make_handler(state: State):
                 state.throttle_bps = body["throttle_bps"]
             if "corrupt" in body:
                 state.corrupt = set(body["corrupt"] or ())
+            if "short" in body:
+                state.short = set(body["short"] or ())
             if "fail_after" in body:
                 state.fail_after = body["fail_after"]
             self._json({"ok": True})
@@ -234,6 +238,8 @@ def make_handler(state: State):
                 start = int(m.group(1))
                 end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
                 status = 206
+            if self.command == "GET" and repo.repo_id in state.short:
+                end = min(end, size - 1001)
             length = end - start + 1
             self.send_response(status)
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
