@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
-import os
 import threading
 import weakref
 from typing import AsyncIterator, Optional
