@@ -237,9 +237,13 @@ def _hf_cache_rows(cache: Optional[Path]) -> list[dict]:
     for storage in sorted(root.glob("models--*--*")) if root.is_dir() else ():
         repo_id = storage.name[len("models--"):].replace("--", "/", 1)
         refs = {}
-        for ref in (storage / "refs").rglob("*") if (storage / "refs").is_dir() else ():
-            if ref.is_file():
+        ref_files = sorted((storage / "refs").rglob("*"), key=lambda r: (r.name != "main", str(r))) \
+            if (storage / "refs").is_dir() else ()
+        for ref in ref_files:  # a commit main points to is named without @REV
+            try:
                 refs.setdefault(ref.read_text().strip(), ref.relative_to(storage / "refs").as_posix())
+            except (OSError, UnicodeDecodeError):  # a folder (refs/pr/...), unreadable
+                continue
         for snapshot in sorted((storage / "snapshots").glob("*")) if (storage / "snapshots").is_dir() else ():
             if not _COMMIT.match(snapshot.name):
                 continue
@@ -319,7 +323,10 @@ def _ollama_rows(host: Optional[str], timeout: float) -> list[dict]:
 
     from .ollama import parse_ollama_host
 
-    base = parse_ollama_host(host if host is not None else os.environ.get("OLLAMA_HOST"))
+    try:
+        base = parse_ollama_host(host if host is not None else os.environ.get("OLLAMA_HOST"))
+    except (TypeError, ValueError):  # a malformed OLLAMA_HOST: no running Ollama to list
+        return []
     rows = []
     try:
         with httpx.Client(timeout=timeout, trust_env=False) as http:
