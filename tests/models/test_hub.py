@@ -391,3 +391,27 @@ def test_import_stays_light():
             "print(sorted(m for m in ('huggingface_hub', 'pandas', 'llama_cpp', 'tqdm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cache_and_offline_settings_are_read_now(monkeypatch, tmp_path):
+    for var in HF_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert hub.hub_cache_dir() == tmp_path / "home" / ".cache" / "huggingface" / "hub"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.hub_cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
+    monkeypatch.setenv("HF_HOME", "~/hf")
+    assert hub.hub_cache_dir() == tmp_path / "home" / "hf" / "hub"
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "legacy"))
+    assert hub.hub_cache_dir() == tmp_path / "legacy"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "new"))
+    assert hub.hub_cache_dir() == tmp_path / "new"
+    assert not hub.hub_offline()
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert hub.hub_offline()
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    assert hub.hub_offline()
+    assert hub.hub_endpoint() == "https://huggingface.co"
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:5000/")
+    assert hub.hub_endpoint() == "http://127.0.0.1:5000"
