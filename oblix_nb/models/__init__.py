@@ -25,4 +25,13 @@ def make_backend(model_type: ModelType, model_name: str, endpoint: Optional[str]
     raise NotImplementedError(f"{model_type.value} models are not available in this build of oblix_nb")
 
 
-__all__ = ["ModelBackend", "ModelType", "make_backend"]
+def __getattr__(name: str):
+    """``discover_models``, ``strongest_local``, ``default_local_model`` (models/discover.py), imported on use."""
+    if name in ("discover_models", "strongest_local", "default_local_model"):
+        from . import discover
+
+        return getattr(discover, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ModelBackend", "ModelType", "make_backend", "discover_models", "strongest_local", "default_local_model"]

