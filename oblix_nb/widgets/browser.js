@@ -7,6 +7,9 @@
 
 const DEFAULT_WIDTHS = { select: 44, title: 300, updated: 170, messages: 92, models: 200, cost: 90, metadata: 240 };
 const MIN_WIDTH = 48;
+// Below the defaults, columns shrink (text wraps) down to these before the grid scrolls sideways: at the
+// default notebook width every column, Metadata included, is in view.
+const FIT_MIN = { select: 44, title: 150, updated: 124, messages: 64, models: 110, cost: 64, metadata: 130 };
 
 function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -17,6 +20,43 @@ function h(tag, attrs = {}, ...children) {
   }
   for (const c of children) if (c) node.append(c);
   return node;
+}
+
+// ---------------------------------------------------------------- keys stay in the widget
+// Notebook hosts (JupyterLab, Notebook 7, marimo) bind single keys in command mode: a/b insert cells, m/r/y
+// change the cell's type, x/c/v cut/copy/paste, d d deletes, arrows/PageUp/Home move the active cell,
+// Shift+Enter runs it. None of them may see a key pressed with focus in a widget: keydown, keypress and keyup
+// stop at the widget's root (bubbling phase, after the widget's own handlers). Two keys pass on purpose:
+// Escape (leaves the widget: focus goes back to the notebook, in command mode) and Ctrl/Cmd+S (saves).
+const PASS_KEYS = (event) => event.key === "Escape" ||
+  ((event.ctrlKey || event.metaKey) && !event.altKey && !event.shiftKey && (event.key === "s" || event.key === "S"));
+
+function activeIn(root) {
+  const doc = root.getRootNode ? root.getRootNode() : document; // a shadow root in marimo
+  return (doc && doc.activeElement) || document.activeElement;
+}
+
+function leaveWidget(root) {
+  const active = activeIn(root);
+  const cell = root.closest(".jp-Cell");
+  if (cell && typeof cell.focus === "function") {
+    if (!cell.hasAttribute("tabindex")) cell.setAttribute("tabindex", "-1");
+    cell.focus({ preventScroll: true });
+  } else if (active && typeof active.blur === "function") {
+    active.blur();
+  }
+}
+
+function isolateKeys(root, onKeydown) {
+  root.addEventListener("keydown", (event) => {
+    if (onKeydown && !event.defaultPrevented) onKeydown(event);
+    if (event.key === "Escape" && !event.isComposing) leaveWidget(root);
+    if (!PASS_KEYS(event)) event.stopPropagation();
+  });
+  for (const type of ["keypress", "keyup"]) {
+    root.addEventListener(type, (event) => { if (!PASS_KEYS(event)) event.stopPropagation(); });
+  }
+  root.setAttribute("data-lm-suppress-shortcuts", "true"); // JupyterLab 4: no shortcut matching in here
 }
 
 let counter = 0;
@@ -86,11 +126,36 @@ function render({ model, el }) {
   const detail = h("div", { class: "oblix-detail", tabindex: "0", role: "region",
     "aria-label": "Transcript of the selected session" });
   const chatSlot = h("div", { class: "oblix-chat-slot" });
-  const root = h("div", { class: "oblix-widget oblix-browser", role: "group", "aria-label": "Oblix sessions" },
-    filters, gridWrap, empty, pager, actions, confirmBox, status, detail, chatSlot);
-  // JupyterLab: no notebook shortcuts (Shift+Enter runs the cell, A/B/D,D…) while focus is in here
-  root.setAttribute("data-lm-suppress-shortcuts", "true");
+  // tex2jax_ignore / mathjax_ignore: the host's MathJax never typesets "$" amounts in here as maths
+  const root = h("div", { class: "oblix-widget oblix-browser tex2jax_ignore mathjax_ignore", role: "group",
+    "aria-label": "Oblix sessions" }, filters, gridWrap, empty, pager, actions, confirmBox, status, detail, chatSlot);
   el.append(root);
+  // no key reaches the notebook's shortcuts from in here (an inline chat panel isolates its own keys too)
+  isolateKeys(root);
+
+  // A control that becomes disabled or hidden while focused (Prev on the first page, Delete once the
+  // selection is gone, the confirmation once answered) hands focus to its neighbour, else to the grid.
+  let lastFocused = null;
+  root.addEventListener("focusin", (event) => { lastFocused = event.target; });
+  function keepFocus() {
+    const node = lastFocused;
+    if (!node || (node.isConnected && !root.contains(node))) return;
+    const active = activeIn(root);
+    const gone = node.disabled || node.hidden || (node.closest && node.closest("[hidden]")) || !node.isConnected;
+    const lost = !active || active === document.body || active === node;
+    if (!gone || !lost) return;
+    const usable = (c) => c && !c.disabled && !c.hidden && !c.closest("[hidden]") && c.isConnected;
+    const group = node.isConnected ? node.closest(".oblix-pager, .oblix-actions, .oblix-confirm, .oblix-filters") : null;
+    let next = group ? [...group.querySelectorAll("button, input")].find(usable) : null;
+    if (!next && !node.isConnected && node.dataset && node.dataset.rowId) { // a row's checkbox, rebuilt
+      next = [...body.querySelectorAll("input[type=checkbox]")].find((b) => b.dataset.rowId === node.dataset.rowId);
+    }
+    (next || gridWrap).focus({ preventScroll: true });
+  }
+  root.addEventListener("focusout", (event) => {
+    if (!event.relatedTarget) requestAnimationFrame(keepFocus);
+    else if (!root.contains(event.relatedTarget)) lastFocused = null;
+  });
 
   // ---------------------------------------------------------------- rendering
   function selectedSet() { return new Set(model.get("selected") || []); }
@@ -133,6 +198,7 @@ function render({ model, el }) {
       headRow.append(th);
     }
     applyWidths();
+    fitColumns();
   }
 
   function applyWidths() {
@@ -145,8 +211,39 @@ function render({ model, el }) {
     table.style.width = `${total}px`;
   }
 
+  // Default widths, scaled down to the grid's box (not below FIT_MIN) until the user resizes a column.
+  let userSized = false;
+  function fitColumns() {
+    if (userSized) return;
+    const keys = [...colgroup.children].map((c) => c.dataset.key);
+    const available = gridWrap.clientWidth - 2;
+    if (!keys.length || available <= 0) return;
+    const base = Object.fromEntries(keys.map((k) => [k, DEFAULT_WIDTHS[k] || 160]));
+    const floor = Object.fromEntries(keys.map((k) => [k, Math.min(base[k], FIT_MIN[k] || MIN_WIDTH)]));
+    let fixed = new Set(keys.filter((k) => k === "select"));
+    let fit = { ...base };
+    for (let round = 0; round < keys.length; round++) {
+      const used = [...fixed].reduce((a, k) => a + floor[k], 0);
+      const free = keys.filter((k) => !fixed.has(k));
+      const want = free.reduce((a, k) => a + base[k], 0);
+      const factor = Math.min(1, Math.max(0, available - used) / want);
+      let clamped = false;
+      for (const k of free) {
+        fit[k] = Math.floor(base[k] * factor);
+        if (fit[k] < floor[k]) { fit[k] = floor[k]; fixed.add(k); clamped = true; }
+      }
+      for (const k of fixed) fit[k] = floor[k];
+      if (!clamped) break;
+    }
+    Object.assign(widths, fit);
+    applyWidths();
+  }
+  const gridResize = typeof ResizeObserver === "function" ? new ResizeObserver(() => fitColumns()) : null;
+  if (gridResize) gridResize.observe(gridWrap);
+
   function startResize(event, key) {
     event.preventDefault();
+    userSized = true;
     const startX = event.clientX;
     const startW = widths[key] || 160;
     const move = (e) => {
@@ -167,7 +264,7 @@ function render({ model, el }) {
     body.textContent = "";
     rows.forEach((row, index) => {
       const tr = h("tr", { "data-id": row.id });
-      const box = h("input", { type: "checkbox", "aria-label": `Select “${row.title}”` });
+      const box = h("input", { type: "checkbox", "aria-label": `Select “${row.title}”`, "data-row-id": row.id });
       box.addEventListener("change", () => {
         const ids = selectedSet();
         if (box.checked) ids.add(row.id); else ids.delete(row.id);
@@ -204,6 +301,7 @@ function render({ model, el }) {
     });
     empty.hidden = rows.length > 0;
     renderSelection();
+    fitColumns();
   }
 
   function renderSelection() {
@@ -223,6 +321,7 @@ function render({ model, el }) {
     const n = ids.size;
     for (const b of [open, copy, del, exportButton]) b.disabled = disconnected || n < 1;
     merge.disabled = disconnected || n < 2;
+    keepFocus();
   }
 
   function renderPager() {
@@ -234,6 +333,7 @@ function render({ model, el }) {
     pageInput.max = String(pages);
     if (document.activeElement !== pageInput) pageInput.value = String(page + 1);
     pageInfo.textContent = `of ${pages} · ${total} ${model.get("filtered") ? "matching " : ""}session${total === 1 ? "" : "s"}`;
+    keepFocus();
   }
 
   function renderFilters() {
@@ -249,6 +349,7 @@ function render({ model, el }) {
     confirmText.textContent = `Delete ${ids.length} session${ids.length === 1 ? "" : "s"}? This cannot be undone.`;
     confirmYes.textContent = `Delete ${ids.length}`;
     if (ids.length) confirmNo.focus();
+    else keepFocus();
   }
 
   function renderStatus() {
@@ -351,7 +452,10 @@ function render({ model, el }) {
   renderDetail();
   renderChat();
 
-  return () => { if (childView) childView.remove(); };
+  return () => {
+    if (childView) childView.remove();
+    if (gridResize) gridResize.disconnect();
+  };
 }
 
 export default { render };
