@@ -147,6 +147,7 @@ function render({ model, el }) {
     const usable = (c) => c && !c.disabled && !c.hidden && !c.closest("[hidden]") && c.isConnected;
     const group = node.isConnected ? node.closest(".oblix-pager, .oblix-actions, .oblix-confirm, .oblix-filters") : null;
     let next = group ? [...group.querySelectorAll("button, input")].find(usable) : null;
+    if (group === confirmBox && usable(del)) next = del; // the confirmation answered: back to Delete
     if (!next && !node.isConnected && node.dataset && node.dataset.rowId) { // a row's checkbox, rebuilt
       next = [...body.querySelectorAll("input[type=checkbox]")].find((b) => b.dataset.rowId === node.dataset.rowId);
     }
