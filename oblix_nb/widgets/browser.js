@@ -25,9 +25,15 @@ function h(tag, attrs = {}, ...children) {
 // ---------------------------------------------------------------- keys stay in the widget
 // Notebook hosts (JupyterLab, Notebook 7, marimo) bind single keys in command mode: a/b insert cells, m/r/y
 // change the cell's type, x/c/v cut/copy/paste, d d deletes, arrows/PageUp/Home move the active cell,
-// Shift+Enter runs it. None of them may see a key pressed with focus in a widget: keydown, keypress and keyup
-// stop at the widget's root (bubbling phase, after the widget's own handlers). Two keys pass on purpose:
-// Escape (leaves the widget: focus goes back to the notebook, in command mode) and Ctrl/Cmd+S (saves).
+// Shift+Enter runs it. None of them may see a key pressed with focus in a widget. Two layers:
+// - keydown, keypress and keyup stop at the widget's root (bubbling phase, after the widget's own handlers):
+//   enough where the host listens in the bubbling phase (JupyterLab, marimo);
+// - Notebook 7 matches its shortcuts on document in the *capture* phase, before the widget sees the key.
+//   Lumino skips an element marked data-lm-suppress-shortcuts, but only if the mark is on the element it
+//   would match first, i.e. the focused element itself (a mark on the root is too late: the focused button
+//   already matches ".jp-Notebook.jp-mod-commandMode :focus"). So a window capture listener (it runs before
+//   document's) marks the key's target inside the widget, for every key but the two that pass on purpose:
+//   Escape (leaves the widget: focus goes back to the notebook, in command mode) and Ctrl/Cmd+S (saves).
 const PASS_KEYS = (event) => event.key === "Escape" ||
   ((event.ctrlKey || event.metaKey) && !event.altKey && !event.shiftKey && (event.key === "s" || event.key === "S"));
 
@@ -56,7 +62,14 @@ function isolateKeys(root, onKeydown) {
   for (const type of ["keypress", "keyup"]) {
     root.addEventListener(type, (event) => { if (!PASS_KEYS(event)) event.stopPropagation(); });
   }
-  root.setAttribute("data-lm-suppress-shortcuts", "true"); // JupyterLab 4: no shortcut matching in here
+  const mark = (event) => {
+    const target = event.target;
+    if (!(target instanceof Element) || !root.contains(target)) return;
+    if (PASS_KEYS(event)) target.removeAttribute("data-lm-suppress-shortcuts");
+    else target.setAttribute("data-lm-suppress-shortcuts", "true");
+  };
+  window.addEventListener("keydown", mark, true);
+  return () => window.removeEventListener("keydown", mark, true);
 }
 
 let counter = 0;
@@ -131,7 +144,7 @@ function render({ model, el }) {
     "aria-label": "Oblix sessions" }, filters, gridWrap, empty, pager, actions, confirmBox, status, detail, chatSlot);
   el.append(root);
   // no key reaches the notebook's shortcuts from in here (an inline chat panel isolates its own keys too)
-  isolateKeys(root);
+  const unisolate = isolateKeys(root);
 
   // A control that becomes disabled or hidden while focused (Prev on the first page, Delete once the
   // selection is gone, the confirmation once answered) hands focus to its neighbour, else to the grid.
@@ -454,6 +467,7 @@ function render({ model, el }) {
   renderChat();
 
   return () => {
+    unisolate();
     if (childView) childView.remove();
     if (gridResize) gridResize.disconnect();
   };

@@ -40,9 +40,15 @@ async function copyText(text) {
 // ---------------------------------------------------------------- keys stay in the widget
 // Notebook hosts (JupyterLab, Notebook 7, marimo) bind single keys in command mode: a/b insert cells, m/r/y
 // change the cell's type, x/c/v cut/copy/paste, d d deletes, arrows/PageUp/Home move the active cell,
-// Shift+Enter runs it. None of them may see a key pressed with focus in a widget: keydown, keypress and keyup
-// stop at the widget's root (bubbling phase, after the widget's own handlers). Two keys pass on purpose:
-// Escape (leaves the widget: focus goes back to the notebook, in command mode) and Ctrl/Cmd+S (saves).
+// Shift+Enter runs it. None of them may see a key pressed with focus in a widget. Two layers:
+// - keydown, keypress and keyup stop at the widget's root (bubbling phase, after the widget's own handlers):
+//   enough where the host listens in the bubbling phase (JupyterLab, marimo);
+// - Notebook 7 matches its shortcuts on document in the *capture* phase, before the widget sees the key.
+//   Lumino skips an element marked data-lm-suppress-shortcuts, but only if the mark is on the element it
+//   would match first, i.e. the focused element itself (a mark on the root is too late: the focused button
+//   already matches ".jp-Notebook.jp-mod-commandMode :focus"). So a window capture listener (it runs before
+//   document's) marks the key's target inside the widget, for every key but the two that pass on purpose:
+//   Escape (leaves the widget: focus goes back to the notebook, in command mode) and Ctrl/Cmd+S (saves).
 const PASS_KEYS = (event) => event.key === "Escape" ||
   ((event.ctrlKey || event.metaKey) && !event.altKey && !event.shiftKey && (event.key === "s" || event.key === "S"));
 
@@ -71,7 +77,14 @@ function isolateKeys(root, onKeydown) {
   for (const type of ["keypress", "keyup"]) {
     root.addEventListener(type, (event) => { if (!PASS_KEYS(event)) event.stopPropagation(); });
   }
-  root.setAttribute("data-lm-suppress-shortcuts", "true"); // JupyterLab 4: no shortcut matching in here
+  const mark = (event) => {
+    const target = event.target;
+    if (!(target instanceof Element) || !root.contains(target)) return;
+    if (PASS_KEYS(event)) target.removeAttribute("data-lm-suppress-shortcuts");
+    else target.setAttribute("data-lm-suppress-shortcuts", "true");
+  };
+  window.addEventListener("keydown", mark, true);
+  return () => window.removeEventListener("keydown", mark, true);
 }
 
 // A printable key (no Ctrl/Alt/Meta, not Space or Enter, which activate controls).
@@ -156,7 +169,7 @@ function render({ model, el }) {
 
   // ---------------------------------------------------------------- keys and focus
   // Typing with focus on a control of the panel (a button, the picker, the transcript) goes to the text box.
-  isolateKeys(root, (event) => {
+  const unisolate = isolateKeys(root, (event) => {
     if (!isTyping(event) || input.disabled || event.target === input) return;
     if (event.target.closest && event.target.closest(TEXT_FIELD)) return;
     event.preventDefault();
@@ -412,6 +425,7 @@ function render({ model, el }) {
   requestAnimationFrame(settle);
 
   return () => {
+    unisolate();
     if (resize) resize.disconnect();
     clearTimeout(draftTimer);
   };

@@ -280,6 +280,14 @@ def test_widgets_stay_out_of_the_notebooks_way(host):
             assert _cells(page)["mode"] == "command"
             assert _cells(page)["cells"] == before["cells"]
 
+            # Ctrl+S (documented) passes: it saves the notebook
+            page.evaluate("() => window.jupyterapp.shell.currentWidget.content.model.setMetadata('oblix_keys', 1)")
+            assert page.evaluate("() => window.jupyterapp.shell.currentWidget.context.model.dirty")
+            panel.get_by_role("button", name="New session").focus()
+            page.keyboard.press("Control+S")
+            page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=20_000)
+            assert page.evaluate(ACTIVE_JS)["inWidget"]
+
             # ---------------------------------------------------------------- item 2: focus after Send / Stop
             picker.select_option(index=0)  # a new session
             textarea.fill("Write a long story about a dragon who learns to cook soup.")
