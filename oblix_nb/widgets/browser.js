@@ -109,7 +109,7 @@ function render({ model, el }) {
 
   // ---------------------------------------------------------------- paging
   const first = h("button", { type: "button", class: "oblix-button", text: "« First", "aria-label": "First page" });
-  const prev = h("button", { type: "button", class: "oblix-button", text: "‹ Prev", "aria-label": "Previous page" });
+  const prev = h("button", { type: "button", class: "oblix-button", text: "‹ Previous", "aria-label": "Previous page" });
   const next = h("button", { type: "button", class: "oblix-button", text: "Next ›", "aria-label": "Next page" });
   const last = h("button", { type: "button", class: "oblix-button", text: "Last »", "aria-label": "Last page" });
   const pageInput = h("input", { id: `${id}-page`, type: "number", min: "1", class: "oblix-text oblix-page-input" });
