@@ -58,7 +58,7 @@ def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, m
         bits.append(f'<b class="oblix-model">{escape(model_id)}</b>')
     target, reason = routing.get("target"), (routing.get("reason") or "").strip()
     if target:
-        if reason.startswith(f"{target}:"):
+        if reason.startswith(f"{target}:") or reason == target:
             reason = reason[len(target) + 1:].strip()
         full = f"{target}: {reason}" if reason else target
         brief = short_route(full)
