@@ -246,7 +246,16 @@ def test_widgets_in_marimo(marimo_app):
                     assert not violations, f"{scheme}: axe-core: {violations}"
                 panel.screenshot(path=str(ARTIFACTS / f"marimo-chat-{scheme}.png"))
                 sb.screenshot(path=str(ARTIFACTS / f"marimo-session-browser-{scheme}.png"))
+            # marimo's own dark theme (a .dark class on its page) switches the fallbacks too
             page.emulate_media(color_scheme="light")
+            page.evaluate("() => document.documentElement.classList.add('dark')")
+            page.wait_for_timeout(300)
+            assert page.evaluate(GRAPHICS_JS)["widgetBg"] == "rgb(30, 30, 30)"
+            checked = page.evaluate(DEEP_CONTRAST_JS, ".oblix-chat, .oblix-browser")
+            assert not [c for c in checked if c["ratio"] < c["need"]]
+            page.evaluate("() => document.documentElement.classList.remove('dark')")
+            page.wait_for_timeout(300)
+            assert page.evaluate(GRAPHICS_JS)["widgetBg"] == "rgb(255, 255, 255)"
 
             # -- no key pressed inside a widget reaches the page; typing on a control goes to the text box
             page.evaluate("""() => { window.__leaked = [];
