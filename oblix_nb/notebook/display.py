@@ -175,6 +175,12 @@ def short_route(route: str) -> str:
     return f"{target}, {head}" if head else target
 
 
+def says_more(route: str, brief: str) -> bool:
+    """Whether the whole routing reason says more than its few words (then it is offered on demand)."""
+    plain = lambda text: re.sub(r"[\s,:;.]+", " ", text).strip().casefold()  # noqa: E731
+    return plain(route) != plain(brief)
+
+
 def split_footer(text: str) -> tuple[str, Optional[str]]:
     """A footer line (:func:`oblix_nb.streaming.format_footer`: ``model · target: reason · TTFT … · tok/s ·
     tokens · cost``) as (one short line, the details it left out or None).
@@ -190,7 +196,7 @@ def split_footer(text: str) -> tuple[str, Optional[str]]:
         if _TARGET_RE.match(part) and not details:
             brief = short_route(part)
             short.append(brief)
-            if brief != part.strip():
+            if says_more(part, brief):
                 details.append(f"route: {part.strip()}")
         elif part.startswith("fallback from "):
             short.append("fallback")

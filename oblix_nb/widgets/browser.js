@@ -9,7 +9,7 @@ const DEFAULT_WIDTHS = { select: 44, title: 300, updated: 170, messages: 92, mod
 const MIN_WIDTH = 48;
 // Below the defaults, columns shrink (text wraps) down to these before the grid scrolls sideways: at the
 // default notebook width every column, Metadata included, is in view.
-const FIT_MIN = { select: 44, title: 150, updated: 124, messages: 64, models: 110, cost: 64, metadata: 130 };
+const FIT_MIN = { select: 44, title: 150, updated: 96, messages: 88, models: 110, cost: 64, metadata: 130 };
 
 function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);

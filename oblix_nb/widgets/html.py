@@ -48,7 +48,7 @@ def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, m
     by default the reply's own (``metrics["cost_usd"]``, for cloud replies only: see
     :func:`oblix_nb.pricing.cost_label`). Flags are words, not only colours (``■ stopped — partial``, ``⚠ error``).
     """
-    from ..notebook.display import short_route
+    from ..notebook.display import says_more, short_route
 
     routing, metrics = routing or {}, metrics or {}
     cost = cost or cost_label(metrics)
@@ -63,7 +63,7 @@ def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, m
         full = f"{target}: {reason}" if reason else target
         brief = short_route(full)
         bits.append(escape(brief))
-        if brief != full:
+        if says_more(full, brief):
             why.append(f"route: {full}")
     if routing.get("fallback_from"):
         bits.append("fallback")

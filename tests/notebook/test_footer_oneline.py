@@ -38,7 +38,7 @@ def test_short_route_is_a_few_words(reason, short):
 @pytest.mark.parametrize("reason, cost", [
     ("local: cloud: forced by model_id=llamacpp:smollm2-135m; agents: budget: " + BUDGET, None),
     ("cloud: near budget; " + BUDGET, 0.000044),
-    ("local: only local models hooked", None),
+    ("local: only local models hooked; resources: cpu 97% (busy)", None),
 ])
 def test_footer_is_one_line_with_the_reason_on_demand(reason, cost):
     metrics = {"cost_usd": cost, "cost_source": "priced"} if cost else {}
@@ -54,8 +54,8 @@ def test_footer_is_one_line_with_the_reason_on_demand(reason, cost):
     html = _footer_bundle(text)["text/html"]
     assert re.search(r"<details[^>]*>\s*<summary", html) and "<details open" not in html
     summary = re.search(r"<summary[^>]*>(.*?)</summary>", html).group(1)
-    assert "budget of" not in summary and "forced by" not in summary
-    assert "budget of" in html or "only local" in html
+    assert "budget of" not in summary and "forced by" not in summary and "cpu 97%" not in summary
+    assert "budget of" in html or "cpu 97%" in html
 
 
 @pytest.mark.parametrize("kind", ["final", "error", "pending"])
@@ -83,3 +83,9 @@ def test_reply_display_final_footer_is_one_line():
     footer = [d for d, i in published if i == view.footer_id][-1]
     assert "<summary" in footer["text/html"] and "local, forced" in footer["text/html"]
     assert footer["text/plain"] == f"[{text}]"
+
+
+def test_a_reason_that_fits_in_the_line_has_no_details():
+    for text in ("m · local: test fixture · TTFT 1 ms", "m · cloud: longest prompt wins · 3 tokens"):
+        short, details = split_footer(text)
+        assert details is None and ":" not in short.split(" · ")[1]
