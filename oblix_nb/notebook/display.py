@@ -330,7 +330,8 @@ def _status_line(info: dict) -> str:
     bits = [f"streaming from {info.get('model_id', '?')}"]
     if route.get("target"):
         reason = route.get("reason") or ""
-        bits.append(reason if reason.startswith(route["target"] + ":") else f"{route['target']}: {reason}".strip())
+        full = reason if reason.startswith(route["target"] + ":") else f"{route['target']}: {reason}".strip()
+        bits.append(short_route(full))  # one line while streaming too; the footer offers the whole reason
     return " · ".join(bits) + " …"
 
 

@@ -89,3 +89,12 @@ def test_a_reason_that_fits_in_the_line_has_no_details():
     for text in ("m · local: test fixture · TTFT 1 ms", "m · cloud: longest prompt wins · 3 tokens"):
         short, details = split_footer(text)
         assert details is None and ":" not in short.split(" · ")[1]
+
+
+def test_the_streaming_status_line_is_one_line_too():
+    from oblix_nb.notebook.display import _status_line
+
+    line = _status_line({"model_id": "llamacpp:x", "routing": {"target": "local", "reason":
+                         "local: forced by model_id=llamacpp:x; agents: budget: " + BUDGET}})
+    assert line == "streaming from llamacpp:x · local, forced …"
+    assert _status_line({"model_id": "m"}) == "streaming from m …"

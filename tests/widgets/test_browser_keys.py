@@ -62,7 +62,7 @@ KEYS = ["a", "b", "m", "r", "y", "x", "c", "v", "z", "d", "d", "j", "k", "o", "s
         "Shift+J", "Shift+K", "Shift+M", "Shift+V", "Shift+L", "ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight",
         "PageUp", "PageDown", "Home", "End", "Shift+ArrowDown", "Shift+ArrowUp", "Control+A", "Delete",
         "Backspace"]
-ENTER_KEYS = ["Shift+Enter", "Control+Enter", "Alt+Enter"]  # run cells: pressed where Enter does nothing itself
+ENTER_KEYS = ["Enter", "Shift+Enter", "Control+Enter", "Alt+Enter"]  # run cells: pressed where Enter does nothing itself
 
 NOTEBOOK_STATE_JS = """() => {
     const w = window.jupyterapp.shell.currentWidget;
@@ -85,7 +85,7 @@ TAG_FOCUSABLES_JS = """() => {
             el.dataset.keytest = String(n++);
             const tag = el.tagName.toLowerCase();
             const text = ['textarea'].includes(tag) || (tag === 'input' && !['checkbox', 'radio'].includes(el.type));
-            out.push({id: el.dataset.keytest, tag, text, button: tag === 'button' || tag === 'summary'
+            out.push({id: el.dataset.keytest, tag, text, button: tag === 'button' || tag === 'summary' || tag === 'a'
                       || (tag === 'input' && el.type === 'checkbox'), name: (el.getAttribute('aria-label')
                       || el.textContent || el.placeholder || tag).trim().slice(0, 40),
                       widget: root.classList.contains('oblix-chat') ? 'chat' : 'browser'});
