@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_browser import (ARTIFACTS, BROWSER, CHROMIUM, CHROMIUM_ARGS, CONTRAST_JS, PANEL, SETUP,  # noqa: E402
-                          _guarded_context, _open_and_run, _serve, _set_theme)
+from test_browser import (ARTIFACTS, AXE, BROWSER, CHROMIUM, CHROMIUM_ARGS, CONTRAST_JS, PANEL,  # noqa: E402
+                          SETUP, _axe, _guarded_context, _open_and_run, _serve, _set_theme)
 
 from oblix_nb.models.gguf import shipped_gguf  # noqa: E402
 
@@ -344,10 +344,15 @@ def test_widgets_stay_out_of_the_notebooks_way(host):
             assert len(light) == 4 and all(light) and all(dark), shown
             assert all(x["cls"] == "oblix-plot-light" and x["visible"] == 1 and x["corner"] > 200 for x in light), shown
             assert all(x["cls"] == "oblix-plot-dark" and x["visible"] == 1 and x["corner"] < 60 for x in dark), shown
-            # and the widgets in Dark: every text still AA
-            checked = page.evaluate(CONTRAST_JS, ".oblix-chat, .oblix-browser, .oblix-footer")
-            assert checked and not [c for c in checked if c["ratio"] < c["need"]], checked[:5]
-            _set_theme(page, "JupyterLab Light")
+            # and the widgets in Dark and Light: every text still AA, axe-core at 0 serious/critical
+            for theme in ("JupyterLab Dark", "JupyterLab Light"):
+                _set_theme(page, theme)
+                checked = page.evaluate(CONTRAST_JS, ".oblix-chat, .oblix-browser, .oblix-footer")
+                assert checked and not [c for c in checked if c["ratio"] < c["need"]], checked[:5]
+                if AXE.is_file():
+                    violations = _axe(page, ".oblix-chat, .oblix-browser")
+                    report[f"axe {theme}"] = len(violations)
+                    assert not violations, f"{app} {theme}: axe-core: {violations}"
         except BaseException:
             try:
                 page.screenshot(path=str(ARTIFACTS / f"keys-{slug}-failure.png"))

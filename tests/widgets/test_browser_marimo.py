@@ -217,6 +217,19 @@ def test_widgets_in_marimo(marimo_app):
             in_shadow = page.evaluate("() => !document.querySelector('.oblix-chat') && window.__deepAll('.oblix-chat').length")
             report["in shadow root"] = bool(in_shadow)
 
+            # -- item 3: the reply's badge is one line, the routing reason (with its $ amounts) on demand
+            badge = panel.locator(".oblix-badge").first
+            info = badge.evaluate("""(b) => ({h: b.querySelector('summary').getBoundingClientRect().height,
+                lh: parseFloat(getComputedStyle(b).lineHeight), text: b.querySelector('summary').textContent,
+                open: b.querySelector('details').open, why: b.querySelector('.oblix-why-text').textContent})""")
+            assert info["h"] < 2 * info["lh"] and not info["open"] and "day budget" in info["why"], info
+            assert "day budget" not in info["text"] and "local, forced" in info["text"], info
+            # -- item 8: the session browser's columns fit the width marimo gives it (Metadata included)
+            grid = sb.locator(".oblix-grid-wrap").evaluate(
+                "w => ({scroll: w.scrollWidth, client: w.clientWidth, last: w.querySelector('thead th:last-child').dataset.key})")
+            report["grid"] = grid
+            assert grid["scroll"] <= grid["client"] + 1 and grid["last"] == "metadata", grid
+
             # -- "Insert cell" cannot work here: not shown; Copy is
             code = panel.locator(".oblix-code").first
             expect(code.get_by_role("button", name="Copy code")).to_be_visible()
