@@ -156,7 +156,7 @@ _TARGET_RE = re.compile(r"^\s*(local|cloud)\b\s*:?\s*", re.I)
 
 
 def short_route(route: str) -> str:
-    """A routing reason in a few words: ``local: forced by model_id=x; agents: …`` → ``local, forced``.
+    """A routing reason in a few words: ``local: forced by model_id=x; agents: …`` → ``local: forced``.
 
     The target, then the reason's first clause without ``key=value`` details (cut to :data:`ROUTE_WORDS`);
     the whole reason stays in the footer's details."""
@@ -172,7 +172,7 @@ def short_route(route: str) -> str:
     head = re.sub(r"\s+(by|to|from|of|for|with|at|on)$", "", head)
     if len(head) > ROUTE_WORDS:
         head = head[:ROUTE_WORDS - 1].rsplit(" ", 1)[0].rstrip(" ,:") + "…"
-    return f"{target}, {head}" if head else target
+    return f"{target}: {head}" if head else target
 
 
 def says_more(route: str, brief: str) -> bool:

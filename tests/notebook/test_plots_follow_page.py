@@ -12,12 +12,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import pytest  # noqa: E402
-from matplotlib.colors import to_rgb  # noqa: E402
+import pytest
+from matplotlib.colors import to_rgb
+from sessions.test_stats import SHAPES, generate, load
 
-from oblix_nb import OblixClient  # noqa: E402
-from oblix_nb import plots  # noqa: E402
-from sessions.test_stats import SHAPES, generate, load  # noqa: E402
+from oblix_nb import (
+    OblixClient,
+    plots,
+)
 
 
 def contrast(a, b) -> float:

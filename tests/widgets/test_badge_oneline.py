@@ -56,4 +56,4 @@ def test_widget_roots_are_ignored_by_mathjax():
 @pytest.mark.parametrize("reason", ["local: test fixture", "test fixture", "local: only local models hooked"])
 def test_a_reason_that_fits_in_the_line_has_no_details(reason):
     html = badge_html("m", {"target": "local", "reason": reason}, {"output_tokens": 3})
-    assert "<details" not in html and "local, " in html
+    assert "<details" not in html and "local: " in html

@@ -20,16 +20,28 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_browser import (ARTIFACTS, AXE, BROWSER, CHROMIUM, CHROMIUM_ARGS, CONTRAST_JS, PANEL,  # noqa: E402
-                          SETUP, _axe, _guarded_context, _open_and_run, _serve, _set_theme)
+from test_browser import (
+    ARTIFACTS,
+    AXE,
+    BROWSER,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    CONTRAST_JS,
+    PANEL,
+    SETUP,
+    _axe,
+    _guarded_context,
+    _open_and_run,
+    _serve,
+    _set_theme,
+)
 
-from oblix_nb.models.gguf import shipped_gguf  # noqa: E402
+from oblix_nb.models.gguf import shipped_gguf
 
 pytestmark = [
     pytest.mark.browser,

@@ -22,7 +22,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_browser import AXE, CHROMIUM, CHROMIUM_ARGS, CONTRAST_JS, REPO, ARTIFACTS, _free_port, _guarded_context  # noqa: E402
+from test_browser import (
+    ARTIFACTS,
+    AXE,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    CONTRAST_JS,
+    REPO,
+    _free_port,
+    _guarded_context,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -223,7 +232,7 @@ def test_widgets_in_marimo(marimo_app):
                 lh: parseFloat(getComputedStyle(b).lineHeight), text: b.querySelector('summary').textContent,
                 open: b.querySelector('details').open, why: b.querySelector('.oblix-why-text').textContent})""")
             assert info["h"] < 2 * info["lh"] and not info["open"] and "day budget" in info["why"], info
-            assert "day budget" not in info["text"] and "local, forced" in info["text"], info
+            assert "day budget" not in info["text"] and "local: forced" in info["text"], info
             # -- item 8: the session browser's columns fit the width marimo gives it (Metadata included)
             grid = sb.locator(".oblix-grid-wrap").evaluate(
                 "w => ({scroll: w.scrollWidth, client: w.clientWidth, last: w.querySelector('thead th:last-child').dataset.key})")
