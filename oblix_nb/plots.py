@@ -11,8 +11,10 @@ evenly thinned sample of at most ``max_points`` replies):
 
 Readability rules every figure follows: tick labels never overlap (dates are located and formatted by
 matplotlib's concise date formatter; model ids are wrapped and put on horizontal axes or in legends), every
-colour has a legend entry, every axis label carries its unit, and the figure's colours are set explicitly
-for the chosen ``theme`` ("light" or "dark"), so it reads the same in JupyterLab's light and dark themes.
+colour has a legend entry, every axis label carries its unit, the figure's colours are set explicitly for the
+chosen ``theme`` ("light" or "dark") with every series at least 3:1 against the background, and in a notebook
+each figure follows the page's theme (both renderings in one output; the page shows its own: see
+:func:`dashboard`).
 Beyond ``max_models`` models, the least used are drawn together as "other (N models)".
 """
 from __future__ import annotations
@@ -37,11 +39,20 @@ THEMES = {
              "xtick.color": "#e6e6e6", "ytick.color": "#e6e6e6", "grid.color": "#444444",
              "legend.facecolor": "#2a2a2a", "legend.edgecolor": "#666666", "axes.titlecolor": "#e6e6e6"},
 }
-# Readable on white and on #1e1e1e (tab10 without its grey), then tab20's lighter shades.
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
-           "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
-OTHER_COLOUR = "#8f8f8f"
-ROUTE_COLOURS = {"local": "#2ca02c", "cloud": "#1f77b4", None: "#d62728"}
+# One palette per theme, hue for hue (a model keeps its hue in both): every colour at least 3:1 against its
+# theme's background (WCAG 1.4.11 for graphics): light ones on #ffffff, dark ones on #1e1e1e.
+PALETTES = {
+    "light": ["#1f77b4", "#c75d00", "#2a8a2a", "#d62728", "#9467bd", "#8c564b", "#c2399c", "#7a7a00", "#0f7f8c",
+              "#3b5998", "#a0522d", "#4f7f3f", "#b03060", "#6a4c93", "#7d6b5d", "#b8418c", "#6b6b1f", "#2c6f80"],
+    "dark": ["#5aa9e6", "#ff7f0e", "#3cb44b", "#f05a5b", "#b292d9", "#c49c94", "#e377c2", "#bcbd22", "#17becf",
+             "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#d8b9ae", "#f7b6d2", "#dbdb8d", "#9edae5"],
+}
+OTHER_COLOURS = {"light": "#767676", "dark": "#9a9a9a"}
+ROUTE_COLOURS_BY_THEME = {"light": {"local": "#2a8a2a", "cloud": "#1f77b4", None: "#d62728"},
+                          "dark": {"local": "#3cb44b", "cloud": "#5aa9e6", None: "#f05a5b"}}
+PALETTE = PALETTES["light"]  # the light theme's (kept for callers of earlier versions)
+OTHER_COLOUR = OTHER_COLOURS["light"]
+ROUTE_COLOURS = ROUTE_COLOURS_BY_THEME["light"]
 ROUTE_LABELS = {"local": "local", "cloud": "cloud", None: "no reply, or no route recorded"}
 LABEL_WIDTH = 28   # characters per line of a model id on an axis
 LEGEND_WIDTH = 36  # ... and in a legend
@@ -50,8 +61,10 @@ LEGEND_WIDTH = 36  # ... and in a legend
 @dataclass
 class Dashboard:
     """The dashboard's figures by name (``ttft_by_model``, ``ttft_vs_input``, ``tokens_and_cost``,
-    ``routes``); also iterable and indexable by name."""
+    ``routes``); also iterable and indexable by name. ``alternates``: the same figures in the other theme
+    (drawn when the dashboard follows the page: see :func:`dashboard`)."""
     figures: dict = field(default_factory=dict)
+    alternates: dict = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> "Figure":
         return self.figures[name]
@@ -69,7 +82,7 @@ class Dashboard:
         """Close every figure (frees them from pyplot)."""
         import matplotlib.pyplot as plt
 
-        for fig in self.figures.values():
+        for fig in list(self.figures.values()) + list(self.alternates.values()):
             plt.close(fig)
 
 
@@ -93,12 +106,17 @@ def wrap(label: Any, width: int = LABEL_WIDTH) -> str:
 
 
 def dashboard(client_or_store: Any, since: Any = None, until: Any = None, filter_metadata: Optional[dict] = None,
-              theme: str = "light", max_points: int = 20_000, max_models: int = 10) -> Dashboard:
+              theme: str = "light", max_points: int = 20_000, max_models: int = 10,
+              follow_page: bool = True) -> Dashboard:
     """Draw the four figures for the store of ``client_or_store`` (an ``OblixClient`` or a ``SessionStore``).
 
-    ``since``/``until``/``filter_metadata`` as in ``client.stats()``. ``theme``: "light" or "dark" (figure
-    and text colours set explicitly). Figures are created with pyplot, so a notebook shows them; the
-    returned :class:`Dashboard` holds them by name.
+    ``since``/``until``/``filter_metadata`` as in ``client.stats()``. ``theme``: "light" or "dark", the
+    figures' own colours (set explicitly: what ``savefig`` writes and what a frontend that shows only PNG
+    gets). ``follow_page`` (default): each figure is also drawn in the other theme, and shown in a notebook
+    as both renderings of which the page shows the one matching its theme (JupyterLab's / Notebook 7's
+    light or dark theme, else ``prefers-color-scheme``); ``theme`` is the rendering where the page does not
+    say. ``follow_page=False``: shown as drawn, in ``theme``. Figures are created with pyplot, so a
+    notebook shows them; the returned :class:`Dashboard` holds them by name.
     """
     import matplotlib.pyplot as plt
 
@@ -118,23 +136,96 @@ def dashboard(client_or_store: Any, since: Any = None, until: Any = None, filter
     ranked = sorted(totals, key=lambda m: (-totals[m], str(m)))
     shown = ranked if len(ranked) <= max_models else ranked[:max_models - 1]
     others = [m for m in ranked if m not in shown]
-    colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(shown)}
     other_label = f"other ({len(others)} models)" if others else None
 
     def group(model):
-        return model if model in colours else other_label
+        return model if model in shown else other_label
 
-    colour_of = {**{m: colours[m] for m in shown}, **({other_label: OTHER_COLOUR} if others else {})}
     order = shown + ([other_label] if others else [])
-    with plt.rc_context({**THEMES[theme], "axes.grid": True, "grid.linewidth": 0.6,
-                         "figure.constrained_layout.use": True}):
-        figures = {
-            "ttft_by_model": _ttft_by_model(plt, sample, order, group),
-            "ttft_vs_input": _ttft_vs_input(plt, sample, order, group, colour_of),
-            "tokens_and_cost": _tokens_and_cost(plt, by_day_model, daily, order, group, colour_of),
-            "routes": _routes(plt, by_day_route, daily),
-        }
-    return Dashboard(figures)
+
+    def draw(name: str, maker=plt) -> dict:
+        palette = PALETTES[name]
+        colour_of = {m: palette[i % len(palette)] for i, m in enumerate(shown)}
+        if others:
+            colour_of[other_label] = OTHER_COLOURS[name]
+        with plt.rc_context({**THEMES[name], "axes.grid": True, "grid.linewidth": 0.6,
+                             "figure.constrained_layout.use": True}):
+            return {
+                "ttft_by_model": _ttft_by_model(maker, sample, order, group, palette),
+                "ttft_vs_input": _ttft_vs_input(maker, sample, order, group, colour_of),
+                "tokens_and_cost": _tokens_and_cost(maker, by_day_model, daily, order, group, colour_of),
+                "routes": _routes(maker, by_day_route, daily, name),
+            }
+
+    figures = draw(theme)
+    alternates: dict = {}
+    if follow_page:
+        other = "dark" if theme == "light" else "light"
+        alternates = draw(other, _Detached)  # not pyplot's: the inline backend must not show them on their own
+        for key, fig in figures.items():
+            pair = {theme: fig, other: alternates[key]}
+            fig._ipython_display_ = _PageThemed(pair, theme)  # IPython's display() shows both renderings
+    return Dashboard(figures, alternates)
+
+
+class _Detached:
+    """``plt.subplots`` for figures pyplot does not manage (drawn for display only, never shown alone)."""
+
+    @staticmethod
+    def subplots(*args, figsize=None, **kwargs):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+
+class _PageThemed:
+    """``_ipython_display_`` of a dashboard figure: one output holding its light and dark renderings (PNG),
+    of which the page shows the one matching its theme. JupyterLab and Notebook 7 say theirs on ``<body>``
+    (``data-jp-theme-light``); other pages through ``prefers-color-scheme`` or a ``.dark`` class (marimo).
+    The bundle's ``image/png`` is the ``fallback`` theme's, for frontends (and untrusted notebooks) that
+    show no HTML."""
+
+    def __init__(self, pair: dict, fallback: str):
+        self.pair, self.fallback = pair, fallback
+
+    def bundle(self) -> dict:
+        import base64
+        import io
+        import uuid
+
+        pngs = {}
+        for name, fig in self.pair.items():
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=fig.dpi, bbox_inches="tight")
+            pngs[name] = buffer.getvalue()
+        label = self.pair[self.fallback].get_label() or "figure"
+        box = f"oblix-plot-{uuid.uuid4().hex[:12]}"
+        other = "dark" if self.fallback == "light" else "light"
+        show, hide = "display:block!important", "display:none!important"
+        style = (f".{box} .oblix-plot-{other}{{display:none}}"
+                 f"@media (prefers-color-scheme: dark){{.{box} .oblix-plot-dark{{display:block}}"
+                 f".{box} .oblix-plot-light{{display:none}}}}"
+                 f"@media (prefers-color-scheme: light){{.{box} .oblix-plot-light{{display:block}}"
+                 f".{box} .oblix-plot-dark{{display:none}}}}"
+                 f".dark .{box} .oblix-plot-dark,.dark-theme .{box} .oblix-plot-dark{{{show}}}"
+                 f".dark .{box} .oblix-plot-light,.dark-theme .{box} .oblix-plot-light{{{hide}}}"
+                 f"body[data-jp-theme-light=false] .{box} .oblix-plot-dark{{{show}}}"
+                 f"body[data-jp-theme-light=false] .{box} .oblix-plot-light{{{hide}}}"
+                 f"body[data-jp-theme-light=true] .{box} .oblix-plot-light{{{show}}}"
+                 f"body[data-jp-theme-light=true] .{box} .oblix-plot-dark{{{hide}}}")
+        images = "".join(
+            f'<img class="oblix-plot-{name}" alt="{label} ({name} theme)" style="max-width:100%;height:auto" '
+            f'src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+            for name, data in pngs.items())
+        return {"text/html": f'<div class="oblix-plot {box}"><style>{style}</style>{images}</div>',
+                "image/png": pngs[self.fallback],
+                "text/plain": f"<Figure {label}: light and dark renderings; the page shows its theme's>"}
+
+    def __call__(self) -> None:
+        from IPython.display import publish_display_data
+
+        publish_display_data(self.bundle())
 
 
 def _legend(fig, handles: list, title: str) -> None:
@@ -157,7 +248,7 @@ def _spans_decades(values, decades: float = 2.0) -> bool:
     return len(positive) > 1 and math.log10(max(positive) / min(positive)) >= decades
 
 
-def _ttft_by_model(plt, sample: list[dict], order: list, group) -> "Figure":
+def _ttft_by_model(plt, sample: list[dict], order: list, group, palette: list) -> "Figure":
     per_model: dict = {name: [] for name in order}
     for row in sample:
         if row["ttft"] is not None:
@@ -178,10 +269,10 @@ def _ttft_by_model(plt, sample: list[dict], order: list, group) -> "Figure":
                   else {"vert": False})
     ax.boxplot(data, **horizontal, whis=(5, 95), widths=0.6, patch_artist=True, showfliers=True,
                flierprops={"marker": ".", "markersize": 3, "alpha": 0.5,
-                           "markerfacecolor": PALETTE[0], "markeredgecolor": PALETTE[0]},
-               medianprops={"color": PALETTE[1], "linewidth": 2},
-               whiskerprops={"color": PALETTE[0]}, capprops={"color": PALETTE[0]},
-               boxprops={"facecolor": PALETTE[0] + "55", "edgecolor": PALETTE[0]})
+                           "markerfacecolor": palette[0], "markeredgecolor": palette[0]},
+               medianprops={"color": palette[1], "linewidth": 2},
+               whiskerprops={"color": palette[0]}, capprops={"color": palette[0]},
+               boxprops={"facecolor": palette[0] + "55", "edgecolor": palette[0]})
     ax.set_yticks(range(1, len(data) + 1), labels[::-1])
     log = _spans_decades([v for values in data for v in values])
     if log:
@@ -192,10 +283,10 @@ def _ttft_by_model(plt, sample: list[dict], order: list, group) -> "Figure":
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=PALETTE[0] + "55", edgecolor=PALETTE[0], label="middle 50 % of replies"),
-               Line2D([], [], color=PALETTE[1], linewidth=2, label="median"),
-               Line2D([], [], color=PALETTE[0], label="5th-95th percentile"),
-               Line2D([], [], color=PALETTE[0], marker=".", linestyle="", label="beyond them")]
+    handles = [Patch(facecolor=palette[0] + "55", edgecolor=palette[0], label="middle 50 % of replies"),
+               Line2D([], [], color=palette[1], linewidth=2, label="median"),
+               Line2D([], [], color=palette[0], label="5th-95th percentile"),
+               Line2D([], [], color=palette[0], marker=".", linestyle="", label="beyond them")]
     _legend(fig, handles, f"{sum(len(d) for d in data):,} replies")
     return fig
 
@@ -313,7 +404,7 @@ def _tokens_and_cost(plt, rows: list[dict], daily, order: list, group, colour_of
     return fig
 
 
-def _routes(plt, rows: list[dict], daily) -> "Figure":
+def _routes(plt, rows: list[dict], daily, theme: str) -> "Figure":
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(9, 4.2))
@@ -324,18 +415,19 @@ def _routes(plt, rows: list[dict], daily) -> "Figure":
         return fig
     days = _days(daily)
     index = {d.strftime("%Y-%m-%d"): i for i, d in enumerate(days)}
-    counts = {route: np.zeros(len(days)) for route in ROUTE_COLOURS}
+    route_colours = ROUTE_COLOURS_BY_THEME[theme]
+    counts = {route: np.zeros(len(days)) for route in route_colours}
     for row in rows:
         i = index.get(row["day"])
         if i is not None:
-            counts[row["route"] if row["route"] in ROUTE_COLOURS else None][i] += row["requests"]
+            counts[row["route"] if row["route"] in route_colours else None][i] += row["requests"]
     replies = sum(counts.values())
     unanswered = daily["requests"].to_numpy() - replies  # prompts without any reply
     counts[None] = counts[None] + np.clip(unanswered, 0, None)
     width = 0.8 if len(days) > 1 else 0.5
     bottom = np.zeros(len(days))
     handles = []
-    for route, colour in ROUTE_COLOURS.items():
+    for route, colour in route_colours.items():
         if route is not None or counts[route].any():
             handles.append(ax.bar(days, counts[route], width=width, bottom=bottom, color=colour,
                                   label=ROUTE_LABELS[route]))
@@ -347,7 +439,7 @@ def _routes(plt, rows: list[dict], daily) -> "Figure":
     answered = np.where(replies > 0, replies, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = 100 * daily["fallbacks"].to_numpy() / answered
-    (line,) = rate_ax.plot(days, rate, color=PALETTE[4], marker="o", markersize=4, linewidth=1.8,
+    (line,) = rate_ax.plot(days, rate, color=PALETTES[theme][4], marker="o", markersize=4, linewidth=1.8,
                            label="fallback rate (% of replies)")
     rate_ax.set_ylabel("fallback rate (% of replies)")
     rate_ax.set_ylim(0, max(5.0, float(np.nanmax(rate)) * 1.2) if np.isfinite(rate).any() else 5.0)

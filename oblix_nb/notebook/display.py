@@ -148,15 +148,80 @@ FOOTER_STYLE = ("font-size:0.85em;font-family:var(--jp-ui-font-family, inherit);
 FOOTER_ERROR_STYLE = ("font-size:0.85em;font-family:var(--jp-ui-font-family, inherit);margin-top:2px;"
                       "color:var(--jp-ui-font-color1, inherit);font-weight:600;padding-left:6px;"
                       "border-left:3px solid var(--jp-error-color1, currentColor)")
+# Never typeset as maths: "$0.0012 … $0.05" would otherwise become run-together italics (MathJax 3 skips
+# .mathjax_ignore, MathJax 2 .tex2jax_ignore).
+NO_MATH = "tex2jax_ignore mathjax_ignore"
+ROUTE_WORDS = 28  # the route's few words in the one-line footer (characters)
+_TARGET_RE = re.compile(r"^\s*(local|cloud)\b\s*:?\s*", re.I)
+
+
+def short_route(route: str) -> str:
+    """A routing reason in a few words: ``local: forced by model_id=x; agents: …`` → ``local: forced``.
+
+    The target, then the reason's first clause without ``key=value`` details (cut to :data:`ROUTE_WORDS`);
+    the whole reason stays in the footer's details."""
+    match = _TARGET_RE.match(route)
+    if not match:
+        return route if len(route) <= ROUTE_WORDS else route[:ROUTE_WORDS - 1].rstrip() + "…"
+    target, rest = match.group(1).lower(), route[match.end():]
+    while _TARGET_RE.match(rest):  # "local: cloud: forced by …" (a reason quoting another target)
+        rest = rest[_TARGET_RE.match(rest).end():]
+    head = re.split(r"[;(]", rest, maxsplit=1)[0]
+    head = re.sub(r"\S+=\S*", "", head)  # model_id=…, n=3
+    head = re.sub(r"\s+", " ", head).strip(" ,:.-")
+    head = re.sub(r"\s+(by|to|from|of|for|with|at|on)$", "", head)
+    if len(head) > ROUTE_WORDS:
+        head = head[:ROUTE_WORDS - 1].rsplit(" ", 1)[0].rstrip(" ,:") + "…"
+    return f"{target}: {head}" if head else target
+
+
+def says_more(route: str, brief: str) -> bool:
+    """Whether the whole routing reason says more than its few words (then it is offered on demand)."""
+    plain = lambda text: re.sub(r"[\s,:;.]+", " ", text).strip().casefold()  # noqa: E731
+    return plain(route) != plain(brief)
+
+
+def split_footer(text: str) -> tuple[str, Optional[str]]:
+    """A footer line (:func:`oblix_nb.streaming.format_footer`: ``model · target: reason · TTFT … · tok/s ·
+    tokens · cost``) as (one short line, the details it left out or None).
+
+    The short line keeps the model, the route in a few words (:func:`short_route`), TTFT, tok/s, tokens, cost
+    and the flags; the details are the full routing reason (and the model a fallback came from)."""
+    parts = [p for p in text.split(" · ") if p]
+    if len(parts) < 2:
+        return text, None
+    details: list[str] = []
+    short = [parts[0]]
+    for part in parts[1:]:
+        if _TARGET_RE.match(part) and not details:
+            brief = short_route(part)
+            short.append(brief)
+            if says_more(part, brief):
+                details.append(f"route: {part.strip()}")
+        elif part.startswith("fallback from "):
+            short.append("fallback")
+            details.append(part)
+        else:
+            short.append(part)
+    return " · ".join(short), ("\n".join(details) or None)
 
 
 def _footer_bundle(text: str, *, error: bool = False, pending: bool = False) -> dict:
+    """The status line / footer display: one line; a finished footer's full routing reason in a ``details``
+    element under it (closed). Nothing in it is typeset as maths (:data:`NO_MATH`)."""
     from html import escape
 
     style = FOOTER_ERROR_STYLE if error else FOOTER_STYLE
     icon = "⏳ " if pending else ("⚠ " if error else "")
     kind = "oblix-footer oblix-footer-error" if error else "oblix-footer"
-    return {"text/html": f'<div class="{kind}" style="{style}">{icon}{escape(text)}</div>',
+    short, details = (text, None) if pending or error else split_footer(text)
+    if details:
+        body = (f'<details class="oblix-footer-details"><summary style="cursor:pointer">{icon}{escape(short)}'
+                f'</summary><div style="white-space:pre-wrap;overflow-wrap:anywhere;padding-left:1.2em">'
+                f'{escape(details)}</div></details>')
+    else:
+        body = f"{icon}{escape(text)}"
+    return {"text/html": f'<div class="{kind} {NO_MATH}" style="{style}">{body}</div>',
             "text/plain": f"[{icon}{text}]"}
 
 
@@ -265,7 +330,8 @@ def _status_line(info: dict) -> str:
     bits = [f"streaming from {info.get('model_id', '?')}"]
     if route.get("target"):
         reason = route.get("reason") or ""
-        bits.append(reason if reason.startswith(route["target"] + ":") else f"{route['target']}: {reason}".strip())
+        full = reason if reason.startswith(route["target"] + ":") else f"{route['target']}: {reason}".strip()
+        bits.append(short_route(full))  # one line while streaming too; the footer offers the whole reason
     return " · ".join(bits) + " …"
 
 

@@ -7,6 +7,9 @@
 
 const DEFAULT_WIDTHS = { select: 44, title: 300, updated: 170, messages: 92, models: 200, cost: 90, metadata: 240 };
 const MIN_WIDTH = 48;
+// Below the defaults, columns shrink (text wraps) down to these before the grid scrolls sideways: at the
+// default notebook width every column, Metadata included, is in view.
+const FIT_MIN = { select: 44, title: 150, updated: 96, messages: 88, models: 110, cost: 64, metadata: 130 };
 
 function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -17,6 +20,56 @@ function h(tag, attrs = {}, ...children) {
   }
   for (const c of children) if (c) node.append(c);
   return node;
+}
+
+// ---------------------------------------------------------------- keys stay in the widget
+// Notebook hosts (JupyterLab, Notebook 7, marimo) bind single keys in command mode: a/b insert cells, m/r/y
+// change the cell's type, x/c/v cut/copy/paste, d d deletes, arrows/PageUp/Home move the active cell,
+// Shift+Enter runs it. None of them may see a key pressed with focus in a widget. Two layers:
+// - keydown, keypress and keyup stop at the widget's root (bubbling phase, after the widget's own handlers):
+//   enough where the host listens in the bubbling phase (JupyterLab, marimo);
+// - Notebook 7 matches its shortcuts on document in the *capture* phase, before the widget sees the key.
+//   Lumino skips an element marked data-lm-suppress-shortcuts, but only if the mark is on the element it
+//   would match first, i.e. the focused element itself (a mark on the root is too late: the focused button
+//   already matches ".jp-Notebook.jp-mod-commandMode :focus"). So a window capture listener (it runs before
+//   document's) marks the key's target inside the widget, for every key but the two that pass on purpose:
+//   Escape (leaves the widget: focus goes back to the notebook, in command mode) and Ctrl/Cmd+S (saves).
+const PASS_KEYS = (event) => event.key === "Escape" ||
+  ((event.ctrlKey || event.metaKey) && !event.altKey && !event.shiftKey && (event.key === "s" || event.key === "S"));
+
+function activeIn(root) {
+  const doc = root.getRootNode ? root.getRootNode() : document; // a shadow root in marimo
+  return (doc && doc.activeElement) || document.activeElement;
+}
+
+function leaveWidget(root) {
+  const active = activeIn(root);
+  const cell = root.closest(".jp-Cell");
+  if (cell && typeof cell.focus === "function") {
+    if (!cell.hasAttribute("tabindex")) cell.setAttribute("tabindex", "-1");
+    cell.focus({ preventScroll: true });
+  } else if (active && typeof active.blur === "function") {
+    active.blur();
+  }
+}
+
+function isolateKeys(root, onKeydown) {
+  root.addEventListener("keydown", (event) => {
+    if (onKeydown && !event.defaultPrevented) onKeydown(event);
+    if (event.key === "Escape" && !event.isComposing) leaveWidget(root);
+    if (!PASS_KEYS(event)) event.stopPropagation();
+  });
+  for (const type of ["keypress", "keyup"]) {
+    root.addEventListener(type, (event) => { if (!PASS_KEYS(event)) event.stopPropagation(); });
+  }
+  const mark = (event) => {
+    const target = event.target;
+    if (!(target instanceof Element) || !root.contains(target)) return;
+    if (PASS_KEYS(event)) target.removeAttribute("data-lm-suppress-shortcuts");
+    else target.setAttribute("data-lm-suppress-shortcuts", "true");
+  };
+  window.addEventListener("keydown", mark, true);
+  return () => window.removeEventListener("keydown", mark, true);
 }
 
 let counter = 0;
@@ -56,7 +109,7 @@ function render({ model, el }) {
 
   // ---------------------------------------------------------------- paging
   const first = h("button", { type: "button", class: "oblix-button", text: "« First", "aria-label": "First page" });
-  const prev = h("button", { type: "button", class: "oblix-button", text: "‹ Prev", "aria-label": "Previous page" });
+  const prev = h("button", { type: "button", class: "oblix-button", text: "‹ Previous", "aria-label": "Previous page" });
   const next = h("button", { type: "button", class: "oblix-button", text: "Next ›", "aria-label": "Next page" });
   const last = h("button", { type: "button", class: "oblix-button", text: "Last »", "aria-label": "Last page" });
   const pageInput = h("input", { id: `${id}-page`, type: "number", min: "1", class: "oblix-text oblix-page-input" });
@@ -86,11 +139,37 @@ function render({ model, el }) {
   const detail = h("div", { class: "oblix-detail", tabindex: "0", role: "region",
     "aria-label": "Transcript of the selected session" });
   const chatSlot = h("div", { class: "oblix-chat-slot" });
-  const root = h("div", { class: "oblix-widget oblix-browser", role: "group", "aria-label": "Oblix sessions" },
-    filters, gridWrap, empty, pager, actions, confirmBox, status, detail, chatSlot);
-  // JupyterLab: no notebook shortcuts (Shift+Enter runs the cell, A/B/D,D…) while focus is in here
-  root.setAttribute("data-lm-suppress-shortcuts", "true");
+  // tex2jax_ignore / mathjax_ignore: the host's MathJax never typesets "$" amounts in here as maths
+  const root = h("div", { class: "oblix-widget oblix-browser tex2jax_ignore mathjax_ignore", role: "group",
+    "aria-label": "Oblix sessions" }, filters, gridWrap, empty, pager, actions, confirmBox, status, detail, chatSlot);
   el.append(root);
+  // no key reaches the notebook's shortcuts from in here (an inline chat panel isolates its own keys too)
+  const unisolate = isolateKeys(root);
+
+  // A control that becomes disabled or hidden while focused (Prev on the first page, Delete once the
+  // selection is gone, the confirmation once answered) hands focus to its neighbour, else to the grid.
+  let lastFocused = null;
+  root.addEventListener("focusin", (event) => { lastFocused = event.target; });
+  function keepFocus() {
+    const node = lastFocused;
+    if (!node || (node.isConnected && !root.contains(node))) return;
+    const active = activeIn(root);
+    const gone = node.disabled || node.hidden || (node.closest && node.closest("[hidden]")) || !node.isConnected;
+    const lost = !active || active === document.body || active === node;
+    if (!gone || !lost) return;
+    const usable = (c) => c && !c.disabled && !c.hidden && !c.closest("[hidden]") && c.isConnected;
+    const group = node.isConnected ? node.closest(".oblix-pager, .oblix-actions, .oblix-confirm, .oblix-filters") : null;
+    let next = group ? [...group.querySelectorAll("button, input")].find(usable) : null;
+    if (group === confirmBox && usable(del)) next = del; // the confirmation answered: back to Delete
+    if (!next && !node.isConnected && node.dataset && node.dataset.rowId) { // a row's checkbox, rebuilt
+      next = [...body.querySelectorAll("input[type=checkbox]")].find((b) => b.dataset.rowId === node.dataset.rowId);
+    }
+    (next || gridWrap).focus({ preventScroll: true });
+  }
+  root.addEventListener("focusout", (event) => {
+    if (!event.relatedTarget) requestAnimationFrame(keepFocus);
+    else if (!root.contains(event.relatedTarget)) lastFocused = null;
+  });
 
   // ---------------------------------------------------------------- rendering
   function selectedSet() { return new Set(model.get("selected") || []); }
@@ -133,6 +212,7 @@ function render({ model, el }) {
       headRow.append(th);
     }
     applyWidths();
+    fitColumns();
   }
 
   function applyWidths() {
@@ -145,8 +225,39 @@ function render({ model, el }) {
     table.style.width = `${total}px`;
   }
 
+  // Default widths, scaled down to the grid's box (not below FIT_MIN) until the user resizes a column.
+  let userSized = false;
+  function fitColumns() {
+    if (userSized) return;
+    const keys = [...colgroup.children].map((c) => c.dataset.key);
+    const available = gridWrap.clientWidth - 2;
+    if (!keys.length || available <= 0) return;
+    const base = Object.fromEntries(keys.map((k) => [k, DEFAULT_WIDTHS[k] || 160]));
+    const floor = Object.fromEntries(keys.map((k) => [k, Math.min(base[k], FIT_MIN[k] || MIN_WIDTH)]));
+    let fixed = new Set(keys.filter((k) => k === "select"));
+    let fit = { ...base };
+    for (let round = 0; round < keys.length; round++) {
+      const used = [...fixed].reduce((a, k) => a + floor[k], 0);
+      const free = keys.filter((k) => !fixed.has(k));
+      const want = free.reduce((a, k) => a + base[k], 0);
+      const factor = Math.min(1, Math.max(0, available - used) / want);
+      let clamped = false;
+      for (const k of free) {
+        fit[k] = Math.floor(base[k] * factor);
+        if (fit[k] < floor[k]) { fit[k] = floor[k]; fixed.add(k); clamped = true; }
+      }
+      for (const k of fixed) fit[k] = floor[k];
+      if (!clamped) break;
+    }
+    Object.assign(widths, fit);
+    applyWidths();
+  }
+  const gridResize = typeof ResizeObserver === "function" ? new ResizeObserver(() => fitColumns()) : null;
+  if (gridResize) gridResize.observe(gridWrap);
+
   function startResize(event, key) {
     event.preventDefault();
+    userSized = true;
     const startX = event.clientX;
     const startW = widths[key] || 160;
     const move = (e) => {
@@ -167,7 +278,7 @@ function render({ model, el }) {
     body.textContent = "";
     rows.forEach((row, index) => {
       const tr = h("tr", { "data-id": row.id });
-      const box = h("input", { type: "checkbox", "aria-label": `Select “${row.title}”` });
+      const box = h("input", { type: "checkbox", "aria-label": `Select “${row.title}”`, "data-row-id": row.id });
       box.addEventListener("change", () => {
         const ids = selectedSet();
         if (box.checked) ids.add(row.id); else ids.delete(row.id);
@@ -204,6 +315,7 @@ function render({ model, el }) {
     });
     empty.hidden = rows.length > 0;
     renderSelection();
+    fitColumns();
   }
 
   function renderSelection() {
@@ -223,6 +335,7 @@ function render({ model, el }) {
     const n = ids.size;
     for (const b of [open, copy, del, exportButton]) b.disabled = disconnected || n < 1;
     merge.disabled = disconnected || n < 2;
+    keepFocus();
   }
 
   function renderPager() {
@@ -234,6 +347,7 @@ function render({ model, el }) {
     pageInput.max = String(pages);
     if (document.activeElement !== pageInput) pageInput.value = String(page + 1);
     pageInfo.textContent = `of ${pages} · ${total} ${model.get("filtered") ? "matching " : ""}session${total === 1 ? "" : "s"}`;
+    keepFocus();
   }
 
   function renderFilters() {
@@ -249,6 +363,7 @@ function render({ model, el }) {
     confirmText.textContent = `Delete ${ids.length} session${ids.length === 1 ? "" : "s"}? This cannot be undone.`;
     confirmYes.textContent = `Delete ${ids.length}`;
     if (ids.length) confirmNo.focus();
+    else keepFocus();
   }
 
   function renderStatus() {
@@ -351,7 +466,11 @@ function render({ model, el }) {
   renderDetail();
   renderChat();
 
-  return () => { if (childView) childView.remove(); };
+  return () => {
+    unisolate();
+    if (childView) childView.remove();
+    if (gridResize) gridResize.disconnect();
+  };
 }
 
 export default { render };

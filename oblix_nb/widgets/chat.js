@@ -37,15 +37,87 @@ async function copyText(text) {
   }
 }
 
+// ---------------------------------------------------------------- keys stay in the widget
+// Notebook hosts (JupyterLab, Notebook 7, marimo) bind single keys in command mode: a/b insert cells, m/r/y
+// change the cell's type, x/c/v cut/copy/paste, d d deletes, arrows/PageUp/Home move the active cell,
+// Shift+Enter runs it. None of them may see a key pressed with focus in a widget. Two layers:
+// - keydown, keypress and keyup stop at the widget's root (bubbling phase, after the widget's own handlers):
+//   enough where the host listens in the bubbling phase (JupyterLab, marimo);
+// - Notebook 7 matches its shortcuts on document in the *capture* phase, before the widget sees the key.
+//   Lumino skips an element marked data-lm-suppress-shortcuts, but only if the mark is on the element it
+//   would match first, i.e. the focused element itself (a mark on the root is too late: the focused button
+//   already matches ".jp-Notebook.jp-mod-commandMode :focus"). So a window capture listener (it runs before
+//   document's) marks the key's target inside the widget, for every key but the two that pass on purpose:
+//   Escape (leaves the widget: focus goes back to the notebook, in command mode) and Ctrl/Cmd+S (saves).
+const PASS_KEYS = (event) => event.key === "Escape" ||
+  ((event.ctrlKey || event.metaKey) && !event.altKey && !event.shiftKey && (event.key === "s" || event.key === "S"));
+
+function activeIn(root) {
+  const doc = root.getRootNode ? root.getRootNode() : document; // a shadow root in marimo
+  return (doc && doc.activeElement) || document.activeElement;
+}
+
+function leaveWidget(root) {
+  const active = activeIn(root);
+  const cell = root.closest(".jp-Cell");
+  if (cell && typeof cell.focus === "function") {
+    if (!cell.hasAttribute("tabindex")) cell.setAttribute("tabindex", "-1");
+    cell.focus({ preventScroll: true });
+  } else if (active && typeof active.blur === "function") {
+    active.blur();
+  }
+}
+
+function isolateKeys(root, onKeydown) {
+  root.addEventListener("keydown", (event) => {
+    if (onKeydown && !event.defaultPrevented) onKeydown(event);
+    if (event.key === "Escape" && !event.isComposing) leaveWidget(root);
+    if (!PASS_KEYS(event)) event.stopPropagation();
+  });
+  for (const type of ["keypress", "keyup"]) {
+    root.addEventListener(type, (event) => { if (!PASS_KEYS(event)) event.stopPropagation(); });
+  }
+  const mark = (event) => {
+    const target = event.target;
+    if (!(target instanceof Element) || !root.contains(target)) return;
+    if (PASS_KEYS(event)) target.removeAttribute("data-lm-suppress-shortcuts");
+    else target.setAttribute("data-lm-suppress-shortcuts", "true");
+  };
+  window.addEventListener("keydown", mark, true);
+  return () => window.removeEventListener("keydown", mark, true);
+}
+
+// A printable key (no Ctrl/Alt/Meta, not Space or Enter, which activate controls).
+const isTyping = (event) => event.key && event.key.length === 1 && event.key !== " " &&
+  !event.ctrlKey && !event.metaKey && !event.altKey && !event.isComposing;
+const TEXT_FIELD = "textarea, input:not([type=checkbox]):not([type=radio]):not([type=button]), [contenteditable]";
+
 // "Insert as a new cell below" in JupyterLab / Notebook 7: the widget manager knows the notebook's document
 // context; the cell is the one whose output holds this widget. Returns false where that is not available.
-function insertCellBelow(model, el, code) {
+function notebookOf(model, el) {
   try {
     const manager = model.widget_manager;
     const context = manager && (manager._context || manager.context);
     const notebook = context && context.model && context.model.sharedModel;
     const cell = el.closest(".jp-Cell");
-    if (!notebook || !cell || typeof notebook.insertCell !== "function") return false;
+    if (!notebook || !cell || typeof notebook.insertCell !== "function") return null;
+    return { notebook, cell };
+  } catch (_e) {
+    return null;
+  }
+}
+
+// Whether "Insert cell" can work here: in the notebook directly, or through the kernel's set_next_input
+// (trait can_insert_cell: an IPython kernel). Not in marimo or other hosts: the button is not shown there.
+function canInsertCell(model, el) {
+  return !!notebookOf(model, el) || !!model.get("can_insert_cell");
+}
+
+function insertCellBelow(model, el, code) {
+  try {
+    const found = notebookOf(model, el);
+    if (!found) return false;
+    const { notebook, cell } = found;
     let index = Number.parseInt(cell.getAttribute("data-windowed-list-index"), 10);
     if (Number.isNaN(index)) {
       index = Array.from(cell.parentElement.querySelectorAll(":scope > .jp-Cell")).indexOf(cell);
@@ -90,11 +162,40 @@ function render({ model, el }) {
   const reason = h("div", { id: `${id}-reason`, class: "oblix-disconnected", role: "alert", hidden: true });
   const status = h("div", { class: "oblix-status", role: "status", "aria-live": "polite" });
   const announcer = h("div", { class: "oblix-offscreen", "aria-live": "polite", "aria-atomic": "true" });
-  const root = h("div", { class: "oblix-widget oblix-chat", role: "group", "aria-label": "Oblix chat" },
-    header, view, reason, inputRow, status, announcer);
-  // JupyterLab: no notebook shortcuts (Shift+Enter runs the cell, A/B/D,D…) while focus is in here
-  root.setAttribute("data-lm-suppress-shortcuts", "true");
+  // tex2jax_ignore / mathjax_ignore: the host's MathJax never typesets "$" amounts in here as maths
+  const root = h("div", { class: "oblix-widget oblix-chat tex2jax_ignore mathjax_ignore", role: "group",
+    "aria-label": "Oblix chat" }, header, view, reason, inputRow, status, announcer);
   el.append(root);
+
+  // ---------------------------------------------------------------- keys and focus
+  // Typing with focus on a control of the panel (a button, the picker, the transcript) goes to the text box.
+  const unisolate = isolateKeys(root, (event) => {
+    if (!isTyping(event) || input.disabled || event.target === input) return;
+    if (event.target.closest && event.target.closest(TEXT_FIELD)) return;
+    event.preventDefault();
+    input.focus();
+    const end = input.value.length;
+    input.setRangeText(event.key, end, end, "end");
+    input.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+  // A control that becomes disabled or hidden while focused (Send once sent, Stop once stopped, the jump
+  // button once at the bottom) hands focus to the text box rather than dropping it on <body>.
+  let lastFocused = null;
+  root.addEventListener("focusin", (event) => { lastFocused = event.target; });
+  function keepFocus() {
+    const node = lastFocused;
+    if (!node || !root.contains(node)) return;
+    const active = activeIn(root);
+    const gone = node.disabled || node.hidden || node.closest("[hidden]") || !node.isConnected;
+    const lost = !active || active === document.body || active === node;
+    if (!gone || !lost) return;
+    const next = [input, stop, send, scroller].find((c) => !c.disabled && !c.hidden);
+    if (next) next.focus({ preventScroll: true });
+  }
+  root.addEventListener("focusout", (event) => {
+    if (!event.relatedTarget) requestAnimationFrame(keepFocus);
+    else if (!root.contains(event.relatedTarget)) lastFocused = null; // the user moved on: leave focus alone
+  });
 
   // ---------------------------------------------------------------- scrolling
   const atBottom = () => scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight <= STICK_PX;
@@ -126,8 +227,8 @@ function render({ model, el }) {
       const lang = (pre.querySelector("code") || pre).className.match(/language-([\w+#.-]+)/);
       const copy = h("button", { type: "button", class: "oblix-button oblix-small", text: "Copy",
         "aria-label": "Copy code" });
-      const insert = h("button", { type: "button", class: "oblix-button oblix-small", text: "Insert cell",
-        "aria-label": "Insert code as a new cell below" });
+      const insert = h("button", { type: "button", class: "oblix-button oblix-small oblix-insert",
+        text: "Insert cell", "aria-label": "Insert code as a new cell below", hidden: !canInsertCell(model, el) });
       copy.addEventListener("click", async () => {
         const ok = await copyText(code);
         copy.textContent = ok ? "Copied" : "Copy failed";
@@ -218,6 +319,7 @@ function render({ model, el }) {
     root.classList.toggle("oblix-is-disconnected", !!disconnected);
     if (disconnected) input.setAttribute("aria-describedby", `${id}-reason`);
     else input.removeAttribute("aria-describedby");
+    keepFocus();
   }
 
   function renderStatus() {
@@ -307,6 +409,9 @@ function render({ model, el }) {
   model.on("change:status", renderStatus);
   model.on("change:status_error", renderStatus);
   model.on("change:draft", renderDraft);
+  model.on("change:can_insert_cell", () => {
+    for (const b of root.querySelectorAll(".oblix-insert")) b.hidden = !canInsertCell(model, el);
+  });
   model.on("msg:custom", onCustom);
   model.on("comm_live_update", onCommLive);
   model.on("comm:close", onCommClose);
@@ -320,6 +425,7 @@ function render({ model, el }) {
   requestAnimationFrame(settle);
 
   return () => {
+    unisolate();
     if (resize) resize.disconnect();
     clearTimeout(draftTimer);
   };

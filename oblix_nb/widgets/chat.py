@@ -134,6 +134,18 @@ class _LiveReply(ThrottledSink):
         self.end(None, error)
 
 
+def _ipython_kernel():
+    """The running IPython kernel's shell (a Jupyter frontend can show ``set_next_input``), else None."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    from ..notebook.display import has_display_frontend
+
+    shell = get_ipython()
+    return shell if has_display_frontend(shell) else None
+
+
 class ChatPanel(anywidget.AnyWidget):
     """A chat over one session of ``client`` (default: the kernel's shared client).
 
@@ -162,6 +174,9 @@ class ChatPanel(anywidget.AnyWidget):
     status = traitlets.Unicode("").tag(sync=True)
     status_error = traitlets.Bool(False).tag(sync=True)
     draft = traitlets.Unicode("").tag(sync=True)
+    # "Insert cell" falls back to IPython's set_next_input where the front end cannot reach the notebook; in
+    # hosts with neither (marimo, no IPython kernel) the button is not shown
+    can_insert_cell = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, client=None, session_id: Optional[str] = None, *, stream_interval: float = DEFAULT_INTERVAL,
                  auto_hook: bool = True, picker_limit: int = 50, window: int = 100, follow_store: bool = True,
@@ -186,6 +201,7 @@ class ChatPanel(anywidget.AnyWidget):
         self._shown_version: Optional[tuple] = None  # (updated_at, message_count) of the shown session
         self._shown_limit = window
         self.on_msg(self._on_front_end)
+        self.can_insert_cell = _ipython_kernel() is not None
 
         if session_id is None:
             current = self.client.current_session_id
@@ -353,12 +369,7 @@ class ChatPanel(anywidget.AnyWidget):
     def _insert_cell(self, code: str) -> None:
         """Fallback of the front end's "insert as a new cell below" where it cannot reach the notebook:
         IPython's ``set_next_input`` (the front end shows it with the next execute reply)."""
-        try:
-            from IPython import get_ipython
-
-            shell = get_ipython()
-        except ImportError:
-            shell = None
+        shell = _ipython_kernel()
         if shell is None:
             self._set_status("cannot insert a cell here: copy the code instead", error=True)
             return

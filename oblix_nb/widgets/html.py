@@ -41,24 +41,33 @@ def model_name(model_id: str) -> str:
 def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, metrics: Optional[dict] = None,
                *, partial: bool = False, note: Optional[str] = None, error: Optional[str] = None,
                pending: bool = False, cost: Optional[str] = None) -> str:
-    """One muted line under a reply: model · route: reason · TTFT · tok/s · tokens · cost (+ flags).
+    """One muted line under a reply: model · route in a few words · TTFT · tok/s · tokens · cost (+ flags); the
+    full routing reason (and the model a fallback came from) in a ``details`` element, opened on demand.
 
     All escaped. ``cost`` is an already formatted amount (e.g. ``"$0.0012"``), shown after the token count;
     by default the reply's own (``metrics["cost_usd"]``, for cloud replies only: see
     :func:`oblix_nb.pricing.cost_label`). Flags are words, not only colours (``■ stopped — partial``, ``⚠ error``).
     """
+    from ..notebook.display import says_more, short_route
+
     routing, metrics = routing or {}, metrics or {}
     cost = cost or cost_label(metrics)
     bits: list[str] = []
+    why: list[str] = []  # what the one line leaves out: shown on demand (a details element)
     if model_id:
         bits.append(f'<b class="oblix-model">{escape(model_id)}</b>')
     target, reason = routing.get("target"), (routing.get("reason") or "").strip()
     if target:
-        if reason.startswith(f"{target}:"):
+        if reason.startswith(f"{target}:") or reason == target:
             reason = reason[len(target) + 1:].strip()
-        bits.append(escape(f"{target}: {reason}" if reason else target))
+        full = f"{target}: {reason}" if reason else target
+        brief = short_route(full)
+        bits.append(escape(brief))
+        if says_more(full, brief):
+            why.append(f"route: {full}")
     if routing.get("fallback_from"):
-        bits.append(escape(f"fallback from {routing['fallback_from']}"))
+        bits.append("fallback")
+        why.append(f"fallback from {routing['fallback_from']}")
     ttft = metrics.get("time_to_first_token")
     if isinstance(ttft, (int, float)):
         bits.append(f"TTFT {_ms(ttft)}")
@@ -81,7 +90,12 @@ def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, m
     if not bits:
         return ""
     classes = "oblix-badge pending" if pending else "oblix-badge"
-    return f'<div class="{classes}">' + " · ".join(bits) + "</div>"
+    line = " · ".join(bits)
+    if why:
+        line = (f'<details class="oblix-why"><summary>{line}</summary>'
+                f'<div class="oblix-why-text">{escape(chr(10).join(why))}</div></details>')
+    return f'<div class="{classes}">{line}</div>'
+
 
 
 def message_html(role: str, content: str, *, badge: str = "", streaming: bool = False,

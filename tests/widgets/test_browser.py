@@ -114,22 +114,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _write_notebook(path: Path) -> None:
+def _write_notebook(path: Path, cells=None) -> None:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(PANEL),
-                nbformat.v4.new_code_cell(BROWSER), nbformat.v4.new_code_cell(MAGIC)]
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in (cells or (SETUP, PANEL, BROWSER, MAGIC))]
     nbformat.write(nb, path)
 
 
-def _serve(base: Path, app: str):
-    """Start ``python -m <app>`` (jupyterlab or notebook) on a free loopback port in ``base``; yield its info."""
+def _serve(base: Path, app: str, cells=None):
+    """Start ``python -m <app>`` (jupyterlab or notebook) on a free loopback port in ``base``; yield its info.
+    The notebook ``chat.ipynb`` holds ``cells`` (default: SETUP, PANEL, BROWSER, MAGIC)."""
     root, home = base / "root", base / "oblix-home"
     root.mkdir()
     home.mkdir()
-    _write_notebook(root / "chat.ipynb")
+    _write_notebook(root / "chat.ipynb", cells)
     settings = base / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     # no news feed, no update check: the page must reach nothing but 127.0.0.1

@@ -764,14 +764,34 @@ def test_long_session_shows_its_latest_messages_first(client):
 def test_insert_cell_falls_back_to_set_next_input(client, monkeypatch):
     calls = []
 
-    class Shell:
+    class ZMQInteractiveShell:  # what a Jupyter kernel runs
         def set_next_input(self, text, replace=False):
             calls.append((text, replace))
 
-    monkeypatch.setattr("IPython.get_ipython", lambda: Shell())
+    monkeypatch.setattr("IPython.get_ipython", lambda: ZMQInteractiveShell())
     panel = ChatPanel(client)
+    assert panel.can_insert_cell is True  # the front end shows "Insert cell"
     front(panel, "insert_cell", code="print(1)")
     assert calls == [("print(1)", False)] and "new cell" in panel.status
+
+
+@pytest.mark.parametrize("shell", [None, "terminal"])
+def test_insert_cell_is_hidden_without_a_kernel(client, monkeypatch, shell):
+    """marimo / plain Python (no IPython) or terminal IPython (no frontend): no "Insert cell" button, and a
+    stray request says so instead of queueing a cell nobody will see."""
+    calls = []
+
+    class TerminalInteractiveShell:
+        config: dict = {}
+
+        def set_next_input(self, text, replace=False):
+            calls.append(text)
+
+    monkeypatch.setattr("IPython.get_ipython", lambda: TerminalInteractiveShell() if shell else None)
+    panel = ChatPanel(client)
+    assert panel.can_insert_cell is False
+    front(panel, "insert_cell", code="print(1)")
+    assert calls == [] and panel.status_error and "copy the code" in panel.status
 
 
 def test_chat_handler_shows_a_panel_and_sends(client, monkeypatch):
