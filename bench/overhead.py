@@ -12,16 +12,28 @@
    replies long enough to be checkpointed; TTFT and total time ratios (goal: <= 1.05).
 
 Run: ``python bench/overhead.py [--runs 30] [--only openai|embedded|checkpoint]``. Prints JSON.
+
+4. The package's own per-call path with no model in it (``--only engine``): execute() on an instant in-process
+   backend (fresh session per call, ResourceMonitor + ConnectivityAgent hooked): request checks, routing,
+   history, storing prompt and reply, the usage log. Median ms per call.
+5. ``--compare DIR``: part 1 (``--only openai``, the default) or part 4 (``--only engine``) against another
+   checkout of the package (e.g. the commit before a refactor, ``git archive 856aa6d | tar -x -C /tmp/base``):
+   ``--rounds`` subprocesses per tree, alternating, each a full run with ``PYTHONPATH`` set to its tree.
+   Part 1: each run's oblix/raw ratio cancels the machine's load at that moment, and the result is the ratio
+   of those ratios; part 4: the ratio of the median per-call times. Current / baseline; goal <= 1.05.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 PROMPT = "List three uses of a paperclip."
 
@@ -29,6 +41,7 @@ PROMPT = "List three uses of a paperclip."
 async def bench_openai(runs: int, max_tokens: int) -> dict:
     import openai
 
+    import oblix_nb
     from oblix_nb import ConnectivityAgent, ModelType, OblixClient, ResourceMonitor
     from oblix_nb.localserver import start_openai_server
 
@@ -86,7 +99,7 @@ async def bench_openai(runs: int, max_tokens: int) -> dict:
         med = statistics.median
         return {
             "bench": "execute() vs raw openai client, llama_cpp.server on loopback",
-            "runs": runs, "max_tokens": max_tokens,
+            "runs": runs, "max_tokens": max_tokens, "package": str(Path(oblix_nb.__file__).parent),
             "ttft_ms": {"oblix": med(o_ttft) * 1e3, "raw": med(r_ttft) * 1e3,
                         "overhead_median_of_medians": (med(o_ttft) - med(r_ttft)) * 1e3,
                         "overhead_median_paired": med(d_ttft) * 1e3,
@@ -100,6 +113,47 @@ async def bench_openai(runs: int, max_tokens: int) -> dict:
         await client.shutdown()
         await raw.close()
         server.stop()
+
+
+async def bench_engine(calls: int) -> dict:
+    """execute() with an instant in-process backend: what the package itself costs per call."""
+    import oblix_nb
+    from oblix_nb import ConnectivityAgent, OblixClient, ResourceMonitor
+    from oblix_nb.models.base import ModelBackend, ModelType, Usage
+
+    class Instant(ModelBackend):
+        model_type = ModelType.OPENAI
+
+        async def connect(self):
+            pass
+
+        async def stream(self, messages, params):
+            yield "blue"
+            yield Usage(12, 1, "server", "server", "stop")
+
+    client = OblixClient(home=tempfile.mkdtemp(prefix="oblix-bench-"))
+    backend = Instant("instant", target="local", context_window=4096)
+    client._models[backend.model_id] = backend
+    client.hook_agent(ResourceMonitor())
+    client.hook_agent(ConnectivityAgent())
+
+    async def once() -> float:
+        sid = await client.create_session("bench")
+        t0 = time.perf_counter()
+        await client.execute(PROMPT, max_tokens=4, temperature=0, session_id=sid, sink=lambda _text: None)
+        return time.perf_counter() - t0
+
+    try:
+        for _ in range(20):
+            await once()
+        times = [await once() for _ in range(calls)]
+        return {"bench": "execute() per call, instant in-process backend (no model, no network)",
+                "calls": calls, "package": str(Path(oblix_nb.__file__).parent),
+                "per_call_ms": {"median": statistics.median(times) * 1e3,
+                                "p10": statistics.quantiles(times, n=10)[0] * 1e3,
+                                "p90": statistics.quantiles(times, n=10)[-1] * 1e3, "ok": True}}
+    finally:
+        await client.shutdown()
 
 
 async def bench_embedded(runs: int, max_tokens: int) -> dict:
@@ -217,6 +271,50 @@ async def bench_checkpoint(runs: int, max_tokens: int) -> dict:
         server.stop()
 
 
+def compare(baseline: str, part: str, rounds: int, child_args: list[str]) -> dict:
+    """``part`` in subprocesses, alternating between this checkout and ``baseline`` (see the module docstring)."""
+    trees = {"current": str(Path(__file__).resolve().parents[1]), "baseline": str(Path(baseline).resolve())}
+    if not (Path(trees["baseline"]) / "oblix_nb" / "__init__.py").is_file():
+        raise SystemExit(f"--compare {baseline}: no oblix_nb package there")
+    runs_of: dict[str, list[dict]] = {name: [] for name in trees}
+    for i in range(rounds):
+        for name in (("current", "baseline") if i % 2 == 0 else ("baseline", "current")):
+            env = {**os.environ, "PYTHONPATH": trees[name]}
+            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--only", part, *child_args],
+                                  env=env, capture_output=True, text=True, timeout=3600)
+            try:
+                result = json.loads(done.stdout)[0]
+            except (ValueError, IndexError):
+                raise SystemExit(f"{name} run failed:\n{done.stdout}\n{done.stderr}") from None
+            if Path(result["package"]).parent != Path(trees[name]):
+                raise SystemExit(f"{name} run imported oblix_nb from {result['package']}, not {trees[name]}")
+            runs_of[name].append(result)
+    med = statistics.median
+    summary: dict = {}
+    for name, results in runs_of.items():
+        if part == "engine":
+            summary[name] = {"tree": trees[name], "per_call_ms": med(r["per_call_ms"]["median"] for r in results),
+                             "per_round_ms": [round(r["per_call_ms"]["median"], 3) for r in results]}
+        else:
+            summary[name] = {
+                "tree": trees[name],
+                "ttft_ratio_vs_raw": med(r["ttft_ms"]["ratio"] for r in results),
+                "total_ratio_vs_raw": med(r["total_ms"]["ratio"] for r in results),
+                "ttft_overhead_ms": med(r["ttft_ms"]["overhead_median_paired"] for r in results),
+                "total_overhead_ms": med(r["total_ms"]["overhead_median_paired"] for r in results),
+                "per_round_ttft_ratio_vs_raw": [round(r["ttft_ms"]["ratio"], 4) for r in results],
+            }
+    cur, base = summary["current"], summary["baseline"]
+    if part == "engine":
+        ratios = {"per_call": cur["per_call_ms"] / base["per_call_ms"]}
+    else:
+        ratios = {"ttft": cur["ttft_ratio_vs_raw"] / base["ttft_ratio_vs_raw"],
+                  "total": cur["total_ratio_vs_raw"] / base["total_ratio_vs_raw"]}
+    return {"bench": f"part {part!r}: this checkout vs a baseline checkout, alternating subprocesses",
+            "rounds": rounds, "child_args": child_args, **summary,
+            "ratio_vs_baseline": {**ratios, "goal": 1.05, "ok": all(r <= 1.05 for r in ratios.values())}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
@@ -225,14 +323,28 @@ def main(argv=None) -> int:
     ap.add_argument("--embedded-max-tokens", type=int, default=128)
     ap.add_argument("--checkpoint-runs", type=int, default=10)
     ap.add_argument("--checkpoint-max-tokens", type=int, default=160)
-    ap.add_argument("--only", choices=["openai", "embedded", "checkpoint"], help="run one part only")
+    ap.add_argument("--engine-calls", type=int, default=300)
+    ap.add_argument("--only", choices=["openai", "embedded", "checkpoint", "engine"], help="run one part only")
+    ap.add_argument("--compare", metavar="DIR", help="compare part 1 with the oblix_nb package in DIR")
+    ap.add_argument("--rounds", type=int, default=4, help="subprocess runs per tree with --compare")
     args = ap.parse_args(argv)
+    if args.compare:
+        part = args.only or "openai"
+        if part not in ("openai", "engine"):
+            raise SystemExit("--compare takes --only openai or --only engine")
+        child = ["--engine-calls", str(args.engine_calls)] if part == "engine" else \
+            ["--runs", str(args.runs), "--max-tokens", str(args.max_tokens)]
+        out = compare(args.compare, part, args.rounds, child)
+        print(json.dumps(out, indent=2))
+        return 0 if out["ratio_vs_baseline"]["ok"] else 1
     parts = {"openai": lambda: bench_openai(args.runs, args.max_tokens),
              "embedded": lambda: bench_embedded(args.embedded_runs, args.embedded_max_tokens),
-             "checkpoint": lambda: bench_checkpoint(args.checkpoint_runs, args.checkpoint_max_tokens)}
-    out = [asyncio.run(make()) for name, make in parts.items() if args.only in (None, name)]
+             "checkpoint": lambda: bench_checkpoint(args.checkpoint_runs, args.checkpoint_max_tokens),
+             "engine": lambda: bench_engine(args.engine_calls)}
+    out = [asyncio.run(make()) for name, make in parts.items()
+           if args.only == name or (args.only is None and name != "engine")]
     print(json.dumps(out, indent=2))
-    return 0 if all(o.get("ttft_ms", o.get("tokens_per_s"))["ok"] for o in out) else 1
+    return 0 if all((o.get("ttft_ms") or o.get("tokens_per_s") or o["per_call_ms"])["ok"] for o in out) else 1
 
 
 if __name__ == "__main__":

@@ -32,11 +32,12 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from ._util import describe_error
 from .errors import (ModelCallError, NoModelHookedError, OblixError, RowError, SchemaError,
                      StorageError, StructuredOutputError)
+from .execution import Engine, Request, retry_prompt
 from .models.base import SAMPLING_OPTIONS, GenerationParams
 from .structured import Schema, compile_schema, extract_json
 
@@ -45,6 +46,20 @@ DEFAULT_CONCURRENCY = {True: 1, False: 4}  # in-process model (not re-entrant) :
 ON_ERROR = ("record", "raise")
 PROGRESS_INTERVAL = 0.25  # seconds between progress bar updates
 _BRACES = re.compile(r"\{\{([^{}]+)\}\}|\{([^{}]+)\}")
+
+
+class MapClient(Protocol):
+    """What a map needs of its client (an OblixClient): the store, the hooked models and the engine."""
+
+    sessions: Any
+
+    @property
+    def models(self) -> dict: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    def resolve_model_id(self, model_id: Optional[str]) -> Optional[str]: ...
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -216,7 +231,7 @@ class MapJob:
     """One ``map()`` call. Constructing it does the synchronous preparation (rendering, cache lookup) in the
     caller's thread; ``await run()`` (on the package loop) calls models; ``frame()`` builds the result."""
 
-    def __init__(self, client, data: Any, prompt: Any, *, schema: Any = None, model_id: Optional[str] = None,
+    def __init__(self, client: MapClient, data: Any, prompt: Any, *, schema: Any = None, model_id: Optional[str] = None,
                  concurrency: Optional[int] = None, temperature: Optional[float] = None,
                  max_tokens: Optional[int] = None, system: Optional[str] = None,
                  session_id: Optional[str] = None, cache: bool = True, on_error: str = "record",
@@ -238,7 +253,9 @@ class MapJob:
             raise NoModelHookedError(f"model_id {model_id!r} is not hooked; hooked: {list(client.models)}")
         if not client.models:
             raise NoModelHookedError("no model is hooked: await client.hook_model(ModelType..., ...) first")
-        self.params: GenerationParams = client._params(temperature, max_tokens, options)
+        self.engine = client.engine
+        self.params: GenerationParams = self.engine.params(temperature=temperature, max_tokens=max_tokens,
+                                                           options=options)
         self.schema: Optional[Schema] = compile_schema(schema) if schema is not None else None
         if self.schema is not None:
             clash = set(self.schema.columns()) & set(META_COLUMNS)
@@ -511,9 +528,6 @@ class MapJob:
 
     async def _row(self, key: str) -> RowOutcome:
         """One row: route, call (with fallback), validate (one retry), store the exchange."""
-        from .client import Request, retry_prompt
-
-        client = self.client
         prompt = self.prompts.pop(key)
         request = Request(prompt=prompt, params=self.params, request_id=key, session_id=None,
                           model_id=self.model_id, system=self.system, schema=self.schema)
@@ -525,8 +539,9 @@ class MapJob:
         response: Optional[dict] = None
         for attempt in (1, 2):
             try:
-                decision, checks = await client._route(self.model_id)
-                response = await client._attempts(request, decision, checks, [], None, False, _no_store)
+                # session_id=None (no history) and store_reply=False: the row's exchange is stored below,
+                # once validated, in one transaction.
+                response = await self.engine.run(request, store_reply=False)
             except (ModelCallError, NoModelHookedError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 break
@@ -553,7 +568,7 @@ class MapJob:
                               prior=[{"role": "user", "content": prompt}, {"role": "assistant", "content": text}])
         if to_store:
             try:
-                client.sessions.append_messages(self.session_id, to_store)
+                self.client.sessions.append_messages(self.session_id, to_store)
             except (OSError, StorageError, OblixError) as exc:
                 # The reply is not dropped: it stays in the result; the error says it is not in the store
                 # (so the next call will ask the model again).
@@ -607,11 +622,7 @@ class MapJob:
             bar.close()
 
 
-def _no_store(*_args) -> None:
-    """map() stores each row's exchange itself, once validated (one transaction per row)."""
-
-
-async def map_frame(client, data: Any, prompt: Any, **kwargs: Any):
+async def map_frame(client: MapClient, data: Any, prompt: Any, **kwargs: Any):
     """Map one pandas frame (or Series, or list of dicts/strings) with ``client``: the core of ``client.map``.
 
     Arguments (all keyword-only, all optional):
@@ -638,7 +649,7 @@ async def map_frame(client, data: Any, prompt: Any, **kwargs: Any):
     return job.frame()
 
 
-def map_frame_sync(client, data: Any, prompt: Any, **kwargs: Any):
+def map_frame_sync(client: MapClient, data: Any, prompt: Any, **kwargs: Any):
     """:func:`map_frame` for synchronous code (no event loop needed; a running one in this thread is fine)."""
     job = MapJob(client, data, prompt, **kwargs)
     job.drive_sync()

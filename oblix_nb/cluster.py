@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Protocol
 
 _SERIALISABLE = (str, int, float, bool, type(None))
 
@@ -49,6 +49,24 @@ class ModelSpec:
         return cls(getattr(model_type, "value", str(model_type)), model_name, endpoint, plain)
 
 
+class SpecSource(Protocol):
+    """What a :class:`ClientSpec` is made from (an OblixClient)."""
+
+    sessions: Any
+    default_max_tokens: Optional[int]
+
+    @property
+    def models(self) -> dict: ...
+
+    @property
+    def model_specs(self) -> dict: ...
+
+
+# Builds a client (an OblixClient) from ``database_url=`` and ``author=`` keywords: the driver's client class,
+# handed to the workers with the task (so this module never imports the client).
+ClientFactory = Callable[..., Any]
+
+
 @dataclass(frozen=True)
 class ClientSpec:
     """What a worker needs to build a client like the driver's (see the module docstring)."""
@@ -58,21 +76,22 @@ class ClientSpec:
     default_max_tokens: Optional[int] = None
 
     @classmethod
-    def from_client(cls, client) -> "ClientSpec":
+    def from_client(cls, client: SpecSource) -> "ClientSpec":
         store = client.sessions
         url = store.public_url()
-        specs = tuple(client._hook_specs[model_id] for model_id in client.models if model_id in client._hook_specs)
-        missing = [model_id for model_id in client.models if model_id not in client._hook_specs]
+        hooked = client.model_specs
+        specs = tuple(hooked[model_id] for model_id in client.models if model_id in hooked)
+        missing = [model_id for model_id in client.models if model_id not in hooked]
         if missing:
             raise ValueError(f"models {missing} cannot be rebuilt on the workers (hooked without hook_model)")
         return cls(url, store.author, specs, client.default_max_tokens)
 
-    def build(self):
-        """A new client from this spec (in the current process), its models hooked."""
+    def build(self, factory: ClientFactory):
+        """A new client from this spec (in the current process), made by ``factory`` (the client class), its
+        models hooked."""
         from . import runtime
-        from .client import OblixClient
 
-        client = OblixClient(database_url=self.database_url, author=self.author)
+        client = factory(database_url=self.database_url, author=self.author)
         client.default_max_tokens = self.default_max_tokens
         for spec in self.models:
             runtime.run(client.hook_model(spec.model_type, spec.model_name, spec.endpoint, **dict(spec.options)))
@@ -96,22 +115,23 @@ _clients: dict[ClientSpec, Any] = {}
 _clients_lock = threading.Lock()
 
 
-def worker_client(spec: ClientSpec):
+def worker_client(spec: ClientSpec, factory: ClientFactory):
+    """This process's client for ``spec`` (built with ``factory`` on first use)."""
     with _clients_lock:
         client = _clients.get(spec)
         if client is None:
-            client = _clients[spec] = spec.build()
+            client = _clients[spec] = spec.build(factory)
         return client
 
 
-def _map_partition(frame, spec: ClientSpec, prompt: Any, options: dict):
+def _map_partition(frame, spec: ClientSpec, factory: ClientFactory, prompt: Any, options: dict):
     """One partition on a worker: ``map_frame_sync`` with this process's client."""
     from .batch import map_frame_sync
 
-    return map_frame_sync(worker_client(spec), frame, prompt, **options)
+    return map_frame_sync(worker_client(spec, factory), frame, prompt, **options)
 
 
-def map_dask(client, data: Any, prompt: Any, **options: Any):
+def map_dask(client: SpecSource, data: Any, prompt: Any, **options: Any):
     """``client.map`` for a Dask DataFrame (or Series): a Dask DataFrame on the same partitions and index,
     computed partition by partition on the workers (nothing runs until ``.compute()``/``.persist()``)."""
     from .batch import MapJob
@@ -122,4 +142,5 @@ def map_dask(client, data: Any, prompt: Any, **options: Any):
     # and dtypes, from an empty frame: no model is called.
     job = MapJob(client, data._meta, prompt, **options)
     options["session_id"] = job.session_id
-    return data.map_partitions(_map_partition, spec, prompt, options, meta=job.frame())
+    # The client's class travels with the task (pickled by reference): each worker builds its client with it.
+    return data.map_partitions(_map_partition, spec, type(client), prompt, options, meta=job.frame())
