@@ -160,7 +160,7 @@ async def bench_embedded(runs: int, max_tokens: int) -> dict:
     import llama_cpp
 
     from oblix_nb import ModelType, OblixClient
-    from oblix_nb.models.gguf import resolve_gguf
+    from oblix_nb.models.resolve import resolve_gguf
 
     path = str(resolve_gguf("smollm2-135m"))
     client = OblixClient(home=tempfile.mkdtemp(prefix="oblix-bench-"))

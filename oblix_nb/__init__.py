@@ -18,7 +18,7 @@ from .errors import (BudgetExceededError, ModelCallError, ModelUnavailableError,
 from .models.base import ModelType
 from .streaming import StdoutSink, StreamSink
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "OblixClient", "ModelType", "ResourceMonitor", "ConnectivityAgent", "BudgetAgent", "StreamSink", "StdoutSink",

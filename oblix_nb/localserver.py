@@ -229,7 +229,7 @@ def _stop_all() -> None:
 
 
 def _gguf(model) -> Path:
-    from .models.gguf import resolve_gguf
+    from .models.resolve import resolve_gguf
 
     return Path(resolve_gguf(model))
 

@@ -160,7 +160,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def gguf_path():
-    from oblix_nb.models.gguf import SHIPPED, resolve_gguf
+    from oblix_nb.models.gguf import SHIPPED
+    from oblix_nb.models.resolve import resolve_gguf
 
     try:
         return resolve_gguf("smollm2-135m")

@@ -52,43 +52,6 @@ def shipped_gguf(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def resolve_gguf(name_or_path: str | os.PathLike) -> Path:
-    """Where the embedded engine's GGUF comes from, by the forms ``hook_model(ModelType.LLAMACPP, name)`` takes:
-
-    - a short name from :data:`SHIPPED` (``"smollm2-135m"``);
-    - ``"hf:OWNER/REPO[@REV][/PATH/FILE.gguf]"`` or ``"hf:OWNER/REPO[@REV]:QUANT"``: a file of a Hugging Face Hub
-      repo, from the local Hub cache or downloaded into it (:mod:`oblix_nb.models.hub`);
-    - ``"ollama:NAME[:TAG]"``: a model of Ollama's on-disk store (``$OLLAMA_MODELS`` or ``~/.ollama/models``),
-      loaded without Ollama running (:func:`oblix_nb.models.discover.ollama_store_gguf`);
-    - a path to a ``.gguf`` file, or to any file that starts with the GGUF magic (e.g. an Ollama blob).
-
-    Raises FileNotFoundError saying how to get the model (hub errors: :class:`~oblix_nb.models.hub.HubError`,
-    an OSError too).
-    """
-    key = str(name_or_path)
-    if key.startswith("hf:"):
-        from .hub import resolve_hf
-
-        return resolve_hf(key)
-    if key.startswith("ollama:"):
-        from .discover import ollama_store_gguf
-
-        return ollama_store_gguf(key[len("ollama:"):])
-    if key in SHIPPED:
-        path = shipped_gguf(key)
-        if path is None:
-            raise FileNotFoundError(f"model {key!r} is not installed; install it with: {SHIPPED[key][2]}")
-        return path
-    path = Path(key).expanduser()
-    if path.suffix.lower() != ".gguf" and not (path.is_file() and is_gguf(path)):
-        raise FileNotFoundError(
-            f"{key!r} is neither a known shipped model ({', '.join(SHIPPED)}), 'hf:OWNER/REPO[/FILE.gguf]', "
-            f"'ollama:NAME[:TAG]', nor a path to a GGUF file")
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {path}")
-    return path
-
-
 # ------------------------------------------------------------------------------------ GGUF header (no model load)
 
 GGUF_MAGIC = b"GGUF"

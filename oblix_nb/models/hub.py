@@ -1,6 +1,6 @@
 """GGUF models from the Hugging Face Hub for the embedded engine (``ModelType.LLAMACPP``).
 
-Model names (what ``hook_model(ModelType.LLAMACPP, name)`` takes, resolved by ``gguf.resolve_gguf``):
+Model names (what ``hook_model(ModelType.LLAMACPP, name)`` takes, resolved by ``resolve.resolve_gguf``):
 
 ``hf:OWNER/REPO/PATH/FILE.gguf``   that file (subfolders allowed); a split model by its first part
                                    (``...-00001-of-00003.gguf``: every part is fetched)
@@ -438,7 +438,7 @@ def resolve_hf(name: str, *, tqdm_class=None, notify: Optional[Callable[[str], N
         from tqdm.auto import tqdm as tqdm_class
     from huggingface_hub.utils import build_hf_headers
 
-    from .. import __version__
+    from .._version import __version__
 
     listed: dict[str, tuple[Optional[int], Optional[str]]] = {}
     try:

@@ -21,7 +21,8 @@ from typing import AsyncIterator, Optional
 from .._util import block_interrupts
 from ..errors import ModelUnavailableError
 from .base import GenerationParams, ModelBackend, ModelType, StreamItem, Usage
-from .gguf import recommended_sampling, resolve_gguf
+from .gguf import recommended_sampling
+from .resolve import resolve_gguf
 
 LLAMA_OPTIONS = ("top_p", "top_k", "seed", "stop", "presence_penalty", "frequency_penalty", "repeat_penalty")
 SAMPLING_KEYS = ("temperature",) + LLAMA_OPTIONS
@@ -96,7 +97,7 @@ class LlamaCppBackend(ModelBackend):
         (``gguf.RECOMMENDED_SAMPLING``, from its model card) for a shipped model, else llama-cpp-python's own;
         ``{}``: llama-cpp-python's own defaults.
 
-        ``model_name`` / ``model_path``: any form :func:`~oblix_nb.models.gguf.resolve_gguf` takes (shipped short
+        ``model_name`` / ``model_path``: any form :func:`~oblix_nb.models.resolve.resolve_gguf` takes (shipped short
         name, ``hf:OWNER/REPO[...]``, ``ollama:NAME[:TAG]``, a GGUF path).
 
         ``n_threads``: threads llama.cpp uses for generation and prompt reading. None or ``"auto"`` (default):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from oblix_nb.localserver import LOOPBACK, LocalServer, free_port
-from oblix_nb.models.gguf import resolve_gguf
+from oblix_nb.models.resolve import resolve_gguf
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CLAUDE_MODELS = ("claude-haiku-4-5", "claude-sonnet-4-5")

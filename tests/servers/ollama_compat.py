@@ -776,7 +776,7 @@ def _resolve_model(arg: str) -> str:
     if os.path.isfile(arg):
         return arg
     try:  # a short name such as "smollm2-135m" (needs the oblix_nb package importable)
-        from oblix_nb.models.gguf import resolve_gguf
+        from oblix_nb.models.resolve import resolve_gguf
     except Exception:  # noqa: BLE001
         raise SystemExit(f"--model {arg!r}: no such file")
     try:
