@@ -452,7 +452,7 @@ async def evaluate(client: Any, data: Any, prompt: Any, *, truth: str, schema: A
                     if _confidence_column(frame, field) is None:  # today's map() gives none: the seam
                         frame["confidence"] = await _row_confidences(
                             client, model_id, messages, frame, compiled, field, options_, kind,
-                            regenerate=bool(cascade), max_tokens=max_tokens)
+                            regenerate=bool(cascade) and model_id in cascade[:-1], max_tokens=max_tokens)
                 else:
                     frame, wall = await _run_score(client, model_id, messages, compiled, field, max_tokens,
                                                    inputs.index)
