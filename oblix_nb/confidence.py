@@ -294,8 +294,8 @@ async def choose(backend: ModelBackend, messages: list[dict], schema: Any, *,
             reply, _usage, tokens = await backend.complete_with_logprobs(messages, params, TOP_LOGPROBS)
         else:
             reply, _usage = await backend.complete(messages, params)
-    except LogprobsUnavailable:
-        reply, _usage = await backend.complete(messages, params)
+    except LogprobsUnavailable as exc:  # answered anyway (logprobs ignored): that reply; else ask without them
+        reply, _usage = exc.reply if exc.reply is not None else await backend.complete(messages, params)
     from .structured import extract_json
 
     try:

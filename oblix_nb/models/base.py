@@ -215,4 +215,9 @@ class TokenLogprob:
 
 
 class LogprobsUnavailable(Exception):
-    """The backend (or its server) gives no log-probabilities: confidence is NaN."""
+    """The backend (or its server) gives no log-probabilities: confidence is NaN. ``reply``: ``(text, Usage)``
+    when the call was answered anyway (a server that ignored the request for log-probabilities)."""
+
+    def __init__(self, message: str, reply: Optional[tuple] = None):
+        super().__init__(message)
+        self.reply = reply

@@ -190,7 +190,8 @@ class OllamaBackend(ModelBackend):
             raise LogprobsUnavailable(f"{self.model_id}: the ollama client has no logprobs option") from exc
         content = getattr(reply, "logprobs", None)
         if not content:
-            raise LogprobsUnavailable(f"{self.model_id}: the Ollama server sent no logprobs (it needs 0.12.11+)")
+            raise LogprobsUnavailable(f"{self.model_id}: the Ollama server sent no logprobs (it needs 0.12.11+)",
+                                      reply=(reply.message.content or "", self._usage(reply)))
         tokens = []
         for t in content:
             get = t.get if isinstance(t, dict) else lambda k, d=None, t=t: getattr(t, k, d)

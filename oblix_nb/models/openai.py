@@ -241,10 +241,10 @@ class OpenAIBackend(ModelBackend):
         choice = reply.choices[0]
         text = choice.message.content or ""
         content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
-        if not content:
-            raise LogprobsUnavailable(f"{self.model_id}: the server sent no logprobs")
-        tokens = [TokenLogprob(t.token, float(t.logprob),
-                               [(a.token, float(a.logprob)) for a in (t.top_logprobs or [])]) for t in content]
         usage = _server_usage(reply.usage, choice.finish_reason) if reply.usage is not None else \
             await self._counted_usage(messages, text, choice.finish_reason, None)
+        if not content:
+            raise LogprobsUnavailable(f"{self.model_id}: the server sent no logprobs", reply=(text, usage))
+        tokens = [TokenLogprob(t.token, float(t.logprob),
+                               [(a.token, float(a.logprob)) for a in (t.top_logprobs or [])]) for t in content]
         return text, usage, tokens

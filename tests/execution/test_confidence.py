@@ -334,3 +334,19 @@ async def test_ollama_without_logprobs_gives_nan(ollama_server):
         assert math.isnan(scores["label"].confidence) and scores["label"].method == "none"
     finally:
         await b.aclose()
+
+
+async def test_server_ignoring_logprobs_is_answered_once_with_nan():
+    class Ignoring(FakeTop):
+        completes = 0
+
+        async def complete_with_logprobs(self, messages, params, top_logprobs=20):
+            raise LogprobsUnavailable("no logprobs sent", reply=('{"label": "c"}', Usage()))
+
+        async def complete(self, messages, params):
+            self.completes += 1
+            return '{"label": "a"}', Usage()
+
+    b = Ignoring([])
+    value, scores = await C.choose(b, [], "label a|b|c")
+    assert value == {"label": "c"} and b.completes == 0 and math.isnan(scores["label"].confidence)
