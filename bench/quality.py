@@ -228,6 +228,7 @@ def split(articles: list[dict], per_class: int, seed: int) -> tuple[list[dict], 
         test += rows[:per_class]
         train += rows[per_class:]
     rng.shuffle(test)
+    rng.shuffle(train)  # few-shot examples are drawn from its start: every topic there
     return test, train
 
 
@@ -313,7 +314,7 @@ async def labels_async(args) -> dict:
             models.append(f"llamacpp:{short}")
         examples = None
         if args.shots:
-            pool = [a for a in train][:200]
+            pool = train[:200]
             examples = pd.DataFrame({"text": [clip(a) for a in pool], "topic": [a["topic"] for a in pool]})
         t0 = time.perf_counter()
         table = await evaluate(client, data, PROMPT, truth="topic", schema=SCHEMA, models=models,
