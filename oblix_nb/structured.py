@@ -298,3 +298,45 @@ def extract_json(text: str) -> Any:
             continue
     snippet = stripped if len(stripped) <= 80 else stripped[:77] + "..."
     raise StructuredOutputError(f"the reply is not valid JSON (cut off by max_tokens?): {snippet!r}", text=text)
+
+
+# ---------------------------------------------------------------------------------------------- enum fields
+# (for oblix_nb.confidence: which answers can be chosen by scoring each option)
+
+def _enum_options(prop: Any, defs: dict, depth: int = 0) -> Optional[list]:
+    """The string options of one property: ``enum`` (a concise ``a|b|c``, a pydantic ``Literal``), a ``$ref`` to
+    an enum definition (a pydantic ``Enum``), a single ``const``, or one of those or null (an optional field).
+    None for anything else (free text, numbers, non-string enums, several alternatives)."""
+    if not isinstance(prop, dict) or depth > 8:
+        return None
+    if "$ref" in prop and isinstance(prop["$ref"], str):
+        return _enum_options(defs.get(prop["$ref"].rsplit("/", 1)[-1]), defs, depth + 1)
+    for key in ("anyOf", "oneOf"):
+        if isinstance(prop.get(key), list):
+            alts = [a for a in prop[key] if not (isinstance(a, dict) and a.get("type") == "null")]
+            return _enum_options(alts[0], defs, depth + 1) if len(alts) == 1 else None
+    if isinstance(prop.get("allOf"), list) and len(prop["allOf"]) == 1:
+        return _enum_options(prop["allOf"][0], defs, depth + 1)
+    values = prop.get("enum")
+    if values is None and "const" in prop:
+        values = [prop["const"]]
+    if isinstance(values, list) and values and all(isinstance(v, str) for v in values):
+        return list(dict.fromkeys(values))
+    return None
+
+
+def enum_fields(schema: Any) -> dict:
+    """``{field: [options]}`` for the fields of ``schema`` (any ``schema=`` form) whose answer is one of a fixed
+    set of strings, in the schema's order. A schema whose root is itself a string enum gives ``{None: [...]}``."""
+    compiled = compile_schema(schema)
+    root = compiled.json_schema
+    defs = root.get("$defs") or root.get("definitions") or {}
+    if compiled.properties:
+        out = {}
+        for name, prop in compiled.properties.items():
+            options = _enum_options(prop, defs)
+            if options is not None:
+                out[name] = options
+        return out
+    options = _enum_options(root, defs)
+    return {None: options} if options is not None else {}

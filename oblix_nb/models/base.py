@@ -142,6 +142,28 @@ class ModelBackend(ABC):
         return {"model_id": self.model_id, "model_type": self.model_type.value, "model_name": self.model_name,
                 "endpoint": self.endpoint, "target": self.target, "context_window": self.context_window}
 
+    # -- confidence (oblix_nb.confidence) ---------------------------------------------------------------------
+    # How this backend can tell how likely an answer is: "exact" (it scores any given continuation of the prompt:
+    # the embedded llama.cpp), "top_logprobs" (it returns the generated tokens' log-probabilities with the top
+    # alternatives at each position: OpenAI-compatible servers, Ollama >= 0.12.11), or None (Claude: NaN).
+    logprob_method: Optional[str] = None
+
+    @property
+    def supports_logprobs(self) -> bool:
+        return self.logprob_method is not None
+
+    async def score_continuations(self, messages: list[dict], prefix: str,
+                                  continuations: list[str]) -> list[list[float]]:
+        """The log-probability of each token of each continuation, given the chat ``messages`` and the start
+        ``prefix`` of the assistant's reply (teacher forcing). Only where ``logprob_method == "exact"``."""
+        raise LogprobsUnavailable(f"{self.model_id} cannot score given continuations")
+
+    async def complete_with_logprobs(self, messages: list[dict], params: GenerationParams,
+                                     top_logprobs: int = 20) -> tuple[str, Usage, list]:
+        """``complete()`` plus the generated tokens as :class:`TokenLogprob` (with up to ``top_logprobs``
+        alternatives each). LogprobsUnavailable when the backend or its server gives none."""
+        raise LogprobsUnavailable(f"{self.model_id} returns no log-probabilities")
+
 
 def is_connection_failure(exc: BaseException) -> bool:
     """Errors before the first token that justify trying the next candidate (refused, 5xx, 429, 529, timeout)."""
@@ -181,3 +203,21 @@ def is_connection_failure(exc: BaseException) -> bool:
 
 # Anthropic error types worth trying another model for (429, 500, 529 and their in-stream equivalents).
 RETRYABLE_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token: its text, its natural-log probability, and the ``top`` alternatives the server listed
+    at its position as ``(text, logprob)`` pairs."""
+    text: str
+    logprob: float
+    top: list = field(default_factory=list)
+
+
+class LogprobsUnavailable(Exception):
+    """The backend (or its server) gives no log-probabilities: confidence is NaN. ``reply``: ``(text, Usage)``
+    when the call was answered anyway (a server that ignored the request for log-probabilities)."""
+
+    def __init__(self, message: str, reply: Optional[tuple] = None):
+        super().__init__(message)
+        self.reply = reply

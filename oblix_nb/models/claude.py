@@ -228,6 +228,10 @@ class ClaudeBackend(ModelBackend):
     async def aclose(self) -> None:
         await self._client.close()
 
+    # -- confidence (oblix_nb.confidence) ---------------------------------------------------------------------
+    # The Messages API returns no token log-probabilities: every confidence from a Claude model is NaN.
+    logprob_method = None
+
 
 class _Counts:
     """Usage as it arrives: ``message_start`` has the input counts, ``message_delta`` the cumulative output."""

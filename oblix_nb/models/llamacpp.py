@@ -352,3 +352,101 @@ class LlamaCppBackend(ModelBackend):
         info["n_threads_setting"] = "auto" if self._threads_setting is None else self._threads_setting
         info["threads_reason"] = self.threads_reason
         return info
+
+    # -- confidence (oblix_nb.confidence) ---------------------------------------------------------------------
+    # Any continuation is scored exactly: the prompt is evaluated once (reusing the KV cache of the last call
+    # where it matches), then each continuation's tokens in one batch with logits for every position.
+    logprob_method = "exact"
+
+    def _render_chat(self, messages: list[dict]) -> tuple[str, bool]:
+        """The prompt exactly as ``create_chat_completion`` renders it (the GGUF's template, generation prompt
+        added) and whether the template already holds the BOS token."""
+        if self._formatter is None:
+            self._prompt_tokens(messages[:1] or [{"role": "user", "content": ""}])
+        if self._formatter is None:
+            from .base import LogprobsUnavailable
+
+            raise LogprobsUnavailable(f"{self.model_id}: the GGUF has no chat template to render the prompt with")
+        result = self._formatter(messages=messages)
+        return result.prompt, bool(getattr(result, "added_special", False))
+
+    def _continuation_logprobs(self, llama, messages: list[dict], prefix: str,
+                               continuations: list[str]) -> list[list[float]]:
+        """Under the lock: per continuation, the log-probability of each of its tokens (see score_continuations)."""
+        import numpy as np
+
+        prompt, added_special = self._render_chat(messages)
+
+        def tokens(text: str) -> list[int]:
+            return llama.tokenize(text.encode("utf-8"), add_bos=not added_special, special=True)
+
+        def common(a, b) -> int:
+            n = 0
+            for x, y in zip(a, b):
+                if x != y:
+                    break
+                n += 1
+            return n
+
+        base = tokens(prompt + prefix)
+        fulls = [tokens(prompt + prefix + c) for c in continuations]
+        # Where each continuation's own tokens start (a token may straddle the prefix's end: it then counts as the
+        # continuation's), and the context every continuation shares.
+        starts = [max(1, min(common(base, f), len(f))) for f in fulls]
+        if max(len(f) for f in fulls) > self._n_ctx:
+            raise ValueError(f"prompt and answer ({max(len(f) for f in fulls)} tokens) exceed n_ctx={self._n_ctx}")
+        shared = min(starts) - 1
+        reuse = common(llama._input_ids.tolist(), base[:shared])
+        llama.n_tokens = reuse
+        if shared > reuse:
+            llama.eval(base[reuse:shared])
+        n_vocab = llama.n_vocab()
+        out: list[list[float]] = []
+        for full, start in zip(fulls, starts):
+            llama.n_tokens = shared  # rewinds the KV cache to the shared context (eval drops what is past it)
+            if start - 1 > shared:
+                llama.eval(full[shared:start - 1])
+            lps: list[float] = []
+            seq = full[start - 1:]  # the context's last token, then the continuation's: row k predicts k + 1
+            k = 0
+            while k < len(seq) - 1:
+                chunk = seq[k:k + llama.n_batch]
+                at = llama.n_tokens
+                llama._ctx.kv_cache_seq_rm(-1, at, -1)
+                llama._batch.set_batch(batch=chunk, n_past=at, logits_all=True)
+                llama._ctx.decode(llama._batch)
+                llama.input_ids[at:at + len(chunk)] = chunk
+                llama.n_tokens = at + len(chunk)
+                for j in range(len(chunk)):
+                    if k + j + 1 < len(seq):
+                        row = np.ctypeslib.as_array(llama._ctx.get_logits_ith(j), shape=(n_vocab,))
+                        row = row.astype(np.float64)
+                        top = row.max()
+                        lps.append(float(row[seq[k + j + 1]] - top - np.log(np.exp(row - top).sum())))
+                k += len(chunk)
+            out.append(lps)
+        return out
+
+    async def score_continuations(self, messages: list[dict], prefix: str,
+                                  continuations: list[str]) -> list[list[float]]:
+        llama = self._require()
+        if not continuations:
+            return []
+
+        def work():
+            with self._lock:
+                self._check_open(llama)
+                return self._continuation_logprobs(llama, messages, prefix, list(continuations))
+
+        return await _in_daemon_thread(work)
+
+    async def complete_with_logprobs(self, messages: list[dict], params: GenerationParams,
+                                     top_logprobs: int = 20) -> tuple[str, Usage, list]:
+        """The reply (as ``complete()``), then its tokens scored under the model (no alternatives listed)."""
+        from .base import TokenLogprob
+
+        text, usage = await self.complete(messages, params)
+        if not text:
+            return text, usage, []
+        [lps] = await self.score_continuations(messages, "", [text])
+        return text, usage, [TokenLogprob("", lp) for lp in lps]

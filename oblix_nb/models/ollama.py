@@ -172,3 +172,31 @@ class OllamaBackend(ModelBackend):
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    # -- confidence (oblix_nb.confidence) ---------------------------------------------------------------------
+    # ``logprobs`` / ``top_logprobs`` on /api/chat (Ollama 0.12.11 and later). Older servers (and the ones that
+    # ignore the option) send none: LogprobsUnavailable, and confidence is NaN.
+    logprob_method = "top_logprobs"
+
+    async def complete_with_logprobs(self, messages: list[dict], params: GenerationParams,
+                                     top_logprobs: int = 20) -> tuple[str, Usage, list]:
+        from .base import LogprobsUnavailable, TokenLogprob
+
+        try:
+            reply = await self._client.chat(model=self.model_name, messages=messages, stream=False,
+                                            options=self._options(params), logprobs=True,
+                                            top_logprobs=max(0, min(20, top_logprobs)), **self._extra(params))
+        except TypeError as exc:  # an ollama client too old to know the option
+            raise LogprobsUnavailable(f"{self.model_id}: the ollama client has no logprobs option") from exc
+        content = getattr(reply, "logprobs", None)
+        if not content:
+            raise LogprobsUnavailable(f"{self.model_id}: the Ollama server sent no logprobs (it needs 0.12.11+)",
+                                      reply=(reply.message.content or "", self._usage(reply)))
+        tokens = []
+        for t in content:
+            get = t.get if isinstance(t, dict) else lambda k, d=None, t=t: getattr(t, k, d)
+            alts = get("top_logprobs") or []
+            tokens.append(TokenLogprob(get("token") or "", float(get("logprob")), [
+                ((a.get("token") if isinstance(a, dict) else a.token) or "",
+                 float(a.get("logprob") if isinstance(a, dict) else a.logprob)) for a in alts]))
+        return reply.message.content or "", self._usage(reply), tokens

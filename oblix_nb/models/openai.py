@@ -249,3 +249,30 @@ class OpenAIBackend(ModelBackend):
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+
+    # -- confidence (oblix_nb.confidence) ---------------------------------------------------------------------
+    # Chat completions' ``logprobs`` + ``top_logprobs`` (OpenAI: up to 20; llama_cpp.server: with its default
+    # ``--logits_all True``). A server that refuses them gives LogprobsUnavailable (confidence NaN).
+    logprob_method = "top_logprobs"
+
+    async def complete_with_logprobs(self, messages: list[dict], params: GenerationParams,
+                                     top_logprobs: int = 20) -> tuple[str, Usage, list]:
+        import openai
+
+        from .base import LogprobsUnavailable, TokenLogprob
+
+        payload = dict(self._payload(messages, params), logprobs=True, top_logprobs=max(0, min(20, top_logprobs)))
+        try:
+            reply = await self._create(payload)
+        except openai.BadRequestError as exc:
+            raise LogprobsUnavailable(f"{self.model_id}: the server refused logprobs ({exc.status_code})") from exc
+        choice = reply.choices[0]
+        text = choice.message.content or ""
+        content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
+        usage = _server_usage(reply.usage, choice.finish_reason) if reply.usage is not None else \
+            await self._counted_usage(messages, text, choice.finish_reason, None)
+        if not content:
+            raise LogprobsUnavailable(f"{self.model_id}: the server sent no logprobs", reply=(text, usage))
+        tokens = [TokenLogprob(t.token, float(t.logprob),
+                               [(a.token, float(a.logprob)) for a in (t.top_logprobs or [])]) for t in content]
+        return text, usage, tokens
