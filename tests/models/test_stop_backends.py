@@ -159,8 +159,11 @@ def long_server(gguf_path):
 
 @pytest.mark.server
 async def test_execute_stop_on_a_60_message_session_llama_server(tmp_path, long_server):
-    """Through execute(): the same session on llama_cpp.server; Stop closes the streaming request <= 1 s later,
-    and the server serves the next request (it drops the abandoned one at its first token)."""
+    """Through execute(): the same session on llama_cpp.server; Stop closes the streaming request <= 1 s later.
+
+    (llama_cpp.server itself notices the closed connection only at the prompt's first token and drops the
+    request then: it cannot abandon a prompt it is reading. So no request follows on this server; the fixture's
+    server is stopped after the module.)"""
     client = OblixClient(home=tmp_path)
     try:
         await client.hook_model(ModelType.OPENAI, long_server.model, base_url=long_server.base_url, target="local",
@@ -171,8 +174,6 @@ async def test_execute_stop_on_a_60_message_session_llama_server(tmp_path, long_
         task = asyncio.create_task(client.execute("Summarise the notes.", max_tokens=16, sink=lambda t: None))
         took = await _stop_after(task, STOP_AFTER_S)
         assert took <= STOP_WITHIN_S, f"stop took {took:.2f} s"
-        await client.create_and_use_session("short")
-        r = await client.execute("Hi.", max_tokens=4, sink=lambda t: None)
-        assert r["metrics"]["output_tokens"] >= 1
+        assert [m["role"] for m in client.load_session(sid)["messages"]][-1] == "user"  # nothing arrived: no reply
     finally:
         await client.shutdown()
