@@ -42,6 +42,7 @@ LOCK_POLL_S = 0.05          # a stopped call waiting for the model's lock gives 
 # progress is reported about that often); stopping does not wait for a step to end (the abort callback).
 PROMPT_STEP_S = 1.0
 PROMPT_STEP_MIN = 64
+PROMPT_STEP_FIRST = 128
 
 
 class _Stopped(Exception):
@@ -123,6 +124,7 @@ class LlamaCppBackend(ModelBackend):
         self._stopping = threading.Event()  # set at exit: running generations stop at their next token
         self._grammars: dict = {}  # schema JSON -> LlamaGrammar
         self._abort_cb = None  # llama.cpp's abort callback while a prompt is being read (see _arm_abort)
+        self._muted_level: Optional[int] = None  # llama-cpp-python's log level while an abort is reported
 
     async def connect(self) -> None:
         try:
@@ -225,7 +227,7 @@ class LlamaCppBackend(ModelBackend):
         cached = llama.n_tokens
         total = cached + len(tokens)
         on_progress(PromptProgress(cached, total, cached))
-        step = min(llama.n_batch, max(PROMPT_STEP_MIN, 128))
+        step = min(llama.n_batch, PROMPT_STEP_FIRST)
         done = 0
         self._arm_abort(llama, stopped)
         try:
@@ -246,22 +248,34 @@ class LlamaCppBackend(ModelBackend):
                 step = int(min(llama.n_batch, max(PROMPT_STEP_MIN, rate * PROMPT_STEP_S)))
         finally:
             self._arm_abort(llama, None)
-        if not tokens:
-            on_progress(PromptProgress(total, total, cached))
 
     def _arm_abort(self, llama, stopped) -> None:
         """Install (``stopped`` given) or remove llama.cpp's abort callback on the context. It is removed again
-        once the prompt is read: checked for each graph node, it would cost time on every generated token."""
+        once the prompt is read: checked for each graph node, it would cost time on every generated token.
+
+        From the moment it aborts until it is removed, llama-cpp-python's log is muted: llama.cpp reports the
+        aborted step at error level ("decode: removing memory module entries ..."), which is no error here."""
+        import logging
+
         from llama_cpp import llama_cpp as C
 
+        log = logging.getLogger("llama-cpp-python")
         if stopped is None:
             C.llama_set_abort_callback(llama._ctx.ctx, C.ggml_abort_callback(), None)
             self._abort_cb = None
+            if self._muted_level is not None:
+                log.setLevel(self._muted_level)
+                self._muted_level = None
             return
 
         def check(_data) -> bool:
             try:
-                return bool(stopped())
+                if not stopped():
+                    return False
+                if self._muted_level is None:
+                    self._muted_level = log.level
+                    log.setLevel(logging.CRITICAL + 1)
+                return True
             except Exception:  # noqa: BLE001 - never raise into C
                 return False
 
