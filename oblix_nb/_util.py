@@ -73,11 +73,24 @@ def check_session_id(session_id: object) -> str:
     return session_id
 
 
+ERROR_TEXT_LIMIT = 500  # characters of an exception's message kept by describe_error
+
+
 def describe_error(exc: BaseException) -> str:
-    """``"ConnectionError: first line of the message"`` (at most 200 characters of it), for reasons and logs."""
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+    """``"ConnectionError: the message"`` on one line, for reasons and logs.
+
+    Every line of the message is kept (joined with single spaces: a server's reason often follows on the next
+    line, e.g. ``1 validation error:`` then the field), at most ``ERROR_TEXT_LIMIT`` characters of it, cut with
+    an ellipsis. A :class:`~oblix_nb.errors.BackendError`'s message already names the SDK's exception type and is
+    returned as it is (same limit)."""
+    from .errors import BackendError
+
+    text = " ".join(str(exc).split())
+    if len(text) > ERROR_TEXT_LIMIT:
+        text = text[: ERROR_TEXT_LIMIT - 1].rstrip() + "…"
+    if isinstance(exc, BackendError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def title_from(text: str, default: str, width: int = 60) -> str:

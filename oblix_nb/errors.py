@@ -55,6 +55,27 @@ class NoModelHookedError(OblixError):
     """execute() was called but no model is hooked (or the forced model_id is not hooked)."""
 
 
+class BackendError(OblixError):
+    """One model's call failed inside its backend: the provider's SDK raised (an HTTP error, a dropped connection,
+    an error event inside a stream, a keyword the installed SDK does not take, a reply it could not parse).
+
+    Every backend turns whatever its SDK raises into this type, so routing treats all providers alike. Before
+    the first token, ``retryable`` decides whether the next hooked model is tried: True for connection failures,
+    timeouts, HTTP 5xx/429/529, errors a server sends inside a stream and SDK failures; False when the server
+    rejected the request itself (HTTP 4xx: bad key, invalid request), which another model would not fix either.
+    ``status_code`` is the HTTP status if there was one (Ollama's in-stream errors have -1); ``cause`` (also
+    ``__cause__``) is the SDK's exception; the message is ``"<SDK exception type>: <what the server said>"`` on
+    one line, the server's reason included."""
+
+    def __init__(self, message: str, *, model_id: str | None = None, retryable: bool = True,
+                 status_code: int | None = None, cause: BaseException | None = None):
+        super().__init__(message)
+        self.model_id = model_id
+        self.retryable = retryable
+        self.status_code = status_code
+        self.cause = cause
+
+
 class ModelCallError(OblixError):
     """A model failed. ``partial`` holds what arrived before the failure (stored, flagged partial)."""
 

@@ -5,7 +5,9 @@ import enum
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Optional, Union
+from typing import Any, AsyncIterator, Callable, Optional, Union
+
+from ..errors import BackendError
 
 
 class ModelType(str, enum.Enum):
@@ -32,12 +34,33 @@ DEFAULT_TARGET = {ModelType.OLLAMA: "local", ModelType.LLAMACPP: "local",
 SAMPLING_OPTIONS = ("top_p", "top_k", "seed", "stop", "presence_penalty", "frequency_penalty", "repeat_penalty")
 
 
+@dataclass(frozen=True)
+class PromptProgress:
+    """How far the model has read the prompt (the event ``GenerationParams.on_progress`` receives).
+
+    ``done`` of ``total`` prompt tokens are in the model's context; ``cached`` of them were reused from an earlier
+    call (not read again). ``total`` is the exact input token count of the call: a reply stopped before its first
+    token still knows it. Sent by engines that read the prompt in steps they can report (the embedded llama.cpp
+    model: once before reading, after each step, and once with ``done == total``); servers do not report it.
+    """
+    done: int
+    total: int
+    cached: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+
 @dataclass
 class GenerationParams:
     max_tokens: Optional[int] = None
     temperature: Optional[float] = None
     options: dict = field(default_factory=dict)  # only keys from SAMPLING_OPTIONS
     schema: Optional[dict] = None  # a JSON Schema the reply must match (see ModelBackend.structured_output)
+    # Called with a PromptProgress while the model reads the prompt, on the event loop that iterates the stream
+    # (never from a worker thread); an exception it raises is ignored. Not part of the request: not compared.
+    on_progress: Optional[Callable[[PromptProgress], None]] = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -50,13 +73,32 @@ class Usage:
     finish_reason: Optional[str] = None
     cache_read_tokens: Optional[int] = None   # of input_tokens: read from the provider's prompt cache
     cache_write_tokens: Optional[int] = None  # of input_tokens: written to it (Anthropic bills these extra)
+    # Sampling options of the call that the backend could not send (e.g. ``temperature`` with an Anthropic SDK
+    # whose API version has none): the reply was generated without them. Empty when everything was applied.
+    options_not_applied: tuple = ()
 
 
 StreamItem = Union[str, Usage]
 
 
+def report_progress(params: GenerationParams, progress: PromptProgress) -> None:
+    """Call ``params.on_progress`` (if any) with ``progress``; a failing callback never breaks the call."""
+    callback = params.on_progress
+    if callback is not None:
+        try:
+            callback(progress)
+        except Exception:  # noqa: BLE001 - display code must not stop the model
+            pass
+
+
 class ModelBackend(ABC):
-    """One hooked model. ``stream`` yields text deltas as they arrive, then exactly one final ``Usage``."""
+    """One hooked model. ``stream`` yields text deltas as they arrive and ends with its final ``Usage``.
+
+    A backend may also yield one ``Usage`` object *after* its first text delta and keep updating that same object
+    while the reply streams (``finish_reason`` "interrupted" until the end): if the stream is stopped or fails
+    midway, the consumer's last ``Usage`` then already has the real input token count and the output so far. The
+    last ``Usage`` yielded is the call's usage; a ``Usage`` never comes before the first text delta.
+    """
 
     model_type: ModelType
 
@@ -88,7 +130,13 @@ class ModelBackend(ABC):
 
     @abstractmethod
     def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
-        """Yield text deltas as they arrive, then one ``Usage``. Closing the iterator stops the upstream request."""
+        """Yield text deltas as they arrive, then the final ``Usage``. Closing or cancelling the iterator stops
+        the upstream request (the connection is closed; the embedded engine stops within one prompt step or
+        token). Whatever the SDK raises comes out as :class:`~oblix_nb.errors.BackendError`."""
+
+    def failure(self, exc: BaseException) -> BackendError:
+        """``exc`` (raised by this backend's SDK) as the BackendError routing handles; see :func:`backend_error`."""
+        return backend_error(exc, self.model_id)
 
     async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
         """Non-streaming call. Default: drain ``stream``; backends with a native non-stream call override it."""
@@ -166,9 +214,12 @@ class ModelBackend(ABC):
 
 
 def is_connection_failure(exc: BaseException) -> bool:
-    """Errors before the first token that justify trying the next candidate (refused, 5xx, 429, 529, timeout)."""
+    """Errors before the first token that justify trying the next candidate (refused, 5xx, 429, 529, timeout,
+    an error a server sent inside its stream). A :class:`BackendError` says itself (``retryable``)."""
     import httpx
 
+    if isinstance(exc, BackendError):
+        return exc.retryable
     if isinstance(exc, (ConnectionError, TimeoutError, httpx.TransportError)):
         return True
     try:
@@ -183,7 +234,8 @@ def is_connection_failure(exc: BaseException) -> bool:
     try:
         import ollama
 
-        if isinstance(exc, ollama.ResponseError) and (exc.status_code >= 500 or exc.status_code == 429):
+        # -1: an error inside a 200 stream (the runner failed after the reply started, "Connection error." ...)
+        if isinstance(exc, ollama.ResponseError) and (exc.status_code >= 500 or exc.status_code in (429, -1)):
             return True
     except ImportError:  # pragma: no cover
         pass
@@ -221,3 +273,59 @@ class LogprobsUnavailable(Exception):
     def __init__(self, message: str, reply: Optional[tuple] = None):
         super().__init__(message)
         self.reply = reply
+
+
+def _status(exc: BaseException) -> Optional[int]:
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) and not isinstance(status, bool) else None
+
+
+def _api_error(exc: BaseException) -> tuple[Optional[str], Optional[str]]:
+    """``(error type, message)`` from an SDK exception's parsed body (Anthropic/OpenAI/Ollama error formats)."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail")
+            kind = error.get("type") if isinstance(error.get("type"), str) else None
+            return kind, (message if isinstance(message, str) else (str(message) if message else None))
+        if isinstance(error, str):
+            return None, error
+        if isinstance(body.get("detail"), (str, list)):
+            return None, str(body["detail"])
+    error = getattr(exc, "error", None)  # ollama.ResponseError
+    if isinstance(error, str):
+        return None, error
+    return None, None
+
+
+def backend_error(exc: BaseException, model_id: Optional[str] = None) -> BackendError:
+    """What an SDK raised, as a :class:`BackendError`: one line naming the SDK's exception type, the HTTP status
+    and the server's own reason (every line of it), and whether the next model should be tried (see
+    BackendError). A BackendError is returned as it is."""
+    if isinstance(exc, BackendError):
+        return exc
+    status = _status(exc)
+    kind, reason = _api_error(exc)
+    if status is not None and (status >= 500 or status in (429, -1)):
+        retryable = True
+    elif status is not None and 400 <= status < 500:
+        retryable = False
+    elif kind is not None and _status(exc) == 200:  # Anthropic: an SSE error event inside the 200 stream
+        retryable = kind in RETRYABLE_ERROR_TYPES
+    else:  # connection, timeout, malformed reply, an SDK that rejects its arguments: another model may answer
+        retryable = True
+    parts = [type(exc).__name__ + ":"]
+    if status is not None and status > 0 and status != 200:
+        parts.append(f"HTTP {status}")
+    if kind:
+        parts.append(kind + ":" if reason else kind)
+    parts.append(reason or str(exc) or "(no message)")
+    message = " ".join(" ".join(parts).split())
+    from .._util import ERROR_TEXT_LIMIT
+
+    if len(message) > ERROR_TEXT_LIMIT:
+        message = message[: ERROR_TEXT_LIMIT - 1].rstrip() + "…"
+    error = BackendError(message, model_id=model_id, retryable=retryable, status_code=status, cause=exc)
+    error.__cause__ = exc
+    return error

@@ -16,8 +16,14 @@ it has answered (``verified`` stays False). ``POST /v1/messages`` (billed) is ne
 Requests: system messages go to the top-level ``system`` parameter (joined in order); consecutive messages of one
 role are merged and leading assistant messages dropped, as the API wants a conversation that starts with the
 user. ``max_tokens`` is always sent (the API requires it): the caller's, else :meth:`default_max_tokens`.
-``temperature`` is clamped to the API's [0, 1]; ``top_p``, ``top_k`` and ``stop`` (as ``stop_sequences``) are
-passed on; ``seed`` and the repetition penalties have no Messages-API equivalent and are not sent.
+``stop`` goes as ``stop_sequences``. Sampling (``temperature``, clamped to the API's [0, 1], ``top_p``,
+``top_k``) is sent the way the installed SDK allows (:func:`sdk_sampling`, read once from its
+``messages.create`` signature and API version): as keywords (anthropic < 1), in the request body through
+``extra_body`` (anthropic 1.x: the keywords are gone but its API version 2023-06-01 still takes them), or not at
+all (anthropic 2.x sends API version 2026-10-21, which removed them: the API would answer 400). ``seed`` and the
+repetition penalties have no Messages-API equivalent. Options given but not sent are listed in the call's
+``Usage.options_not_applied`` (and a warning names them once per model): the reply is generated without them.
+Nothing else is passed to the SDK but keywords its ``messages.create`` declares.
 With ``prompt_cache=True`` the history before the new prompt is marked ``cache_control: ephemeral`` (prompt
 caching: later turns read it at a tenth of the input price; writing it costs 1.25x).
 
@@ -28,15 +34,18 @@ reasons: ``end_turn``/``stop_sequence`` -> ``stop``, ``max_tokens``/``model_cont
 ``length``, ``tool_use`` -> ``tool_calls``, ``refusal`` -> ``content_filter``, ``pause_turn`` -> ``pause``.
 
 ``max_retries=0``: a 429/529/5xx or connection error before the first token goes straight back to routing,
-which falls back to the next candidate (see :func:`oblix_nb.models.base.is_connection_failure`).
+which falls back to the next candidate. Anything the SDK raises during a call comes out as
+:class:`~oblix_nb.errors.BackendError` (see :func:`oblix_nb.models.base.backend_error`).
 """
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from typing import AsyncIterator, Optional
 
 from ..errors import ModelUnavailableError
-from .base import GenerationParams, ModelBackend, ModelType, StreamItem, Usage
+from .base import SAMPLING_OPTIONS, GenerationParams, ModelBackend, ModelType, StreamItem, Usage
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_CONTEXT = 200_000      # every current Claude model reads at least 200k tokens
@@ -44,6 +53,28 @@ DEFAULT_REPLY_TOKENS = 4096    # max_tokens when the caller gives none (the API 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                   "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter",
                   "pause_turn": "pause"}
+
+
+SAMPLING_KEYWORDS = ("temperature", "top_p", "top_k")
+SAMPLING_REMOVED_IN = "2026-10-21"  # the first anthropic-version without temperature/top_p/top_k
+
+
+@functools.lru_cache(maxsize=None)
+def sdk_sampling() -> str:
+    """How the installed ``anthropic`` SDK can send temperature/top_p/top_k: ``"keyword"`` (arguments of
+    ``messages.create``, anthropic < 1), ``"extra_body"`` (no such arguments, but the API version it sends still
+    has them: anthropic 1.x) or ``"none"`` (its API version has none: anthropic 2.x)."""
+    import inspect
+
+    from anthropic.resources.messages import AsyncMessages
+
+    if set(SAMPLING_KEYWORDS) <= set(inspect.signature(AsyncMessages.create).parameters):
+        return "keyword"
+    try:
+        from anthropic._constants import ANTHROPIC_API_VERSION as version
+    except ImportError:  # pragma: no cover - a layout we have not seen: do not guess
+        return "none"
+    return "extra_body" if str(version) < SAMPLING_REMOVED_IN else "none"
 
 
 def finish_reason(stop_reason: Optional[str]) -> Optional[str]:
@@ -102,6 +133,7 @@ class ClaudeBackend(ModelBackend):
                                                 max_retries=max_retries)
         self.prompt_cache = bool(prompt_cache)
         self.max_output_tokens: Optional[int] = None
+        self._warned: set[str] = set()  # options already reported as not applied
         self.verified = False  # True once the endpoint confirmed the model (not only answered)
 
     # ------------------------------------------------------------------------------------------ hook
@@ -183,47 +215,97 @@ class ClaudeBackend(ModelBackend):
 
     # ------------------------------------------------------------------------------------------ calls
     def _payload(self, messages: list[dict], params: GenerationParams) -> dict:
+        """The keyword arguments of ``messages.create`` (all declared by the installed SDK; see the module doc)."""
         system, turns = to_messages_api(messages, self.prompt_cache)
         payload: dict = {"model": self.model_name, "messages": turns,
                          "max_tokens": params.max_tokens or self.default_max_tokens()}
         if system:
             payload["system"] = system
-        if params.temperature is not None:
-            payload["temperature"] = min(1.0, max(0.0, float(params.temperature)))
-        for key in ("top_p", "top_k"):
-            if params.options.get(key) is not None:
-                payload[key] = params.options[key]
         stop = params.options.get("stop")
         if stop:
             payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        sampling = self._sampling(params)
+        if sampling:
+            if sdk_sampling() == "keyword":
+                payload.update(sampling)
+            else:  # "extra_body"; with "none" _sampling() gives nothing
+                payload["extra_body"] = sampling
         return payload
 
-    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
-        stream = await self._client.messages.create(**self._payload(messages, params), stream=True)
-        counts = _Counts()
+    def _sampling(self, params: GenerationParams) -> dict:
+        if sdk_sampling() == "none":
+            return {}
+        out = {}
+        if params.temperature is not None:
+            out["temperature"] = min(1.0, max(0.0, float(params.temperature)))
+        for key in ("top_p", "top_k"):
+            if params.options.get(key) is not None:
+                out[key] = params.options[key]
+        return out
+
+    def options_not_applied(self, params: GenerationParams) -> tuple:
+        """The sampling options of ``params`` this backend does not send (in SAMPLING_OPTIONS order)."""
+        given = {k for k, v in params.options.items() if v is not None and k != "stop"}
+        if params.temperature is not None:
+            given.add("temperature")
+        sent = set(self._sampling(params))
+        missing = tuple(k for k in ("temperature",) + SAMPLING_OPTIONS if k in given and k not in sent)
+        new = [k for k in missing if k not in self._warned]
+        if new:
+            self._warned.update(new)
+            why = (f"the installed anthropic SDK sends API version {SAMPLING_REMOVED_IN} or later, which has no "
+                   "temperature/top_p/top_k" if sdk_sampling() == "none" else "the Messages API has no such option")
+            warnings.warn(f"{self.model_id}: {', '.join(new)} not applied ({why}); replies are generated without "
+                          "them (listed in each reply's options_not_applied)", UserWarning, stacklevel=3)
+        return missing
+
+    async def _create(self, payload: dict, **kwargs):
         try:
-            async for event in stream:
-                kind = event.type
-                if kind == "content_block_delta":
-                    text = getattr(event.delta, "text", None)
-                    if text:
-                        yield text
-                elif kind == "message_start":
-                    counts.update(event.message.usage)
-                elif kind == "message_delta":
-                    counts.update(event.usage)
-                    counts.stop_reason = event.delta.stop_reason or counts.stop_reason
+            return await self._client.messages.create(**payload, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes the one type routing handles
+            raise self.failure(exc) from exc
+
+    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+        not_applied = self.options_not_applied(params)
+        stream = await self._create(self._payload(messages, params), stream=True)
+        counts = _Counts()
+        live: Optional[Usage] = None  # yielded after the first text, kept current (see ModelBackend)
+        chunks = 0
+        try:
+            try:
+                async for event in stream:
+                    kind = event.type
+                    if kind == "content_block_delta":
+                        text = getattr(event.delta, "text", None)
+                        if text:
+                            chunks += 1
+                            yield text
+                            if live is None:
+                                live = counts.usage(chunks, not_applied)
+                                yield live
+                            else:
+                                counts.refresh(live, chunks)
+                    elif kind == "message_start":
+                        counts.update(event.message.usage)
+                    elif kind == "message_delta":
+                        counts.update(event.usage)
+                        counts.stop_reason = event.delta.stop_reason or counts.stop_reason
+            except Exception as exc:  # noqa: BLE001 - in-stream error events, dropped connections
+                raise self.failure(exc) from exc
         finally:
+            if live is not None:
+                counts.refresh(live, chunks)
             await stream.close()
-        yield counts.usage()
+        yield counts.usage(options_not_applied=not_applied)
 
     async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
-        reply = await self._client.messages.create(**self._payload(messages, params))
+        not_applied = self.options_not_applied(params)
+        reply = await self._create(self._payload(messages, params))
         counts = _Counts()
         counts.update(reply.usage)
         counts.stop_reason = reply.stop_reason
         text = "".join(getattr(block, "text", "") for block in reply.content if block.type == "text")
-        return text, counts.usage()
+        return text, counts.usage(options_not_applied=not_applied)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -249,12 +331,35 @@ class _Counts:
             if isinstance(value, int):
                 setattr(self, attr, value)
 
-    def usage(self) -> Usage:
+    def usage(self, chunks: Optional[int] = None, options_not_applied: tuple = ()) -> Usage:
+        """The usage so far: final once ``message_delta`` came; with ``chunks``, a live one for a reply still
+        streaming (output counted in text chunks until the server's count arrives, finish "interrupted")."""
+        usage = Usage(options_not_applied=options_not_applied)
+        if chunks is not None:
+            self.refresh(usage, chunks)
+            return usage
         if self.input is None and self.output is None:
-            return Usage(input_source="none", output_source="none", finish_reason=finish_reason(self.stop_reason))
-        total_in = None if self.input is None else self.input + (self.cache_write or 0) + (self.cache_read or 0)
-        return Usage(total_in, self.output, "server", "server", finish_reason(self.stop_reason),
-                     cache_read_tokens=self.cache_read, cache_write_tokens=self.cache_write)
+            usage.input_source = usage.output_source = "none"
+            usage.finish_reason = finish_reason(self.stop_reason)
+            return usage
+        usage.input_tokens, usage.output_tokens = self._total_in(), self.output
+        usage.finish_reason = finish_reason(self.stop_reason)
+        usage.cache_read_tokens, usage.cache_write_tokens = self.cache_read, self.cache_write
+        return usage
+
+    def _total_in(self) -> Optional[int]:
+        return None if self.input is None else self.input + (self.cache_write or 0) + (self.cache_read or 0)
+
+    def refresh(self, usage: Usage, chunks: int) -> None:
+        """Bring a live Usage up to date: the server's input counts (from ``message_start``), and the output
+        as the larger of the server's count so far and the text chunks received."""
+        usage.input_tokens = self._total_in()
+        usage.input_source = "server" if usage.input_tokens is not None else "none"
+        usage.cache_read_tokens, usage.cache_write_tokens = self.cache_read, self.cache_write
+        server_out = self.output or 0
+        usage.output_tokens = max(server_out, chunks)
+        usage.output_source = "server" if server_out >= chunks else "stream_chunks"
+        usage.finish_reason = "interrupted"
 
 
 def _error_message(exc) -> str:

@@ -2,8 +2,15 @@
 
 llama_cpp is imported only when a model of this type is hooked. A ``Llama`` object is not re-entrant, so one
 lock serialises calls; generation runs in a worker thread and hands tokens to the event loop through a queue,
-so the loop (and a notebook kernel's message handling) never blocks on it. Closing the stream sets a stop flag
-that the worker checks between tokens.
+so the loop (and a notebook kernel's message handling) never blocks on it.
+
+Stopping (closing or cancelling the stream, cancelling ``complete``) sets a stop flag that takes effect within a
+fraction of a second at any point: while waiting for the model's lock, between tokens, and while the prompt is
+being read -- the prompt is evaluated in steps (``Llama.eval`` is wrapped for the call) and llama.cpp's abort
+callback (``llama_set_abort_callback``, checked inside each step's compute graph) is armed meanwhile, so a long
+prompt is abandoned mid-step, not after it. The tokens read so far stay in the model's cache: asking again
+reuses them. Progress of the prompt reading goes to ``GenerationParams.on_progress`` as
+:class:`~oblix_nb.models.base.PromptProgress` events (on the event loop).
 
 Models still open when the interpreter exits are closed by an ``atexit`` hook, while the modules llama_cpp
 needs are still intact: otherwise ``Llama.__del__`` runs during interpreter teardown and prints a traceback
@@ -15,12 +22,13 @@ import asyncio
 import atexit
 import json
 import threading
+import time
 import weakref
 from typing import AsyncIterator, Optional
 
 from .._util import block_interrupts
 from ..errors import ModelUnavailableError
-from .base import GenerationParams, ModelBackend, ModelType, StreamItem, Usage
+from .base import GenerationParams, ModelBackend, ModelType, PromptProgress, StreamItem, Usage, report_progress
 from .gguf import recommended_sampling
 from .resolve import resolve_gguf
 
@@ -29,6 +37,16 @@ SAMPLING_KEYS = ("temperature",) + LLAMA_OPTIONS
 _END = object()
 _open_backends: "weakref.WeakSet[LlamaCppBackend]" = weakref.WeakSet()
 EXIT_CLOSE_TIMEOUT = 60.0  # at exit: longest wait for a running generation to leave llama.cpp
+LOCK_POLL_S = 0.05          # a stopped call waiting for the model's lock gives up within this
+# The prompt is read in steps of PROMPT_STEP_MIN..n_batch tokens, sized to take about PROMPT_STEP_S each (so
+# progress is reported about that often); stopping does not wait for a step to end (the abort callback).
+PROMPT_STEP_S = 1.0
+PROMPT_STEP_MIN = 64
+PROMPT_STEP_FIRST = 128
+
+
+class _Stopped(Exception):
+    """Internal: the call was stopped while it held the model (never reaches the caller)."""
 
 
 def _close_all_at_exit() -> None:
@@ -132,6 +150,8 @@ class LlamaCppBackend(ModelBackend):
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # set at exit: running generations stop at their next token
         self._grammars: dict = {}  # schema JSON -> LlamaGrammar
+        self._abort_cb = None  # llama.cpp's abort callback while a prompt is being read (see _arm_abort)
+        self._muted_level: Optional[int] = None  # llama-cpp-python's log level while an abort is reported
 
     async def connect(self) -> None:
         try:
@@ -240,42 +260,149 @@ class LlamaCppBackend(ModelBackend):
         """Threads the last call used (the next one may differ in automatic mode)."""
         return self._n_threads
 
+    def _guarded(self, llama, stop: threading.Event, on_progress, fn):
+        """Run ``fn()`` (which drives ``llama``) holding the model's lock, stoppable by ``stop`` at any point.
+
+        Returns ``fn()``'s result, or raises ``_Stopped``. While it runs, ``llama.eval`` is wrapped (for this call
+        only): the first evaluation -- the prompt, minus what the cache already holds -- goes in steps with the
+        abort callback armed and ``on_progress(PromptProgress)`` after each; later ones (one token each) check
+        ``stop`` first.
+        """
+        stopped = lambda: stop.is_set() or self._stopping.is_set()  # noqa: E731
+        while not self._lock.acquire(timeout=LOCK_POLL_S):
+            if stopped():
+                raise _Stopped()
+        try:
+            self._check_open(llama)
+            original = llama.eval
+            first = [True]
+
+            def eval_(tokens) -> None:
+                if stopped():
+                    raise _Stopped()
+                if not first[0]:
+                    return original(tokens)
+                first[0] = False
+                self._read_prompt(llama, original, list(tokens), stopped, on_progress)
+
+            llama.eval = eval_
+            try:
+                return fn()
+            finally:
+                llama.__dict__.pop("eval", None)
+        finally:
+            self._lock.release()
+
+    def _read_prompt(self, llama, original, tokens: list, stopped, on_progress) -> None:
+        """Evaluate the prompt's uncached ``tokens`` in timed steps, abortable inside each step."""
+        cached = llama.n_tokens
+        total = cached + len(tokens)
+        on_progress(PromptProgress(cached, total, cached))
+        step = min(llama.n_batch, PROMPT_STEP_FIRST)
+        done = 0
+        self._arm_abort(llama, stopped)
+        try:
+            while done < len(tokens):
+                if stopped():
+                    raise _Stopped()
+                started = time.perf_counter()
+                chunk = tokens[done:done + step]
+                try:
+                    original(chunk)
+                except RuntimeError:
+                    if stopped():  # llama_decode returned 2: aborted by the callback
+                        raise _Stopped() from None
+                    raise
+                done += len(chunk)
+                on_progress(PromptProgress(cached + done, total, cached))
+                rate = len(chunk) / max(time.perf_counter() - started, 1e-6)
+                step = int(min(llama.n_batch, max(PROMPT_STEP_MIN, rate * PROMPT_STEP_S)))
+        finally:
+            self._arm_abort(llama, None)
+
+    def _arm_abort(self, llama, stopped) -> None:
+        """Install (``stopped`` given) or remove llama.cpp's abort callback on the context. It is removed again
+        once the prompt is read: checked for each graph node, it would cost time on every generated token.
+
+        From the moment it aborts until it is removed, llama-cpp-python's log is muted: llama.cpp reports the
+        aborted step at error level ("decode: removing memory module entries ..."), which is no error here."""
+        import logging
+
+        from llama_cpp import llama_cpp as C
+
+        log = logging.getLogger("llama-cpp-python")
+        if stopped is None:
+            C.llama_set_abort_callback(llama._ctx.ctx, C.ggml_abort_callback(), None)
+            self._abort_cb = None
+            if self._muted_level is not None:
+                log.setLevel(self._muted_level)
+                self._muted_level = None
+            return
+
+        def check(_data) -> bool:
+            try:
+                if not stopped():
+                    return False
+                if self._muted_level is None:
+                    self._muted_level = log.level
+                    log.setLevel(logging.CRITICAL + 1)
+                return True
+            except Exception:  # noqa: BLE001 - never raise into C
+                return False
+
+        self._abort_cb = C.ggml_abort_callback(check)  # referenced while armed: ctypes must not free it
+        C.llama_set_abort_callback(llama._ctx.ctx, self._abort_cb, None)
+
     async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
         llama = self._require()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
         kwargs = self._kwargs(params)
+        progress = lambda p: _post(loop, report_progress, params, p)  # noqa: E731
+
+        def generate():
+            finish = None
+            gen = llama.create_chat_completion(messages=messages, stream=True, **kwargs)
+            try:
+                for chunk in gen:
+                    if stop.is_set() or self._stopping.is_set():
+                        break
+                    choice = chunk["choices"][0]
+                    text = choice.get("delta", {}).get("content")
+                    if text:
+                        _post(loop, queue.put_nowait, text)
+                    finish = choice.get("finish_reason") or finish
+            finally:
+                gen.close()
+            return finish
 
         def work() -> None:
-            finish = None
             try:
-                with self._lock:
-                    self._check_open(llama)
-                    gen = llama.create_chat_completion(messages=messages, stream=True, **kwargs)
-                    try:
-                        for chunk in gen:
-                            if stop.is_set() or self._stopping.is_set():
-                                break
-                            choice = chunk["choices"][0]
-                            text = choice.get("delta", {}).get("content")
-                            if text:
-                                _post(loop, queue.put_nowait, text)
-                            finish = choice.get("finish_reason") or finish
-                    finally:
-                        gen.close()
+                finish = self._guarded(llama, stop, progress, generate)
                 _post(loop, queue.put_nowait, (_END, finish))
+            except _Stopped:
+                _post(loop, queue.put_nowait, (_END, "interrupted"))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
                 _post(loop, queue.put_nowait, exc)
 
         worker = _in_daemon_thread(work)
         pieces: list[str] = []
+        live: Optional[Usage] = None  # yielded after the first text and kept current (see ModelBackend)
         try:
             while True:
                 item = await queue.get()
                 if isinstance(item, str):
                     pieces.append(item)
                     yield item
+                    if live is None:
+                        live = Usage(self._prompt_tokens(messages), len(pieces), "tokenizer", "tokenizer",
+                                     "interrupted")
+                        yield live
+                    else:
+                        live.output_tokens = len(pieces)  # one piece per token; exact count at the end
+                elif isinstance(item, Exception):
+                    raise self.failure(item) from item
                 elif isinstance(item, BaseException):
                     raise item
                 else:
@@ -283,9 +410,11 @@ class LlamaCppBackend(ModelBackend):
                     break
         finally:
             stop.set()
+            if live is not None and self._llama is llama:
+                live.output_tokens = self._count("".join(pieces))
             if not worker.done():
-                # Wait for the worker to leave the model (it checks `stop` between tokens) without letting a
-                # second cancellation abandon it while it still holds the lock.
+                # Wait for the worker to leave the model (it stops within a fraction of a second, see the module
+                # doc) without letting a second cancellation abandon it while it still holds the lock.
                 await asyncio.shield(worker)
         yield Usage(self._prompt_tokens(messages), self._count("".join(pieces)), "tokenizer", "tokenizer", finish)
 
@@ -307,13 +436,27 @@ class LlamaCppBackend(ModelBackend):
 
     async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
         llama = self._require()
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        progress = lambda p: _post(loop, report_progress, params, p)  # noqa: E731
+        kwargs = self._kwargs(params)
 
         def work():
-            with self._lock:
-                self._check_open(llama)
-                return llama.create_chat_completion(messages=messages, stream=False, **self._kwargs(params))
+            return self._guarded(llama, stop, progress, lambda: llama.create_chat_completion(
+                messages=messages, stream=False, **kwargs))
 
-        reply = await _in_daemon_thread(work)
+        worker = _in_daemon_thread(work)
+        try:
+            reply = await asyncio.shield(worker)
+        except Exception as exc:  # noqa: BLE001 - llama.cpp's failures become the one type routing handles
+            raise self.failure(exc) from exc
+        except asyncio.CancelledError:
+            stop.set()  # the worker leaves the model within a fraction of a second
+            try:
+                await asyncio.shield(worker)
+            except (_Stopped, Exception):  # noqa: BLE001 - stopped on purpose
+                pass
+            raise
         choice = reply["choices"][0]
         usage = reply.get("usage") or {}
         return choice["message"].get("content") or "", Usage(

@@ -149,25 +149,52 @@ class OllamaBackend(ModelBackend):
                      input_source="server", output_source="server", finish_reason=final.done_reason)
 
     async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+        """Deltas as they arrive. The request is sent on the first iteration; an error the server writes into
+        the stream (``{"error": ...}``, HTTP 200: the SDK's ``ResponseError`` with status -1) is a retryable
+        BackendError like a 5xx, so routing falls back when it comes before the first token. Closing the stream
+        closes the connection, which stops generation on the server."""
         kwargs = self._extra(params)
-        response = await self._client.chat(model=self.model_name, messages=messages, stream=True,
-                                           options=self._options(params), **kwargs)
         final = None
+        live: Optional[Usage] = None  # yielded after the first text and kept current (see ModelBackend)
+        chunks = 0
+        response = None
         try:
-            async for part in response:
-                text = part.message.content if part.message else None
-                if text:
-                    yield text
-                if part.done:
-                    final = part
+            try:
+                response = await self._client.chat(model=self.model_name, messages=messages, stream=True,
+                                                   options=self._options(params), **kwargs)
+                async for part in response:
+                    text = part.message.content if part.message else None
+                    if text:
+                        chunks += 1
+                        yield text
+                        if live is None:
+                            live = Usage(self._estimate_input(messages), chunks, "estimate", "stream_chunks",
+                                         "interrupted")
+                            yield live
+                        else:
+                            live.output_tokens = chunks
+                    if part.done:
+                        final = part
+            except Exception as exc:  # noqa: BLE001 - HTTP errors, in-stream errors, dropped connections
+                raise self.failure(exc) from exc
         finally:
-            await response.aclose()
+            if live is not None:
+                live.output_tokens = chunks
+            if response is not None:
+                await response.aclose()
         yield self._usage(final) if final is not None else Usage(input_source="none", output_source="none")
+
+    def _estimate_input(self, messages: list[dict]) -> int:
+        """The prompt's tokens until the server's count arrives (with the final chunk)."""
+        return sum(self.estimate_tokens(m.get("content") or "") + self.message_overhead() for m in messages)
 
     async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
         kwargs = self._extra(params)
-        reply = await self._client.chat(model=self.model_name, messages=messages, stream=False,
-                                        options=self._options(params), **kwargs)
+        try:
+            reply = await self._client.chat(model=self.model_name, messages=messages, stream=False,
+                                            options=self._options(params), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes the one type routing handles
+            raise self.failure(exc) from exc
         return reply.message.content or "", self._usage(reply)
 
     async def aclose(self) -> None:

@@ -153,30 +153,50 @@ class OpenAIBackend(ModelBackend):
             return await self._client.chat.completions.create(**retry, **kwargs)
 
     async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
-        stream = await self._create(self._payload(messages, params), stream=True,
-                                    stream_options={"include_usage": True})
+        """Deltas as they arrive; SDK failures come out as BackendError. Closing the stream closes the HTTP
+        connection, which is what stops generation on the server (llama_cpp.server checks between tokens)."""
         chunks = 0
         finish = None
         server_usage = None
         pieces: list[str] = []
+        live: Optional[Usage] = None  # yielded after the first text and kept current (see ModelBackend)
+        stream = None
         try:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    server_usage = chunk.usage
-                for choice in chunk.choices:
-                    text = choice.delta.content if choice.delta else None
-                    if text:
-                        chunks += 1
-                        pieces.append(text)
-                        yield text
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
+            try:
+                stream = await self._create(self._payload(messages, params), stream=True,
+                                            stream_options={"include_usage": True})
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        server_usage = chunk.usage
+                    for choice in chunk.choices:
+                        text = choice.delta.content if choice.delta else None
+                        if text:
+                            chunks += 1
+                            pieces.append(text)
+                            yield text
+                            if live is None:
+                                live = Usage(self._estimate_input(messages), chunks, "estimate", "stream_chunks",
+                                             "interrupted")
+                                yield live
+                            else:
+                                live.output_tokens = chunks
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
+            except Exception as exc:  # noqa: BLE001 - every SDK failure becomes the one type routing handles
+                raise self.failure(exc) from exc
         finally:
-            await stream.close()
+            if live is not None:
+                live.output_tokens = chunks
+            if stream is not None:
+                await stream.close()
         if server_usage is not None:
             yield _server_usage(server_usage, finish)
         else:  # some servers (llama_cpp.server 0.3.x) ignore include_usage: count it ourselves and say how
             yield await self._counted_usage(messages, "".join(pieces), finish, chunks)
+
+    def _estimate_input(self, messages: list[dict]) -> int:
+        """The prompt's tokens until the server's (or its tokenizer's) count is known."""
+        return sum(self.estimate_tokens(m.get("content") or "") + self.message_overhead() for m in messages)
 
     async def _counted_usage(self, messages: list[dict], text: str, finish, chunks: Optional[int]) -> Usage:
         contents = [m.get("content") or "" for m in messages]
@@ -237,7 +257,10 @@ class OpenAIBackend(ModelBackend):
         self._tokenize_retry_at = time.monotonic() + pause
 
     async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
-        reply = await self._create(self._payload(messages, params))
+        try:
+            reply = await self._create(self._payload(messages, params))
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes the one type routing handles
+            raise self.failure(exc) from exc
         choice = reply.choices[0]
         text = choice.message.content or ""
         if reply.usage is not None:

@@ -143,13 +143,99 @@ def test_payload_always_has_max_tokens_and_api_ranges(monkeypatch):
     monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
     backend = ClaudeBackend(HAIKU, base_url="http://127.0.0.1:9/v1/", api_key="sk-ant-secret-xyz")
     assert backend.endpoint == "http://127.0.0.1:9"  # the SDK adds /v1 itself
-    payload = backend._payload([{"role": "user", "content": "hi"}],
-                               GenerationParams(None, 1.7, {"stop": "END", "seed": 3, "top_k": 5}))
-    assert payload["max_tokens"] == 4096 and payload["temperature"] == 1.0
-    assert payload["stop_sequences"] == ["END"] and payload["top_k"] == 5 and "seed" not in payload
+    params = GenerationParams(None, 1.7, {"stop": "END", "seed": 3, "top_k": 5})
+    payload = backend._payload([{"role": "user", "content": "hi"}], params)
+    assert payload["max_tokens"] == 4096 and payload["stop_sequences"] == ["END"] and "seed" not in payload
     backend.max_output_tokens = 1024
     assert backend._payload([{"role": "user", "content": "hi"}], GenerationParams())["max_tokens"] == 1024
     assert "secret" not in repr(backend) + json.dumps(backend.describe())
+
+
+@pytest.mark.parametrize("mode", ["keyword", "extra_body", "none"])
+def test_sampling_follows_what_the_sdk_can_send(monkeypatch, mode):
+    """The three SDK generations (a fake mode: the installed SDK is checked below): keywords (anthropic < 1),
+    extra_body (1.x, API 2023-06-01), nothing (2.x, API 2026-10-21); what is not sent is reported."""
+    from oblix_nb.models import claude
+
+    monkeypatch.setattr(claude, "sdk_sampling", lambda: mode)
+    backend = ClaudeBackend(HAIKU, base_url="http://127.0.0.1:9", api_key="k")
+    params = GenerationParams(None, 1.7, {"top_k": 5, "top_p": 0.5, "seed": 3, "stop": "x", "repeat_penalty": 1.1})
+    payload = backend._payload([{"role": "user", "content": "hi"}], params)
+    sampling = {"temperature": 1.0, "top_p": 0.5, "top_k": 5}  # temperature clamped to the API's [0, 1]
+    with pytest.warns(UserWarning, match="not applied"):
+        missing = backend.options_not_applied(params)
+    if mode == "keyword":
+        assert {k: payload[k] for k in sampling} == sampling and "extra_body" not in payload
+        assert missing == ("seed", "repeat_penalty")
+    elif mode == "extra_body":
+        assert payload["extra_body"] == sampling and not set(sampling) & set(payload)
+        assert missing == ("seed", "repeat_penalty")
+    else:
+        assert not (set(sampling) | {"extra_body"}) & set(payload)
+        assert missing == ("temperature", "top_p", "top_k", "seed", "repeat_penalty")
+    assert backend.options_not_applied(GenerationParams(None, None, {"stop": "x"})) == ()
+
+
+@pytest.mark.parametrize("params", [
+    GenerationParams(), GenerationParams(7, 0.0), GenerationParams(7, 0.3, {"top_p": 0.9, "top_k": 3}),
+    GenerationParams(7, 2.0, {"stop": ["a", "b"], "seed": 1, "presence_penalty": 0.1, "frequency_penalty": 0.2,
+                              "repeat_penalty": 1.2, "top_k": 4})])
+@pytest.mark.parametrize("prompt_cache", [False, True])
+def test_every_keyword_exists_in_the_installed_sdk_signature(params, prompt_cache):
+    """Whatever the call, the backend passes messages.create only keywords the installed SDK declares."""
+    import inspect
+
+    from anthropic.resources.messages import AsyncMessages, Messages
+
+    backend = ClaudeBackend(HAIKU, base_url="http://127.0.0.1:9", api_key="k", prompt_cache=prompt_cache)
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    keywords = set(backend._payload(messages, params)) | {"stream"}
+    for create in (AsyncMessages.create, Messages.create):
+        declared = inspect.signature(create).parameters
+        assert keywords <= set(declared), keywords - set(declared)
+
+
+async def test_sampling_options_not_applied_are_reported(clear):
+    """Issue 20 item 1: temperature/top_k with the installed SDK: no TypeError, no 400 -- the server (which
+    rejects them under anthropic-version 2026-10-21, as the API does) gets none, and the usage lists them."""
+    from oblix_nb.models.claude import sdk_sampling
+
+    backend = ClaudeBackend(HAIKU, base_url=clear.base_url, api_key=clear.api_key)
+    try:
+        params = GenerationParams(SMALL, 0.0, {"top_k": 5, "seed": 1})
+        with pytest.warns(UserWarning, match="temperature, top_k, seed not applied"):
+            text, usage = await backend.complete([{"role": "user", "content": "Hi."}], params)
+        items = [i async for i in backend.stream([{"role": "user", "content": "Hi."}], params)]
+    finally:
+        await backend.aclose()
+    assert sdk_sampling() == "none"  # anthropic 2.x, what the claude extra installs
+    final = items[-1]
+    assert usage.options_not_applied == final.options_not_applied == ("temperature", "top_k", "seed")
+    assert usage.output_tokens > 0 and final.output_tokens > 0 and final.finish_reason in {"stop", "length"}
+    for seen in _requests(clear)[-2:]:
+        assert seen["anthropic_version"] >= "2026-10-21" and not {"temperature", "top_k", "top_p"} & set(seen["body"])
+
+
+async def test_execute_with_temperature_works(client, clear):
+    """The issue's call: execute("Hi.", temperature=0) on Claude answers (it raised TypeError before)."""
+    mid = await hook_claude(client, clear)
+    with pytest.warns(UserWarning, match="temperature not applied"):
+        r = await client.execute("Hi.", temperature=0, max_tokens=SMALL, sink=lambda t: None)
+    assert r["model_id"] == mid and r["metrics"]["output_tokens"] > 0
+
+
+async def test_sdk_failure_falls_back(client, clear, openai_server, monkeypatch):
+    """An exception the SDK raises before sending anything (here: a keyword it does not take, as anthropic 2.x
+    did for temperature) is a backend failure: routing falls back to the next model."""
+    claude = await hook_claude(client, clear)
+    local = await hook_local(client, openai_server)
+    backend = client.models[claude]
+    real = backend._payload
+    monkeypatch.setattr(backend, "_payload", lambda m, p: {**real(m, p), "temperature": 0.0})
+    r = await client.execute("Say hi.", max_tokens=SMALL, model_id=claude, sink=lambda t: None)
+    assert r["model_id"] == local and "TypeError" in r["routing_decision"]["fallback_from"] + \
+        r["routing_decision"]["reason"]
 
 
 def test_key_required_for_the_real_endpoint(monkeypatch):
@@ -195,8 +281,8 @@ async def test_execute_streams_with_server_usage_and_cost(client, clear, stream)
     r = await client.execute("Name a colour.", max_tokens=SMALL, stream=stream, sink=chunks.append)
     m = r["metrics"]
     assert r["model_id"] == mid and r["response"] and r["routing_decision"]["target"] == "cloud"
-    if stream:
-        assert len(chunks) > 1 and "".join(chunks) == r["response"]
+    if stream:  # every text delta the server sent reached the sink as its own chunk (however short the reply)
+        assert len(chunks) == _requests(clear)[-1]["text_deltas"] >= 1 and "".join(chunks) == r["response"]
     assert m["usage_source"] == {"input": "server", "output": "server"}
     assert m["input_tokens"] > 0 and 0 < m["output_tokens"] <= SMALL
     assert m["finish_reason"] in {"stop", "length"}

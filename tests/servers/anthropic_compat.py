@@ -35,7 +35,9 @@ Faithfulness notes:
   (``cache_creation_input_tokens``); both are excluded from ``input_tokens``.
 * Validation answers 400 ``invalid_request_error`` for: missing/invalid ``model``, ``max_tokens``, ``messages``;
   a ``system`` role inside ``messages``; roles other than user/assistant; non-text content blocks;
-  ``temperature`` outside [0, 1]; ``tools``/``thinking`` (not supported by this model). Unknown model: 404
+  ``temperature`` outside [0, 1]; ``temperature``/``top_p``/``top_k`` at all under ``anthropic-version``
+  2026-10-21 or later (that API version removed them; 2023-06-01 has them); ``tools``/``thinking`` (not
+  supported by this model). Unknown model: 404
   ``not_found_error``. A trailing assistant message is kept as history (no true prefill).
 * Errors are ``{"type": "error", "error": {"type", "message"}, "request_id"}`` with a ``request-id`` header.
 """
@@ -98,10 +100,14 @@ def _text_blocks(content: Any, where: str) -> list[dict]:
     return out
 
 
+SAMPLING_REMOVED_IN = "2026-10-21"  # the anthropic-version without temperature/top_p/top_k
+
+
 class MessagesRequest:
     """A validated /v1/messages (or count_tokens) body."""
 
-    def __init__(self, body: dict, models: list[str], *, count_only: bool = False):
+    def __init__(self, body: dict, models: list[str], *, count_only: bool = False,
+                 api_version: Optional[str] = None):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise AnthropicError(400, "model: Field required")
@@ -138,6 +144,11 @@ class MessagesRequest:
                 raise AnthropicError(400, f"messages.{i}.role: Input should be 'user' or 'assistant'")
             self.messages.append({"role": role, "blocks": _text_blocks(m.get("content"), f"messages.{i}.content")})
         self.options: dict[str, Any] = {}
+        if api_version and api_version >= SAMPLING_REMOVED_IN:
+            for key in ("temperature", "top_p", "top_k"):
+                if key in body:
+                    raise AnthropicError(400, f"{key}: Extra inputs are not permitted (removed in anthropic-version "
+                                              f"{SAMPLING_REMOVED_IN})")
         temperature = body.get("temperature")
         if temperature is not None:
             if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
@@ -311,6 +322,7 @@ def create_app(server: Server):
         entry: dict[str, Any] = {"method": request.method, "path": request.url.path,
                                  "anthropic_version": request.headers.get("anthropic-version"), "auth": None}
         server.requests.append(entry)
+        request.state.debug_entry = entry
         entry["auth"] = server.check_auth(request)
         if not with_body:
             return None
@@ -371,9 +383,12 @@ def create_app(server: Server):
 
     async def messages(request: Request) -> Response:
         try:
-            req = MessagesRequest(await prologue(request), server.models)
+            req = MessagesRequest(await prologue(request), server.models,
+                                  api_version=request.headers.get("anthropic-version"))
         except AnthropicError as exc:
             return error(exc)
+        record = request.state.debug_entry  # its debug entry: a stream also records how many text deltas it sent
+        record["text_deltas"] = 0
         failure = server.take_failure()
         if failure and failure.get("stage", "http") == "http":
             return error(AnthropicError(failure["status"], failure.get("message") or "Overloaded", failure.get("type")))
@@ -466,6 +481,7 @@ def create_app(server: Server):
                                 "message": failure.get("message") or "Overloaded"}})
                             return
                         deltas += 1
+                        record["text_deltas"] = deltas
                         yield sse("content_block_delta", {"type": "content_block_delta", "index": 0,
                                                           "delta": {"type": "text_delta", "text": item[1]}})
                     else:

@@ -14,7 +14,10 @@ Endpoints: ``GET|HEAD /``, ``GET /api/version``, ``GET /api/tags``, ``POST /api/
 ``POST /api/chat``, ``POST /api/generate``; plus two test aids that are not part of Ollama's API:
 ``GET|DELETE /_debug/requests`` (the last request bodies received, oldest first; ``?path=/api/chat`` filters) and
 ``GET|DELETE /_debug/generations`` (one record per generation: status queued/running/done/cancelled/error,
-done_reason, prompt_eval_count, eval_count).
+done_reason, prompt_eval_count, eval_count), and ``POST|DELETE /_control/fail``: the next chat/generate request
+fails with ``{"status": 500, "message": "...", "stage": "http"|"stream"}`` -- ``http``: that HTTP status and
+``{"error": message}``; ``stream``: HTTP 200 and the error as the stream's first line, as Ollama writes a failure
+that happens after the reply started (the official client raises ``ResponseError`` with status -1).
 
 Faithfulness notes (what a client sees):
 
@@ -558,6 +561,7 @@ def create_app(host: ModelHost, *, debug_history: int = DEFAULT_DEBUG_HISTORY):
 
     debug_log: collections.deque = collections.deque(maxlen=debug_history)
     generations: collections.deque = collections.deque(maxlen=debug_history)
+    failures: dict[str, Any] = {}  # the next generation's injected failure (POST /_control/fail)
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -700,6 +704,12 @@ def create_app(host: ModelHost, *, debug_history: int = DEFAULT_DEBUG_HISTORY):
             req = _Request(kind, body)
         except ApiError as exc:
             return error(exc.status, exc.message)
+        failure, _ = dict(failures), failures.clear()
+        if failure:
+            if failure.get("stage") == "stream" and req.stream:
+                line = json.dumps({"error": failure["message"]}) + "\n"
+                return Response(line, media_type=NDJSON)
+            return error(int(failure.get("status", 500)), failure["message"])
         if req.empty:  # Ollama: load the model and answer at once
             out = render_chunk(_Job(asyncio.get_running_loop(), req, received), "")
             out.update({"done_reason": "load", "done": True})
@@ -740,6 +750,14 @@ def create_app(host: ModelHost, *, debug_history: int = DEFAULT_DEBUG_HISTORY):
             if watcher is not None:
                 watcher.cancel()
 
+    async def control_fail(request: Request) -> Response:
+        failures.clear()
+        if request.method == "POST":
+            body = json.loads(await request.body() or b"{}")
+            failures.update({"status": int(body.get("status", 500)), "stage": body.get("stage", "http"),
+                             "message": str(body.get("message") or "Connection error.")})
+        return JSONResponse(dict(failures))
+
     async def chat(request: Request) -> Response:
         return await generation(request, "chat")
 
@@ -756,6 +774,7 @@ def create_app(host: ModelHost, *, debug_history: int = DEFAULT_DEBUG_HISTORY):
         Route("/api/generate", generate, methods=["POST"]),
         Route("/_debug/requests", debug_requests, methods=["GET", "DELETE"]),
         Route("/_debug/generations", debug_generations, methods=["GET", "DELETE"]),
+        Route("/_control/fail", control_fail, methods=["POST", "DELETE"]),
     ]
     app = Starlette(routes=routes)
     app.state.host = host
