@@ -182,7 +182,9 @@ def openai_server(gguf_path):
     pytest.importorskip("fastapi", reason="llama-cpp-python[server] extras (fastapi) are not installed")
     from oblix_nb.localserver import start_openai_server
 
-    server = start_openai_server(str(gguf_path))
+    # One thread: the suite shares 2 cores with itself (pytest, kernels, other servers); llama.cpp threads that
+    # outnumber the free cores spin-wait on each other (bench/threads.py).
+    server = start_openai_server(str(gguf_path), n_threads=1)
     try:
         yield server
     finally:

@@ -36,7 +36,7 @@ def _start(server: LocalServer, timeout: float) -> LocalServer:
 
 
 def start_ollama_server(model: str = "smollm2-135m", *, port: Optional[int] = None, name: str = "smollm2:135m",
-                        n_ctx: int = 2048, n_threads: int = 2, warmup: bool = True, timeout: float = 120.0,
+                        n_ctx: int = 2048, n_threads: int = 1, warmup: bool = True, timeout: float = 120.0,
                         extra_args: Sequence[str] = ()) -> LocalServer:
     """Start ``ollama_compat.py`` (an Ollama-API server over llama-cpp-python) on 127.0.0.1.
 
@@ -55,7 +55,7 @@ def start_ollama_server(model: str = "smollm2-135m", *, port: Optional[int] = No
 
 def start_anthropic_server(model: str = "smollm2-135m", *, port: Optional[int] = None,
                            models: Sequence[str] = DEFAULT_CLAUDE_MODELS, api_key: Optional[str] = None,
-                           n_ctx: int = 2048, n_threads: int = 2, warmup: bool = True, timeout: float = 120.0,
+                           n_ctx: int = 2048, n_threads: int = 1, warmup: bool = True, timeout: float = 120.0,
                            extra_args: Sequence[str] = ()) -> LocalServer:
     """Start ``anthropic_compat.py`` (Anthropic's Messages API over llama-cpp-python) on 127.0.0.1.
 
