@@ -107,3 +107,92 @@ class PostgresServer:
             except Exception:  # noqa: BLE001 - best effort; the folder goes anyway
                 pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PgBouncer:
+    """Debian's pgbouncer (``/usr/sbin/pgbouncer``) on a free 127.0.0.1 port in front of a
+    :class:`PostgresServer`, in ``pool_mode`` ``transaction`` or ``session``; any database name is routed to the
+    server (``* =``), auth ``trust`` for the server's user (a userlist file). As root it runs as the ``postgres``
+    user (pgbouncer refuses root). ``.url_for(dbname)`` is the URL of a database through the pooler;
+    ``.new_database_url()`` creates a fresh database on the server (``CREATE DATABASE``) and returns its URL
+    through the pooler (``options=`` cannot pass through pgbouncer, so a schema per test does not work here).
+    """
+
+    BIN = "/usr/sbin/pgbouncer"
+
+    def __init__(self, server: PostgresServer, mode: str, root: str, port: int):
+        self.server, self.mode, self.root, self.port = server, mode, root, port
+        self.proc: Optional[subprocess.Popen] = None
+
+    @staticmethod
+    def find() -> tuple[Optional[str], str]:
+        path = PgBouncer.BIN if os.path.exists(PgBouncer.BIN) else shutil.which("pgbouncer")
+        if path:
+            return path, ""
+        return None, "pgbouncer not found: apt-get install pgbouncer (./dev test does)"
+
+    @classmethod
+    def start(cls, server: PostgresServer, mode: str = "transaction", pool_size: int = 8) -> "PgBouncer":
+        import time
+
+        binary, why = cls.find()
+        if binary is None:
+            raise FileNotFoundError(why)
+        root = tempfile.mkdtemp(prefix=f"oblix-pgbouncer-{mode}-")
+        bouncer = cls(server, mode, root, free_port())
+        with open(os.path.join(root, "userlist.txt"), "w") as f:
+            f.write(f'"{USER}" ""\n')
+        with open(os.path.join(root, "pgbouncer.ini"), "w") as f:
+            f.write(f"[databases]\n* = host=127.0.0.1 port={server.port}\n\n[pgbouncer]\n"
+                    f"listen_addr = 127.0.0.1\nlisten_port = {bouncer.port}\nunix_socket_dir =\n"
+                    f"auth_type = trust\nauth_file = {root}/userlist.txt\npool_mode = {mode}\n"
+                    f"default_pool_size = {pool_size}\nmax_client_conn = 1000\n"
+                    f"logfile = {root}/log\npidfile = {root}/pgbouncer.pid\nserver_check_delay = 0\n")
+        cmd = [binary, os.path.join(root, "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            import pwd
+
+            entry = pwd.getpwnam("postgres")
+            for name in os.listdir(root):
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        bouncer.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root)
+        deadline = time.monotonic() + 30
+        while True:
+            if bouncer.proc.poll() is not None:
+                err = bouncer.proc.stderr.read().decode(errors="replace")
+                bouncer.stop()
+                raise RuntimeError(f"pgbouncer exited ({bouncer.proc.returncode}): {err[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", bouncer.port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    bouncer.stop()
+                    raise RuntimeError("pgbouncer did not listen within 30 s")
+                time.sleep(0.05)
+        return bouncer
+
+    def url_for(self, dbname: str) -> str:
+        return f"postgresql://{USER}@127.0.0.1:{self.port}/{dbname}"
+
+    def new_database_url(self, prefix: str = "b") -> str:
+        import psycopg
+
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.server.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url_for(name)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+        shutil.rmtree(self.root, ignore_errors=True)

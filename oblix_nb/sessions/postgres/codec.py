@@ -13,6 +13,18 @@ from ..base import MESSAGE_COLUMNS, _summary
 from ..validate import canonical_json, check_json
 
 
+def _key(item: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(item.split("=", 1)[0]).strip().lower()
+
+
+def _secret(item: str) -> bool:
+    """A query item carrying a secret: ``password=`` or ``sslpassword=``, however percent-encoded (libpq decodes
+    ``%70assword``) or cased."""
+    return _key(item) in ("password", "sslpassword")
+
+
 def redact(url: str) -> str:
     """``url`` without its password (for reprs, logs and errors)."""
     from urllib.parse import urlsplit, urlunsplit
@@ -26,7 +38,7 @@ def redact(url: str) -> str:
     else:
         netloc = parts.netloc.rsplit("@", 1)
         netloc = f"{parts.username or ''}:***@{netloc[-1]}"
-    query = "&".join("password=***" if q.lower().startswith("password=") else q for q in parts.query.split("&"))
+    query = "&".join(f"{_key(q)}=***" if _secret(q) else q for q in parts.query.split("&"))
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -40,7 +52,7 @@ def without_password(url: str) -> str:
     if parts.password is not None:
         host = netloc.rsplit("@", 1)[-1]
         netloc = f"{parts.username}@{host}" if parts.username else host
-    query = "&".join(q for q in parts.query.split("&") if q and not q.lower().startswith("password="))
+    query = "&".join(q for q in parts.query.split("&") if q and not _secret(q))
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

@@ -37,10 +37,12 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Optional
 
+from ... import runtime
 from ..._util import check_session_id, current_user, iso, utcnow
 from ..._util import new_id as fresh_id
 from ...errors import SessionExistsError, SessionNotFoundError, StorageError
@@ -50,6 +52,7 @@ from ..io import normalize_message
 from ..validate import check_json, check_limit, check_title, json_object
 from .codec import (_SUMMARY_COLUMNS, _escape, _escape_index, _no_nul, _pg_summary, _read_row, _title, _unescape,
                     _write_row, index_json, redact, without_password)
+from .connect import Outage, split_options, storage_error
 from .migrations import migrate
 from .search import PostgresSearch, _like_pattern
 from .stats import PostgresStats
@@ -57,6 +60,10 @@ from .stats import PostgresStats
 DEFAULT_POOL_MAX = 4
 CONNECT_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 30.0
+#: longest wait for a pooled connection on the package's event loop (elsewhere: POOL_TIMEOUT_S)
+LOOP_WAIT_S = 0.3
+#: longest wait for a row lock held by another transaction (then StorageError)
+LOCK_TIMEOUT_MS = 3000
 
 _COLUMNS = ", ".join(MESSAGE_COLUMNS)
 _M_COLUMNS = ", ".join(f"m.{c}" for c in MESSAGE_COLUMNS)
@@ -67,9 +74,11 @@ _INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {_COLUMNS}, escaped) "
 _UPSERT_MESSAGE = (_INSERT_MESSAGE + " ON CONFLICT (session_seq, id) DO UPDATE SET "
                    + ", ".join(f"{c} = EXCLUDED.{c}" for c in (*MESSAGE_COLUMNS[1:], "escaped"))
                    + " RETURNING (xmax = 0)")  # true: inserted, false: updated in place
+# set_config(..., true) in an InitPlan runs before the UPDATE waits on the row lock: the lock timeout is part
+# of the one statement (no session state, so it holds through poolers in transaction mode too).
 _APPEND_ONE = (
-    "WITH s AS (UPDATE sessions SET updated_at = %s, message_count = message_count + 1 WHERE id = %s "
-    "RETURNING seq) "
+    f"WITH s AS (UPDATE sessions SET updated_at = %s, message_count = message_count + 1 WHERE id = %s "
+    f"AND (SELECT set_config('lock_timeout', '{LOCK_TIMEOUT_MS}', true)) IS NOT NULL RETURNING seq) "
     f"INSERT INTO messages (session_seq, {_COLUMNS}, escaped) "
     f"SELECT s.seq, {', '.join('%s' + cast for cast in _CASTS)}, %s::boolean FROM s RETURNING seq")
 # summaries(order=...) as in SQLite (SUMMARY_ORDERS there); "C" collation: byte order, as SQLite's.
@@ -133,14 +142,38 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
         self.author = check_author(author) or current_user()
         _no_nul("author", self.author)
         self._url = url
+        # oblix's own URL options (prepare_threshold) are not libpq's: removed before connecting
+        self._conninfo, options = split_options(url)
+        self._connect_kwargs = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
+                                "prepare_threshold": options.get("prepare_threshold")}
         self._pool_max = pool_max
         self._lock = threading.Lock()
         self._pool = None
+        self._outage: Optional[Outage] = None
         self._pid = -1
         self._closed = False
-        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-            migrate(conn)
+        error = conn = None
+        errors = psycopg.errors
+        try:
+            conn = psycopg.connect(self._conninfo, **self._connect_kwargs)  # any failure here: the URL or server
+            with conn:
+                migrate(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction,
+                errors.InsufficientPrivilege) if conn is not None else psycopg.Error as exc:
+            error, leaked = storage_error(exc, url, self._role(), "could not be opened")
+            if not leaked:
+                raise error from exc
+        if error is not None:
+            raise error  # outside the except block: the cause's text held a secret
         self._open_pool()
+
+    def _role(self) -> str:
+        from urllib.parse import unquote, urlsplit
+
+        try:
+            return unquote(urlsplit(self._url).username or "") or os.environ.get("PGUSER", "") or current_user()
+        except ValueError:
+            return "<role>"
 
     def __repr__(self) -> str:
         return f"<PostgresSessionStore {self.url!r}>"
@@ -188,10 +221,27 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
     # ------------------------------------------------------------------ plumbing
     def _open_pool(self) -> None:
         _, psycopg_pool = _psycopg()
+        # check: a pooled connection is tested (an empty query) when taken, so connections a server restart
+        # closed are replaced instead of failing the next calls
         self._pool = psycopg_pool.ConnectionPool(
-            self._url, min_size=1, max_size=self._pool_max, open=True, timeout=POOL_TIMEOUT_S,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S}, name="oblix_nb")
+            self._conninfo, min_size=1, max_size=self._pool_max, open=True, timeout=POOL_TIMEOUT_S,
+            kwargs=dict(self._connect_kwargs), name="oblix_nb", check=psycopg_pool.ConnectionPool.check_connection)
+        if self._outage is not None:
+            self._outage.close()
+        self._outage = Outage(self._conninfo, self._connect_kwargs, self._recovered)
         self._pid = os.getpid()
+
+    def _recovered(self) -> None:
+        """The server answers again (the outage probe): drop the pool's connections the outage broke."""
+        pool = self._pool
+        if pool is not None:
+            pool.check()
+
+    def _unreachable(self) -> StorageError:
+        down = time.monotonic() - (self._outage.down_since or time.monotonic())
+        return StorageError(f"session database {self.url} is unreachable (for {down:.1f} s: {self._outage.reason}); "
+                            f"calls fail at once until it answers again (checked every {self._outage.probe_s} s in "
+                            f"the background)", path=self.url)
 
     @contextmanager
     def _conn(self) -> Iterator[Any]:
@@ -203,18 +253,40 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
             with self._lock:
                 if self._pid != os.getpid():
                     self._open_pool()  # the parent's sockets stay the parent's
+        outage = self._outage
+        if outage.down:
+            raise self._unreachable()  # no waiting on a server that is down (the event loop must not stall)
         psycopg, psycopg_pool = _psycopg()
+        errors = psycopg.errors
+        # On the package's event loop a pooled connection is waited for only briefly (a healthy pool has one
+        # at once): a server that is down must not stall every other task.
+        wait = LOOP_WAIT_S if runtime.in_loop_thread() else POOL_TIMEOUT_S
+        used = None
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=wait) as conn:
+                used = conn
                 yield conn
-        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
-            raise StorageError(f"session database {self.url} could not be used: {exc}", path=self.url,
-                               cause=exc) from exc
+        except psycopg_pool.PoolTimeout as exc:
+            stats = self._pool.get_stats() if self._pool is not None else {}
+            if stats.get("pool_size", 0) < self._pool_max or stats.get("connections_errors", 0):
+                outage.mark_down(f"no connection within {wait:g} s")  # free slots, yet none: cannot connect
+            error, _ = storage_error(exc, self._url, self._role())
+            raise error from None
+        except (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction,
+                errors.InsufficientPrivilege) as exc:
+            if used is not None and (used.closed or used.broken):
+                outage.mark_down(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+            error, leaked = storage_error(exc, self._url, self._role())
+            if leaked:
+                raise error from None
+            raise error from exc
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        """One transaction on a pooled connection: committed at the end, rolled back if anything raises."""
+        """One transaction on a pooled connection: committed at the end, rolled back if anything raises. A row
+        lock held by another transaction is waited for at most LOCK_TIMEOUT_MS (then StorageError)."""
         with self._conn() as conn, conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
             yield conn
 
     _read = _write  # one snapshot for reads of several statements (as SessionStore._read)
@@ -608,6 +680,8 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
     def close(self) -> None:
         """Close the pool. Idempotent; any later call on the store raises RuntimeError."""
         self._closed = True
+        if self._outage is not None:
+            self._outage.close()
         pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
             pool.close()
