@@ -190,6 +190,7 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
     # ------------------------------------------------------------------ dialect hooks of the base
     _PARAM = "%s"
     _PER_AUTHOR = True  # settings and usage sums are per user (see migrations)
+    _SEQ_COMMIT_ORDER = False  # a sequence value is taken before commit: usage rows appear out of seq order
     _BYTE_ORDER = ' COLLATE "C"'
     _encode_text = staticmethod(_escape)
     _decode_text = staticmethod(_unescape)
