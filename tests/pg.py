@@ -49,6 +49,7 @@ class PostgresServer:
         self.bindir, self.root, self.port = bindir, root, port
         self.data = os.path.join(root, "data")
         self.url = f"postgresql://{USER}@127.0.0.1:{port}/postgres"
+        self.options = ""
 
     @classmethod
     def start(cls, fsync: bool = False, max_connections: int = 200) -> "PostgresServer":
@@ -68,6 +69,7 @@ class PostgresServer:
             options = (f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 "
                        f"-c max_connections={max_connections} -c fsync={'on' if fsync else 'off'} "
                        f"-c shared_buffers=64MB")
+            server.options = options
             server._run("pg_ctl", "-D", server.data, "-o", options, "-l", os.path.join(root, "log"),
                         "-w", "-t", "60", "start")
         except BaseException:
@@ -99,6 +101,33 @@ class PostgresServer:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
         return f"{self.url}?options={quote(f'-csearch_path={schema}')}"
+
+    # -- faults (for a server of the test's own: the session-wide one is shared)
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data (``pg_ctl stop -m MODE``)."""
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+    def resume(self) -> None:
+        """Start a halted server again on the same port."""
+        self._run("pg_ctl", "-D", self.data, "-o", self.options, "-l", os.path.join(self.root, "log"),
+                  "-w", "-t", "60", "start")
+
+    def restart(self) -> None:
+        self._run("pg_ctl", "-D", self.data, "-o", self.options, "-l", os.path.join(self.root, "log"),
+                  "-m", "fast", "-w", "-t", "60", "restart")
+
+    def require_password(self, role: str, password: str) -> None:
+        """Create login ``role`` with ``password`` and make TCP logins of that role check it (scram)."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE \"{role}\" LOGIN SUPERUSER PASSWORD '{password}'")
+        hba = os.path.join(self.data, "pg_hba.conf")
+        with open(hba, encoding="utf-8") as f:
+            text = f.read()
+        with open(hba, "w", encoding="utf-8") as f:
+            f.write(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + text)
+        self._run("pg_ctl", "-D", self.data, "reload")
 
     def stop(self) -> None:
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):
