@@ -11,9 +11,11 @@ interrupted (Ctrl-C, kill -9: only whole batches are ever committed) is finished
 again. Verified: after each batch the target's stored message rows are counted for every session of the
 batch and compared with the source. A session already in the target is compared row by row (and its title,
 context and metadata): the same: skipped; an earlier copy of the source's (the same message ids in the same
-order, the only differing rows flagged partial in the target: a reply that was a checkpoint when first copied and
-finished or grew in the source since): replaced by the source's (counted in ``copied``); any other difference is
-reported as a conflict and left as it is (``MigrationError`` at the end, after everything else was moved). A progress bar (tqdm if installed,
+order, the only differing rows flagged partial in the target, e.g. a reply that was a checkpoint when first
+copied and finished in the source since, and the source's ``updated_at`` not older than the target's, e.g. its
+metadata updated since): replaced by the source's (counted in ``copied``); any other difference (a finished
+message that differs, a target changed after the copy) is reported as a conflict and left as it is
+(``MigrationError`` at the end, after everything else was moved). A progress bar (tqdm if installed,
 else a line on stderr) shows sessions done out of the total.
 """
 from __future__ import annotations
@@ -105,6 +107,16 @@ def _earlier_copy(rows: list[tuple], src_rows: list[tuple]) -> bool:
         row == src or (row[0] == src[0] and row[_PARTIAL]) for row, src in zip(rows, src_rows))
 
 
+def _not_older(source_updated_at: str, target: SessionStoreBase, session_id: str) -> bool:
+    """The source's session was updated no earlier than the target's copy (else the target changed since)."""
+    from .._util import parse_iso
+
+    try:
+        return parse_iso(source_updated_at) >= parse_iso(target.summary(session_id)["updated_at"])
+    except (ValueError, TypeError, SessionNotFoundError):
+        return False
+
+
 def _present(records: list[dict], target: SessionStoreBase, report: MigrationReport, inserted: set[str]) -> set[str]:
     """Sessions of the batch the target had already: compared row by row with the source (see the module):
     skipped, replaced (an earlier copy: returns their ids) or reported as conflicts."""
@@ -122,7 +134,8 @@ def _present(records: list[dict], target: SessionStoreBase, report: MigrationRep
                 and [tuple(row) for row in rows] == src_rows:
             report.skipped += 1
             continue
-        if head is not None and not _earlier_copy([tuple(row) for row in rows], src_rows):
+        if head is not None and not (_earlier_copy([tuple(row) for row in rows], src_rows)
+                                     and _not_older(rec["updated_at"], target, rec["id"])):
             report.conflicts.append(f"{rec['id']}: {len(src_rows)} messages in the source, {len(rows)} in the "
                                     f"target, which differ (not an earlier copy of the source's)")
             continue
