@@ -93,6 +93,19 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
+def check_idle(conn: Any) -> None:
+    """The pool's check of a connection it hands out, without a round trip: an idle connection has nothing to
+    read unless the server closed it (a restart, ``pg_terminate_backend``, an idle timeout: EOF or a FATAL
+    message is waiting); only then is it tested with an empty query, which raises if it is dead (the pool then
+    drops it and hands out another)."""
+    import select
+
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        conn.execute("")
+
+
 # ---------------------------------------------------------------------------------------------- errors
 def _hint(exc: BaseException, user: str) -> str:
     """What to grant or set for a PostgreSQL failure (empty when nothing specific applies)."""

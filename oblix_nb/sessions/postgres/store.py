@@ -52,7 +52,7 @@ from ..io import normalize_message
 from ..validate import check_json, check_limit, check_title, json_object
 from .codec import (_SUMMARY_COLUMNS, _escape, _escape_index, _no_nul, _pg_summary, _read_row, _title, _unescape,
                     _write_row, index_json, redact, without_password)
-from .connect import Outage, split_options, storage_error
+from .connect import Outage, check_idle, split_options, storage_error
 from .migrations import migrate
 from .search import PostgresSearch, _like_pattern
 from .stats import PostgresStats
@@ -222,11 +222,11 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
     # ------------------------------------------------------------------ plumbing
     def _open_pool(self) -> None:
         _, psycopg_pool = _psycopg()
-        # check: a pooled connection is tested (an empty query) when taken, so connections a server restart
-        # closed are replaced instead of failing the next calls
+        # check: a pooled connection the server closed (restart) is noticed when taken and replaced, instead of
+        # failing the next calls (no round trip for a healthy one)
         self._pool = psycopg_pool.ConnectionPool(
             self._conninfo, min_size=1, max_size=self._pool_max, open=True, timeout=POOL_TIMEOUT_S,
-            kwargs=dict(self._connect_kwargs), name="oblix_nb", check=psycopg_pool.ConnectionPool.check_connection)
+            kwargs=dict(self._connect_kwargs), name="oblix_nb", check=check_idle)
         if self._outage is not None:
             self._outage.close()
         self._outage = Outage(self._conninfo, self._connect_kwargs, self._recovered)
@@ -286,9 +286,19 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
     def _write(self) -> Iterator[Any]:
         """One transaction on a pooled connection: committed at the end, rolled back if anything raises. A row
         lock held by another transaction is waited for at most LOCK_TIMEOUT_MS (then StorageError)."""
-        with self._conn() as conn, conn.transaction():
-            conn.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
-            yield conn
+        with self._conn() as conn:
+            # one round trip (simple query, no parameters); no session state, so poolers are fine
+            conn.execute(f"BEGIN; SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+            try:
+                yield conn
+            except BaseException:
+                if not conn.closed and not conn.broken:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except Exception:  # noqa: BLE001 - the pool rolls back or drops it; the first error counts
+                        pass
+                raise
+            conn.execute("COMMIT")
 
     _read = _write  # one snapshot for reads of several statements (as SessionStore._read)
 
