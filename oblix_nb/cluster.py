@@ -86,6 +86,13 @@ class ClientSpec:
         return client
 
 
+def _without_password(url: str) -> str:
+    """``url`` without its password (the store's :func:`~.sessions.postgres.codec.without_password`)."""
+    from .sessions.postgres.codec import without_password
+
+    return without_password(url)
+
+
 def _worker_name() -> str:
     """This Dask worker's address (or the process id outside a worker)."""
     import os

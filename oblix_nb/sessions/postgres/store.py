@@ -231,6 +231,11 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
             self._outage.close()
         self._outage = Outage(self._conninfo, self._connect_kwargs, self._recovered)
         self._pid = os.getpid()
+        self._errors_seen = 0
+        try:  # a first connection ready before the first call (which may come from the event loop)
+            self._pool.wait(timeout=CONNECT_TIMEOUT_S)
+        except psycopg_pool.PoolTimeout:
+            pass  # the pool keeps trying; calls report it
 
     def _recovered(self) -> None:
         """The server answers again (the outage probe): drop the pool's connections the outage broke."""
@@ -268,9 +273,10 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
                 used = conn
                 yield conn
         except psycopg_pool.PoolTimeout as exc:
-            stats = self._pool.get_stats() if self._pool is not None else {}
-            if stats.get("pool_size", 0) < self._pool_max or stats.get("connections_errors", 0):
-                outage.mark_down(f"no connection within {wait:g} s")  # free slots, yet none: cannot connect
+            errors_now = (self._pool.get_stats() if self._pool is not None else {}).get("connections_errors", 0)
+            if errors_now > self._errors_seen:  # the pool's connection attempts fail: the server is down
+                outage.mark_down(f"no connection within {wait:g} s, connection attempts failing")
+            self._errors_seen = errors_now
             error, _ = storage_error(exc, self._url, self._role())
             raise error from None
         except (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction,
