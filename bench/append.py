@@ -169,6 +169,7 @@ def bench_outage(args) -> dict:
                     worst = max(worst, time.perf_counter() - t - 0.01)
 
             task = asyncio.ensure_future(probe())
+            await asyncio.sleep(0.05)  # the probe is running before the first write
             calls, failed, longest = 0, 0, 0.0
             end = time.perf_counter() + args.outage_s
             while time.perf_counter() < end:  # one checkpoint-like write every 100 ms

@@ -48,6 +48,7 @@ def test_an_outage_never_stalls_the_package_loop_and_the_store_recovers(own_pg_s
                     worst = max(worst, time.perf_counter() - t - 0.01)
 
             task = asyncio.ensure_future(probe())
+            await asyncio.sleep(0.05)  # the probe is running before the first write
             outcomes = []
             for i in range(8):
                 t = time.perf_counter()
