@@ -1,6 +1,7 @@
 """The PostgreSQL store through Debian's pgbouncer 1.18 (issue 20, item 4), in pool_mode transaction (which cannot
 carry prepared statements: psycopg's automatic ones collided, ``prepared statement "_pg3_0" already exists``, and
-the wrong statement could run) and in session mode; plus the ``?prepare_threshold=`` URL option."""
+the wrong statement could run) and in session mode: the pooler is detected at open (no automatic prepared
+statements behind it); plus the ``?prepare_threshold=`` URL option."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,9 @@ def test_concurrent_appends_and_every_kind_of_call_through_pgbouncer(pgbouncer):
     store = open_store(url)  # migrates through the pooler
     errors: list[str] = []
     try:
+        assert store.behind_proxy is True  # detected: no automatic prepared statements
+        with store._conn() as conn:
+            assert conn.prepare_threshold is None
         sids = [store.create(title=f"pooled {i}", metadata={"i": i}) for i in range(4)]
 
         def append(i: int) -> None:
@@ -76,11 +80,16 @@ def test_migrate_command_through_pgbouncer(pgbouncer, tmp_path):
 def test_prepare_threshold_url_option(pg_url):
     plain = open_store(pg_url)
     opted = open_store(pg_url + "&prepare_threshold=2")
+    off = open_store(pg_url + "&Prepare_Threshold=none")
     try:
+        assert plain.behind_proxy is False  # a direct connection keeps psycopg's default
         with plain._conn() as conn:
-            assert conn.prepare_threshold is None  # default: no automatic prepared statements (poolers)
+            assert conn.prepare_threshold == 5
         with opted._conn() as conn:
             assert conn.prepare_threshold == 2
+        with off._conn() as conn:
+            assert conn.prepare_threshold is None
+        assert off.behind_proxy is None  # not probed: the URL decided
         sid = opted.create(title="opted in")
         for i in range(6):
             opted.append_message(sid, "user", f"m{i}")
@@ -89,6 +98,44 @@ def test_prepare_threshold_url_option(pg_url):
     finally:
         plain.close()
         opted.close()
+        off.close()
     for bad in ("-1", "x", "1.5"):
         with pytest.raises(ValueError, match="prepare_threshold"):
             open_store(pg_url + f"&prepare_threshold={bad}")
+
+
+class _Info:
+    def __init__(self, hostaddr, port):
+        self.hostaddr, self.port = hostaddr, port
+
+
+class _Conn:
+    """What behind_proxy reads: the server's own address and port, and the client's (libpq's conn.info)."""
+
+    def __init__(self, server, client, fail=False):
+        self.server, self.info, self.fail = server, _Info(*client), fail
+
+    def execute(self, sql):
+        if self.fail:
+            raise RuntimeError("function inet_server_addr() does not exist")
+        server = self.server
+
+        class Result:
+            def fetchone(self):
+                return server
+        return Result()
+
+
+@pytest.mark.parametrize("server, client, expected", [
+    (("127.0.0.1", 5432), ("127.0.0.1", "5432"), False),   # direct TCP
+    ((None, None), ("", "5432"), False),                     # direct unix socket
+    (("127.0.0.1", 5432), ("127.0.0.1", "6432"), True),     # pgbouncer on another port
+    (("10.0.0.5", 5432), ("10.0.0.9", "5432"), True),       # a proxy host on the same port
+    (("127.0.0.1", 5432), ("", "6432"), True),              # pgbouncer's unix socket
+    ((None, None), ("127.0.0.1", "5432"), True),             # server sees a socket, we used TCP: something between
+])
+def test_behind_proxy_compares_both_ends(server, client, expected):
+    from oblix_nb.sessions.postgres.connect import behind_proxy
+
+    assert behind_proxy(_Conn(server, client)) is expected
+    assert behind_proxy(_Conn(server, client, fail=True)) is True  # unsure: the safe side

@@ -3,10 +3,11 @@ guard that keeps the package's event loop from waiting on a database that is dow
 
 URL options read (and removed) here, never passed to libpq:
 
-- ``prepare_threshold=N`` (or ``none``, the default): psycopg's automatic server-side prepared statements.
-  Off by default so the store works through poolers in transaction mode (pgbouncer < 1.21 cannot carry
-  prepared statements across server connections: ``prepared statement "_pg3_0" already exists``); a direct
-  connection may opt in with e.g. ``?prepare_threshold=5``.
+- ``prepare_threshold=N`` (or ``none``): psycopg's automatic server-side prepared statements. By default
+  (option absent) :func:`behind_proxy` decides at open: a connection that reaches the server through a pooler
+  or proxy (pgbouncer, pgcat, a cloud proxy) gets none, since pgbouncer < 1.21 in transaction mode cannot carry
+  them across server connections (``prepared statement "_pg3_0" already exists``, or the wrong statement
+  runs); a direct connection keeps psycopg's default (5), which halves an append's latency.
 
 Secrets are the URL's password (``user:PW@``) and the ``password``/``sslpassword`` query options, however
 their names are percent-encoded (libpq decodes ``%70assword``). :func:`scrub` removes them from any text.
@@ -42,7 +43,7 @@ def split_options(url: str) -> tuple[str, dict]:
         else:
             keep.append(item)
     out: dict[str, Any] = {}
-    if "prepare_threshold" in options:
+    if "prepare_threshold" in options:  # absent: decided at open (behind_proxy)
         value = options["prepare_threshold"].strip().lower()
         if value in ("", "none", "off", "null"):
             out["prepare_threshold"] = None
@@ -55,6 +56,20 @@ def split_options(url: str) -> tuple[str, dict]:
                 raise ValueError(f"database URL option prepare_threshold must be a whole number >= 0 or "
                                  f"'none', not {options['prepare_threshold'][:20]!r}") from None
     return (base + "?" + "&".join(keep)) if keep else base, out
+
+
+def behind_proxy(conn: Any) -> bool:
+    """Whether ``conn`` reaches PostgreSQL through something in between (a pooler, a proxy, a port mapping):
+    the address and port the server sees itself answering on differ from those this client connected to.
+    When unsure it says True (the safe side: no prepared statements)."""
+    try:
+        addr, port = conn.execute("SELECT host(inet_server_addr()), inet_server_port()").fetchone()
+        info = conn.info
+        if addr is None:  # the server sees a unix socket: only direct if we used one too
+            return bool(info.hostaddr)
+        return not (info.hostaddr and info.hostaddr == addr and int(info.port) == int(port))
+    except Exception:  # noqa: BLE001 - e.g. a proxy that refuses the functions: assume one
+        return True
 
 
 def secrets(url: str) -> list[str]:

@@ -52,7 +52,7 @@ from ..io import normalize_message
 from ..validate import check_json, check_limit, check_title, json_object
 from .codec import (_SUMMARY_COLUMNS, _escape, _escape_index, _no_nul, _pg_summary, _read_row, _title, _unescape,
                     _write_row, index_json, redact, without_password)
-from .connect import Outage, check_idle, split_options, storage_error
+from .connect import Outage, behind_proxy, check_idle, split_options, storage_error
 from .migrations import migrate
 from .search import PostgresSearch, _like_pattern
 from .stats import PostgresStats
@@ -146,6 +146,9 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
         self._conninfo, options = split_options(url)
         self._connect_kwargs = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
                                 "prepare_threshold": options.get("prepare_threshold")}
+        #: True when the connection goes through a pooler or proxy (then no automatic prepared statements);
+        #: decided at open unless the URL sets ``prepare_threshold``
+        self.behind_proxy: Optional[bool] = None
         self._pool_max = pool_max
         self._lock = threading.Lock()
         self._pool = None
@@ -157,6 +160,9 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
         try:
             conn = psycopg.connect(self._conninfo, **self._connect_kwargs)  # any failure here: the URL or server
             with conn:
+                if "prepare_threshold" not in options:
+                    self.behind_proxy = behind_proxy(conn)
+                    self._connect_kwargs["prepare_threshold"] = None if self.behind_proxy else 5
                 migrate(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction,
                 errors.InsufficientPrivilege) if conn is not None else psycopg.Error as exc:
