@@ -99,6 +99,7 @@ def bench_pgbouncer(args, work: Path) -> dict:
     """Concurrent appends through pgbouncer (transaction and session mode): errors per side."""
     from concurrent.futures import ThreadPoolExecutor
 
+    sys.path.insert(0, str(ROOT / "tests"))
     from pg import PgBouncer
 
     from oblix_nb.sessions import open_store
