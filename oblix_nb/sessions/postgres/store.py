@@ -50,8 +50,8 @@ from ..base import (MESSAGE_COLUMNS, SessionStoreBase, _default_title, _message_
                     check_author, exists_message, frame_ids, import_plan, normalize_messages)
 from ..io import normalize_message
 from ..validate import check_json, check_limit, check_title, json_object
-from .codec import (_SUMMARY_COLUMNS, _escape, _escape_index, _no_nul, _pg_summary, _read_row, _title, _unescape,
-                    _write_row, index_json, redact, without_password)
+from .codec import (_FRAME_SELECT, _FRAME_TEXT_AT, _NUMBER, _SUMMARY_COLUMNS, _escape, _escape_index, _no_nul,
+                    _pg_summary, _read_row, _title, _unescape, _write_row, index_json, redact, without_password)
 from .connect import Outage, behind_proxy, check_idle, split_options, storage_error
 from .migrations import migrate
 from .search import PostgresSearch, _like_pattern
@@ -92,20 +92,6 @@ _ORDERS = {
 
 
 
-# frames.MESSAGE_COLUMNS as PostgreSQL expressions (plus escaped, fixed up in Python).
-_NUMBER = "CASE WHEN jsonb_typeof(j.mj -> '{0}') = 'number' THEN (j.mj ->> '{0}')::{1} END"
-# an integer count: NULL unless a whole number within BIGINT (as frames does for SQLite's values)
-_COUNT = ("CASE WHEN jsonb_typeof(j.mj -> '{0}') = 'number' AND (j.mj ->> '{0}')::numeric "
-          "BETWEEN -9223372036854775808 AND 9223372036854775807 AND (j.mj ->> '{0}')::numeric = "
-          "trunc((j.mj ->> '{0}')::numeric) THEN (j.mj ->> '{0}')::numeric::bigint END")
-_FRAME_SELECT = ", ".join([
-    "s.id", "CASE WHEN s.title_escaped THEN NULL ELSE s.title END", "m.id", "m.role", "m.content", "m.timestamp", "m.model_id", "j.rj ->> 'target'",
-    _NUMBER.format("time_to_first_token", "float8"), _NUMBER.format("tokens_per_second", "float8"),
-    _NUMBER.format("total_latency", "float8"), _COUNT.format("input_tokens"),
-    _COUNT.format("output_tokens"), _NUMBER.format("cost_usd", "float8"), "m.partial", "m.request_id", "m.author",
-    "m.escaped", "s.title_escaped", "s.title"])
-# positions in a frame row of the message text columns stored escaped when the row's flag is set
-_FRAME_TEXT_AT = (2, 4, 6, 15)
 
 
 def _psycopg():
