@@ -110,6 +110,26 @@ def test_appends_right_after_a_restart_succeed(own_pg_server, mode):
         store.close()
 
 
+def test_terminated_backends_are_replaced_without_failing_calls(pg_server):
+    import psycopg
+
+    name = f"oblix_t_{uuid.uuid4().hex[:6]}"
+    store = open_store(f"{pg_server.new_schema_url()}&application_name={name}")
+    sid = store.create(title="terminated")
+    try:
+        store.append_message(sid, "user", "before")
+        with psycopg.connect(pg_server.url, autocommit=True) as admin:  # as an admin or idle timeout would
+            killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE application_name = %s", (name,)).fetchone()[0]
+        assert killed >= 1
+        time.sleep(0.2)
+        for i in range(5):
+            store.append_message(sid, "user", f"after {i}")
+        assert store.summary(sid)["message_count"] == 6
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------------------------------------- lock (item 9)
 def test_a_row_lock_held_elsewhere_times_out_with_a_storage_error(pg_url):
     import psycopg

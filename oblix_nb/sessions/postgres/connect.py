@@ -204,13 +204,15 @@ class Outage:
         import psycopg
 
         pid = os.getpid()
-        while not self._stop.wait(self.probe_s):
-            if self.down_since is None or os.getpid() != pid:
+        while True:  # at once first: a lone broken connection (a terminated backend) is no outage
+            if self.down_since is None or os.getpid() != pid or self._stop.is_set():
                 return
             try:
                 with psycopg.connect(self._url, **self._kwargs) as conn:
                     conn.execute("SELECT 1")
             except Exception:  # noqa: BLE001 - still down: probe again
+                if self._stop.wait(self.probe_s):
+                    return
                 continue
             try:
                 self._on_recover()
