@@ -296,3 +296,25 @@ def test_password_options_never_show(pg_server, option):
         assert secret not in repr(ClientSpec(store.public_url(), store.author))
     finally:
         store.close()
+
+
+def test_a_dask_worker_without_the_password_names_itself(own_pg_server, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from oblix_nb.cluster import ClientSpec
+
+    own_pg_server.require_password("bo", "Other-pw2")
+    url = f"postgresql://bo:Other-pw2@127.0.0.1:{own_pg_server.port}/postgres"
+    store = open_store(url)
+    spec = ClientSpec(database_url=store.public_url(), author="bo")
+    store.close()
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", os.devnull)
+    with distributed.LocalCluster(n_workers=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None,
+                                  worker_dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as dask_client:
+        future = dask_client.submit(ClientSpec.build, spec, pure=False)
+        with pytest.raises(StorageError) as info:
+            future.result(timeout=120)
+        worker = next(iter(cluster.scheduler_info["workers"]))
+    text = str(info.value)
+    assert f"on Dask worker {worker}" in text and "PGPASSWORD" in text and "Other-pw2" not in full_text(info.value)
