@@ -318,3 +318,16 @@ def test_a_dask_worker_without_the_password_names_itself(own_pg_server, monkeypa
         worker = next(iter(cluster.scheduler_info["workers"]))
     text = str(info.value)
     assert f"on Dask worker {worker}" in text and "PGPASSWORD" in text and "Other-pw2" not in full_text(info.value)
+
+
+def test_the_first_call_off_the_loop_during_an_outage_fails_fast(own_pg_server):
+    store = open_store(own_pg_server.url)
+    sid = store.create(title="off the loop")
+    try:
+        own_pg_server.halt()
+        t = time.perf_counter()
+        with pytest.raises(StorageError):
+            store.append_message(sid, "user", "while down")  # from this thread, not the package loop
+        assert time.perf_counter() - t < 5.0  # before: the pool timeout, 30 s
+    finally:
+        store.close()

@@ -121,6 +121,18 @@ def check_idle(conn: Any) -> None:
         conn.execute("")
 
 
+def role_of(url: str) -> str:
+    """The role ``url`` logs in as (its user, else ``PGUSER``, else the OS user), for hints."""
+    from urllib.parse import unquote, urlsplit
+
+    from ..._util import current_user
+
+    try:
+        return unquote(urlsplit(url).username or "") or os.environ.get("PGUSER", "") or current_user()
+    except ValueError:
+        return "<role>"
+
+
 # ---------------------------------------------------------------------------------------------- errors
 def _hint(exc: BaseException, user: str) -> str:
     """What to grant or set for a PostgreSQL failure (empty when nothing specific applies)."""

@@ -38,7 +38,7 @@ import json
 import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Optional
 
@@ -52,7 +52,7 @@ from ..io import normalize_message
 from ..validate import check_json, check_limit, check_title, json_object
 from .codec import (_FRAME_SELECT, _FRAME_TEXT_AT, _NUMBER, _SUMMARY_COLUMNS, _escape, _escape_index, _no_nul,
                     _pg_summary, _read_row, _title, _unescape, _write_row, index_json, redact, without_password)
-from .connect import Outage, behind_proxy, check_idle, split_options, storage_error
+from .connect import Outage, behind_proxy, check_idle, role_of, split_options, storage_error
 from .migrations import migrate
 from .search import PostgresSearch, _like_pattern
 from .stats import PostgresStats
@@ -160,12 +160,7 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
         self._open_pool()
 
     def _role(self) -> str:
-        from urllib.parse import unquote, urlsplit
-
-        try:
-            return unquote(urlsplit(self._url).username or "") or os.environ.get("PGUSER", "") or current_user()
-        except ValueError:
-            return "<role>"
+        return role_of(self._url)
 
     def __repr__(self) -> str:
         return f"<PostgresSessionStore {self.url!r}>"
@@ -224,16 +219,13 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
         self._outage = Outage(self._conninfo, self._connect_kwargs, self._recovered)
         self._pid = os.getpid()
         self._errors_seen = 0
-        try:  # a first connection ready before the first call (which may come from the event loop)
+        with suppress(psycopg_pool.PoolTimeout):  # a connection ready for the first call (maybe on the loop)
             self._pool.wait(timeout=CONNECT_TIMEOUT_S)
-        except psycopg_pool.PoolTimeout:
-            pass  # the pool keeps trying; calls report it
 
     def _recovered(self) -> None:
         """The server answers again (the outage probe): drop the pool's connections the outage broke."""
-        pool = self._pool
-        if pool is not None:
-            pool.check()
+        if self._pool is not None:
+            self._pool.check()
 
     def _unreachable(self) -> StorageError:
         down = time.monotonic() - (self._outage.down_since or time.monotonic())
@@ -254,31 +246,42 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
         outage = self._outage
         if outage.down:
             raise self._unreachable()  # no waiting on a server that is down (the event loop must not stall)
-        psycopg, psycopg_pool = _psycopg()
+        psycopg, _ = _psycopg()
         errors = psycopg.errors
-        # On the package's event loop a pooled connection is waited for only briefly (a healthy pool has one
-        # at once): a server that is down must not stall every other task.
-        wait = LOOP_WAIT_S if runtime.in_loop_thread() else POOL_TIMEOUT_S
-        used = None
+        conn = self._getconn(outage)
         try:
-            with self._pool.connection(timeout=wait) as conn:
-                used = conn
-                yield conn
-        except psycopg_pool.PoolTimeout as exc:
-            errors_now = (self._pool.get_stats() if self._pool is not None else {}).get("connections_errors", 0)
-            if errors_now > self._errors_seen:  # the pool's connection attempts fail: the server is down
-                outage.mark_down(f"no connection within {wait:g} s, connection attempts failing")
-            self._errors_seen = errors_now
-            error, _ = storage_error(exc, self._url, self._role())
-            raise error from None
+            yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction,
                 errors.InsufficientPrivilege) as exc:
-            if used is not None and (used.closed or used.broken):
+            if conn.closed or conn.broken:
                 outage.mark_down(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
             error, leaked = storage_error(exc, self._url, self._role())
             if leaked:
                 raise error from None
             raise error from exc
+        finally:
+            self._pool.putconn(conn)  # a broken one is dropped by the pool
+
+    def _getconn(self, outage: Outage) -> Any:
+        """A connection from the pool. On the package's event loop it is waited for at most LOOP_WAIT_S (a
+        healthy pool has one at once), elsewhere POOL_TIMEOUT_S; either way in slices of LOOP_WAIT_S, and as
+        soon as the pool's connection attempts fail the server is taken as down (StorageError at once)."""
+        _, psycopg_pool = _psycopg()
+        wait = LOOP_WAIT_S if runtime.in_loop_thread() else POOL_TIMEOUT_S
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._pool.getconn(timeout=max(min(LOOP_WAIT_S, deadline - time.monotonic()), 0.001))
+            except psycopg_pool.PoolTimeout as exc:
+                errors_now = self._pool.get_stats().get("connections_errors", 0)
+                failing = errors_now > self._errors_seen
+                self._errors_seen = errors_now
+                if failing:  # the pool's connection attempts fail: the server is down
+                    outage.mark_down("connection attempts failing")
+                if failing or time.monotonic() >= deadline:
+                    error, _ = storage_error(exc, self._url, self._role(),
+                                             "is unreachable" if failing else f"had no free connection within {wait:g} s")
+                    raise error from None
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
