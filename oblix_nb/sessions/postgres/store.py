@@ -62,6 +62,7 @@ CONNECT_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 30.0
 #: longest wait for a pooled connection on the package's event loop (elsewhere: POOL_TIMEOUT_S)
 LOOP_WAIT_S = 0.3
+WAIT_SLICE_S = 0.05  # between looks at whether the pool's connection attempts fail
 #: longest wait for a row lock held by another transaction (then StorageError)
 LOCK_TIMEOUT_MS = 3000
 
@@ -264,14 +265,14 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
 
     def _getconn(self, outage: Outage) -> Any:
         """A connection from the pool. On the package's event loop it is waited for at most LOOP_WAIT_S (a
-        healthy pool has one at once), elsewhere POOL_TIMEOUT_S; either way in slices of LOOP_WAIT_S, and as
+        healthy pool has one at once), elsewhere POOL_TIMEOUT_S; either way in slices of WAIT_SLICE_S, and as
         soon as the pool's connection attempts fail the server is taken as down (StorageError at once)."""
         _, psycopg_pool = _psycopg()
         wait = LOOP_WAIT_S if runtime.in_loop_thread() else POOL_TIMEOUT_S
         deadline = time.monotonic() + wait
         while True:
             try:
-                return self._pool.getconn(timeout=max(min(LOOP_WAIT_S, deadline - time.monotonic()), 0.001))
+                return self._pool.getconn(timeout=max(min(WAIT_SLICE_S, deadline - time.monotonic()), 0.001))
             except psycopg_pool.PoolTimeout as exc:
                 errors_now = self._pool.get_stats().get("connections_errors", 0)
                 failing = errors_now > self._errors_seen
