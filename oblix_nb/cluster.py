@@ -90,8 +90,15 @@ class ClientSpec:
         """A new client from this spec (in the current process), made by ``factory`` (the client class), its
         models hooked."""
         from . import runtime
+        from .errors import StorageError
 
-        client = factory(database_url=self.database_url, author=self.author)
+        try:
+            client = factory(database_url=self.database_url, author=self.author)
+        except StorageError as exc:
+            hint = ("; a worker uses its own credentials (the driver's password is never sent): set PGPASSWORD "
+                    "or ~/.pgpass in the workers' environment") if "password" in str(exc).lower() else ""
+            raise StorageError(f"on Dask worker {_worker_name()}: {exc}{hint}", path=exc.path,
+                               cause=exc.cause) from None
         client.default_max_tokens = self.default_max_tokens
         for spec in self.models:
             runtime.run(client.hook_model(spec.model_type, spec.model_name, spec.endpoint, **dict(spec.options)))
@@ -99,15 +106,22 @@ class ClientSpec:
 
 
 def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
+    """``url`` without its password (the store's :func:`~.sessions.postgres.codec.without_password`)."""
+    from .sessions.postgres.codec import without_password
 
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        host = netloc.rsplit("@", 1)[-1]
-        netloc = f"{parts.username}@{host}" if parts.username else host
-    query = "&".join(q for q in parts.query.split("&") if q and not q.lower().startswith("password="))
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return without_password(url)
+
+
+def _worker_name() -> str:
+    """This Dask worker's address (or the process id outside a worker)."""
+    import os
+
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except Exception:  # noqa: BLE001 - not in a worker (or distributed not installed)
+        return f"process {os.getpid()}"
 
 
 # One client per worker process and spec, built on first use and shared by the worker's threads.

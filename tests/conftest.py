@@ -272,3 +272,37 @@ def store(store_url):
     s = open_store(store_url)
     yield s
     s.close()
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL poolers
+@pytest.fixture(scope="session", params=("transaction", "session"))
+def pgbouncer(request, pg_server):
+    """Debian's pgbouncer (``tests/pg.py`` PgBouncer) in front of ``pg_server``, once in ``pool_mode``
+    transaction and once in session (``.mode``); ``.new_database_url()`` is a fresh database through it.
+    Skips with the reason when pgbouncer is not installed (``./dev test`` installs it)."""
+    from pg import PgBouncer
+
+    binary, why = PgBouncer.find()
+    if binary is None:
+        pytest.skip(why)
+    bouncer = PgBouncer.start(pg_server, request.param)
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture
+def own_pg_server():
+    """A PostgreSQL server of this test's own (to stop, restart or reconfigure), stopped afterwards."""
+    from pg import PostgresServer, find_bin
+
+    pytest.importorskip("psycopg", reason="psycopg 3 is not installed (pip install 'oblix-nb[postgres]')")
+    bindir, why = find_bin()
+    if bindir is None:
+        pytest.skip(why)
+    server = PostgresServer.start(max_connections=40)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -32,8 +32,8 @@ from typing import Any, Iterable, Optional
 
 from .._util import check_session_id, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
-from ..errors import StorageError
-from .io import normalize_message, parse_session_file, write_json_atomic
+from ..errors import SessionFileError, StorageError
+from .io import expand_path, normalize_message, parse_session_file, write_json_atomic
 from .validate import check_setting_key, check_title, dumps
 
 MAX_MATCHES_PER_HIT = 3
@@ -149,7 +149,7 @@ def import_plan(path: str | os.PathLike, new_id: bool, author: Optional[str],
     session_id, metadata, messages = doc["id"], doc["metadata"], doc["messages"]
     if new_id:
         metadata = {**metadata, "imported_from": {
-            "session_id": session_id, "file": str(Path(os.fspath(path)).expanduser().resolve()),
+            "session_id": session_id, "file": str(expand_path(path, SessionFileError).resolve()),
             "imported_at": iso()}}
         session_id = fresh_id()
         messages = [{**message, "id": fresh_id()} for message in messages]
@@ -234,6 +234,9 @@ class SessionStoreBase(abc.ABC):
     # ---- dialect hooks
     _PARAM = "?"  # the driver's placeholder; the base writes "?" and :meth:`_sql` rewrites it
     _PER_AUTHOR = False  # settings and usage sums are per author (a shared database)
+    #: usage rows become visible in seq order (one writer at a time), so a sum up to the highest seq seen stays
+    #: right; False where concurrent writers commit out of seq order (PostgreSQL sequences): see usage.spent
+    _SEQ_COMMIT_ORDER = True
 
     def _sql(self, sql: str) -> str:
         return sql if self._PARAM == "?" else sql.replace("?", self._PARAM)
@@ -582,11 +585,15 @@ class SessionStoreBase(abc.ABC):
                                    f"VALUES ({', '.join('?' * len(columns))})"), values)
 
     def usage_spend(self, after_seq: int = 0, since: Optional[str] = None,
-                    session_id: Optional[str] = None) -> tuple[int, float]:
-        """``(highest usage row seq, USD spent in the rows after after_seq)``: exact costs, estimates where
-        there is none, logged at or after ``since`` (None: ever), in ``session_id`` if given; on a shared
-        database, this store's author's rows only. The log is append-only, so sums can be kept incrementally."""
+                    session_id: Optional[str] = None, upto: Optional[int] = None) -> tuple[int, float]:
+        """``(highest usage row seq, USD spent in the rows after after_seq)`` (and at or below ``upto`` if
+        given): exact costs, estimates where there is none, logged at or after ``since`` (None: ever), in
+        ``session_id`` if given; on a shared database, this store's author's rows only. The log is
+        append-only, so sums can be kept incrementally."""
         where, params = ["seq > ?"], [after_seq]
+        if upto is not None:
+            where.append("seq <= ?")
+            params.append(upto)
         if since is not None:
             where.append("timestamp >= ?")
             params.append(since)

@@ -12,9 +12,11 @@ form ``2023-07-15T14:30:22.123Z``; any ISO 8601 form is accepted on the way in (
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
+import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -95,18 +97,44 @@ DEFAULT_MAX_IMPORT_BYTES = 256 * 2 ** 20
 MAX_IMPORT_ENV = "OBLIX_MAX_IMPORT_BYTES"
 
 
+#: the largest import size cap (a file this large could not be held in memory anyway)
+MAX_IMPORT_CAP = sys.maxsize - 1
+READ_CHUNK = 1 << 20
+
+
+def check_import_cap(cap, what: str = "max_bytes") -> int:
+    """``cap`` if it is a usable import size cap (an int, 1 .. MAX_IMPORT_CAP), else ValueError/TypeError."""
+    if isinstance(cap, bool) or not isinstance(cap, int):
+        raise TypeError(f"{what} must be an int (bytes), not {type(cap).__name__}")
+    if cap <= 0:
+        raise ValueError(f"{what} must be positive, not {cap}")
+    if cap > MAX_IMPORT_CAP:
+        raise ValueError(f"{what} must be at most {MAX_IMPORT_CAP:,} bytes, not {str(cap)[:30]}"
+                         f"{'...' if len(str(cap)) > 30 else ''}")
+    return cap
+
+
 def default_max_import_bytes() -> int:
-    """The import size cap: env ``OBLIX_MAX_IMPORT_BYTES`` if set (an integer), else 256 MiB."""
+    """The import size cap: env ``OBLIX_MAX_IMPORT_BYTES`` if set (an integer, 1 .. MAX_IMPORT_CAP), else
+    256 MiB. ValueError for another value."""
     value = os.environ.get(MAX_IMPORT_ENV)
     if not value:
         return DEFAULT_MAX_IMPORT_BYTES
     try:
         cap = int(value)
     except ValueError:
-        raise ValueError(f"{MAX_IMPORT_ENV} must be a number of bytes, not {value!r}") from None
-    if cap <= 0:
-        raise ValueError(f"{MAX_IMPORT_ENV} must be positive, not {cap}")
-    return cap
+        raise ValueError(f"{MAX_IMPORT_ENV} must be a number of bytes, not {value[:40]!r}") from None
+    return check_import_cap(cap, MAX_IMPORT_ENV)
+
+
+def expand_path(path: str | os.PathLike, error: type[Exception] = ValueError, what: str = "path") -> Path:
+    """``path`` with ``~`` / ``~user`` expanded; an unknown user or no home raises ``error`` (a ValueError
+    subclass) naming the path, instead of pathlib's RuntimeError."""
+    raw = Path(os.fspath(path))
+    try:
+        return raw.expanduser()
+    except RuntimeError as exc:
+        raise error(f"{raw}: cannot expand {str(raw).split(os.sep)[0]!r} in the {what} ({exc})") from None
 
 
 def _kind(mode: int) -> str:
@@ -131,11 +159,25 @@ def read_capped(path: Path, max_bytes: int) -> bytes:
             raise refuse(f"the file is {st.st_size:,} bytes, above the import size cap of {max_bytes:,} bytes "
                          f"(raise it with max_bytes=, SessionStore(max_import_bytes=) or {MAX_IMPORT_ENV})")
 
-    check(os.stat(path))  # before opening: opening a FIFO could block, a device could be read forever
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        check(os.stat(path))  # before opening: opening a FIFO could block, a device could be read forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as exc:  # a symlink loop, a name too long, a file used as a folder, ...
+        reason = {errno.ELOOP: "is a symlink loop (too many levels of symbolic links)",
+                  errno.ENAMETOOLONG: "the name is too long"}.get(exc.errno, exc.strerror or str(exc))
+        raise refuse(f"cannot be read: {reason}") from None
     with os.fdopen(fd, "rb") as f:
         check(os.fstat(f.fileno()))  # the file actually opened (the path may have been swapped meanwhile)
-        data = f.read(max_bytes + 1)
+        chunks, size = [], 0
+        while size <= max_bytes:  # in chunks: a huge cap never asks for a huge buffer
+            chunk = f.read(min(READ_CHUNK, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
     if len(data) > max_bytes:
         raise refuse(f"the file grew above the import size cap of {max_bytes:,} bytes while being read")
     return data
@@ -152,9 +194,8 @@ def parse_session_file(path: str | os.PathLike, max_bytes: int | None = None) ->
     session id raises InvalidSessionIdError. Message fields we do not know are ignored. The returned messages
     are :func:`normalize_message` dicts; ``title`` may be None (file had null).
     """
-    path = Path(os.fspath(path)).expanduser()
-    if max_bytes is None:
-        max_bytes = default_max_import_bytes()
+    path = expand_path(path, SessionFileError, "session file path")
+    max_bytes = default_max_import_bytes() if max_bytes is None else check_import_cap(max_bytes)
     raw = read_capped(path, max_bytes)
 
     def no_constants(name: str):
@@ -248,7 +289,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     and renames it over ``path``: readers see the old file or the new one, never a partial one, and a failed
     write leaves an existing file untouched. An existing file's permission bits are kept.
     """
-    path = Path(os.fspath(path)).expanduser()
+    path = expand_path(path, ValueError, "export path")
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

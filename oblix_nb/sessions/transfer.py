@@ -9,8 +9,13 @@
 Resumable: a session whose id is already in the target is skipped (never overwritten), so a run that was
 interrupted (Ctrl-C, kill -9: only whole batches are ever committed) is finished by running the same command
 again. Verified: after each batch the target's stored message rows are counted for every session of the
-batch and compared with the source; a session already in the target with a different count is reported as a
-conflict (``MigrationError`` at the end, after everything else was moved). A progress bar (tqdm if installed,
+batch and compared with the source. A session already in the target is compared row by row (and its title,
+context and metadata): the same: skipped; an earlier copy of the source's (the same message ids in the same
+order, the only differing rows flagged partial in the target, e.g. a reply that was a checkpoint when first
+copied and finished in the source since, and the source's ``updated_at`` not older than the target's, e.g. its
+metadata updated since): replaced by the source's (counted in ``copied``); any other difference (a finished
+message that differs, a target changed after the copy) is reported as a conflict and left as it is
+(``MigrationError`` at the end, after everything else was moved). A progress bar (tqdm if installed,
 else a line on stderr) shows sessions done out of the total.
 """
 from __future__ import annotations
@@ -22,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import OblixError, SessionExistsError
-from .base import SessionStoreBase
+from ..errors import OblixError, SessionExistsError, SessionNotFoundError
+from .base import MESSAGE_COLUMNS, SessionStoreBase
 
 DEFAULT_BATCH = 500
 
@@ -88,13 +93,58 @@ def _verify(source_counts: dict[str, int], target: SessionStoreBase, report: Mig
     stored = target.stored_counts(list(source_counts))
     for session_id, expected in source_counts.items():
         got = stored.get(session_id)
-        if got == expected:
-            if session_id not in inserted:
-                report.skipped += 1
-        elif session_id in inserted:
+        if got != expected and session_id in inserted:
             raise MigrationError(f"session {session_id}: {expected} messages read but {got} stored", report)
-        else:
-            report.conflicts.append(f"{session_id}: {expected} messages in the source, {got} in the target")
+
+
+_PARTIAL = MESSAGE_COLUMNS.index("partial")
+
+
+def _earlier_copy(rows: list[tuple], src_rows: list[tuple]) -> bool:
+    """The target's rows are an earlier state of the source's: same ids in the same order, and every row that
+    differs is a partial (checkpointed) reply in the target."""
+    return len(rows) == len(src_rows) and all(
+        row == src or (row[0] == src[0] and row[_PARTIAL]) for row, src in zip(rows, src_rows))
+
+
+def _not_older(source_updated_at: str, target: SessionStoreBase, session_id: str) -> bool:
+    """The source's session was updated no earlier than the target's copy (else the target changed since)."""
+    from .._util import parse_iso
+
+    try:
+        return parse_iso(source_updated_at) >= parse_iso(target.summary(session_id)["updated_at"])
+    except (ValueError, TypeError, SessionNotFoundError):
+        return False
+
+
+def _present(records: list[dict], target: SessionStoreBase, report: MigrationReport, inserted: set[str]) -> set[str]:
+    """Sessions of the batch the target had already: compared row by row with the source (see the module):
+    skipped, replaced (an earlier copy: returns their ids) or reported as conflicts."""
+    refreshed: set[str] = set()
+    for rec in records:
+        if rec["id"] in inserted:
+            continue
+        try:
+            with target._read() as conn:
+                head, rows = target._source(conn, rec["id"])
+        except SessionNotFoundError:  # deleted from the target meanwhile: copy it again
+            head, rows = None, []
+        src_rows = [tuple(row) for row in rec["rows"]]
+        if head == {"title": rec["title"], "context": rec["context"], "metadata": rec["metadata"]} \
+                and [tuple(row) for row in rows] == src_rows:
+            report.skipped += 1
+            continue
+        if head is not None and not (_earlier_copy([tuple(row) for row in rows], src_rows)
+                                     and _not_older(rec["updated_at"], target, rec["id"])):
+            report.conflicts.append(f"{rec['id']}: {len(src_rows)} messages in the source, {len(rows)} in the "
+                                    f"target, which differ (not an earlier copy of the source's)")
+            continue
+        # an earlier copy: the source's current state replaces it (if this stops half way, the session is
+        # absent from the target and the next run copies it again)
+        target.delete(rec["id"])
+        if target.insert_records([rec]):
+            refreshed.add(rec["id"])
+    return refreshed
 
 
 def copy_store(source: SessionStoreBase, target: SessionStoreBase, batch: int = DEFAULT_BATCH, progress: bool = True,
@@ -113,6 +163,7 @@ def copy_store(source: SessionStoreBase, target: SessionStoreBase, batch: int = 
                 break
             after = records[-1]["seq"]
             inserted = set(target.insert_records(records))
+            inserted |= _present(records, target, report, inserted)
             report.copied += len(inserted)
             report.sessions += len(records)
             report.messages += sum(len(rec["rows"]) for rec in records)
@@ -136,9 +187,9 @@ def import_folder(folder: str | os.PathLike, target: SessionStoreBase, progress:
     as a conflict. Invalid files are listed in ``report.invalid`` (the others are still imported); a
     MigrationError is raised at the end if there were conflicts or invalid files.
     """
-    from .io import parse_session_file
+    from .io import expand_path, parse_session_file
 
-    root = Path(os.fspath(folder)).expanduser()
+    root = expand_path(folder, ValueError, "folder")
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a folder of session files")
     files = sorted(root.glob("*.json"))
@@ -175,15 +226,17 @@ def migrate(source: str, target: str, batch: int = DEFAULT_BATCH, progress: bool
     """``python -m oblix_nb migrate``: ``source`` is a store URL (``sqlite:PATH``, ``postgresql://...``) or a
     folder of session files; ``target`` a store URL. Opens both, moves everything, closes them."""
     from . import open_store
+    from .io import expand_path
 
     target_store = open_store(target)
     try:
-        as_path = Path(source[len("folder:"):] if source.startswith("folder:") else source).expanduser()
+        as_path = expand_path(source[len("folder:"):] if source.startswith("folder:") else source, ValueError, "--from")
         if source.startswith("folder:") or ("://" not in source and not source.startswith("sqlite:")
                                             and as_path.is_dir()):
             return import_folder(as_path, target_store, progress=progress)
         if "://" not in source:
-            path = Path(source[len("sqlite:"):] if source.startswith("sqlite:") else source).expanduser()
+            path = expand_path(source[len("sqlite:"):] if source.startswith("sqlite:") else source, ValueError,
+                               "--from")
             if not path.is_file():  # never create an empty source
                 raise FileNotFoundError(f"no session database at {path}")
         source_store = open_store(source)

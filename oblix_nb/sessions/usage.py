@@ -9,6 +9,7 @@ records its ``author`` and spend is summed per user (one user's calls never use 
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Optional
 
 from .._util import iso
@@ -53,10 +54,16 @@ def record(store: "SessionStoreBase", response: dict, target: Optional[str], par
                      _num(m.get("cost_estimate_usd")), 1 if partial else 0))
 
 
-# (store URL, author, since, session_id) -> (highest seq summed, sum). The log is append-only, so a sum stays
-# right when only rows above its mark are added to it, whichever process wrote them.
-_sums: dict[tuple, tuple[int, float]] = {}
+# (store URL, author, since, session_id) -> (mark, sum of the rows up to mark, recent (time, highest seq) seen).
+# The log is append-only, so a sum stays right when only rows above its mark are added to it, whichever process
+# wrote them, as long as no row at or below the mark can still appear.
+_sums: dict[tuple, tuple[int, float, tuple]] = {}
 _sums_lock = threading.Lock()
+#: where usage rows can commit out of seq order (PostgreSQL: a concurrent writer's row with a lower seq may
+#: commit after a higher one was seen), a seq seen this long ago is taken as settled: every row at or below it
+#: has committed (a usage row is one autocommit INSERT). Rows above the settled mark are summed on every call.
+SETTLE_S = 60.0
+_OBSERVE_EVERY_S = 1.0
 
 
 def spent(store: "SessionStoreBase", since: Optional[str] = None, session_id: Optional[str] = None) -> float:
@@ -64,21 +71,36 @@ def spent(store: "SessionStoreBase", since: Optional[str] = None, session_id: Op
     None: ever), in one session if ``session_id`` is given (on a shared database: this store's author's).
 
     Sums are kept per store and read incrementally: each call adds only the rows logged since the last one
-    (by any process), so a check stays fast however long the log grows."""
+    (by any process), so a check stays fast however long the log grows. On PostgreSQL, where concurrent
+    writers commit out of seq order, the rows logged in the last ``SETTLE_S`` seconds are summed again on each
+    call, so a row that commits after a higher one was seen is still counted."""
     require(store, "spend")
     key = (store.url, store.author, since, session_id)
+    ordered = getattr(store, "_SEQ_COMMIT_ORDER", True)
+    now = time.monotonic()
     with _sums_lock:
-        mark, total = _sums.get(key, (0, 0.0))
+        mark, total, seen = _sums.get(key, (0, 0.0, ()))
+    settled = [top for t, top in seen if now - t >= SETTLE_S]
+    if settled and max(settled) > mark:
+        _, added = store.usage_spend(mark, since, session_id, upto=max(settled))
+        mark, total = max(settled), total + added
+        seen = tuple((t, top) for t, top in seen if now - t < SETTLE_S)
     top, added = store.usage_spend(mark, since, session_id)
     if top < mark:  # not the log the mark was taken on (replaced file): sum it all again
         top, added = store.usage_spend(0, since, session_id)
-        total = 0.0
-    total += added
+        mark, total, seen = 0, 0.0, ()
+    result = total + added
+    if ordered:
+        state = (top, result, ())
+    else:
+        if not seen or (top > seen[-1][1] and now - seen[-1][0] >= _OBSERVE_EVERY_S):
+            seen = (*seen, (now, top))
+        state = (mark, total, seen)
     with _sums_lock:
         if len(_sums) > 10_000:
             _sums.clear()
-        _sums[key] = (top, total)
-    return total
+        _sums[key] = state
+    return result
 
 
 def usage_df(store: "SessionStoreBase", by: str = "model") -> "pd.DataFrame":

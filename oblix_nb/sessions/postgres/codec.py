@@ -13,6 +13,18 @@ from ..base import MESSAGE_COLUMNS, _summary
 from ..validate import canonical_json, check_json
 
 
+def _key(item: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(item.split("=", 1)[0]).strip().lower()
+
+
+def _secret(item: str) -> bool:
+    """A query item carrying a secret: ``password=`` or ``sslpassword=``, however percent-encoded (libpq decodes
+    ``%70assword``) or cased."""
+    return _key(item) in ("password", "sslpassword")
+
+
 def redact(url: str) -> str:
     """``url`` without its password (for reprs, logs and errors)."""
     from urllib.parse import urlsplit, urlunsplit
@@ -26,7 +38,7 @@ def redact(url: str) -> str:
     else:
         netloc = parts.netloc.rsplit("@", 1)
         netloc = f"{parts.username or ''}:***@{netloc[-1]}"
-    query = "&".join("password=***" if q.lower().startswith("password=") else q for q in parts.query.split("&"))
+    query = "&".join(f"{_key(q)}=***" if _secret(q) else q for q in parts.query.split("&"))
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -40,7 +52,7 @@ def without_password(url: str) -> str:
     if parts.password is not None:
         host = netloc.rsplit("@", 1)[-1]
         netloc = f"{parts.username}@{host}" if parts.username else host
-    query = "&".join(q for q in parts.query.split("&") if q and not q.lower().startswith("password="))
+    query = "&".join(q for q in parts.query.split("&") if q and not _secret(q))
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -107,3 +119,19 @@ _SUMMARY_COLUMNS = "id, title, created_at, updated_at, message_count, metadata"
 def _pg_summary(row: tuple) -> dict:
     """A summary from ``_SUMMARY_COLUMNS, title_escaped[, author]``."""
     return _summary((row[0], _title(row[1], row[6]), *row[2:6], *row[7:]))
+
+
+# frames.MESSAGE_COLUMNS as PostgreSQL expressions (plus escaped, fixed up in Python).
+_NUMBER = "CASE WHEN jsonb_typeof(j.mj -> '{0}') = 'number' THEN (j.mj ->> '{0}')::{1} END"
+# an integer count: NULL unless a whole number within BIGINT (as frames does for SQLite's values)
+_COUNT = ("CASE WHEN jsonb_typeof(j.mj -> '{0}') = 'number' AND (j.mj ->> '{0}')::numeric "
+          "BETWEEN -9223372036854775808 AND 9223372036854775807 AND (j.mj ->> '{0}')::numeric = "
+          "trunc((j.mj ->> '{0}')::numeric) THEN (j.mj ->> '{0}')::numeric::bigint END")
+_FRAME_SELECT = ", ".join([
+    "s.id", "CASE WHEN s.title_escaped THEN NULL ELSE s.title END", "m.id", "m.role", "m.content", "m.timestamp", "m.model_id", "j.rj ->> 'target'",
+    _NUMBER.format("time_to_first_token", "float8"), _NUMBER.format("tokens_per_second", "float8"),
+    _NUMBER.format("total_latency", "float8"), _COUNT.format("input_tokens"),
+    _COUNT.format("output_tokens"), _NUMBER.format("cost_usd", "float8"), "m.partial", "m.request_id", "m.author",
+    "m.escaped", "s.title_escaped", "s.title"])
+# positions in a frame row of the message text columns stored escaped when the row's flag is set
+_FRAME_TEXT_AT = (2, 4, 6, 15)

@@ -37,10 +37,12 @@ from __future__ import annotations
 import json
 import os
 import threading
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Optional
 
+from ... import runtime
 from ..._util import check_session_id, current_user, iso, utcnow
 from ..._util import new_id as fresh_id
 from ...errors import SessionExistsError, SessionNotFoundError, StorageError
@@ -48,8 +50,9 @@ from ..base import (MESSAGE_COLUMNS, SessionStoreBase, _default_title, _message_
                     check_author, exists_message, frame_ids, import_plan, normalize_messages)
 from ..io import normalize_message
 from ..validate import check_json, check_limit, check_title, json_object
-from .codec import (_SUMMARY_COLUMNS, _escape, _escape_index, _no_nul, _pg_summary, _read_row, _title, _unescape,
-                    _write_row, index_json, redact, without_password)
+from .codec import (_FRAME_SELECT, _FRAME_TEXT_AT, _NUMBER, _SUMMARY_COLUMNS, _escape, _escape_index, _no_nul,
+                    _pg_summary, _read_row, _title, _unescape, _write_row, index_json, redact, without_password)
+from .connect import Outage, behind_proxy, check_idle, role_of, split_options, storage_error
 from .migrations import migrate
 from .search import PostgresSearch, _like_pattern
 from .stats import PostgresStats
@@ -57,6 +60,11 @@ from .stats import PostgresStats
 DEFAULT_POOL_MAX = 4
 CONNECT_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 30.0
+#: longest wait for a pooled connection on the package's event loop (elsewhere: POOL_TIMEOUT_S)
+LOOP_WAIT_S = 0.3
+WAIT_SLICE_S = 0.05  # between looks at whether the pool's connection attempts fail
+#: longest wait for a row lock held by another transaction (then StorageError)
+LOCK_TIMEOUT_MS = 3000
 
 _COLUMNS = ", ".join(MESSAGE_COLUMNS)
 _M_COLUMNS = ", ".join(f"m.{c}" for c in MESSAGE_COLUMNS)
@@ -67,9 +75,11 @@ _INSERT_MESSAGE = (f"INSERT INTO messages (session_seq, {_COLUMNS}, escaped) "
 _UPSERT_MESSAGE = (_INSERT_MESSAGE + " ON CONFLICT (session_seq, id) DO UPDATE SET "
                    + ", ".join(f"{c} = EXCLUDED.{c}" for c in (*MESSAGE_COLUMNS[1:], "escaped"))
                    + " RETURNING (xmax = 0)")  # true: inserted, false: updated in place
+# set_config(..., true) in an InitPlan runs before the UPDATE waits on the row lock: the lock timeout is part
+# of the one statement (no session state, so it holds through poolers in transaction mode too).
 _APPEND_ONE = (
-    "WITH s AS (UPDATE sessions SET updated_at = %s, message_count = message_count + 1 WHERE id = %s "
-    "RETURNING seq) "
+    f"WITH s AS (UPDATE sessions SET updated_at = %s, message_count = message_count + 1 WHERE id = %s "
+    f"AND (SELECT set_config('lock_timeout', '{LOCK_TIMEOUT_MS}', true)) IS NOT NULL RETURNING seq) "
     f"INSERT INTO messages (session_seq, {_COLUMNS}, escaped) "
     f"SELECT s.seq, {', '.join('%s' + cast for cast in _CASTS)}, %s::boolean FROM s RETURNING seq")
 # summaries(order=...) as in SQLite (SUMMARY_ORDERS there); "C" collation: byte order, as SQLite's.
@@ -83,20 +93,6 @@ _ORDERS = {
 
 
 
-# frames.MESSAGE_COLUMNS as PostgreSQL expressions (plus escaped, fixed up in Python).
-_NUMBER = "CASE WHEN jsonb_typeof(j.mj -> '{0}') = 'number' THEN (j.mj ->> '{0}')::{1} END"
-# an integer count: NULL unless a whole number within BIGINT (as frames does for SQLite's values)
-_COUNT = ("CASE WHEN jsonb_typeof(j.mj -> '{0}') = 'number' AND (j.mj ->> '{0}')::numeric "
-          "BETWEEN -9223372036854775808 AND 9223372036854775807 AND (j.mj ->> '{0}')::numeric = "
-          "trunc((j.mj ->> '{0}')::numeric) THEN (j.mj ->> '{0}')::numeric::bigint END")
-_FRAME_SELECT = ", ".join([
-    "s.id", "CASE WHEN s.title_escaped THEN NULL ELSE s.title END", "m.id", "m.role", "m.content", "m.timestamp", "m.model_id", "j.rj ->> 'target'",
-    _NUMBER.format("time_to_first_token", "float8"), _NUMBER.format("tokens_per_second", "float8"),
-    _NUMBER.format("total_latency", "float8"), _COUNT.format("input_tokens"),
-    _COUNT.format("output_tokens"), _NUMBER.format("cost_usd", "float8"), "m.partial", "m.request_id", "m.author",
-    "m.escaped", "s.title_escaped", "s.title"])
-# positions in a frame row of the message text columns stored escaped when the row's flag is set
-_FRAME_TEXT_AT = (2, 4, 6, 15)
 
 
 def _psycopg():
@@ -133,14 +129,39 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
         self.author = check_author(author) or current_user()
         _no_nul("author", self.author)
         self._url = url
+        # oblix's own URL options (prepare_threshold) are not libpq's: removed before connecting
+        self._conninfo, options = split_options(url)
+        self._connect_kwargs = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S,
+                                "prepare_threshold": options.get("prepare_threshold")}
+        #: True when the connection goes through a pooler or proxy (then no automatic prepared statements);
+        #: decided at open unless the URL sets ``prepare_threshold``
+        self.behind_proxy: Optional[bool] = None
         self._pool_max = pool_max
         self._lock = threading.Lock()
         self._pool = None
+        self._outage: Optional[Outage] = None
         self._pid = -1
         self._closed = False
-        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-            migrate(conn)
+        error = conn = None
+        errors = psycopg.errors
+        try:
+            conn = psycopg.connect(self._conninfo, **self._connect_kwargs)  # any failure here: the URL or server
+            with conn:
+                if "prepare_threshold" not in options:
+                    self.behind_proxy = behind_proxy(conn)
+                    self._connect_kwargs["prepare_threshold"] = None if self.behind_proxy else 5
+                migrate(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction,
+                errors.InsufficientPrivilege) if conn is not None else psycopg.Error as exc:
+            error, leaked = storage_error(exc, url, self._role(), "could not be opened")
+            if not leaked:
+                raise error from exc
+        if error is not None:
+            raise error  # outside the except block: the cause's text held a secret
         self._open_pool()
+
+    def _role(self) -> str:
+        return role_of(self._url)
 
     def __repr__(self) -> str:
         return f"<PostgresSessionStore {self.url!r}>"
@@ -157,6 +178,7 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
     # ------------------------------------------------------------------ dialect hooks of the base
     _PARAM = "%s"
     _PER_AUTHOR = True  # settings and usage sums are per user (see migrations)
+    _SEQ_COMMIT_ORDER = False  # a sequence value is taken before commit: usage rows appear out of seq order
     _BYTE_ORDER = ' COLLATE "C"'
     _encode_text = staticmethod(_escape)
     _decode_text = staticmethod(_unescape)
@@ -188,10 +210,29 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
     # ------------------------------------------------------------------ plumbing
     def _open_pool(self) -> None:
         _, psycopg_pool = _psycopg()
+        # check: a pooled connection the server closed (restart) is noticed when taken and replaced, instead of
+        # failing the next calls (no round trip for a healthy one)
         self._pool = psycopg_pool.ConnectionPool(
-            self._url, min_size=1, max_size=self._pool_max, open=True, timeout=POOL_TIMEOUT_S,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S}, name="oblix_nb")
+            self._conninfo, min_size=1, max_size=self._pool_max, open=True, timeout=POOL_TIMEOUT_S,
+            kwargs=dict(self._connect_kwargs), name="oblix_nb", check=check_idle)
+        if self._outage is not None:
+            self._outage.close()
+        self._outage = Outage(self._conninfo, self._connect_kwargs, self._recovered)
         self._pid = os.getpid()
+        self._errors_seen = 0
+        with suppress(psycopg_pool.PoolTimeout):  # a connection ready for the first call (maybe on the loop)
+            self._pool.wait(timeout=CONNECT_TIMEOUT_S)
+
+    def _recovered(self) -> None:
+        """The server answers again (the outage probe): drop the pool's connections the outage broke."""
+        if self._pool is not None:
+            self._pool.check()
+
+    def _unreachable(self) -> StorageError:
+        down = time.monotonic() - (self._outage.down_since or time.monotonic())
+        return StorageError(f"session database {self.url} is unreachable (for {down:.1f} s: {self._outage.reason}); "
+                            f"calls fail at once until it answers again (checked every {self._outage.probe_s} s in "
+                            f"the background)", path=self.url)
 
     @contextmanager
     def _conn(self) -> Iterator[Any]:
@@ -203,19 +244,63 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
             with self._lock:
                 if self._pid != os.getpid():
                     self._open_pool()  # the parent's sockets stay the parent's
-        psycopg, psycopg_pool = _psycopg()
+        outage = self._outage
+        if outage.down:
+            raise self._unreachable()  # no waiting on a server that is down (the event loop must not stall)
+        psycopg, _ = _psycopg()
+        errors = psycopg.errors
+        conn = self._getconn(outage)
         try:
-            with self._pool.connection() as conn:
-                yield conn
-        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
-            raise StorageError(f"session database {self.url} could not be used: {exc}", path=self.url,
-                               cause=exc) from exc
+            yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction,
+                errors.InsufficientPrivilege) as exc:
+            if conn.closed or conn.broken:
+                outage.mark_down(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+            error, leaked = storage_error(exc, self._url, self._role())
+            if leaked:
+                raise error from None
+            raise error from exc
+        finally:
+            self._pool.putconn(conn)  # a broken one is dropped by the pool
+
+    def _getconn(self, outage: Outage) -> Any:
+        """A connection from the pool. On the package's event loop it is waited for at most LOOP_WAIT_S (a
+        healthy pool has one at once), elsewhere POOL_TIMEOUT_S; either way in slices of WAIT_SLICE_S, and as
+        soon as the pool's connection attempts fail the server is taken as down (StorageError at once)."""
+        _, psycopg_pool = _psycopg()
+        wait = LOOP_WAIT_S if runtime.in_loop_thread() else POOL_TIMEOUT_S
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._pool.getconn(timeout=max(min(WAIT_SLICE_S, deadline - time.monotonic()), 0.001))
+            except psycopg_pool.PoolTimeout as exc:
+                errors_now = self._pool.get_stats().get("connections_errors", 0)
+                failing = errors_now > self._errors_seen
+                self._errors_seen = errors_now
+                if failing:  # the pool's connection attempts fail: the server is down
+                    outage.mark_down("connection attempts failing")
+                if failing or time.monotonic() >= deadline:
+                    error, _ = storage_error(exc, self._url, self._role(),
+                                             "is unreachable" if failing else f"had no free connection within {wait:g} s")
+                    raise error from None
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        """One transaction on a pooled connection: committed at the end, rolled back if anything raises."""
-        with self._conn() as conn, conn.transaction():
-            yield conn
+        """One transaction on a pooled connection: committed at the end, rolled back if anything raises. A row
+        lock held by another transaction is waited for at most LOCK_TIMEOUT_MS (then StorageError)."""
+        with self._conn() as conn:
+            # one round trip (simple query, no parameters); no session state, so poolers are fine
+            conn.execute(f"BEGIN; SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+            try:
+                yield conn
+            except BaseException:
+                if not conn.closed and not conn.broken:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except Exception:  # noqa: BLE001 - the pool rolls back or drops it; the first error counts
+                        pass
+                raise
+            conn.execute("COMMIT")
 
     _read = _write  # one snapshot for reads of several statements (as SessionStore._read)
 
@@ -608,6 +693,8 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
     def close(self) -> None:
         """Close the pool. Idempotent; any later call on the store raises RuntimeError."""
         self._closed = True
+        if self._outage is not None:
+            self._outage.close()
         pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
             pool.close()

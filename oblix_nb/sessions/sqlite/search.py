@@ -35,6 +35,9 @@ _FTS_PENDING = "SELECT " + " OR ".join(
     for name, table, _, _ in _FTS_TABLES)
 
 
+_FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"  # as migrations' messages_fts and titles_fts
+
+
 def _fts_query(query: str) -> str:
     """The user's text as an FTS5 query: every whitespace-separated term quoted (so ``-``, ``:``, ``"``,
     ``AND``, ``*`` are plain text), all terms required."""
@@ -162,6 +165,20 @@ class SqliteSearch:
             except sqlite3.Error as exc:
                 raise storage_error(exc, self.path, "read") from exc
 
+    def _pending_fts(self, conn: sqlite3.Connection) -> bool:
+        """A read-only store cannot index what a writer appended and had not indexed yet: those rows go into
+        temporary FTS5 tables (same tokenizer; the temp schema is this connection's, in memory) that the
+        search reads as well, so it finds them. True if there were any."""
+        if self.read_only is None or not conn.execute(_FTS_PENDING).fetchone()[0]:
+            return False
+        conn.execute("PRAGMA temp_store = MEMORY")
+        for name, table, fts, column in _FTS_TABLES:
+            conn.execute(f"DROP TABLE IF EXISTS temp.pending_{fts}")
+            conn.execute(f"CREATE VIRTUAL TABLE temp.pending_{fts} USING fts5({column}, tokenize='{_FTS_TOKENIZE}')")
+            conn.execute(f"INSERT INTO temp.pending_{fts} (rowid, {column}) SELECT seq, {column} FROM main.{table} "
+                         f"WHERE seq > (SELECT last_seq FROM main.fts_progress WHERE name = ?)", (name,))
+        return True
+
     def search(self, query: str, limit: int = 20) -> list[dict]:
         """Full-text search over session titles and message text, best match (bm25) first.
 
@@ -176,8 +193,8 @@ class SqliteSearch:
         ``SEARCH_CATCHUP_ROWS`` rows (what writes leave between background passes, ~20 ms of work), else for
         at most ``search_catchup_s`` (20 ms); only such a larger backlog (a bulk import by another process,
         a database from an older version) is finished in the background, and until then the newest of those
-        rows are not found yet. A read-only store
-        searches what was indexed when it was writable.
+        rows are not found yet. A read-only store (which cannot index) also searches the rows the writer had
+        not indexed, through temporary in-memory FTS5 tables.
         """
         check_query(query)
         sql_limit = check_limit(limit)
@@ -186,16 +203,21 @@ class SqliteSearch:
         scores: dict[int, float] = {}
         matches: dict[int, list[dict]] = {}
         with self._search_read() as conn:
-            for seq, rank in conn.execute("SELECT rowid, rank FROM titles_fts WHERE titles_fts MATCH ? "
-                                          "ORDER BY rank LIMIT ?", (match, sql_limit)):
+            pending = self._pending_fts(conn)  # read-only store: what the writer had not indexed yet
+            titles = "SELECT rowid, rank FROM titles_fts WHERE titles_fts MATCH ?"
+            texts = ("SELECT rowid, snippet(messages_fts, 0, '**', '**', '…', 16) AS snippet, rank "
+                     "FROM messages_fts WHERE messages_fts MATCH ?")
+            if pending:
+                titles += " UNION ALL " + titles.replace("titles_fts", "pending_titles_fts")
+                texts += " UNION ALL " + texts.replace("messages_fts", "pending_messages_fts")
+            for seq, rank in conn.execute(f"SELECT rowid, rank FROM ({titles}) ORDER BY rank LIMIT ?",
+                                          (match, *([match] if pending else []), sql_limit)):
                 scores[seq] = rank
                 matches[seq] = []
             message_sessions = 0
             cursor = conn.execute(
-                "SELECT m.session_seq, m.id, m.role, f.snippet, f.rank FROM "
-                "(SELECT rowid, snippet(messages_fts, 0, '**', '**', '…', 16) AS snippet, rank "
-                " FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rank) AS f "
-                "JOIN messages AS m ON m.seq = f.rowid", (match,))
+                f"SELECT m.session_seq, m.id, m.role, f.snippet, f.rank FROM ({texts} ORDER BY rank) AS f "
+                f"JOIN messages AS m ON m.seq = f.rowid", (match, *([match] if pending else [])))
             for seq, message_id, role, snippet, rank in cursor:
                 hits = matches.setdefault(seq, [])
                 if not hits:

@@ -33,7 +33,7 @@ from ...errors import SessionExistsError, SessionNotFoundError, StorageError
 from ..base import (MESSAGE_COLUMNS, SessionStoreBase, _default_title, _message_dict, _message_row, _ms,
                     _summary, _update_stamp, check_author, exists_message, frame_ids, import_plan,
                     normalize_messages)
-from ..io import normalize_message
+from ..io import expand_path, normalize_message
 from ..validate import canonical_json, check_limit, check_title, json_object
 from .common import (BUSY_TIMEOUT_S, SUMMARY_ORDERS, _SUMMARY_COLUMNS, _not_writable, _summary_where,
                      storage_error)
@@ -76,7 +76,7 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
     def __init__(self, path: str | os.PathLike, *, author: Optional[str] = None,
                  max_import_bytes: Optional[int] = None):
         self.author = check_author(author) or current_user()
-        self.path = Path(os.fspath(path)).expanduser()
+        self.path = expand_path(path, ValueError, "session database path")
         #: import_file's size cap in bytes (None: env OBLIX_MAX_IMPORT_BYTES, else 256 MiB)
         self.max_import_bytes = max_import_bytes
         #: why the store could only be opened read-only (a read-only home), else None
