@@ -474,3 +474,33 @@ def test_local_servers_do_not_inherit_provider_keys(monkeypatch):
     finally:
         server.stop()
         server.log_path.unlink(missing_ok=True)
+
+
+async def test_stopped_stream_keeps_the_server_input_count(client, clear):
+    """A Claude reply stopped after its first text keeps the input count message_start reported (not None)."""
+    import asyncio
+
+    await hook_claude(client, clear)
+    sid = await client.create_and_use_session("stop")
+    loop = asyncio.get_running_loop()
+    got = asyncio.Event()
+    seen: list[str] = []
+
+    def sink(text):  # on the package's loop thread
+        seen.append(text)
+        if len(seen) == 2:
+            loop.call_soon_threadsafe(got.set)
+
+    task = asyncio.create_task(client.execute("Count from one to fifty.", max_tokens=200, sink=sink))
+    await asyncio.wait_for(got.wait(), 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    reply = client.load_session(sid)["messages"][-1]
+    m = reply["metrics"]
+    assert reply["partial"] is True and m["finish_reason"] == "interrupted"
+    assert m["usage_source"]["input"] == "server" and m["input_tokens"] > 0
+    count = anthropic.Anthropic(base_url=clear.base_url, api_key=clear.api_key).messages.count_tokens(
+        model=HAIKU, messages=[{"role": "user", "content": "Count from one to fifty."}])
+    assert m["input_tokens"] == count.input_tokens
+    assert m["output_tokens"] >= len(seen) >= 2
