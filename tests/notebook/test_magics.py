@@ -529,7 +529,6 @@ def test_throttle_long_reply(ip):
 
         pub.publish = publish
         result = ip.run_cell("%%oblix --max-tokens 400 --temperature 0\n"  # greedy: the same long reply every run
-
                              "Write a long story about a lighthouse keeper and a storm, with many details.",
                              store_history=False)
     assert result.success, result.error_in_exec
