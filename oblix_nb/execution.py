@@ -29,7 +29,8 @@ from .budget import Budgets
 from .context import fit_history
 from .errors import (BudgetExceededError, ModelCallError, NoModelHookedError, ReplyNotStoredError,
                      SessionNotFoundError, StructuredOutputError)
-from .models.base import SAMPLING_OPTIONS, GenerationParams, ModelBackend, Usage, is_connection_failure
+from .models.base import (SAMPLING_OPTIONS, GenerationParams, ModelBackend, PromptProgress, Usage,
+                          is_connection_failure, report_progress)
 from .pricing import Price, PriceBook, reply_cost
 from .routing import RoutingDecision, decide
 from .sessions import usage as usage_log
@@ -344,6 +345,32 @@ class Call:
         self.usage = Usage(input_source="none", output_source="none")
         self.message_id = new_id()  # the reply's row: checkpoints and the final reply share it
         self.checkpoint: Optional[Checkpoint] = None
+        self.prompt_progress: Optional[PromptProgress] = None  # the engine's last report on reading the prompt
+        # The backend gets the request's parameters with a progress callback that remembers the last report (so a
+        # reply stopped while the prompt is read still knows its input count) and passes it on.
+        self.params = replace(request.params, on_progress=self._progress)
+
+    def _progress(self, progress: PromptProgress) -> None:
+        self.prompt_progress = progress
+        report_progress(self.request.params, progress)
+
+    def _usage_when_cut(self) -> Usage:
+        """The usage of a reply cut (stopped or failed) before the backend reported any: the input count from
+        the engine's prompt reading when it reported one, else estimated; the output estimated from the text."""
+        u = self.usage
+        input_tokens, input_source = u.input_tokens, u.input_source
+        if input_tokens is None:
+            if self.prompt_progress is not None:
+                input_tokens, input_source = self.prompt_progress.total, "engine"
+            else:
+                text = "\n".join(str(m.get("content") or "") for m in self.fitted.messages)
+                input_tokens, input_source = self.backend.estimate_tokens(text), self.backend.estimate_source
+        output_tokens, output_source = u.output_tokens, u.output_source
+        if output_tokens is None:
+            output_tokens = self.backend.estimate_tokens("".join(self.pieces)) if self.pieces else 0
+            output_source = self.backend.estimate_source if self.pieces else "none"
+        return replace(u, input_tokens=input_tokens, input_source=input_source, output_tokens=output_tokens,
+                       output_source=output_source, finish_reason=u.finish_reason or "interrupted")
 
     def response(self, end: float, partial: bool) -> dict:
         b, u = self.backend, self.usage
@@ -365,6 +392,8 @@ class Call:
         }
         if u.cache_read_tokens is not None or u.cache_write_tokens is not None:
             metrics["cache_read_tokens"], metrics["cache_write_tokens"] = u.cache_read_tokens, u.cache_write_tokens
+        if u.options_not_applied:  # sampling options the backend could not send (the reply was made without them)
+            metrics["options_not_applied"] = list(u.options_not_applied)
         metrics.update(reply_cost(self.price, u))
         out = {
             "request_id": self.request.request_id, "model_id": b.model_id, "response": "".join(self.pieces),
@@ -393,9 +422,8 @@ class Call:
             raise
         except BaseException as exc:
             end = time.perf_counter()
-            if self.pieces and self.usage.output_tokens is None:  # cut before the backend could count
-                self.usage = Usage(None, self.backend.estimate_tokens("".join(self.pieces)), "none",
-                                   self.backend.estimate_source, "interrupted")
+            if self.usage.input_tokens is None or self.usage.output_tokens is None:  # cut before the backend counted
+                self.usage = self._usage_when_cut()
             partial = self.response(end, partial=True)
             if not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 partial["metrics"]["error"] = describe_error(exc)  # cut by a failure, not stopped
@@ -454,7 +482,7 @@ class Call:
         return BeforeFirstToken(describe_error(exc), is_connection_failure(exc))
 
     async def _stream(self, sink: Optional[StreamSink]) -> None:
-        agen = self.backend.stream(self.fitted.messages, self.request.params)
+        agen = self.backend.stream(self.fitted.messages, self.params)
         last_token_at = None
         try:
             try:
@@ -487,7 +515,7 @@ class Call:
 
     async def _complete(self) -> None:
         try:
-            text, self.usage = await self.backend.complete(self.fitted.messages, self.request.params)
+            text, self.usage = await self.backend.complete(self.fitted.messages, self.params)
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001
