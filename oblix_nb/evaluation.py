@@ -311,6 +311,8 @@ async def _row_confidences(client: Any, model_id: str, messages: list[list[dict]
                     out.append(C.text_confidence(toks))
         except LogprobsUnavailable:
             out.append(NAN)
+        except Exception:  # noqa: BLE001 - a failed confidence call leaves that row's confidence unknown (NaN),
+            out.append(NAN)  # which a cascade escalates; the evaluation goes on
     return out
 
 

@@ -537,7 +537,10 @@ class LlamaCppBackend(ModelBackend):
         # continuation's), and the context every continuation shares.
         starts = [max(1, min(common(base, f), len(f))) for f in fulls]
         if max(len(f) for f in fulls) > self._n_ctx:
-            raise ValueError(f"prompt and answer ({max(len(f) for f in fulls)} tokens) exceed n_ctx={self._n_ctx}")
+            from .base import LogprobsUnavailable
+
+            raise LogprobsUnavailable(f"prompt and answer ({max(len(f) for f in fulls)} tokens) exceed "
+                                      f"n_ctx={self._n_ctx}: not scored")
         shared = min(starts) - 1
         reuse = common(llama._input_ids.tolist(), base[:shared])
         llama.n_tokens = reuse

@@ -350,3 +350,20 @@ async def test_server_ignoring_logprobs_is_answered_once_with_nan():
     b = Ignoring([])
     value, scores = await C.choose(b, [], "label a|b|c")
     assert value == {"label": "c"} and b.completes == 0 and math.isnan(scores["label"].confidence)
+
+
+@pytest.mark.slow
+async def test_embedded_prompt_longer_than_the_context_gives_nan(gguf_path):
+    pytest.importorskip("llama_cpp")
+    from oblix_nb.models.llamacpp import LlamaCppBackend
+
+    b = LlamaCppBackend(str(gguf_path), n_ctx=64, n_threads=1)
+    await b.connect()
+    try:
+        long = [{"role": "user", "content": "word " * 200}]
+        with pytest.raises(LogprobsUnavailable, match="n_ctx"):
+            await b.score_continuations(long, "", ['"a"'])
+        s = await C.score_field(b, long, "label", ["a", "b"], reply='{"label": "b"}')
+        assert s.label == "b" and math.isnan(s.confidence)
+    finally:
+        await b.aclose()
