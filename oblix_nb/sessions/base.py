@@ -33,6 +33,7 @@ from typing import Any, Iterable, Optional
 from .._util import check_session_id, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
 from ..errors import StorageError
+from .reservations import BudgetReservations
 from .io import normalize_message, parse_session_file, write_json_atomic
 from .validate import check_setting_key, check_title, dumps
 
@@ -209,7 +210,7 @@ SPEND_SQL = "COALESCE(SUM(COALESCE(cost_usd, cost_estimate_usd)), 0)"
 USAGE_GROUPS = ("model", "session", "day")
 
 
-class SessionStoreBase(abc.ABC):
+class SessionStoreBase(BudgetReservations, abc.ABC):
     """A durable session store: sessions (title, context, metadata) and their messages, full-text search,
     request statistics, settings and the usage log. Subclasses: :class:`~.sqlite.store.SqliteSessionStore`
     (public alias ``SessionStore``) and :class:`~.postgres.store.PostgresSessionStore`.
@@ -575,17 +576,27 @@ class SessionStoreBase(abc.ABC):
         """Append one row (:data:`USAGE_COLUMNS` order) to the usage log, as this store's author."""
         if len(row) != len(USAGE_COLUMNS):
             raise ValueError(f"a usage row has {len(USAGE_COLUMNS)} values, not {len(row)}")
+        with self._write_one() as conn:
+            self._insert_usage(conn, row)
+
+    def _insert_usage(self, conn: Any, row: tuple) -> None:
+        if len(row) != len(USAGE_COLUMNS):
+            raise ValueError(f"a usage row has {len(USAGE_COLUMNS)} values, not {len(row)}")
         columns = ("author", *USAGE_COLUMNS) if self._PER_AUTHOR else USAGE_COLUMNS
         values = (self.author, *row) if self._PER_AUTHOR else tuple(row)
-        with self._write_one() as conn:
-            conn.execute(self._sql(f"INSERT INTO usage_log ({', '.join(columns)}) "
-                                   f"VALUES ({', '.join('?' * len(columns))})"), values)
+        conn.execute(self._sql(f"INSERT INTO usage_log ({', '.join(columns)}) "
+                               f"VALUES ({', '.join('?' * len(columns))})"), values)
 
     def usage_spend(self, after_seq: int = 0, since: Optional[str] = None,
                     session_id: Optional[str] = None) -> tuple[int, float]:
         """``(highest usage row seq, USD spent in the rows after after_seq)``: exact costs, estimates where
         there is none, logged at or after ``since`` (None: ever), in ``session_id`` if given; on a shared
         database, this store's author's rows only. The log is append-only, so sums can be kept incrementally."""
+        with self._read() as conn:
+            return self._usage_spend(conn, after_seq, since, session_id)
+
+    def _usage_spend(self, conn: Any, after_seq: int, since: Optional[str],
+                     session_id: Optional[str]) -> tuple[int, float]:
         where, params = ["seq > ?"], [after_seq]
         if since is not None:
             where.append("timestamp >= ?")
@@ -598,8 +609,7 @@ class SessionStoreBase(abc.ABC):
             params.append(self.author)
         sql = (f"SELECT (SELECT COALESCE(MAX(seq), 0) FROM usage_log), {SPEND_SQL} FROM usage_log "
                f"WHERE {' AND '.join(where)}")
-        with self._read() as conn:
-            top, added = conn.execute(self._sql(sql), params).fetchone()
+        top, added = conn.execute(self._sql(sql), params).fetchone()
         return int(top), float(added)
 
     def usage_groups(self, by: str = "model") -> list[tuple]:
@@ -617,3 +627,4 @@ class SessionStoreBase(abc.ABC):
         with self._read() as conn:
             return [tuple(int(v) if isinstance(v, Decimal) else v for v in row)
                     for row in conn.execute(self._sql(sql), params).fetchall()]
+
