@@ -136,8 +136,7 @@ async def test_real_model_nan_index_and_surrogate_cell(store_url, tmp_path, anth
     try:
         await client.hook_model(ModelType.CLAUDE, "claude-haiku-4-5", base_url=anthropic_server.base_url,
                                 api_key=anthropic_server.api_key)
-        frame = pd.DataFrame({"text": pd.Series(["one", "two \ud800", "three"], dtype=object).array},
-                             index=[math.nan, math.inf, -0.5])
+        frame = pd.DataFrame({"text": ["one", "two \ud800", "three"]}, index=[math.nan, math.inf, -0.5], dtype=object)
         out = await client.map(frame, "Repeat: {text}", max_tokens=8, progress=False)
         assert same_index(out.index, frame.index)
         assert out["error"].isna().tolist() == [True, False, True]
