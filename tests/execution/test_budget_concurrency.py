@@ -139,6 +139,24 @@ async def test_prices_are_bounded(tmp_path, bad):
         await client.shutdown()
 
 
+async def test_an_unbounded_price_stored_earlier_is_reported_not_used(tmp_path, anthropic_server):
+    """A price stored before prices were bounded (or edited in the store) never turns a budget into inf."""
+    client = OblixClient(home=tmp_path)
+    try:
+        await client.hook_model(ModelType.CLAUDE, MODEL, base_url=anthropic_server.base_url,
+                                api_key=anthropic_server.api_key)
+        client.set_budget(BUDGET, per="total")
+        client.sessions.set_setting("price:" + MODEL_ID, {"input": 1e308, "output": 1e308, "source": "user"})
+        with pytest.raises(ValueError, match=r"stored price of claude:claude-haiku-4-5 is invalid.*set_price"):
+            await client.execute(PROMPT, max_tokens=MAX_TOKENS)
+        assert spent(client.sessions) == 0 and client.sessions.reserved_spend() == 0
+        client.set_price(MODEL_ID, input=0.0, output=OUTPUT_PRICE)  # what the message says fixes it
+        r = await client.execute(PROMPT, max_tokens=MAX_TOKENS)
+        assert 0 < r["metrics"]["cost_usd"] <= WORST and spent(client.sessions) == pytest.approx(r["metrics"]["cost_usd"])
+    finally:
+        await client.shutdown()
+
+
 # ------------------------------------------------------------------------------------------------ execute()
 
 @pytest.mark.parametrize("per", ["total", "day", "session"])
