@@ -9,6 +9,10 @@ and on a PostgreSQL server of its own (tests/pg.py):
 * ``in_process``: ``--calls`` concurrent ``execute()`` calls in one process;
 * ``two_processes``: two processes, ``--calls // 2`` concurrent calls each, started at the same instant.
 
+Also ``overhead_ms`` (median of ``--repeat``, on a store whose usage log holds ``--replies`` rows over 30 days, with a day, a
+session and a total budget set): the previous pre-call check (``check_ms``) side by side with a reservation and
+its settlement (``reserve_settle_ms``: two write transactions), per engine.
+
 Each is run with every reply taking each of ``--delays`` seconds (different interleavings), side by side in two
 modes: ``reserve`` (this code: the worst case is reserved atomically in the store and settled after) and
 ``check_only`` (the previous behaviour: each call checks spend, then runs). Reported: spend in USD, and
@@ -110,10 +114,45 @@ def scenario(url: str, work: Path, name: str, per: str, delay: float, calls: int
             "answered": sum(r["answered"] for r in reports), "errors": sum(len(r["other"]) for r in reports)}
 
 
+def overhead(url: str, home: Path, replies: int, repeat: int) -> dict:
+    import statistics
+    from datetime import datetime, timedelta, timezone
+
+    from oblix_nb._util import iso
+    from oblix_nb.pricing import Price
+
+    client = OblixClient(home=home, database_url=url)
+    store = client.sessions
+    sid = store.create(title="bench")
+    row = (iso(), sid, "r", "claude:claude-haiku-4-5", "cloud", 100, 16, None, None, 1e-6, None, 0)
+    now = datetime.now(timezone.utc)
+    with store._write() as conn:  # seeding only (bench): one transaction; replies spread over 30 days
+        for i in range(replies):
+            store._insert_usage(conn, (iso(now - timedelta(seconds=30 * 86400 * i / replies)), *row[1:]))
+    for per in ("day", "session", "total"):
+        client.set_budget(1e6, per=per)
+    price, budgets = Price(0.0, OUTPUT_PRICE), client.budgets
+    check, reserve = [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        budgets.check_call(price, 100, MAX_TOKENS, sid)
+        check.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        _, rid = budgets.reserve(price, 100, MAX_TOKENS, sid)
+        store.settle_spend(rid, row)
+        reserve.append(time.perf_counter() - t)
+    store.close()
+    return {"check_ms": round(statistics.median(check) * 1e3, 3),
+            "reserve_settle_ms": round(statistics.median(reserve) * 1e3, 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--delays", default="0,0.05,0.3")
+    parser.add_argument("--replies", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=200)
+    parser.add_argument("--overhead-only", action="store_true")
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -130,7 +169,10 @@ def main() -> int:
     result: dict = {"budget_usd": BUDGET, "worst_case_usd": MAX_TOKENS * OUTPUT_PRICE / 1e6, "calls": args.calls,
                     "runs": []}
     try:
-        for engine in ("sqlite", "postgresql"):
+        result["overhead_ms"] = {
+            "sqlite": overhead(f"sqlite:{work / 'overhead.db'}", work / "oh1", args.replies, args.repeat),
+            "postgresql": overhead(server.new_schema_url("o"), work / "oh2", args.replies, args.repeat)}
+        for engine in ("sqlite", "postgresql") if not args.overhead_only else ():
             for name in ("in_process", "two_processes"):
                 for per in ("total", "day", "session"):
                     for delay in delays:
@@ -143,8 +185,9 @@ def main() -> int:
     finally:
         server.stop()
     runs = result["runs"]
-    result["max_overspend_pct"] = {mode: max(r[mode]["overspend_pct"] for r in runs)
-                                   for mode in ("reserve", "check_only")}
+    if runs:
+        result["max_overspend_pct"] = {mode: max(r[mode]["overspend_pct"] for r in runs)
+                                       for mode in ("reserve", "check_only")}
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=1))
     return 0
