@@ -219,6 +219,9 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
     the file system. ``author`` is recorded on every session and message the store writes. Errors: see the
     module docstring (storage failures are always :class:`~oblix_nb.errors.StorageError`).
 
+    Budget reservations (``reserve_spend``, ``settle_spend``, ``reserved_spend``; engine hook ``_lock_budget``) come
+    from :class:`~.reservations.BudgetReservations`.
+
     Engine hooks (private; only the engine folders implement or call them): ``_write()`` (one transaction,
     rolled back on error), ``_read()`` (one snapshot), ``_source()`` (a session and its message rows, for
     copy/merge), ``_insert_session()`` (a whole session), ``_written()`` (after a committed write of
