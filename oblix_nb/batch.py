@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
 from ._util import describe_error
-from .errors import (ModelCallError, NoModelHookedError, OblixError, RowError, SchemaError,
+from .errors import (BudgetExceededError, ModelCallError, NoModelHookedError, OblixError, RowError, SchemaError,
                      StorageError, StructuredOutputError)
 from .execution import Engine, Request, retry_prompt
 from .models.base import SAMPLING_OPTIONS, GenerationParams
@@ -199,7 +199,11 @@ def _callable_name(fn: Callable) -> str:
 
 def _json_label(label: Any) -> Any:
     """An index label as JSON data (tuples of a MultiIndex as lists, timestamps as ISO text)."""
-    if isinstance(label, (str, int, float, bool)) or label is None:
+    if isinstance(label, float) and not math.isfinite(label):
+        return repr(float(label))  # "nan", "inf", "-inf": JSON has no such numbers (the store refuses them)
+    if isinstance(label, str):
+        return _valid_text(label)
+    if isinstance(label, (int, float, bool)) or label is None:
         return label
     if isinstance(label, tuple):
         return [_json_label(x) for x in label]
@@ -210,7 +214,31 @@ def _json_label(label: Any) -> Any:
         except (TypeError, ValueError):
             pass
     isoformat = getattr(label, "isoformat", None)
-    return isoformat() if callable(isoformat) else str(label)
+    try:
+        text = isoformat() if callable(isoformat) else str(label)
+    except Exception:  # noqa: BLE001 - a label that cannot say what it is (NaT-like, broken __str__)
+        text = repr(label)
+    return _valid_text(text) if isinstance(text, str) else _valid_text(repr(label))
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with each lone surrogate (no UTF-8 form: the store refuses it) written as its escape."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _invalid_text(text: str) -> Optional[str]:
+    """None if ``text`` can be sent and stored, else what is wrong with it (a lone surrogate, where)."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        return f"a lone surrogate {text[exc.start]!r} at index {exc.start} (text must be valid Unicode)"
 
 
 # ---------------------------------------------------------------------------------------------------- the job
@@ -248,6 +276,10 @@ class MapJob:
             raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
         if system is not None and not isinstance(system, str):
             raise TypeError(f"system must be a string, not {type(system).__name__}")
+        for name, text in (("system", system), ("the prompt template", prompt)):
+            bad = _invalid_text(text) if isinstance(text, str) else None
+            if bad is not None:  # every row would carry it: refuse the map before anything is written
+                raise ValueError(f"{name} contains {bad}")
         model_id = client.resolve_model_id(model_id)  # an alias names a model id
         if model_id is not None and model_id not in client.models:
             raise NoModelHookedError(f"model_id {model_id!r} is not hooked; hooked: {list(client.models)}")
@@ -302,6 +334,11 @@ class MapJob:
                 if not isinstance(text, str) or not text.strip():
                     what = "empty" if isinstance(text, str) else f"a {type(text).__name__}, not a string"
                     raise ValueError(f"the prompt for this row is {what}")
+                bad = _invalid_text(text)
+                if bad is not None:  # it could be neither sent nor stored: this row's error, not the map's
+                    cols = [repr(f) for f, v in zip(table.fields, row) if isinstance(v, str) and _invalid_text(v)]
+                    where = f" (from column {', '.join(cols)})" if cols else ""
+                    raise ValueError(f"the prompt for this row contains {bad}{where}")
             except Exception as exc:  # noqa: BLE001 - a callable's failure is this row's error
                 self._write([pos], RowOutcome(None, None, None, None, None, None,
                                               f"prompt: {type(exc).__name__}: {exc}", False))
@@ -333,7 +370,7 @@ class MapJob:
                            "model_id": self.model_id or sorted(self.client.models), "params": self._params_json(),
                            "system": system},
                           sort_keys=True, default=str, ensure_ascii=False)
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()  # never fails on any text
 
     def _row_key(self, prompt: str) -> str:
         h = hashlib.sha256(self.batch_key.encode("ascii"))
@@ -530,7 +567,8 @@ class MapJob:
         """One row: route, call (with fallback), validate (one retry), store the exchange."""
         prompt = self.prompts.pop(key)
         request = Request(prompt=prompt, params=self.params, request_id=key, session_id=None,
-                          model_id=self.model_id, system=self.system, schema=self.schema)
+                          model_id=self.model_id, system=self.system, schema=self.schema,
+                          usage_session_id=self.session_id)
         to_store: list[dict] = []
         input_tokens = output_tokens = 0
         latency = 0.0
@@ -542,8 +580,8 @@ class MapJob:
                 # session_id=None (no history) and store_reply=False: the row's exchange is stored below,
                 # once validated, in one transaction.
                 response = await self.engine.run(request, store_reply=False)
-            except (ModelCallError, NoModelHookedError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
+            except (ModelCallError, NoModelHookedError, BudgetExceededError) as exc:
+                error = f"{type(exc).__name__}: {exc}"  # over budget: this row's error; the others go on
                 break
             metrics = response["metrics"]
             input_tokens += metrics.get("input_tokens") or 0
@@ -565,11 +603,12 @@ class MapJob:
                 break
             request = Request(prompt=retry_prompt(invalid), params=self.params, request_id=key, session_id=None,
                               model_id=self.model_id, system=self.system, schema=self.schema,
-                              prior=[{"role": "user", "content": prompt}, {"role": "assistant", "content": text}])
+                              prior=[{"role": "user", "content": prompt}, {"role": "assistant", "content": text}],
+                              usage_session_id=self.session_id)
         if to_store:
             try:
                 self.client.sessions.append_messages(self.session_id, to_store)
-            except (OSError, StorageError, OblixError) as exc:
+            except (OSError, StorageError, OblixError, TypeError, ValueError) as exc:
                 # The reply is not dropped: it stays in the result; the error says it is not in the store
                 # (so the next call will ask the model again).
                 error = "; ".join(e for e in (error, f"reply not stored: {describe_error(exc)}") if e)
@@ -641,7 +680,9 @@ async def map_frame(client: MapClient, data: Any, prompt: Any, **kwargs: Any):
     Result columns: ``response`` (or the schema's properties), ``model_id``, ``route``, ``input_tokens``,
     ``output_tokens``, ``latency_s``, ``error``, ``cached`` -- on a copy of the input's index, same order.
     ``error`` is None for a finished row; else what failed: ``ModelCallError: ...`` (no model could answer),
-    ``StructuredOutputError: ...`` (invalid even after the retry), ``prompt: ...`` (the callable failed), or
+    ``BudgetExceededError: ...`` (its worst case does not fit the budget: the other rows go on),
+    ``StructuredOutputError: ...`` (invalid even after the retry), ``prompt: ...`` (the callable failed, or the
+    row's prompt holds a lone surrogate), or
     ``reply not stored: ...`` (the store refused the write: the reply is in the result, not in the store).
     """
     job = MapJob(client, data, prompt, **kwargs)

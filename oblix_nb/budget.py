@@ -12,7 +12,12 @@ unknown), so every kernel sharing the store sees the same budget and the same sp
   what is left of every budget; otherwise routing moves on to the next candidate (a local model costs 0), and
   :class:`~oblix_nb.errors.BudgetExceededError` is raised when none is left. A cloud model without a known price
   cannot be bounded, so while a budget is set it is skipped the same way (``client.set_price`` fixes that).
-* Kernels check independently: two calls started at the same moment in two kernels may both pass.
+* The check is a *reservation* (:meth:`Budgets.reserve`): in one store transaction serialized with every other
+  kernel's (SQLite's write lock; PostgreSQL's advisory lock per user), the worst case must fit what is left after
+  spend *and* the worst cases of the calls still in flight; it is then held until the call ends and is replaced
+  by the call's real cost (:meth:`~oblix_nb.sessions.base.SessionStoreBase.settle_spend`). So concurrent calls,
+  in one kernel or many, never spend more than a budget. A kernel that dies mid-call holds its reservation
+  until it lapses (:data:`RESERVATION_TTL_S`, or at once when its process is found gone on the same host).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from ._util import iso
 from .sessions import usage as usage_log
 
 PERIODS = ("day", "session", "total")
+RESERVATION_TTL_S = 900.0  # a reservation whose call never settles (its kernel died) lapses after this
 SETTINGS_PREFIX = "budget:"
 
 
@@ -64,7 +70,7 @@ class Budgets:
             self._store.delete_setting(SETTINGS_PREFIX + per)
             return None
         usage_log.require(self._store, "a budget")
-        if isinstance(usd, bool) or not isinstance(usd, (int, float)) or not math.isfinite(usd) or usd < 0:
+        if isinstance(usd, bool) or not isinstance(usd, (int, float)) or not 0 <= usd < math.inf:
             raise ValueError(f"a budget is a finite number of US dollars >= 0, not {usd!r}")
         self._store.set_setting(SETTINGS_PREFIX + per, {"usd": float(usd)})
         return BudgetStatus(per, float(usd), self._spent(per, None)).as_dict()
@@ -105,3 +111,41 @@ class Budgets:
                         f"exceeds what is left of the {s.per} budget (${s.remaining_usd:.6f} of ${s.usd:g})",
                         s, worst)
         return None
+
+    def _window(self, per: str, session_id: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+        """``(since, session_id)`` of the usage rows a budget counts (as :meth:`_spent` sums them)."""
+        if per == "day":
+            return local_midnight_utc(), None
+        return None, (session_id if per == "session" else None)
+
+    def reserve(self, price, input_tokens: int, max_output_tokens: int, session_id: Optional[str],
+                request_id: Optional[str] = None, model_id: Optional[str] = None
+                ) -> tuple[Optional[tuple[str, Optional[BudgetStatus], Optional[float]]], Optional[str]]:
+        """Reserve a cloud call's worst case under every budget that applies, atomically across kernels sharing
+        the store: ``(None, reservation id)`` when it fits (settle it with the store's ``settle_spend``),
+        ``(None, None)`` when no budget applies, else ``(blocked, None)`` as :meth:`check_call` says it."""
+        applicable = [(per, usd) for per, usd in self.limits().items() if per != "session" or session_id]
+        if not applicable:
+            return None, None
+        if price is None:
+            return self.check_call(None, input_tokens, max_output_tokens, session_id), None
+        worst = price.worst_case(input_tokens, max_output_tokens)
+        store = self._store
+        windows = []
+        for per, usd in applicable:
+            since, sid = self._window(per, session_id)
+            windows.append((since, sid, usd, *usage_log.cached_spend(store, since, sid)))
+        reservation, sums = store.reserve_spend(worst, windows, session_id=session_id, request_id=request_id,
+                                                model_id=model_id, ttl_s=RESERVATION_TTL_S)
+        for (since, sid, *_), (top, spent, _) in zip(windows, sums):
+            usage_log.remember_spend(store, since, sid, top, spent)
+        if reservation is not None:
+            return None, reservation
+        blocking = [(BudgetStatus(per, usd, spent), reserved) for (per, usd), (_, spent, reserved)
+                    in zip(applicable, sums) if spent + reserved + worst > usd * (1 + 1e-12)]
+        blocking = blocking or [(BudgetStatus(*applicable[0], sums[0][1]), sums[0][2])]
+        status, reserved = min(blocking, key=lambda b: b[0].remaining_usd - b[1])
+        left = max(0.0, status.remaining_usd - reserved)
+        held = f"; ${reserved:.6f} is held by calls in flight" if reserved > 0 else ""
+        return (f"its worst case ${worst:.6f} ({input_tokens} input + {max_output_tokens} output tokens) exceeds "
+                f"what is left of the {status.per} budget (${left:.6f} of ${status.usd:g}{held})", status, worst), None

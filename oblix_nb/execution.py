@@ -216,7 +216,7 @@ class Engine:
                                  max_tokens=params.max_tokens, count=backend.estimate_tokens,
                                  overhead=backend.message_overhead())
             price = self.host.prices.for_backend(backend)
-            blocked = self.over_budget(backend, price, fitted, params, request.session_id)
+            blocked, reservation = self.reserve_budget(backend, price, fitted, params, request)
             if blocked is not None:
                 tried.add(backend.model_id)
                 decision = self._skip_over_budget(decision, backend, blocked, tried, failures)
@@ -235,16 +235,27 @@ class Engine:
                     ) from exc.__cause__
                 decision = decision.fell_back(backend.model_id, exc.summary, remaining[0])
             finally:
-                if call.final is not None:  # a reply (finished or cut short) exists: log its usage once
-                    self._log_usage(*call.final)
+                if call.final is not None or reservation is not None:  # log a reply's usage once
+                    self._log_usage(*(call.final or (None, False)), reservation=reservation,
+                                    session_id=request.session_id or request.usage_session_id)
 
-    def _log_usage(self, response: dict, partial: bool) -> None:
-        """One usage-log row per reply (spend for budgets, ``usage()``); bookkeeping never costs the reply."""
+    def _log_usage(self, response: Optional[dict], partial: bool, reservation: Optional[str] = None,
+                   session_id: Optional[str] = None) -> None:
+        """One usage-log row per reply (spend for budgets, ``usage()``); bookkeeping never costs the reply.
+        ``reservation``: the call's budget reservation, replaced by the row in one transaction (released when
+        there is no reply). If that fails, the reservation stays until it lapses: spend is never under-counted."""
+        response = response or {}
         if not response.get("response") and (response.get("metrics") or {}).get("input_tokens") is None:
-            return
+            response = {}
+        elif session_id is not None and response.get("session_id") is None:
+            response = {**response, "session_id": session_id}  # a map row's spend counts in its session
         try:
-            usage_log.record(self.host.sessions, response, (response.get("routing_decision") or {}).get("target"),
-                             partial)
+            target = (response.get("routing_decision") or {}).get("target")
+            if reservation is not None:
+                self.host.sessions.settle_spend(reservation,
+                                                usage_log.row(response, target, partial) if response else None)
+            elif response:
+                usage_log.record(self.host.sessions, response, target, partial)
         except Exception as exc:  # noqa: BLE001
             warnings.warn(f"oblix_nb: could not log the usage of request {response.get('request_id')}: "
                           f"{describe_error(exc)}", RuntimeWarning, stacklevel=2)
@@ -258,6 +269,19 @@ class Engine:
         max_out = params.max_tokens or backend.default_max_tokens() or \
             max(1, (backend.context_window or 4096) - fitted.used)
         return self.host.budgets.check_call(price, fitted.used, max_out, session_id)
+
+    def reserve_budget(self, backend: ModelBackend, price: Optional[Price], fitted, params: GenerationParams,
+                       request: "Request") -> tuple[Optional[tuple], Optional[str]]:
+        """:meth:`over_budget`, made atomic: ``(None, reservation id or None)`` if ``backend`` may be called
+        (its worst case is then reserved under every budget, across kernels sharing the store, until
+        :meth:`_log_usage` settles it), else ``(why, budget status, worst case USD), None``."""
+        if price is not None and price.source == "local":
+            return None, None
+        max_out = params.max_tokens or backend.default_max_tokens() or \
+            max(1, (backend.context_window or 4096) - fitted.used)
+        session_id = request.session_id or request.usage_session_id
+        return self.host.budgets.reserve(price, fitted.used, max_out, session_id, request_id=request.request_id,
+                                         model_id=backend.model_id)
 
     def _skip_over_budget(self, decision, backend: ModelBackend, blocked, tried: set, failures: list):
         """The decision for the next candidate after ``backend`` was over budget; BudgetExceededError if none."""
@@ -311,6 +335,8 @@ class Request:
     system: Optional[str] = None        # an extra system message (the schema instruction goes here too)
     schema: Any = None                  # a compiled oblix_nb.structured.Schema
     prior: list = field(default_factory=list)  # messages before the prompt that are not in the session
+    usage_session_id: Optional[str] = None  # without session_id: the session whose budget and usage the call
+    #                                         counts in (map() rows: the session they are stored in)
 
 
 def retry_prompt(error: BaseException) -> str:

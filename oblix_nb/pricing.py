@@ -24,7 +24,6 @@ the provider reported usage) ``cost_usd`` stays ``None`` and ``metrics["cost_est
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -34,6 +33,9 @@ from typing import Any, Optional
 EXACT_SOURCES = frozenset({"server", "engine", "tokenizer"})
 _SNAPSHOT = re.compile(r"(-\d{8}|-\d{4}-\d{2}-\d{2}|@\d{8}|-latest)?")
 SETTINGS_PREFIX = "price:"  # settings keys holding user prices
+# The dearest price accepted, USD per million tokens ($0.10 a token; the dearest listed model asks $600): a larger
+# one is a typo or a unit mistake, and would make every budget check meaningless (1e308 overflows to inf).
+MAX_PRICE = 100_000.0
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,10 @@ class Price:
             value = getattr(self, name)
             if value is None and name in ("cached", "cache_write"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
-                raise ValueError(f"price {name} must be a finite number >= 0 (USD per million tokens), "
-                                 f"not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value <= MAX_PRICE:  # NaN fails the comparison; a huge int does not overflow
+                raise ValueError(f"price {name} must be a number from 0 to {MAX_PRICE:g} (USD per million "
+                                 f"tokens), not {value!r}")
 
     def cost(self, input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> float:
         """USD for one call; ``input_tokens`` counts everything read, cached parts included."""
@@ -137,7 +139,11 @@ class PriceBook:
         if user is None:
             user = self._store.get_setting(SETTINGS_PREFIX + model_name)
         if user is not None:
-            return parse_price(user)
+            try:
+                return parse_price(user)
+            except (TypeError, ValueError) as exc:  # stored by an older version, or edited: say how to fix it
+                raise ValueError(f"the stored price of {model_id} is invalid ({exc}); set it again with "
+                                 f"client.set_price({model_id!r}, input=..., output=...)") from None
         if target == "local":
             return LOCAL_PRICE
         return table_price(model_name)

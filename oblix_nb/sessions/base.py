@@ -34,6 +34,7 @@ from .._util import check_session_id, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
 from ..errors import SessionFileError, StorageError
 from .io import expand_path, normalize_message, parse_session_file, write_json_atomic
+from .reservations import BudgetReservations
 from .validate import check_setting_key, check_title, dumps
 
 MAX_MATCHES_PER_HIT = 3
@@ -209,7 +210,7 @@ SPEND_SQL = "COALESCE(SUM(COALESCE(cost_usd, cost_estimate_usd)), 0)"
 USAGE_GROUPS = ("model", "session", "day")
 
 
-class SessionStoreBase(abc.ABC):
+class SessionStoreBase(BudgetReservations, abc.ABC):
     """A durable session store: sessions (title, context, metadata) and their messages, full-text search,
     request statistics, settings and the usage log. Subclasses: :class:`~.sqlite.store.SqliteSessionStore`
     (public alias ``SessionStore``) and :class:`~.postgres.store.PostgresSessionStore`.
@@ -217,6 +218,9 @@ class SessionStoreBase(abc.ABC):
     Every method validates session ids first (``check_session_id``), so a malformed id never reaches SQL or
     the file system. ``author`` is recorded on every session and message the store writes. Errors: see the
     module docstring (storage failures are always :class:`~oblix_nb.errors.StorageError`).
+
+    Budget reservations (``reserve_spend``, ``settle_spend``, ``reserved_spend``; engine hook ``_lock_budget``) come
+    from :class:`~.reservations.BudgetReservations`.
 
     Engine hooks (private; only the engine folders implement or call them): ``_write()`` (one transaction,
     rolled back on error), ``_read()`` (one snapshot), ``_source()`` (a session and its message rows, for
@@ -578,11 +582,16 @@ class SessionStoreBase(abc.ABC):
         """Append one row (:data:`USAGE_COLUMNS` order) to the usage log, as this store's author."""
         if len(row) != len(USAGE_COLUMNS):
             raise ValueError(f"a usage row has {len(USAGE_COLUMNS)} values, not {len(row)}")
+        with self._write_one() as conn:
+            self._insert_usage(conn, row)
+
+    def _insert_usage(self, conn: Any, row: tuple) -> None:
+        if len(row) != len(USAGE_COLUMNS):
+            raise ValueError(f"a usage row has {len(USAGE_COLUMNS)} values, not {len(row)}")
         columns = ("author", *USAGE_COLUMNS) if self._PER_AUTHOR else USAGE_COLUMNS
         values = (self.author, *row) if self._PER_AUTHOR else tuple(row)
-        with self._write_one() as conn:
-            conn.execute(self._sql(f"INSERT INTO usage_log ({', '.join(columns)}) "
-                                   f"VALUES ({', '.join('?' * len(columns))})"), values)
+        conn.execute(self._sql(f"INSERT INTO usage_log ({', '.join(columns)}) "
+                               f"VALUES ({', '.join('?' * len(columns))})"), values)
 
     def usage_spend(self, after_seq: int = 0, since: Optional[str] = None,
                     session_id: Optional[str] = None, upto: Optional[int] = None) -> tuple[int, float]:
@@ -590,6 +599,11 @@ class SessionStoreBase(abc.ABC):
         given): exact costs, estimates where there is none, logged at or after ``since`` (None: ever), in
         ``session_id`` if given; on a shared database, this store's author's rows only. The log is
         append-only, so sums can be kept incrementally."""
+        with self._read() as conn:
+            return self._usage_spend(conn, after_seq, since, session_id, upto)
+
+    def _usage_spend(self, conn: Any, after_seq: int, since: Optional[str],
+                     session_id: Optional[str], upto: Optional[int] = None) -> tuple[int, float]:
         where, params = ["seq > ?"], [after_seq]
         if upto is not None:
             where.append("seq <= ?")
@@ -605,8 +619,7 @@ class SessionStoreBase(abc.ABC):
             params.append(self.author)
         sql = (f"SELECT (SELECT COALESCE(MAX(seq), 0) FROM usage_log), {SPEND_SQL} FROM usage_log "
                f"WHERE {' AND '.join(where)}")
-        with self._read() as conn:
-            top, added = conn.execute(self._sql(sql), params).fetchone()
+        top, added = conn.execute(self._sql(sql), params).fetchone()
         return int(top), float(added)
 
     def usage_groups(self, by: str = "model") -> list[tuple]:
@@ -624,3 +637,4 @@ class SessionStoreBase(abc.ABC):
         with self._read() as conn:
             return [tuple(int(v) if isinstance(v, Decimal) else v for v in row)
                     for row in conn.execute(self._sql(sql), params).fetchall()]
+

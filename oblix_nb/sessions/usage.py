@@ -47,11 +47,16 @@ def record(store: "SessionStoreBase", response: dict, target: Optional[str], par
     usage log (neither SQLite nor PostgreSQL) logs nothing: each reply's cost is still in its message's metrics."""
     if not supported(store):
         return
+    store.log_usage(row(response, target, partial))
+
+
+def row(response: dict, target: Optional[str], partial: bool = False) -> tuple:
+    """The usage-log row (``USAGE_COLUMNS`` order) of one reply, from execute()'s response dict."""
     m = response.get("metrics") or {}
-    store.log_usage((m.get("end_time") or iso(), response.get("session_id"), response.get("request_id"),
-                     response.get("model_id"), target, _int(m.get("input_tokens")), _int(m.get("output_tokens")),
-                     _int(m.get("cache_read_tokens")), _int(m.get("cache_write_tokens")), _num(m.get("cost_usd")),
-                     _num(m.get("cost_estimate_usd")), 1 if partial else 0))
+    return (m.get("end_time") or iso(), response.get("session_id"), response.get("request_id"),
+            response.get("model_id"), target, _int(m.get("input_tokens")), _int(m.get("output_tokens")),
+            _int(m.get("cache_read_tokens")), _int(m.get("cache_write_tokens")), _num(m.get("cost_usd")),
+            _num(m.get("cost_estimate_usd")), 1 if partial else 0)
 
 
 # (store URL, author, since, session_id) -> (mark, sum of the rows up to mark, recent (time, highest seq) seen).
@@ -101,6 +106,23 @@ def spent(store: "SessionStoreBase", since: Optional[str] = None, session_id: Op
             _sums.clear()
         _sums[key] = state
     return result
+
+
+def cached_spend(store: "SessionStoreBase", since: Optional[str] = None,
+                 session_id: Optional[str] = None) -> tuple[int, float]:
+    """``(seq, USD)``: the last sum :func:`spent` (or :func:`remember_spend`) kept for this window, (0, 0.0)
+    if none: a reservation sums only the rows above it."""
+    with _sums_lock:
+        return _sums.get((store.url, store.author, since, session_id), (0, 0.0))
+
+
+def remember_spend(store: "SessionStoreBase", since: Optional[str], session_id: Optional[str], top: int,
+                   total: float) -> None:
+    """Keep a window's sum read by a reservation (see :func:`cached_spend`)."""
+    with _sums_lock:
+        if len(_sums) > 10_000:
+            _sums.clear()
+        _sums[(store.url, store.author, since, session_id)] = (top, total)
 
 
 def usage_df(store: "SessionStoreBase", by: str = "model") -> "pd.DataFrame":

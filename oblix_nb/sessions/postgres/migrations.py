@@ -27,6 +27,10 @@ Version 2: ``settings``, the twin of SQLite's (aliases, budgets, prices), but pe
 Version 3: ``usage_log``, the twin of SQLite's (one row per model reply: tokens and cost, for budgets and
 ``client.usage()``), with its ``author``: spend is counted and budgeted per user.
 
+Version 4: ``budget_reservations``, the twin of SQLite's (the worst case of each cloud call in flight under a
+budget, until the call's usage row replaces it), with its ``author``; written under a transaction-level advisory
+lock per author, so reservations of one user are serialized across processes and machines.
+
 Timestamps, ids and model ids use the "C" collation: they sort byte by byte, as in SQLite, whatever the
 database's locale.
 """
@@ -108,6 +112,20 @@ CREATE TABLE usage_log (
 );
 CREATE INDEX usage_log_by_time ON usage_log (author, timestamp, cost_usd, cost_estimate_usd);
 CREATE INDEX usage_log_by_session ON usage_log (author, session_id, timestamp, cost_usd, cost_estimate_usd);
+"""),
+    (4, """
+CREATE TABLE budget_reservations (
+    id         TEXT    COLLATE "C" PRIMARY KEY,
+    author     TEXT    NOT NULL,
+    timestamp  TEXT    COLLATE "C" NOT NULL,
+    expires_at TEXT    COLLATE "C" NOT NULL,
+    session_id TEXT,
+    request_id TEXT,
+    model_id   TEXT,
+    usd        DOUBLE PRECISION NOT NULL,
+    holder     TEXT    NOT NULL
+);
+CREATE INDEX budget_reservations_by_author ON budget_reservations (author);
 """),
 ]
 

@@ -110,6 +110,8 @@ def _psycopg():
 
 
 # ---------------------------------------------------------------------------------------------- store
+_BUDGET_LOCK_CLASS = 0x6F626C62  # advisory lock class of budget reservations ("oblb")
+
 class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
     """Sessions and their messages in a PostgreSQL database at ``url`` (``postgresql://user@host:port/db``;
     libpq options such as ``?options=-csearch_path%3Dmyschema`` apply). The schema is created on first use.
@@ -306,6 +308,11 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
 
     def _written(self) -> None:
         """Nothing to do after a write: PostgreSQL indexes text as it is written."""
+
+    def _lock_budget(self, conn: Any) -> None:
+        """Budget reservations and settlements of one author are serialized by a transaction-level advisory
+        lock (key: a constant and the author's hash), released at commit or rollback."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_BUDGET_LOCK_CLASS, self.author))
 
     def _unique_violation(self):
         psycopg, _ = _psycopg()

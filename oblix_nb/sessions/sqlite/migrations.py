@@ -60,6 +60,12 @@ apart), ``cost_usd`` (exact, NULL when unknown) and ``cost_estimate_usd`` (when 
 sum it (their limits and user prices are ``budget:<per>`` / ``price:<model>`` settings); deleting a session does
 not give its spend back. Append-only (budget sums are kept incrementally above the highest ``seq`` summed).
 Indexed by time and by session, covering the cost columns.
+
+Version 6 (budgets under concurrency): ``budget_reservations``, one row per cloud call in flight under a
+budget: its worst case in USD (``usd``), when it was made and when it lapses (``expires_at``), its session,
+request and model, and its ``holder`` (``host:pid``). A reservation is written in the same write transaction that
+sums spend plus live reservations and finds the worst case fits; it is replaced by the call's usage row when the
+call ends. Rows of a crashed process lapse at ``expires_at`` (or sooner, when its pid is gone on this host).
 """
 from __future__ import annotations
 
@@ -278,6 +284,18 @@ CREATE TABLE usage_log (
 );
 CREATE INDEX usage_log_by_time ON usage_log (timestamp, cost_usd, cost_estimate_usd);
 CREATE INDEX usage_log_by_session ON usage_log (session_id, timestamp, cost_usd, cost_estimate_usd);
+"""),
+    (6, """
+CREATE TABLE budget_reservations (
+    id         TEXT    PRIMARY KEY,
+    timestamp  TEXT    NOT NULL,
+    expires_at TEXT    NOT NULL,
+    session_id TEXT,
+    request_id TEXT,
+    model_id   TEXT,
+    usd        REAL    NOT NULL,
+    holder     TEXT    NOT NULL
+);
 """),
 ]
 
