@@ -113,16 +113,20 @@ def cached_spend(store: "SessionStoreBase", since: Optional[str] = None,
     """``(seq, USD)``: the last sum :func:`spent` (or :func:`remember_spend`) kept for this window, (0, 0.0)
     if none: a reservation sums only the rows above it."""
     with _sums_lock:
-        return _sums.get((store.url, store.author, since, session_id), (0, 0.0))
+        mark, total, _seen = _sums.get((store.url, store.author, since, session_id), (0, 0.0, ()))
+    return mark, total
 
 
 def remember_spend(store: "SessionStoreBase", since: Optional[str], session_id: Optional[str], top: int,
                    total: float) -> None:
-    """Keep a window's sum read by a reservation (see :func:`cached_spend`)."""
+    """Keep a window's sum read by a reservation (see :func:`cached_spend`). Only where rows commit in seq order:
+    elsewhere (PostgreSQL) a row below ``top`` may still commit, so the mark stays where :func:`spent` settled it."""
+    if not getattr(store, "_SEQ_COMMIT_ORDER", True):
+        return
     with _sums_lock:
         if len(_sums) > 10_000:
             _sums.clear()
-        _sums[(store.url, store.author, since, session_id)] = (top, total)
+        _sums[(store.url, store.author, since, session_id)] = (top, total, ())
 
 
 def usage_df(store: "SessionStoreBase", by: str = "model") -> "pd.DataFrame":
