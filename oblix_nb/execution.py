@@ -111,9 +111,13 @@ class Engine:
             raise TypeError(f"system must be a string, not {type(system).__name__}")
         schema = None
         if options.get("schema") is not None:
-            from .structured import compile_schema
+            from .structured import check_for_backend, compile_schema
 
             schema = compile_schema(options["schema"])
+            forced = self.host.resolve_model_id(options.get("model_id"))
+            for model_id, backend in self.host.models.items():  # before any call: what a backend cannot take
+                if forced is None or model_id == forced:
+                    check_for_backend(schema, backend)
             system = "\n\n".join(s for s in (system, schema.instruction()) if s)
             params.schema = schema.json_schema
         host = self.host

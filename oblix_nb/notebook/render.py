@@ -222,7 +222,7 @@ LATEX_ENVIRONMENTS = frozenset("""
     subarray
 """.split())
 # control symbols (backslash + one non-letter) that only typeset a character or a space
-_LATEX_SYMBOLS = frozenset("\\,;:!{}$%&#_ |<>")
+_LATEX_SYMBOLS = frozenset("\\,;:!{}$%&#_ |<>()[]")
 _LATEX_CS = re.compile(r"\\([A-Za-z]+|.?)", re.S)
 _LATEX_ARG_GAP = re.compile(r"(?:\s|%[^\n]*(?:\n|$))*")
 
