@@ -40,14 +40,18 @@ def fix_prompt(record, *, code_only: bool, max_chars: int) -> str:
     """What %oblix_fix asks: the cell's source and its traceback, and what kind of answer to give."""
     from .describe import clip
 
+    from .tracebacks import short_paths, trim
+
     source = clip(record.source.rstrip() or "(source not recorded)", max_chars // 2)
-    tb = clip(record.traceback, max_chars // 2)
+    hint = clip(short_paths(getattr(record, "hint", "") or ""), max_chars // 6)
+    tb = trim(record.traceback, max_chars // 2 - len(hint))
     ask = ("Reply with the corrected code of the whole cell only, in one ```python code block, "
            "without explanation." if code_only else
            "Explain the cause in one or two sentences, then give the corrected code of the whole cell in one "
            "```python code block.")
     return (f"This notebook cell (In [{record.execution_count}]) raised {record.ename}.\n\n"
-            f"The cell:\n```python\n{source}\n```\n\nThe error:\n```\n{tb}\n```\n\n{ask}")
+            f"The cell:\n```python\n{source}\n```\n\nThe error:\n```\n{tb}\n```\n\n"
+            + (f"What the failing line works on:\n{hint}\n\n" if hint else "") + ask)
 
 
 class CellPipeline:
