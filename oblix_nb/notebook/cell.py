@@ -25,6 +25,11 @@ DEFAULT_MODEL_KEY = "notebook:default_model"  # the store setting %oblix_model d
 
 
 def _title(prompt: str) -> str:
+    """A session title from what was asked: the question, never the "Context from the notebook:" block."""
+    from .references import CONTEXT_HEADING
+
+    if prompt.lstrip().startswith(CONTEXT_HEADING) and "\n\n---\n\n" in prompt:
+        prompt = prompt.rsplit("\n\n---\n\n", 1)[1]
     return title_from(prompt, "Notebook session")
 
 
@@ -86,7 +91,7 @@ class CellPipeline:
         prompt = self._build_prompt("%%oblix", template, args, client, model_id)
         if not prompt.text.strip():
             raise UsageError("%%oblix: the prompt is empty once its references are filled in")
-        return self._ask(client, prompt.text, args, model_id, fmt=fmt, schema=schema)
+        return self._ask(client, prompt.text, args, model_id, fmt=fmt, schema=schema, title=prompt.question)
 
     # ------------------------------------------------------------------ %oblix_fix
     def fix(self, args):
@@ -117,7 +122,7 @@ class CellPipeline:
         question = fix_prompt(record, code_only=args.format == "code", max_chars=budget)
         prompt = self._build_prompt("%oblix_fix", "", args, client, model_id)  # --context attachments
         prompt.question = question
-        return self._ask(client, prompt.text, args, model_id, fmt=args.format)
+        return self._ask(client, prompt.text, args, model_id, fmt=args.format, title=question)
 
     # ------------------------------------------------------------------ helpers
     def _model_arg(self, client, model: Optional[str], prog: str) -> Optional[str]:
@@ -171,9 +176,10 @@ class CellPipeline:
         return prompt
 
     def _ask(self, client, prompt: str, args, model_id: Optional[str], *, fmt: str = "markdown",
-             schema: Any = None):
-        """Send ``prompt`` (what the model sees and the session stores) and show the reply in ``fmt``."""
-        session_id = self._session_for(client, args, prompt)
+             schema: Any = None, title: Optional[str] = None):
+        """Send ``prompt`` (what the model sees and the session stores) and show the reply in ``fmt``;
+        a session this creates is titled from ``title`` (the question without its context), else ``prompt``."""
+        session_id = self._session_for(client, args, title if title and title.strip() else prompt)
         system = "\n\n".join(part for part in (args.system, HINTS.get(fmt)) if part) or None
         rich = self.m.rich()
         sink = QueueSink()

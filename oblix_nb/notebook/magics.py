@@ -104,6 +104,22 @@ _CLIENT_ERRORS = (OblixError, ValueError, OSError, KeyError)
 _ASK_TEXT_ARGS = ("model", "session", "title", "system")
 
 
+NO_REPLY_LABELS = {"model_id": "(no reply: every model failed)", "route": "(no reply: not routed)",
+                   "session_id": "(no session)"}
+
+
+def label_missing(frame, by: str):
+    """The %oblix_stats table with its None key (requests that got no reply) labelled instead of ``None``;
+    ``client.stats()`` itself keeps None."""
+    index = frame.index
+    label = NO_REPLY_LABELS.get(index.name)
+    if label is None or not len(frame) or not index.isna().any():
+        return frame
+    frame = frame.copy()
+    frame.index = index.map(lambda key: label if key is None or key != key else key).rename(index.name)
+    return frame
+
+
 @magics_class
 class OblixMagics(Magics):
     """``%oblix_session``, ``%%oblix``, ``%oblix_chat``, ``%oblix_fix``, ``%oblix_model``,
@@ -353,10 +369,13 @@ class OblixMagics(Magics):
         from .widgets import show_chat_panel
 
         client = self.client
-        prompt = " ".join(args.prompt)
+        prompt = question = " ".join(args.prompt)
         if "{" in prompt:  # references follow the %%oblix cell rules (never evaluated)
-            prompt = build_prompt(prompt, self.shell).text
-        session_id = CellPipeline(self)._session_for(client, args, prompt or "Chat")
+            built = build_prompt(prompt, self.shell)
+            prompt, question = built.text, built.question
+        if prompt.strip() and not args.session:  # a question starts its own session, titled from it
+            args.new_session = True
+        session_id = CellPipeline(self)._session_for(client, args, question or prompt or "Chat")
         options: dict[str, Any] = {k: v for k, v in (("max_tokens", args.max_tokens),
                                                      ("temperature", args.temperature),
                                                      ("model_id", args.model or self.default_model or None))
@@ -381,6 +400,7 @@ class OblixMagics(Magics):
             frame = self.client.stats(by=args.by, since=args.since, until=args.until, filter_metadata=filters)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"%oblix_stats: {exc}") from None
+        frame = label_missing(frame, args.by)
         if args.var:
             self.shell.user_ns[args.var] = frame
         if args.no_plot:
@@ -388,8 +408,9 @@ class OblixMagics(Magics):
         from IPython.display import Image, display
 
         display(frame)
+        explicit = args.theme in ("light", "dark")  # --theme given: exactly that; else follow the page's
         dashboard = self.client.plot_stats(since=args.since, until=args.until, filter_metadata=filters,
-                                           theme=args.theme)
+                                           theme=args.theme if explicit else "light", follow_page=not explicit)
         png = self.shell.display_formatter.formatters["image/png"]
         for fig in dashboard:
             try:
