@@ -13,8 +13,8 @@ HTML: it is parsed and rebuilt from an allowlist of structural tags (headings, p
 emphasis, code, ...) with only ``title``/``colspan``/``rowspan``/``align`` attributes and safe ``href`` links;
 everything else — ``<script>``, ``<style>``, ``<iframe>``, ``<svg>``, forms, event handlers, ``style``,
 comments — is dropped (the text of unknown tags is kept, escaped), and ``<img>`` becomes the same
-``[image: alt]`` link. LaTeX for MathJax (``-f math``) goes through :func:`sanitize_latex`, which keeps only an allowlist
-of typesetting commands and environments (``\\href`` keeps its text, ``\\url`` its argument; any other command,
+``[image: alt]`` link. LaTeX for MathJax (``-f math``) goes through :func:`sanitize_latex`, which keeps only an
+allowlist of typesetting commands and environments (``\\href`` keeps its text, ``\\url`` its argument; any other command,
 e.g. ``\\bbox``, ``\\class``, ``\\newenvironment``, ``\\mmlToken``, ``\\texttip``, is removed).
 
 markdown-it-py is imported on first use.
