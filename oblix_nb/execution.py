@@ -387,7 +387,11 @@ class Call:
             self.checkpoint = Checkpoint(self, store, checkpoint_interval)
         if sink is not None:
             sink.start({"model_id": self.backend.model_id, "request_id": self.request.request_id,
-                        "session_id": self.request.session_id, "routing": self.decision.as_dict()})
+                        "session_id": self.request.session_id, "routing": self.decision.as_dict(),
+                        "input_tokens": self.fitted.used})
+            progress = getattr(sink, "progress", None)  # the sink shows how far the model has read the prompt
+            if callable(progress) and self.request.params.on_progress is None:
+                self.request = replace(self.request, params=replace(self.request.params, on_progress=progress))
         try:
             if stream:
                 await self._stream(sink)

@@ -22,6 +22,7 @@ from .display import QueueSink, Reply, ReplyDisplay, drive, extract_code, format
 from .formats import ANY_JSON_SCHEMA, HINTS, final_bundle, stream_format
 
 DEFAULT_MODEL_KEY = "notebook:default_model"  # the store setting %oblix_model default writes
+DEFAULT_NOTE = "default model: "  # the footer part saying which model was hooked by default, and why
 
 
 def _title(prompt: str) -> str:
@@ -229,12 +230,32 @@ class CellPipeline:
         text = response.get("response", outcome.text)
         reply = Reply(text, response)
         bundle = final_bundle(fmt, text, response.get("parsed"), has_parsed="parsed" in response)
-        self._finish(view, text, format_footer(response) if self.m.show_footer else None,
-                     streamed=not args.no_stream, bundle=bundle)
+        footer = format_footer(response) if self.m.show_footer else None
+        why = default_model.take_reason(client, response.get("model_id"))  # the first reply of a default model
+        if footer and why:
+            footer += f" · {DEFAULT_NOTE}{why}"
+        self._finish(view, text, footer, streamed=not args.no_stream, bundle=bundle)
         self._publish_value(reply, args)
         if fmt == "code":
-            self.shell.set_next_input(extract_code(text), replace=False)
+            self._insert_code(reply, response)
         return None
+
+    def _insert_code(self, reply: Reply, response: dict) -> None:
+        """``-f code``: the reply's code into a new cell below -- unless the reply was cut at ``max_tokens``
+        or is partial (half a program is not a fix): then say so; the text stays in ``oblix_last``."""
+        metrics = response.get("metrics") or {}
+        if metrics.get("finish_reason") == "length" or response.get("partial"):
+            tokens = metrics.get("output_tokens")
+            print(f"-f code: no cell inserted: the reply was cut at max_tokens"
+                  f"{f' ({tokens} tokens)' if tokens is not None else ''}, so its code is incomplete. The text is "
+                  f"above and in oblix_last (oblix_last.code: its code so far); ask again with a larger "
+                  f"--max-tokens.", file=sys.stderr)
+            return
+        code = extract_code(str(reply))
+        if not code.strip():
+            print("-f code: no cell inserted: the reply holds no code.", file=sys.stderr)
+            return
+        self.shell.set_next_input(code, replace=False)
 
     def _over(self, args, cell: str):
         """``%%oblix --over DF``: the cell as a template over DF's rows (client.map)."""

@@ -28,7 +28,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Bool, Dict, Enum, Float, Int, Unicode, observe, validate
 
-from .. import runtime
+from .. import default_model, runtime
 from ..errors import OblixError, SessionNotFoundError
 from ..pricing import parse_price
 from . import errhook, state, transform
@@ -451,7 +451,8 @@ class OblixMagics(Magics):
                 table = model_table(client, self.default_model or CellPipeline._stored_default(client),
                                     timeout=getattr(args, "timeout", 3.0))
                 if not client.models:
-                    print("no model is hooked yet (%%oblix hooks the embedded one on first use)", file=sys.stderr)
+                    print("no model is hooked yet (%%oblix hooks the strongest local model on first use; see "
+                          "%oblix_model discover)", file=sys.stderr)
                 return table
             if command == "alias":
                 if args.name is None:
@@ -468,11 +469,22 @@ class OblixMagics(Magics):
                 return _Said(args.name, f"alias {args.name} removed")
             if command == "default":
                 return self._model_default(client, args.model)
+            if command == "discover":
+                return self._model_discover(client, args)
         except UsageError:
             raise
         except _CLIENT_ERRORS as exc:
             raise UsageError(f"%oblix_model {command}: {exc}") from None
         return None
+
+    @staticmethod
+    def _model_discover(client, args):
+        """``%oblix_model discover``: the DataFrame, and (on stderr) what %%oblix would hook, and why."""
+        df = client.discover_models(probe_servers=args.servers, shipped=args.shipped)
+        pick, reason = default_model.choose_model()  # the policy itself, not a second opinion
+        print(f"{len(df)} model{'s' if len(df) != 1 else ''} found. With nothing hooked, %%oblix hooks "
+              f"{pick or 'nothing'}: {reason}", file=sys.stderr)
+        return df
 
     def _model_default(self, client, model: Optional[str]):
         if model is None:

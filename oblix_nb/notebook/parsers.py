@@ -402,6 +402,11 @@ def model_parser() -> MagicArgumentParser:
     default = sub.add_parser("default", help="MODEL: the model %%%%oblix uses without --model ('none': routing "
                                              "decides); no argument: show it")
     default.add_argument("model", nargs="?")
+    disc = sub.add_parser("discover", help="models on this machine (client.discover_models()) and the one "
+                                           "%%%%oblix hooks when none is")
+    disc.add_argument("--servers", action="store_true",
+                      help="also ask OpenAI-compatible servers on 127.0.0.1 (ports 1234, 8080, 8000)")
+    disc.add_argument("--shipped", action="store_true", help="also list models shipped in wheels (SmolLM2-135M)")
     return p
 
 

@@ -35,7 +35,7 @@ from .._util import title_from
 from .. import default_model
 from ..errors import NoModelHookedError
 from ..notebook import state
-from ..streaming import ThrottledSink
+from ..streaming import ThrottledSink, reading_status
 from .live import watch
 from .html import badge_html, message_html, one_line, redact, session_labels, stored_message_html
 
@@ -80,15 +80,29 @@ class _LiveReply(ThrottledSink):
 
     # -- StreamSink
     def start(self, info: dict) -> None:
+        reading = reading_status(info.get("input_tokens"))
         with self._lock:
             self.info = info
             if not self.closed:
-                self._show(self._live_html("streaming…"))
-        self.panel._set_status(f"streaming from {info.get('model_id', '?')} …")
+                self._show(self._live_html(reading))
+        self.panel._set_status(f"{reading.rstrip('…')} · {info.get('model_id', '?')} …")
+
+    def progress(self, progress) -> None:
+        """How far the model has read the prompt (the embedded engine reports it; servers do not)."""
+        reading = reading_status((self.info or {}).get("input_tokens"), progress)
+        with self._lock:
+            if self.closed or self.first_text_at is not None:
+                return
+            self._show(self._live_html(reading))
+        self.panel._set_status(f"{reading.rstrip('…')} · {(self.info or {}).get('model_id', '?')} …")
 
     def write(self, text: str) -> None:
         if self.first_text_at is None:
             self.first_text_at = time.monotonic()
+            with self._lock:
+                if not self.closed:
+                    self._show(self._live_html("streaming…"))
+            self.panel._set_status(f"streaming from {(self.info or {}).get('model_id', '?')} …")
         super().write(text)
 
     def redraw(self, text: str) -> None:  # under self._lock (ThrottledSink)
