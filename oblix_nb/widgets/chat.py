@@ -54,6 +54,7 @@ class _LiveReply(ThrottledSink):
         self.key = key
         self.session_id = session_id
         self.info: Optional[dict] = None
+        self.default_why: Optional[str] = None  # why the model answering was hooked by default (first reply)
         self.response: Optional[dict] = None
         self.error: Optional[BaseException] = None
         self.renders = 0          # all updates sent, the final one included (``updates``: the throttled ones)
@@ -120,9 +121,12 @@ class _LiveReply(ThrottledSink):
             if error is None and response is not None:
                 self.response = response
                 text = response.get("response", self.text)
+                # the first reply of a model hooked by default says so (the why goes to the status line)
+                self.default_why = default_model.take_reason(self.panel.client, response.get("model_id"))
                 self._show(message_html("assistant", text, badge=badge_html(
                     response.get("model_id"), response.get("routing_decision"), response.get("metrics"),
-                    partial=bool(response.get("partial")))))
+                    partial=bool(response.get("partial")),
+                    note="hooked by default" if self.default_why else None)))
                 return
             self.error = error
             if error is None or isinstance(error, (asyncio.CancelledError, KeyboardInterrupt,
@@ -461,7 +465,8 @@ class ChatPanel(anywidget.AnyWidget):
             else:
                 self.last_response = response
                 self.last_outcome = "ok"
-                self._set_status("ready")
+                why = getattr(reply, "default_why", None)
+                self._set_status(f"ready · default model {response.get('model_id')}: {why}" if why else "ready")
                 self._announce(f"Reply from {response.get('model_id', 'the model')}: "
                                f"{one_line(response.get('response', ''), 400)}")
             with self._lock:

@@ -124,3 +124,21 @@ def test_discover_models_and_the_magic(ip, machine, gguf_path):  # noqa: F811
     assert f"hooks llamacpp:{path}" in cap.stderr and "largest instruct model" in cap.stderr
     result, cap = run(ip, "%oblix_model -h")
     assert result.success and "discover" in cap.stdout
+
+
+@needs_model
+def test_chat_panel_first_reply_says_which_model_and_why(ip, machine, gguf_path):  # noqa: F811
+    pytest.importorskip("anywidget")
+    from oblix_nb.notebook.widgets import ChatPanel
+
+    path = place(machine, LAYOUTS["lmstudio_old"], Path(gguf_path))
+    c = client()
+    panel = ChatPanel(c, max_tokens=8)
+    panel.send("Say hi")
+    panel.wait(120)
+    assert list(c.models) == [f"llamacpp:{path}"]
+    assert panel.status.startswith(f"ready · default model llamacpp:{path}: largest instruct model"), panel.status
+    assert "hooked by default" in panel.messages[-1]["html"]
+    panel.send("Again")
+    panel.wait(120)
+    assert panel.status == "ready" and "hooked by default" not in panel.messages[-1]["html"]
