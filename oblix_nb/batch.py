@@ -263,6 +263,11 @@ class MapJob:
                 raise SchemaError(f"schema properties {sorted(clash)} clash with map()'s own columns "
                                   f"{list(META_COLUMNS)}; rename them")
             self.params.schema = self.schema.json_schema
+            from .structured import check_for_backend  # before any call: what a backend cannot take
+
+            for mid, backend in client.models.items():
+                if model_id is None or mid == model_id:
+                    check_for_backend(self.schema, backend)
         self.system = "\n\n".join(s for s in (system, self.schema.instruction() if self.schema else None) if s) \
             or None
         self.user_system = system

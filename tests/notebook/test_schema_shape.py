@@ -105,6 +105,14 @@ def test_recursive_schema_on_a_grammar_backend_fails_before_any_call(tmp_home):
             with pytest.raises(SchemaError, match="recursive"):
                 runtime.run(client.execute("hi", schema=schema, max_tokens=8))
         assert backend.calls == 0
+        import pandas as pd
+
+        for schema in RECURSIVE:  # map() too: refused before the first row is sent
+            with pytest.raises(SchemaError, match="recursive"):
+                client.map_sync(pd.DataFrame({"x": ["a", "b"]}), "{x}", schema=schema, progress=False)
+            with pytest.raises(SchemaError, match="nested more than"):
+                client.map_sync(["a"], "{value}", schema=nested(3000, "array"), progress=False)
+        assert backend.calls == 0
         check_for_backend(compile_schema(NOT_RECURSIVE[0]), backend)  # fine
         check_for_backend(compile_schema(RECURSIVE[0]), FakeBackend())  # a non-grammar backend takes it
     finally:
