@@ -612,9 +612,7 @@ class MapJob:
             return None
         kwargs = dict(total=self.n, initial=self.done, desc="map", unit="row", leave=True, dynamic_ncols=True,
                       file=sys.stderr)
-        notebook = getattr(tqdm, "__module__", "").startswith("tqdm.notebook") or any(
-            c.__module__.startswith("tqdm.notebook") for c in getattr(tqdm, "__mro__", ()))
-        if notebook:
+        if any(c.__module__.startswith("tqdm.notebook") for c in getattr(tqdm, "__mro__", ())):
             bar = tqdm(display=False, **kwargs)
             from IPython.display import display
 
@@ -636,8 +634,9 @@ class MapJob:
         elapsed = time.perf_counter() - getattr(self, "started", time.perf_counter())
         rate = self.output_tokens / elapsed if elapsed > 0 else 0.0
         state = "finished" if self.done >= self.n else "stopped"
-        return (f"map {state}: {self.done:,}/{self.n:,} rows, {self.errors:,} error{'s' if self.errors != 1 else ''}, "
-                f"{self.cached:,} cached, {elapsed:.1f} s, {rate:.1f} tok/s")
+        errors = f"{self.errors:,} error{'s' if self.errors != 1 else ''}"
+        return f"map {state}: {self.done:,}/{self.n:,} rows, {errors}, {self.cached:,} cached, {elapsed:.1f} s, " \
+               f"{rate:.1f} tok/s"
 
     def _show(self, bar, final: bool = False) -> None:
         if bar is None:
@@ -651,11 +650,7 @@ class MapJob:
             bar.close()
             handle = getattr(self, "_bar_handle", None)
             if handle is not None:  # the widget gives way to text that needs no kernel
-                import html
-
-                line = self.final_line()
-                handle.update({"text/plain": line, "text/html": f"<pre class='oblix-map-done'>{html.escape(line)}"
-                                                                 f"</pre>"}, raw=True)
+                handle.update({"text/plain": self.final_line()}, raw=True)
                 try:
                     bar.container.close()
                 except Exception:  # noqa: BLE001 - the widget may be gone already
