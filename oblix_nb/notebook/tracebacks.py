@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import sysconfig
-from typing import Any, Optional
+from typing import Any
 
 _SITE = re.compile(r"""(?:[A-Za-z]:)?(?:[\\/][^\s\\/:"'<>|,()\[\]]+)*?[\\/](?:site|dist)-packages[\\/]""")
 _STDLIB = re.compile(r"""(?:[A-Za-z]:)?(?:[\\/][^\s\\/:"'<>|,()\[\]]+)*?[\\/]lib[\\/]python3(?:\.\d+)?t?[\\/]""")
