@@ -106,3 +106,36 @@ def test_chat_panel_status_says_reading_then_streaming(ip):  # noqa: F811
     assert any(s.startswith("streaming from") for s in seen)
     assert seen.index(reading[0]) < next(i for i, s in enumerate(seen) if s.startswith("streaming from"))
     assert [m["role"] for m in c.sessions.messages(panel.session_id)] == ["user", "assistant"]
+
+
+class _Pub:
+    def __init__(self):
+        self.sent = []
+
+    def publish(self, data, metadata=None, transient=None, update=False):
+        self.sent.append((data, (transient or {}).get("display_id"), update))
+
+
+class _Shell:
+    def __init__(self):
+        self.display_pub = _Pub()
+
+
+def test_notebook_sink_of_a_top_level_execute_says_reading_then_streaming():
+    from oblix_nb.notebook.display import NotebookSink
+
+    shell = _Shell()
+    sink = NotebookSink(shell, interval=0.0)
+    sink.start({"model_id": "llamacpp:m", "routing": {"target": "local", "reason": "local: forced"},
+                "input_tokens": 1234})
+    sink.progress(PromptProgress(600, 1240, 100))
+    sink.progress(PromptProgress(1240, 1240, 100))
+    sink.write("Hello")
+    sink.end({"response": "Hello", "model_id": "llamacpp:m", "metrics": {}})
+    footer_id = sink.view.footer_id
+    lines = [d["text/plain"] for d, i, _ in shell.display_pub.sent if i == footer_id]
+    assert "reading 1,234 tokens · llamacpp:m" in lines[0]
+    assert any("reading 600 of 1,240 tokens (48 %, 100 cached)" in line for line in lines)
+    assert any("read 1,240 tokens, 100 cached; waiting for the first token" in line for line in lines)
+    streaming = [k for k, line in enumerate(lines) if "streaming from llamacpp:m" in line]
+    assert streaming and all("reading" not in line for line in lines[streaming[0]:])
