@@ -295,6 +295,11 @@ class MapJob:
                 raise SchemaError(f"schema properties {sorted(clash)} clash with map()'s own columns "
                                   f"{list(META_COLUMNS)}; rename them")
             self.params.schema = self.schema.json_schema
+            from .structured import check_for_backend  # before any call: what a backend cannot take
+
+            for mid, backend in client.models.items():
+                if model_id is None or mid == model_id:
+                    check_for_backend(self.schema, backend)
         self.system = "\n\n".join(s for s in (system, self.schema.instruction() if self.schema else None) if s) \
             or None
         self.user_system = system
@@ -632,15 +637,29 @@ class MapJob:
 
     # ------------------------------------------------------------------------------------------ progress
     def progress_bar(self):
-        """A tqdm.auto bar (a widget in notebooks, text in terminals), or None (progress=False, nothing to do)."""
+        """A tqdm.auto bar (a widget in notebooks, text in terminals), or None (progress=False, nothing to do).
+
+        In a notebook the widget is shown through a display handle and replaced, when the batch ends, by one
+        line of text (:meth:`final_line`): a saved notebook reopened without the kernel shows that line, not
+        "Error displaying widget: model not found"."""
+        self._bar_handle = None
         if not self.progress or not self.pending:
             return None
         try:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover - tqdm is in the batch extra
             return None
-        bar = tqdm(total=self.n, initial=self.done, desc="map", unit="row", leave=True, dynamic_ncols=True,
-                   file=sys.stderr)
+        kwargs = dict(total=self.n, initial=self.done, desc="map", unit="row", leave=True, dynamic_ncols=True,
+                      file=sys.stderr)
+        if any(c.__module__.startswith("tqdm.notebook") for c in getattr(tqdm, "__mro__", ())):
+            bar = tqdm(display=False, **kwargs)
+            from IPython.display import display
+
+            self._bar_handle = display(bar.container, display_id=True)
+            if self._bar_handle is None:  # no display publisher: show it the ordinary way
+                display(bar.container)
+        else:
+            bar = tqdm(**kwargs)
         bar.set_postfix_str(self._postfix(), refresh=False)
         return bar
 
@@ -648,6 +667,15 @@ class MapJob:
         elapsed = time.perf_counter() - getattr(self, "started", time.perf_counter())
         rate = self.output_tokens / elapsed if elapsed > 0 else 0.0
         return f"errors={self.errors}, cached={self.cached}, {rate:.1f} tok/s"
+
+    def final_line(self) -> str:
+        """The batch in one line: rows done of all, errors, cached, time (what a finished bar leaves)."""
+        elapsed = time.perf_counter() - getattr(self, "started", time.perf_counter())
+        rate = self.output_tokens / elapsed if elapsed > 0 else 0.0
+        state = "finished" if self.done >= self.n else "stopped"
+        errors = f"{self.errors:,} error{'s' if self.errors != 1 else ''}"
+        return f"map {state}: {self.done:,}/{self.n:,} rows, {errors}, {self.cached:,} cached, {elapsed:.1f} s, " \
+               f"{rate:.1f} tok/s"
 
     def _show(self, bar, final: bool = False) -> None:
         if bar is None:
@@ -659,6 +687,13 @@ class MapJob:
             bar.refresh()
         if final:
             bar.close()
+            handle = getattr(self, "_bar_handle", None)
+            if handle is not None:  # the widget gives way to text that needs no kernel
+                handle.update({"text/plain": self.final_line()}, raw=True)
+                try:
+                    bar.container.close()
+                except Exception:  # noqa: BLE001 - the widget may be gone already
+                    pass
 
 
 async def map_frame(client: MapClient, data: Any, prompt: Any, **kwargs: Any):

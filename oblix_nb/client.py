@@ -288,6 +288,14 @@ class OblixClient:
         lo, hi = stats.window(since, until)
         return stats.stats_frame(self.sessions.stats(by, lo, hi, filter_metadata), by, lo, hi)
 
+    def discover_models(self, **kwargs: Any):
+        """Models already on this machine (Ollama's store, the Hugging Face cache, LM Studio, a running Ollama;
+        loopback servers with ``probe_servers=True``) as a pandas DataFrame, one hookable ``model_id`` per row:
+        see :func:`oblix_nb.models.discover.discover_models` for the columns and keywords."""
+        from .models.discover import discover_models
+
+        return discover_models(**kwargs)
+
     def plot_stats(self, since: Any = None, until: Any = None, filter_metadata: dict = None, **kwargs: Any):
         """A dashboard of matplotlib figures over the store's requests (see ``oblix_nb.plots.dashboard``):
         TTFT per model, TTFT vs input tokens, tokens and cost per day, route mix and fallback rate.

@@ -112,9 +112,13 @@ class Engine:
             raise TypeError(f"system must be a string, not {type(system).__name__}")
         schema = None
         if options.get("schema") is not None:
-            from .structured import compile_schema
+            from .structured import check_for_backend, compile_schema
 
             schema = compile_schema(options["schema"])
+            forced = self.host.resolve_model_id(options.get("model_id"))
+            for model_id, backend in self.host.models.items():  # before any call: what a backend cannot take
+                if forced is None or model_id == forced:
+                    check_for_backend(schema, backend)
             system = "\n\n".join(s for s in (system, schema.instruction()) if s)
             params.schema = schema.json_schema
         host = self.host
@@ -438,7 +442,11 @@ class Call:
             self.checkpoint = Checkpoint(self, store, checkpoint_interval)
         if sink is not None:
             sink.start({"model_id": self.backend.model_id, "request_id": self.request.request_id,
-                        "session_id": self.request.session_id, "routing": self.decision.as_dict()})
+                        "session_id": self.request.session_id, "routing": self.decision.as_dict(),
+                        "input_tokens": self.fitted.used})
+            progress = getattr(sink, "progress", None)  # the sink shows how far the model has read the prompt
+            if callable(progress) and self.request.params.on_progress is None:
+                self.request = replace(self.request, params=replace(self.request.params, on_progress=progress))
         try:
             if stream:
                 await self._stream(sink)

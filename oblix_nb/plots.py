@@ -105,6 +105,12 @@ def wrap(label: Any, width: int = LABEL_WIDTH) -> str:
     return "\n".join(lines + [line] if line else lines)
 
 
+def label(name: Any, width: int = LABEL_WIDTH) -> str:
+    """:func:`wrap` for a matplotlib text: every ``$`` escaped, so a model id such as ``openai:gpt-$x^{$`` is
+    drawn literally instead of being parsed as (broken) mathtext, which raises when the figure is drawn."""
+    return wrap(name, width).replace("$", r"\$")
+
+
 def dashboard(client_or_store: Any, since: Any = None, until: Any = None, filter_metadata: Optional[dict] = None,
               theme: str = "light", max_points: int = 20_000, max_models: int = 10,
               follow_page: bool = True) -> Dashboard:
@@ -254,7 +260,7 @@ def _ttft_by_model(plt, sample: list[dict], order: list, group, palette: list) -
         if row["ttft"] is not None:
             per_model[group(row["model_id"])].append(row["ttft"])
     per_model = {m: v for m, v in per_model.items() if v}
-    labels = [wrap(m) for m in per_model]
+    labels = [label(m) for m in per_model]
     lines = sum(label.count("\n") + 1 for label in labels)
     fig, ax = plt.subplots(figsize=(9, max(2.6, 1.2 + 0.34 * max(lines, len(labels)) + 0.1 * len(labels))))
     fig.set_label("ttft_by_model")
@@ -324,7 +330,7 @@ def _ttft_vs_input(plt, sample: list[dict], order: list, group, colour_of: dict)
                 centres.append(float(np.median(x[chosen])))
                 medians.append(float(np.median(y[chosen])))
         handles.append(ax.plot(centres, medians, marker="o", markersize=4, color=colour, linewidth=1.8,
-                               label=f"{wrap(name, LEGEND_WIDTH)} (n={len(x):,})")[0])
+                               label=f"{label(name, LEGEND_WIDTH)} (n={len(x):,})")[0])
     if log_x:
         ax.set_xscale("log")
     if log_y:
@@ -380,10 +386,10 @@ def _tokens_and_cost(plt, rows: list[dict], daily, order: list, group, colour_of
     bottom_t, bottom_c = np.zeros(len(days)), np.zeros(len(days))
     handles = []
     for name in order:
-        label = wrap(name, LEGEND_WIDTH)
+        text = label(name, LEGEND_WIDTH)
         handles.append(ax_tokens.bar(days, tokens[name], width=width, bottom=bottom_t, color=colour_of[name],
-                                     label=label))
-        ax_cost.bar(days, cost[name], width=width, bottom=bottom_c, color=colour_of[name], label=label)
+                                     label=text))
+        ax_cost.bar(days, cost[name], width=width, bottom=bottom_c, color=colour_of[name], label=text)
         bottom_t += tokens[name]
         bottom_c += cost[name]
     from matplotlib.ticker import EngFormatter

@@ -15,7 +15,11 @@ class StreamSink(Protocol):
     """Receives one reply as it is generated. Called from the package's event-loop thread."""
 
     def start(self, info: dict) -> None:
-        """Before the first token: ``info`` has ``model_id``, ``request_id``, ``session_id``, ``routing``."""
+        """Before the first token: ``info`` has ``model_id``, ``request_id``, ``session_id``, ``routing`` and
+        ``input_tokens`` (the prompt as counted for the context window: what the model now reads).
+
+        A sink may also have a ``progress(p)`` method (optional, not part of this protocol): it then gets the
+        engine's :class:`~oblix_nb.models.base.PromptProgress` events while the model reads the prompt."""
 
     def write(self, text: str) -> None:
         """One text delta, as it arrives."""
@@ -49,6 +53,21 @@ def format_footer(response: dict) -> str:
     if response.get("partial"):
         bits.append("PARTIAL")
     return " · ".join(bits)
+
+
+def reading_status(input_tokens: Optional[int], progress=None) -> str:
+    """The status while the model reads the prompt: ``reading 3,400 tokens…``, or with the engine's
+    :class:`~oblix_nb.models.base.PromptProgress` ``reading 1,200 of 3,400 tokens (35 %)…`` (cached tokens
+    said), ``read 3,400 tokens; waiting for the first token…`` once read."""
+    if progress is not None and getattr(progress, "total", 0):
+        done, total, cached = int(progress.done), int(progress.total), int(getattr(progress, "cached", 0) or 0)
+        reused = f", {cached:,} cached" if cached else ""
+        if done >= total:
+            return f"read {total:,} tokens{reused}; waiting for the first token…"
+        return f"reading {done:,} of {total:,} tokens ({100 * done // total} %{reused})…"
+    if input_tokens:
+        return f"reading {int(input_tokens):,} token{'s' if input_tokens != 1 else ''}…"
+    return "reading the prompt…"
 
 
 class StdoutSink:

@@ -26,7 +26,8 @@ from typing import Any, Callable, Optional
 
 from .errors import SchemaError, StructuredOutputError
 
-__all__ = ["Schema", "SchemaError", "StructuredOutputError", "compile_schema", "parse_spec",
+__all__ = ["Schema", "SchemaError", "StructuredOutputError", "compile_schema", "parse_spec", "check_for_backend",
+           "recursive_ref", "MAX_SCHEMA_DEPTH",
            "schema_from_text", "extract_json"]
 
 
@@ -119,7 +120,102 @@ def _is_pydantic_model(obj: Any) -> bool:
     return issubclass(obj, BaseModel)
 
 
+MAX_SCHEMA_DEPTH = 64  # nested objects/arrays in a schema; deeper ones would exhaust Python's stack
+
+
+def _resolve_ref(root: dict, ref: str) -> Any:
+    """The sub-schema a local ``$ref`` (``#``, ``#/$defs/x``, JSON-pointer escapes) points to; SchemaError if
+    it is not local (no network: remote schemas are never fetched) or points nowhere."""
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        raise SchemaError(f"$ref {ref!r} is not a local reference ('#/$defs/name'): remote schemas are not fetched")
+    node: Any = root
+    for part in [p for p in ref[1:].split("/") if p]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise SchemaError(f"$ref {ref!r} points to nothing in the schema")
+    return node
+
+
+def _check_shape(schema: dict) -> None:
+    """Before anything walks the schema recursively (json, jsonschema, grammar compilers): SchemaError if it
+    nests deeper than :data:`MAX_SCHEMA_DEPTH` or has a ``$ref`` that is not local or resolves to nothing."""
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    seen: set[int] = set()
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        if id(node) in seen:
+            raise SchemaError("the schema contains itself (a cycle of Python objects); use $ref for recursion")
+        seen.add(id(node))
+        if depth > MAX_SCHEMA_DEPTH:
+            raise SchemaError(f"the schema is nested more than {MAX_SCHEMA_DEPTH} levels deep; flatten it "
+                              f"(e.g. move repeated parts to $defs)")
+        if isinstance(node, dict):
+            if "$ref" in node:
+                _resolve_ref(schema, node["$ref"])
+            stack.extend((v, depth + 1) for v in node.values())
+        else:
+            stack.extend((v, depth + 1) for v in node)
+
+
+def recursive_ref(schema: dict) -> Optional[str]:
+    """The first ``$ref`` of ``schema`` that refers (directly or through other refs) back into itself, else
+    None. Such schemas are valid JSON Schema, but cannot be compiled into a grammar (the embedded model)."""
+    def refs_in(node: Any) -> list:
+        out, stack = [], [node]
+        while stack:
+            n = stack.pop()
+            if isinstance(n, dict):
+                if isinstance(n.get("$ref"), str):
+                    out.append(n["$ref"])
+                stack.extend(n.values())
+            elif isinstance(n, list):
+                stack.extend(n)
+        return out
+
+    graph: dict[str, list] = {}
+    todo = refs_in(schema)
+    while todo:
+        ref = todo.pop()
+        if ref in graph:
+            continue
+        try:
+            graph[ref] = refs_in(_resolve_ref(schema, ref))
+        except SchemaError:
+            graph[ref] = []
+        todo.extend(graph[ref])
+    for start in graph:  # a ref that reaches itself (or the root "#", which holds every ref)
+        stack, seen = list(graph[start]), set()
+        while stack:
+            ref = stack.pop()
+            if ref == start or ref in ("#", "#/"):
+                return start if ref == start else ref
+            if ref not in seen:
+                seen.add(ref)
+                stack.extend(graph.get(ref, ()))
+    return None
+
+
+def check_for_backend(schema: "Schema", backend: Any) -> None:
+    """SchemaError before any call if ``backend`` cannot take ``schema``: a backend enforcing schemas with a
+    grammar (``schema_enforcement == "grammar"``: the embedded llama.cpp model) cannot take a recursive one."""
+    if getattr(backend, "schema_enforcement", None) != "grammar":
+        return
+    ref = recursive_ref(schema.json_schema)
+    if ref is not None:
+        raise SchemaError(f"the schema is recursive ($ref {ref!r} refers back into itself): "
+                          f"{getattr(backend, 'model_id', 'the embedded model')} compiles schemas into a grammar, "
+                          f"which cannot be recursive; use a schema of fixed depth, or model_id= a server or "
+                          f"cloud model")
+
+
 def _check_json_schema(schema: dict) -> None:
+    _check_shape(schema)
     try:
         json.dumps(schema)
     except (TypeError, ValueError) as exc:
@@ -268,6 +364,9 @@ def schema_from_text(text: str, namespace: Optional[dict] = None) -> Schema:
             value = json.loads(text)
         except ValueError as exc:
             raise SchemaError(f"--schema looks like JSON but does not parse: {exc}") from None
+        except RecursionError:
+            raise SchemaError(f"the schema is nested more than {MAX_SCHEMA_DEPTH} levels deep; flatten it") \
+                from None
         return compile_schema(value)
     return compile_schema(text)
 

@@ -22,9 +22,15 @@ from .display import QueueSink, Reply, ReplyDisplay, drive, extract_code, format
 from .formats import ANY_JSON_SCHEMA, HINTS, final_bundle, stream_format
 
 DEFAULT_MODEL_KEY = "notebook:default_model"  # the store setting %oblix_model default writes
+DEFAULT_NOTE = "default model: "  # the footer part saying which model was hooked by default, and why
 
 
 def _title(prompt: str) -> str:
+    """A session title from what was asked: the question, never the "Context from the notebook:" block."""
+    from .references import CONTEXT_HEADING
+
+    if prompt.lstrip().startswith(CONTEXT_HEADING) and "\n\n---\n\n" in prompt:
+        prompt = prompt.rsplit("\n\n---\n\n", 1)[1]
     return title_from(prompt, "Notebook session")
 
 
@@ -40,14 +46,18 @@ def fix_prompt(record, *, code_only: bool, max_chars: int) -> str:
     """What %oblix_fix asks: the cell's source and its traceback, and what kind of answer to give."""
     from .describe import clip
 
+    from .tracebacks import short_paths, trim
+
     source = clip(record.source.rstrip() or "(source not recorded)", max_chars // 2)
-    tb = clip(record.traceback, max_chars // 2)
+    hint = clip(short_paths(getattr(record, "hint", "") or ""), max_chars // 6)
+    tb = trim(record.traceback, max_chars // 2 - len(hint))
     ask = ("Reply with the corrected code of the whole cell only, in one ```python code block, "
            "without explanation." if code_only else
            "Explain the cause in one or two sentences, then give the corrected code of the whole cell in one "
            "```python code block.")
     return (f"This notebook cell (In [{record.execution_count}]) raised {record.ename}.\n\n"
-            f"The cell:\n```python\n{source}\n```\n\nThe error:\n```\n{tb}\n```\n\n{ask}")
+            f"The cell:\n```python\n{source}\n```\n\nThe error:\n```\n{tb}\n```\n\n"
+            + (f"What the failing line works on:\n{hint}\n\n" if hint else "") + ask)
 
 
 class CellPipeline:
@@ -82,7 +92,7 @@ class CellPipeline:
         prompt = self._build_prompt("%%oblix", template, args, client, model_id)
         if not prompt.text.strip():
             raise UsageError("%%oblix: the prompt is empty once its references are filled in")
-        return self._ask(client, prompt.text, args, model_id, fmt=fmt, schema=schema)
+        return self._ask(client, prompt.text, args, model_id, fmt=fmt, schema=schema, title=prompt.question)
 
     # ------------------------------------------------------------------ %oblix_fix
     def fix(self, args):
@@ -113,7 +123,7 @@ class CellPipeline:
         question = fix_prompt(record, code_only=args.format == "code", max_chars=budget)
         prompt = self._build_prompt("%oblix_fix", "", args, client, model_id)  # --context attachments
         prompt.question = question
-        return self._ask(client, prompt.text, args, model_id, fmt=args.format)
+        return self._ask(client, prompt.text, args, model_id, fmt=args.format, title=question)
 
     # ------------------------------------------------------------------ helpers
     def _model_arg(self, client, model: Optional[str], prog: str) -> Optional[str]:
@@ -167,9 +177,10 @@ class CellPipeline:
         return prompt
 
     def _ask(self, client, prompt: str, args, model_id: Optional[str], *, fmt: str = "markdown",
-             schema: Any = None):
-        """Send ``prompt`` (what the model sees and the session stores) and show the reply in ``fmt``."""
-        session_id = self._session_for(client, args, prompt)
+             schema: Any = None, title: Optional[str] = None):
+        """Send ``prompt`` (what the model sees and the session stores) and show the reply in ``fmt``;
+        a session this creates is titled from ``title`` (the question without its context), else ``prompt``."""
+        session_id = self._session_for(client, args, title if title and title.strip() else prompt)
         system = "\n\n".join(part for part in (args.system, HINTS.get(fmt)) if part) or None
         rich = self.m.rich()
         sink = QueueSink()
@@ -219,12 +230,32 @@ class CellPipeline:
         text = response.get("response", outcome.text)
         reply = Reply(text, response)
         bundle = final_bundle(fmt, text, response.get("parsed"), has_parsed="parsed" in response)
-        self._finish(view, text, format_footer(response) if self.m.show_footer else None,
-                     streamed=not args.no_stream, bundle=bundle)
+        footer = format_footer(response) if self.m.show_footer else None
+        why = default_model.take_reason(client, response.get("model_id"))  # the first reply of a default model
+        if footer and why:
+            footer += f" · {DEFAULT_NOTE}{why}"
+        self._finish(view, text, footer, streamed=not args.no_stream, bundle=bundle)
         self._publish_value(reply, args)
         if fmt == "code":
-            self.shell.set_next_input(extract_code(text), replace=False)
+            self._insert_code(reply, response)
         return None
+
+    def _insert_code(self, reply: Reply, response: dict) -> None:
+        """``-f code``: the reply's code into a new cell below -- unless the reply was cut at ``max_tokens``
+        or is partial (half a program is not a fix): then say so; the text stays in ``oblix_last``."""
+        metrics = response.get("metrics") or {}
+        if metrics.get("finish_reason") == "length" or response.get("partial"):
+            tokens = metrics.get("output_tokens")
+            print(f"-f code: no cell inserted: the reply was cut at max_tokens"
+                  f"{f' ({tokens} tokens)' if tokens is not None else ''}, so its code is incomplete. The text is "
+                  f"above and in oblix_last (oblix_last.code: its code so far); ask again with a larger "
+                  f"--max-tokens.", file=sys.stderr)
+            return
+        code = extract_code(str(reply))
+        if not code.strip():
+            print("-f code: no cell inserted: the reply holds no code.", file=sys.stderr)
+            return
+        self.shell.set_next_input(code, replace=False)
 
     def _over(self, args, cell: str):
         """``%%oblix --over DF``: the cell as a template over DF's rows (client.map)."""

@@ -26,7 +26,7 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-from ..streaming import ThrottledSink, format_footer
+from ..streaming import ThrottledSink, format_footer, reading_status
 
 CURSOR = "▌"
 DEFAULT_INTERVAL = 0.1
@@ -109,6 +109,16 @@ class Reply(str):
     @property
     def footer(self) -> str:
         return format_footer(self.response) if self.response else ""
+
+    @property
+    def code(self) -> str:
+        """The reply's fenced code (:func:`extract_code`): what ``-f code`` puts in a new cell."""
+        return extract_code(str(self))
+
+    @property
+    def cut(self) -> bool:
+        """True if the reply stopped at ``max_tokens`` (finish reason ``length``): its end is missing."""
+        return self.metrics.get("finish_reason") == "length"
 
 
 _FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.S | re.M)
@@ -200,6 +210,9 @@ def split_footer(text: str) -> tuple[str, Optional[str]]:
                 details.append(f"route: {part.strip()}")
         elif part.startswith("fallback from "):
             short.append("fallback")
+            details.append(part)
+        elif part.startswith("default model: "):  # why this model answered (hooked because none was)
+            short.append("default model")
             details.append(part)
         else:
             short.append(part)
@@ -305,6 +318,10 @@ class QueueSink:
     def write(self, text: str) -> None:
         self.queue.put(("text", text))
 
+    def progress(self, progress: Any) -> None:
+        """The engine's prompt-reading progress (:class:`~oblix_nb.models.base.PromptProgress`)."""
+        self.queue.put(("progress", progress))
+
     def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
         self.queue.put(("end", response, error))
 
@@ -325,9 +342,12 @@ class DriveResult:
         self.updates = 0
 
 
-def _status_line(info: dict) -> str:
+def _status_line(info: dict, reading: Optional[str] = None) -> str:
+    """The status line: ``reading 3,400 tokens… · model · route`` until the first token (``reading``: the
+    :func:`~oblix_nb.streaming.reading_status` text), then ``streaming from model · route …``."""
     route = info.get("routing") or {}
-    bits = [f"streaming from {info.get('model_id', '?')}"]
+    bits = [f"{reading.rstrip('…')} · {info.get('model_id', '?')}" if reading else
+            f"streaming from {info.get('model_id', '?')}"]
     if route.get("target"):
         reason = route.get("reason") or ""
         full = reason if reason.startswith(route["target"] + ":") else f"{route['target']}: {reason}".strip()
@@ -358,6 +378,8 @@ def drive(sink: QueueSink, future, view: Optional[ReplyDisplay], *, interval: fl
             now = time.monotonic()
             if out.first_delta_at is None:
                 out.first_delta_at = now
+                if view is not None and out.info is not None:  # read: now it streams
+                    view.status(_status_line(out.info))
             out.last_delta_at = now
             pieces.append(event[1])
             if view is None:
@@ -368,7 +390,10 @@ def drive(sink: QueueSink, future, view: Optional[ReplyDisplay], *, interval: fl
         elif kind == "start":
             out.info = event[1]
             if view is not None:
-                view.status(_status_line(event[1]))
+                view.status(_status_line(event[1], reading_status(event[1].get("input_tokens"))))
+        elif kind == "progress":
+            if view is not None and out.info is not None and out.first_delta_at is None:
+                view.status(_status_line(out.info, reading_status(out.info.get("input_tokens"), event[1])))
         elif kind == "end":
             if event[1] is not None:
                 out.response = event[1]
@@ -448,12 +473,23 @@ class NotebookSink(ThrottledSink):
 
     def start(self, info: dict) -> None:
         with self._lock:
+            self.info = info
+            line = _status_line(info, reading_status(info.get("input_tokens")))
             if not self.view.shown:
-                self.view.show(_status_line(info))
+                self.view.show(line)
             else:
-                self.view.status(_status_line(info))
+                self.view.status(line)
+
+    def progress(self, progress: Any) -> None:
+        with self._lock:
+            info = getattr(self, "info", None)
+            if info is not None and not self.pieces and not self.closed:
+                self.view.status(_status_line(info, reading_status(info.get("input_tokens"), progress)))
 
     def redraw(self, text: str) -> None:
+        info = getattr(self, "info", None)
+        if self.updates == 0 and info is not None:  # the first text: reading is over, it streams
+            self.view.status(_status_line(info))
         self.view.update(text)
 
     def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:

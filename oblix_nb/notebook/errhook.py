@@ -11,7 +11,9 @@ shows it (colours stripped) with the cell's source, then hands the exception on:
   ``error`` message are what they would be without the extension.
 
 ``%unload_ext oblix_nb`` removes the handler and puts back the user's handler (the one in force at that time).
-Only text is kept (never the exception or its frames), at most :attr:`ErrorLog.max_errors` cells.
+Only text is kept (never the exception or its frames), at most :attr:`ErrorLog.max_errors` cells; for a
+``KeyError``/``AttributeError`` that text includes the columns of the DataFrames on the failing line
+(:func:`.tracebacks.data_hint`), which ``%oblix_fix`` and ``{Err[N]}`` send with the trimmed traceback.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class CellError:
     evalue: str
     traceback: str
     source: str
+    hint: str = ""   # what the model needs besides the traceback (a DataFrame's columns: tracebacks.data_hint)
 
     def __str__(self) -> str:
         return self.traceback
@@ -58,7 +61,7 @@ class ErrorLog:
         self.errors: "OrderedDict[int, CellError]" = OrderedDict()
         self.current = getattr(shell, "execution_count", 0)  # the running cell's number
         self._source = ""                              # the running cell's source, as typed
-        self._pending: Optional[tuple[str, str, str]] = None  # its error (ename, evalue, traceback)
+        self._pending: Optional[tuple[str, str, str, str]] = None  # its error (ename, evalue, traceback, hint)
         self._raw_count, self._stored = self.current, False
         self._offset = 1 if _COUNTS_BEFORE_RUN else 0  # execution_count - the running cell's number
         self._user: tuple[tuple, Optional[Callable]] = ((), None)  # the user's (exc_tuple, CustomTB)
@@ -148,14 +151,21 @@ class ErrorLog:
         if pending is None:
             return
         self.errors.pop(count, None)
-        self.errors[count] = CellError(count, *pending, self._source)
+        ename, evalue, text, hint = pending
+        self.errors[count] = CellError(count, ename, evalue, text, self._source, hint)
         while len(self.errors) > self.max_errors:
             self.errors.popitem(last=False)
 
     # ------------------------------------------------------------------ recording
     def record(self, etype: type, value: BaseException, tb: Any, tb_offset: Optional[int] = None) -> None:
         """Remember the running cell's error; it is filed under the cell's number when the cell ends."""
-        self._pending = (etype.__name__, _safe_str(value), self.format(etype, value, tb, tb_offset))
+        try:
+            from .tracebacks import data_hint
+
+            hint = data_hint(value, tb)
+        except Exception:  # noqa: BLE001 - a hint is best effort
+            hint = ""
+        self._pending = (etype.__name__, _safe_str(value), self.format(etype, value, tb, tb_offset), hint)
 
     def format(self, etype: type, value: BaseException, tb: Any, tb_offset: Optional[int] = None) -> str:
         """The traceback as IPython shows it, without colours (plain Python formatting if that fails)."""

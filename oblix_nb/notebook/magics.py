@@ -28,7 +28,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Bool, Dict, Enum, Float, Int, Unicode, observe, validate
 
-from .. import runtime
+from .. import default_model, runtime
 from ..errors import OblixError, SessionNotFoundError
 from ..pricing import parse_price
 from . import errhook, state, transform
@@ -102,6 +102,22 @@ class _Said(str):
 _CLIENT_ERRORS = (OblixError, ValueError, OSError, KeyError)
 # Free-text arguments of %%oblix and %oblix_fix whose {references} are filled in (by the cell's rules).
 _ASK_TEXT_ARGS = ("model", "session", "title", "system")
+
+
+NO_REPLY_LABELS = {"model_id": "(no reply: every model failed)", "route": "(no reply: not routed)",
+                   "session_id": "(no session)"}
+
+
+def label_missing(frame, by: str):
+    """The %oblix_stats table with its None key (requests that got no reply) labelled instead of ``None``;
+    ``client.stats()`` itself keeps None."""
+    index = frame.index
+    label = NO_REPLY_LABELS.get(index.name)
+    if label is None or not len(frame) or not index.isna().any():
+        return frame
+    frame = frame.copy()
+    frame.index = index.map(lambda key: label if key is None or key != key else key).rename(index.name)
+    return frame
 
 
 @magics_class
@@ -353,10 +369,13 @@ class OblixMagics(Magics):
         from .widgets import show_chat_panel
 
         client = self.client
-        prompt = " ".join(args.prompt)
+        prompt = question = " ".join(args.prompt)
         if "{" in prompt:  # references follow the %%oblix cell rules (never evaluated)
-            prompt = build_prompt(prompt, self.shell).text
-        session_id = CellPipeline(self)._session_for(client, args, prompt or "Chat")
+            built = build_prompt(prompt, self.shell)
+            prompt, question = built.text, built.question
+        if prompt.strip() and not args.session:  # a question starts its own session, titled from it
+            args.new_session = True
+        session_id = CellPipeline(self)._session_for(client, args, question or prompt or "Chat")
         options: dict[str, Any] = {k: v for k, v in (("max_tokens", args.max_tokens),
                                                      ("temperature", args.temperature),
                                                      ("model_id", args.model or self.default_model or None))
@@ -381,6 +400,7 @@ class OblixMagics(Magics):
             frame = self.client.stats(by=args.by, since=args.since, until=args.until, filter_metadata=filters)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"%oblix_stats: {exc}") from None
+        frame = label_missing(frame, args.by)
         if args.var:
             self.shell.user_ns[args.var] = frame
         if args.no_plot:
@@ -388,8 +408,9 @@ class OblixMagics(Magics):
         from IPython.display import Image, display
 
         display(frame)
+        explicit = args.theme in ("light", "dark")  # --theme given: exactly that; else follow the page's
         dashboard = self.client.plot_stats(since=args.since, until=args.until, filter_metadata=filters,
-                                           theme=args.theme)
+                                           theme=args.theme if explicit else "light", follow_page=not explicit)
         png = self.shell.display_formatter.formatters["image/png"]
         for fig in dashboard:
             try:
@@ -430,7 +451,8 @@ class OblixMagics(Magics):
                 table = model_table(client, self.default_model or CellPipeline._stored_default(client),
                                     timeout=getattr(args, "timeout", 3.0))
                 if not client.models:
-                    print("no model is hooked yet (%%oblix hooks the embedded one on first use)", file=sys.stderr)
+                    print("no model is hooked yet (%%oblix hooks the strongest local model on first use; see "
+                          "%oblix_model discover)", file=sys.stderr)
                 return table
             if command == "alias":
                 if args.name is None:
@@ -447,11 +469,22 @@ class OblixMagics(Magics):
                 return _Said(args.name, f"alias {args.name} removed")
             if command == "default":
                 return self._model_default(client, args.model)
+            if command == "discover":
+                return self._model_discover(client, args)
         except UsageError:
             raise
         except _CLIENT_ERRORS as exc:
             raise UsageError(f"%oblix_model {command}: {exc}") from None
         return None
+
+    @staticmethod
+    def _model_discover(client, args):
+        """``%oblix_model discover``: the DataFrame, and (on stderr) what %%oblix would hook, and why."""
+        df = client.discover_models(probe_servers=args.servers, shipped=args.shipped)
+        pick, reason = default_model.choose_model()  # the policy itself, not a second opinion
+        print(f"{len(df)} model{'s' if len(df) != 1 else ''} found. With nothing hooked, %%oblix hooks "
+              f"{pick or 'nothing'}: {reason}", file=sys.stderr)
+        return df
 
     def _model_default(self, client, model: Optional[str]):
         if model is None:

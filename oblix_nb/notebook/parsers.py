@@ -402,6 +402,11 @@ def model_parser() -> MagicArgumentParser:
     default = sub.add_parser("default", help="MODEL: the model %%%%oblix uses without --model ('none': routing "
                                              "decides); no argument: show it")
     default.add_argument("model", nargs="?")
+    disc = sub.add_parser("discover", help="models on this machine (client.discover_models()) and the one "
+                                           "%%%%oblix hooks when none is")
+    disc.add_argument("--servers", action="store_true",
+                      help="also ask OpenAI-compatible servers on 127.0.0.1 (ports 1234, 8080, 8000)")
+    disc.add_argument("--shipped", action="store_true", help="also list models shipped in wheels (SmolLM2-135M)")
     return p
 
 
@@ -409,7 +414,8 @@ def chat_parser() -> MagicArgumentParser:
     p = MagicArgumentParser(
         prog="%oblix_chat", description=textwrap.dedent("""\
             Open a chat panel (a widget) on a session: type, send, watch the reply stream, stop it.
-            Default: the current session (one is created if there is none). Any PROMPT words are sent at once;
+            Default: the current session (one is created if there is none); with PROMPT words, a new session
+            titled from them (unless --session ID). Any PROMPT words are sent at once;
             {name}, {In[3]}, {d["k"]} ... in them are filled in as in a %%oblix cell (never evaluated).
             For a handle on the panel use oblix_nb.notebook.widgets.show_chat_panel()."""))
     g = p.add_mutually_exclusive_group()
@@ -437,7 +443,9 @@ def stats_parser() -> MagicArgumentParser:
     p.add_argument("--filter", nargs="+", action="extend", default=[], metavar="K=V",
                    help="only sessions whose metadata has these values")
     p.add_argument("--no-plot", action="store_true", help="the table only, no figures")
-    p.add_argument("--theme", choices=("light", "dark"), default="light", help="figure colours (default light)")
+    p.add_argument("--theme", choices=("auto", "light", "dark"), default="auto",
+                   help="figure colours: light or dark exactly as given; default auto: the figures follow the "
+                        "notebook's theme (light where the page does not say)")
     p.add_argument("--var", metavar="NAME", help="also store the table in this variable")
     return p
 

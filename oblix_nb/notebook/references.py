@@ -167,13 +167,23 @@ def output_text(shell: Any, value: Any) -> str:
     return repr(value)
 
 
+def error_text(record: CellError, max_chars: int) -> str:
+    """A recorded error as the model gets it: the traceback trimmed by frames with short paths
+    (:func:`.tracebacks.trim`), then what the failing line works on (a DataFrame's columns), if recorded."""
+    from .tracebacks import short_paths, trim
+
+    hint = clip(short_paths(getattr(record, "hint", "") or ""), max(max_chars // 3, 0))
+    text = trim(record.traceback, max(max_chars - len(hint) - 2, 0))
+    return f"{text}\n\n{hint}" if hint else text
+
+
 def inline(resolved: Resolved, shell: Any, max_chars: int) -> str:
     """The text a non-data reference is replaced by."""
     if resolved.kind == "source":
         return clip(resolved.value, max_chars)
     if resolved.kind == "error":
         record: CellError = resolved.value
-        return clip(record.traceback, max_chars)
+        return error_text(record, max_chars)
     if resolved.kind == "output":
         return clip(output_text(shell, resolved.value), max_chars)
     return inline_text(resolved.value, max_chars)
@@ -186,8 +196,12 @@ def attachment(resolved: Resolved, shell: Any, max_chars: int) -> str:
         return clip(f"### `{ref}`: cell source\n\n```python\n{resolved.value}\n```", max_chars)
     if resolved.kind == "error":
         record: CellError = resolved.value
-        return clip(f"### `{ref}`: the error cell {record.execution_count} raised\n\n```\n{record.traceback}\n```",
-                    max_chars)
+        from .tracebacks import short_paths, trim
+
+        head = f"### `{ref}`: the error cell {record.execution_count} raised\n\n```\n"
+        hint = clip(short_paths(getattr(record, "hint", "") or ""), max(max_chars // 3, 0))
+        text = trim(record.traceback, max(max_chars - len(head) - len(hint) - 6, 0))
+        return head + text + "\n```" + (f"\n\n{hint}" if hint else "")
     if resolved.kind == "output" and not is_data(resolved.value):
         return clip(f"### `{ref}`: output\n\n```\n{output_text(shell, resolved.value)}\n```", max_chars)
     return describe(resolved.value, ref, max_chars=max_chars)

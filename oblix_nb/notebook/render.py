@@ -13,8 +13,9 @@ HTML: it is parsed and rebuilt from an allowlist of structural tags (headings, p
 emphasis, code, ...) with only ``title``/``colspan``/``rowspan``/``align`` attributes and safe ``href`` links;
 everything else — ``<script>``, ``<style>``, ``<iframe>``, ``<svg>``, forms, event handlers, ``style``,
 comments — is dropped (the text of unknown tags is kept, escaped), and ``<img>`` becomes the same
-``[image: alt]`` link. LaTeX for MathJax (``-f math``) goes through :func:`sanitize_latex`, which removes the
-commands that could link, style or load extensions (``href``, ``url``, ``class``, ``style``, ...).
+``[image: alt]`` link. LaTeX for MathJax (``-f math``) goes through :func:`sanitize_latex`, which keeps only an
+allowlist of typesetting commands and environments (``\\href`` keeps its text, ``\\url`` its argument; any other command,
+e.g. ``\\bbox``, ``\\class``, ``\\newenvironment``, ``\\mmlToken``, ``\\texttip``, is removed).
 
 markdown-it-py is imported on first use.
 """
@@ -183,19 +184,106 @@ def sanitize_html(text: Optional[str]) -> str:
 
 
 # --------------------------------------------------------------------------- LaTeX (``-f math``)
-_LATEX_LINKS = re.compile(r"\\(?:href|url)\s*\{([^{}]*)\}(?:\s*\{([^{}]*)\})?")
-_LATEX_UNSAFE = re.compile(r"\\(?:class|cssId|style|html[A-Za-z]*|require|data|unicode|input|include|"
-                           r"def|newcommand|renewcommand|let)\b")
+# Only these control words survive; any other ``\name`` is removed (its braces stay as plain groups). An
+# allowlist, because MathJax has many commands that link, style, load or define (\href, \bbox, \class, \require,
+# \newenvironment, \mmlToken, \texttip, \toggle, \mathtip, \unicode, ...) and new ones appear with extensions.
+LATEX_ALLOWED = frozenset("""
+    alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa varkappa lambda mu nu xi pi varpi
+    rho varrho sigma varsigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Pi Sigma Upsilon
+    Phi Psi Omega digamma
+    frac dfrac tfrac cfrac binom dbinom tbinom sqrt root of over choose atop
+    sum prod coprod int iint iiint oint bigcup bigcap bigoplus bigotimes bigvee bigwedge lim limsup liminf sup
+    inf max min arg det exp log ln lg sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh coth gcd deg
+    dim ker hom Pr mod bmod pmod pod operatorname limits nolimits displaystyle textstyle scriptstyle
+    scriptscriptstyle
+    left right middle big Big bigg Bigg bigl bigr Bigl Bigr biggl biggr Biggl Biggr langle rangle lfloor rfloor
+    lceil rceil lvert rvert lVert rVert vert Vert backslash
+    cdot cdots ldots dots dotsc dotsb dotsm vdots ddots times div pm mp ast star circ bullet oplus ominus otimes
+    oslash odot wedge vee cap cup setminus sqcup sqcap amalg dagger ddagger wr
+    le leq ge geq neq ne lt gt approx equiv sim simeq cong propto ll gg prec succ preceq succeq subset supset
+    subseteq supseteq subsetneq supsetneq in notin ni mid nmid parallel perp models vdash dashv asymp doteq
+    leqslant geqslant lesssim gtrsim
+    to gets rightarrow leftarrow leftrightarrow Rightarrow Leftarrow Leftrightarrow longrightarrow longleftarrow
+    longleftrightarrow Longrightarrow Longleftarrow Longleftrightarrow mapsto longmapsto implies impliedby iff
+    uparrow downarrow updownarrow Uparrow Downarrow nearrow searrow swarrow nwarrow hookrightarrow
+    hookleftarrow rightharpoonup rightleftharpoons xrightarrow xleftarrow
+    infty partial nabla forall exists nexists neg lnot emptyset varnothing aleph hbar ell Re Im wp angle
+    triangle square prime top bot flat natural sharp surd therefore because
+    hat widehat tilde widetilde bar overline underline vec dot ddot acute grave breve check mathring
+    overbrace underbrace overrightarrow overleftarrow overset underset stackrel boxed not cancel
+    mathrm mathbf mathit mathsf mathtt mathcal mathbb mathfrak mathscr boldsymbol bm pmb text textrm textbf
+    textit texttt textsf mbox rm bf it cal
+    quad qquad enspace thinspace negthinspace hspace space
+    begin end hline cline substack tag notag nonumber label
+""".split())
+LATEX_ENVIRONMENTS = frozenset("""
+    matrix pmatrix bmatrix Bmatrix vmatrix Vmatrix smallmatrix cases dcases array aligned align align* alignat
+    alignat* alignedat gathered gather gather* equation equation* split multline multline* eqnarray eqnarray*
+    subarray
+""".split())
+# control symbols (backslash + one non-letter) that only typeset a character or a space
+_LATEX_SYMBOLS = frozenset("\\,;:!{}$%&#_ |<>()[]")
+_LATEX_CS = re.compile(r"\\([A-Za-z]+|.?)", re.S)
+_LATEX_ARG_GAP = re.compile(r"(?:\s|%[^\n]*(?:\n|$))*")
+
+
+def _latex_group(text: str, pos: int) -> tuple[Optional[str], int]:
+    """The braced group starting at ``pos`` (after spaces and %-comments): (inner text, end) or (None, pos)."""
+    pos = _LATEX_ARG_GAP.match(text, pos).end()
+    if pos >= len(text) or text[pos] != "{":
+        return None, pos
+    depth, i = 0, pos
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[pos + 1:i], i + 1
+        i += 1
+    return None, pos
 
 
 def sanitize_latex(text: Optional[str]) -> str:
-    r"""LaTeX for MathJax without the commands that link, style, define macros or load extensions:
-    ``\href{url}{text}`` keeps its text, ``\url{x}`` its argument; the others are removed."""
-    def link(match: "re.Match") -> str:
-        return match.group(2) if match.group(2) is not None else match.group(1)
-
-    return _LATEX_UNSAFE.sub("", _LATEX_LINKS.sub(link, text or ""))
+    r"""LaTeX for MathJax with an allowlist of commands (:data:`LATEX_ALLOWED`, environments
+    :data:`LATEX_ENVIRONMENTS`): any other control word is removed, its arguments stay as plain groups;
+    ``\href{url}{text}`` keeps its text and ``\url{x}`` its argument (sanitised too). Removing a word never
+    joins two pieces into a new command, since no backslash is ever created."""
+    text = text or ""
+    out: list[str] = []
+    pos = 0
+    while True:
+        match = _LATEX_CS.search(text, pos)
+        if match is None:
+            break
+        out.append(text[pos:match.start()])
+        name, pos = match.group(1), match.end()
+        if len(name) > 1 or name.isalpha():
+            if name in ("href", "url"):
+                first, after = _latex_group(text, pos)
+                if first is not None:  # the kept text is scanned like the rest (no recursion: any depth)
+                    keep = first
+                    if name == "href":
+                        second, after2 = _latex_group(text, after)
+                        keep, after = (second, after2) if second is not None else ("", after)
+                    text, pos = keep + text[after:], 0
+                    continue
+            elif name in ("begin", "end"):
+                env, after = _latex_group(text, pos)
+                if env is not None and env.strip() in LATEX_ENVIRONMENTS:
+                    out.append(f"\\{name}{{{env.strip()}}}")
+                    pos = after
+            elif name in LATEX_ALLOWED:
+                out.append(match.group(0))
+        elif name and name in _LATEX_SYMBOLS:
+            out.append(match.group(0))
+    out.append(text[pos:])
+    return "".join(out)
 
 
 __all__ = ["escape", "markdown", "markdown_inline", "is_safe_url", "sanitize_html", "sanitize_latex",
-           "ALLOWED_SCHEMES"]
+           "ALLOWED_SCHEMES", "LATEX_ALLOWED", "LATEX_ENVIRONMENTS"]

@@ -35,7 +35,7 @@ from .._util import title_from
 from .. import default_model
 from ..errors import NoModelHookedError
 from ..notebook import state
-from ..streaming import ThrottledSink
+from ..streaming import ThrottledSink, reading_status
 from .live import watch
 from .html import badge_html, message_html, one_line, redact, session_labels, stored_message_html
 
@@ -54,6 +54,7 @@ class _LiveReply(ThrottledSink):
         self.key = key
         self.session_id = session_id
         self.info: Optional[dict] = None
+        self.default_why: Optional[str] = None  # why the model answering was hooked by default (first reply)
         self.response: Optional[dict] = None
         self.error: Optional[BaseException] = None
         self.renders = 0          # all updates sent, the final one included (``updates``: the throttled ones)
@@ -80,15 +81,29 @@ class _LiveReply(ThrottledSink):
 
     # -- StreamSink
     def start(self, info: dict) -> None:
+        reading = reading_status(info.get("input_tokens"))
         with self._lock:
             self.info = info
             if not self.closed:
-                self._show(self._live_html("streaming…"))
-        self.panel._set_status(f"streaming from {info.get('model_id', '?')} …")
+                self._show(self._live_html(reading))
+        self.panel._set_status(f"{reading.rstrip('…')} · {info.get('model_id', '?')} …")
+
+    def progress(self, progress) -> None:
+        """How far the model has read the prompt (the embedded engine reports it; servers do not)."""
+        reading = reading_status((self.info or {}).get("input_tokens"), progress)
+        with self._lock:
+            if self.closed or self.first_text_at is not None:
+                return
+            self._show(self._live_html(reading))
+        self.panel._set_status(f"{reading.rstrip('…')} · {(self.info or {}).get('model_id', '?')} …")
 
     def write(self, text: str) -> None:
         if self.first_text_at is None:
             self.first_text_at = time.monotonic()
+            with self._lock:
+                if not self.closed:
+                    self._show(self._live_html("streaming…"))
+            self.panel._set_status(f"streaming from {(self.info or {}).get('model_id', '?')} …")
         super().write(text)
 
     def redraw(self, text: str) -> None:  # under self._lock (ThrottledSink)
@@ -106,9 +121,12 @@ class _LiveReply(ThrottledSink):
             if error is None and response is not None:
                 self.response = response
                 text = response.get("response", self.text)
+                # the first reply of a model hooked by default says so (the why goes to the status line)
+                self.default_why = default_model.take_reason(self.panel.client, response.get("model_id"))
                 self._show(message_html("assistant", text, badge=badge_html(
                     response.get("model_id"), response.get("routing_decision"), response.get("metrics"),
-                    partial=bool(response.get("partial")))))
+                    partial=bool(response.get("partial")),
+                    note="hooked by default" if self.default_why else None)))
                 return
             self.error = error
             if error is None or isinstance(error, (asyncio.CancelledError, KeyboardInterrupt,
@@ -447,7 +465,8 @@ class ChatPanel(anywidget.AnyWidget):
             else:
                 self.last_response = response
                 self.last_outcome = "ok"
-                self._set_status("ready")
+                why = getattr(reply, "default_why", None)
+                self._set_status(f"ready · default model {response.get('model_id')}: {why}" if why else "ready")
                 self._announce(f"Reply from {response.get('model_id', 'the model')}: "
                                f"{one_line(response.get('response', ''), 400)}")
             with self._lock:

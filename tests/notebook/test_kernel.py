@@ -206,16 +206,18 @@ def test_errors_are_recorded_for_err_references_and_oblix_fix(kernel):
     outputs, reply = run_one("%oblix_fix -f code --max-tokens 24 --context df")
     assert reply["status"] == "ok", reply
     payloads = [p for p in reply.get("payload", []) if p.get("source") == "set_next_input"]
-    assert len(payloads) == 1 and payloads[0]["replace"] is False and isinstance(payloads[0]["text"], str)
+    assert len(payloads) <= 1 and all(p["replace"] is False and isinstance(p["text"], str) for p in payloads)
 
     outputs, reply = run_one(
         "import json\nfrom oblix_nb.notebook import get_client\nc = get_client()\n"
         "sent = [m for m in c.sessions.messages(c.current_session_id) if m['role'] == 'user'][-1]['content']\n"
         "from oblix_nb.notebook.references import build_prompt\n"
         f"err = build_prompt('{{Err[{error_cell}]}}', get_ipython()).question\n"
-        "print(json.dumps({'sent': sent, 'err': err, 'hook': [t.__name__ for t in get_ipython().custom_exceptions]}))")
+        "print(json.dumps({'sent': sent, 'err': err, 'hook': [t.__name__ for t in get_ipython().custom_exceptions],"
+        " 'cut': oblix_last.cut}))")
     assert reply["status"] == "ok", reply
     report = json.loads(text_of(outputs).strip().splitlines()[-1])
+    assert len(payloads) == (0 if report["cut"] else 1)  # a reply cut at max_tokens inserts no cell
     assert "numbers[5]" in report["sent"] and "IndexError" in report["sent"] and "### `df`" in report["sent"]
     assert report["err"].startswith("-") or "Traceback" in report["err"]
     assert "IndexError: list index out of range" in report["err"] and "\x1b[" not in report["err"]

@@ -370,8 +370,9 @@ def test_format_code_sets_next_input(ip, monkeypatch):
     monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: calls.append((text, replace)))
     result, _ = run(ip, "%%oblix --max-tokens 48 -f code\nWrite a Python function that adds two numbers.")
     assert result.success, result.error_in_exec
-    reply = str(ip.user_ns["oblix_last"])
-    assert calls == [(extract_code(reply), False)]
+    reply = ip.user_ns["oblix_last"]
+    # a reply cut at max_tokens is not put in a cell (its code is incomplete); a complete one is
+    assert calls == ([] if reply.cut else [(extract_code(str(reply)), False)])
 
 
 @needs_model
