@@ -25,6 +25,7 @@ mapped partition by partition with it).
 from __future__ import annotations
 
 import asyncio
+import difflib
 import hashlib
 import json
 import math
@@ -35,13 +36,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
 from ._util import describe_error
-from .errors import (ModelCallError, NoModelHookedError, OblixError, RowError, SchemaError,
+from .errors import (BudgetExceededError, ModelCallError, NoModelHookedError, OblixError, RowError, SchemaError,
                      StorageError, StructuredOutputError)
+from .cascade import CASCADE_COLUMNS, attempt_cost, check_cascade, confident, reply_confidence
 from .execution import Engine, Request, retry_prompt
 from .models.base import SAMPLING_OPTIONS, GenerationParams
 from .structured import Schema, compile_schema, extract_json
 
-META_COLUMNS = ("model_id", "route", "input_tokens", "output_tokens", "latency_s", "error", "cached")
+META_COLUMNS = ("model_id", "route", "input_tokens", "output_tokens", "latency_s", "error", "cached", "attempts")
 DEFAULT_CONCURRENCY = {True: 1, False: 4}  # in-process model (not re-entrant) : servers
 ON_ERROR = ("record", "raise")
 PROGRESS_INTERVAL = 0.25  # seconds between progress bar updates
@@ -150,6 +152,7 @@ class PromptTemplate:
                 continue  # not a field (JSON, code, an unknown name): left exactly as written
             last = m.end()
         parts.append(text[last:])
+        _check_misspelled(text, fields)
         if not used:
             shown = ", ".join(fields[:12]) + (" ..." if len(fields) > 12 else "")
             raise ValueError(f"the template uses no field of the input, so every row would get the same prompt; "
@@ -166,6 +169,51 @@ class PromptTemplate:
             else:
                 out.append(part)
         return "".join(out)
+
+
+def closest_field(name: str, fields: list[str]) -> Optional[str]:
+    """The input field ``{name}`` most likely meant (a misspelling or a case slip), or None if none is close."""
+    if name in fields:
+        return None
+    lowered = {f.lower(): f for f in fields}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.8)
+    if match:
+        return lowered[match[0]]
+    if len(name) >= 3:  # one slip in a short name: a typo, a transposition ({nmae} for {name})
+        near = [f for low, f in lowered.items() if len(low) >= 3 and _edits(name.lower(), low) <= 1]
+        if near:
+            return near[0]
+    return None
+
+
+def _edits(a: str, b: str) -> int:
+    """Edit distance with adjacent transpositions (optimal string alignment)."""
+    if abs(len(a) - len(b)) > 1:
+        return 2
+    prev2, prev = None, list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def _check_misspelled(text: str, fields: list[str]) -> None:
+    """ValueError for a ``{name}`` that is no field but close to one (``{descripton}`` beside a
+    ``description`` column): it would be sent literally. Raised before any call, naming the closest column."""
+    for m in _BRACES.finditer(text):
+        name = m.group(2)
+        if name is None or not name.strip().isidentifier():
+            continue
+        near = closest_field(name.strip(), fields)
+        if near is not None and name != near:
+            raise ValueError(f"template field {{{name}}} is not a column of the input; did you mean "
+                             f"{{{near}}}? (write {{{{{name}}}}} for a literal {{{name}}})")
 
 
 def fill_constants(text: str, namespace: dict, exclude) -> str:
@@ -225,6 +273,63 @@ class RowOutcome:
     latency_s: Optional[float]
     error: Optional[str]
     cached: bool
+    attempts: Optional[int] = None   # model calls the row took (a retry after an invalid reply counts)
+    extra: Optional[dict] = None     # confidence / cascade columns
+
+
+@dataclass
+class _Stage:
+    """One model's part in a row (one stage of a cascade, or the row's only call with its retry)."""
+    model_id: Optional[str]
+    value: Any = None
+    response: Optional[dict] = None   # the last reply (None: no reply at all)
+    error: Optional[str] = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency: float = 0.0
+    attempts: int = 0
+    cost: Optional[float] = None
+    confidence: Optional[dict] = None
+    messages: list = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.messages = []
+
+    def summary(self) -> dict:
+        conf = {k: (None if v is None or math.isnan(v) else float(v)) for k, v in (self.confidence or {}).items()}
+        return {"model_id": self.model_id, "cost_usd": self.cost, "confidence": conf or None, "error": self.error,
+                "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "latency_s": round(self.latency, 4), "attempts": self.attempts}
+
+
+def _norm_param(value: Any) -> Any:
+    """A sampling parameter as the batch key holds it: numbers as floats (``0`` and ``0.0`` are one key), a
+    tuple as a list, a single stop string as a one-item list."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, (str, bytes)):  # numpy scalars
+        try:
+            return _norm_param(item())
+        except (TypeError, ValueError):
+            pass
+    if isinstance(value, (list, tuple)):
+        return [_norm_param(v) for v in value]
+    return value
+
+
+def _json_extra(extra: dict) -> dict:
+    """The confidence / cascade values of a row as JSON data (NaN as None)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in extra.items()}
+
+
+def _restore_extra(stored: dict, conf_columns: list, cascade: bool) -> dict:
+    out = {c: (float("nan") if stored.get(c) is None else stored.get(c)) for c in conf_columns}
+    if cascade:
+        out.update({k: stored.get(k) for k in CASCADE_COLUMNS})
+    return out
 
 
 class MapJob:
@@ -235,7 +340,8 @@ class MapJob:
                  concurrency: Optional[int] = None, temperature: Optional[float] = None,
                  max_tokens: Optional[int] = None, system: Optional[str] = None,
                  session_id: Optional[str] = None, cache: bool = True, on_error: str = "record",
-                 progress: bool = True, **options: Any):
+                 progress: bool = True, cascade: Optional[list] = None, min_confidence: Optional[float] = None,
+                 confidence: bool = True, **options: Any):
         self.client = client
         unknown = set(options) - set(SAMPLING_OPTIONS)
         if unknown:
@@ -253,12 +359,14 @@ class MapJob:
             raise NoModelHookedError(f"model_id {model_id!r} is not hooked; hooked: {list(client.models)}")
         if not client.models:
             raise NoModelHookedError("no model is hooked: await client.hook_model(ModelType..., ...) first")
+        self.cascade, self.min_confidence = check_cascade(client, cascade, min_confidence, model_id)
+        self.with_confidence = bool(confidence) or self.cascade is not None
         self.engine = client.engine
         self.params: GenerationParams = self.engine.params(temperature=temperature, max_tokens=max_tokens,
                                                            options=options)
         self.schema: Optional[Schema] = compile_schema(schema) if schema is not None else None
         if self.schema is not None:
-            clash = set(self.schema.columns()) & set(META_COLUMNS)
+            clash = set(self.schema.columns()) & (set(META_COLUMNS) | set(CASCADE_COLUMNS))
             if clash:
                 raise SchemaError(f"schema properties {sorted(clash)} clash with map()'s own columns "
                                   f"{list(META_COLUMNS)}; rename them")
@@ -266,13 +374,22 @@ class MapJob:
         self.system = "\n\n".join(s for s in (system, self.schema.instruction() if self.schema else None) if s) \
             or None
         self.user_system = system
+        from .confidence import confidence_columns
+
+        self.conf_columns = confidence_columns(self.schema) if self.with_confidence else []
+        taken = set(self.schema.columns()) if self.schema is not None else set()
+        if taken & set(self.conf_columns):
+            if self.cascade:
+                raise SchemaError(f"schema properties {sorted(taken & set(self.conf_columns))} clash with the "
+                                  f"cascade's confidence columns; rename them")
+            self.conf_columns, self.with_confidence = [], False  # the schema's own field wins
         self.model_id = model_id
         self.on_error = on_error
         self.progress = progress
         # The model routing tries first: the forced one, else (routing prefers local) the first local one.
         models = list(client.models.values())
-        backend = client.models[model_id] if model_id else next((m for m in models if m.target == "local"),
-                                                                models[0])
+        first = model_id or (self.cascade[0] if self.cascade else None)
+        backend = client.models[first] if first else next((m for m in models if m.target == "local"), models[0])
         self.concurrency = concurrency or DEFAULT_CONCURRENCY[bool(getattr(backend, "in_process", False))]
 
         table = RowTable(data)
@@ -287,10 +404,12 @@ class MapJob:
             self.template_text = template.text
             render = template.render
         self.batch_key = self._batch_key(system)
+        self._system_stored = False
         self.session_id = self._session(session_id)
 
         # Render every row, key it, and split finished rows (from the store) from pending ones.
-        self.columns: dict[str, list] = {name: [None] * self.n for name in self._value_columns() + list(META_COLUMNS)}
+        self.columns: dict[str, list] = {name: [None] * self.n for name in self._value_columns() + self.conf_columns
+                                         + list(META_COLUMNS) + (list(CASCADE_COLUMNS) if self.cascade else [])}
         self.pending: dict[str, list[int]] = {}   # cache key -> row positions (identical rows run once)
         self.prompts: dict[str, str] = {}         # cache key -> prompt, dropped when the row finishes
         finished = self._finished() if cache else {}
@@ -322,17 +441,21 @@ class MapJob:
         del finished
         self.done = self.cached + self.errors
         self.output_tokens = 0
+        self.decode_tokens, self.decode_s = 0, 0.0
 
     # ------------------------------------------------------------------------------------------ keys, session
     def _params_json(self) -> dict:
         p = self.params
-        return {"max_tokens": p.max_tokens, "temperature": p.temperature, "options": p.options}
+        return {"max_tokens": p.max_tokens, "temperature": _norm_param(p.temperature),
+                "options": {k: _norm_param(v) for k, v in sorted((p.options or {}).items()) if v is not None}}
 
     def _batch_key(self, system: Optional[str]) -> str:
-        blob = json.dumps({"template": self.template_text, "schema": self.schema.fingerprint if self.schema else None,
-                           "model_id": self.model_id or sorted(self.client.models), "params": self._params_json(),
-                           "system": system},
-                          sort_keys=True, default=str, ensure_ascii=False)
+        key = {"template": self.template_text, "schema": self.schema.fingerprint if self.schema else None,
+               "model_id": self.model_id or sorted(self.client.models), "params": self._params_json(),
+               "system": system}
+        if self.cascade:  # (no cascade: the key is what it was, so earlier batches stay cached)
+            key["cascade"] = {"models": self.cascade, "min_confidence": self.min_confidence}
+        blob = json.dumps(key, sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def _row_key(self, prompt: str) -> str:
@@ -347,29 +470,55 @@ class MapJob:
                 from .errors import SessionNotFoundError
 
                 raise SessionNotFoundError(session_id)
+            if self.system:
+                self._system_stored = any(m["role"] == "system" and m["content"] == self.system
+                                          for m in store.history(session_id))
             return session_id
         found = store.summaries(limit=1, filter_metadata={"oblix_map": self.batch_key})
         if found:
+            self._system_stored = bool(found[0].get("message_count"))  # stored with the first row
             return found[0]["id"]
-        first = self.template_text.strip().splitlines()[0] if self.template_text.strip() else "rows"
-        title = "map: " + (first if len(first) <= 50 else first[:49] + "…")
+        title = self._title()
         metadata = {"oblix_map": self.batch_key, "kind": "map", "template": self.template_text,
+                    "cascade": self.cascade, "min_confidence": self.min_confidence,
                     "schema": self.schema.json_schema if self.schema else None, "model_id": self.model_id,
                     "models": sorted(self.client.models), "system": self.user_system,
                     "params": json.loads(json.dumps(self._params_json(), default=str)), "rows": self.n}
         return store.create(title=title, metadata=metadata)
 
+    def _title(self) -> str:
+        """Tells batches apart: the template's first line, the rows, the model (or cascade), the schema's fields
+        and the batch key's start, e.g. ``map 40 rows: Classify {text} · llamacpp:x · label,score · #1a2b3c``."""
+        lines = [ln.strip() for ln in self.template_text.strip().splitlines() if ln.strip()]
+        first = lines[0] if lines else "rows"
+        first = first if len(first) <= 48 else first[:47] + "…"
+        model = " > ".join(self.cascade) if self.cascade else (self.model_id or "routed")
+        parts = [f"map {self.n} row{'s' if self.n != 1 else ''}: {first}", model]
+        if self.schema is not None:
+            fields = ",".join(list(self.schema.properties)[:4]) or "value"
+            parts.append(fields if len(fields) <= 30 else fields[:29] + "…")
+        parts.append("#" + self.batch_key[:6])
+        return " · ".join(parts)
+
     _STORED_METRICS = {"input_tokens": "$.map.input_tokens", "output_tokens": "$.map.output_tokens",
-                       "latency_s": "$.map.latency_s", "error": "$.map.error"}
+                       "latency_s": "$.map.latency_s", "attempts": "$.map.attempts", "extra": "$.map.extra",
+                       "escalating": "$.map.escalating", "error": "$.map.error"}
 
     def _finished(self) -> dict[str, tuple]:
-        """cache key -> (content, model_id, route, input_tokens, output_tokens, latency_s) of each row of this
-        batch session whose last stored reply has no error."""
+        """cache key -> (content, model_id, route, input_tokens, output_tokens, latency_s, attempts, extra) of
+        each row of this batch session whose last stored reply has no error (and is a row's final answer, not a
+        cascade stage that was escalated)."""
         replies = self.client.sessions.last_replies(self.session_id, self._STORED_METRICS)
-        return {key: reply[:-1] for key, reply in replies.items() if reply[-1] is None}
+        return {key: reply[:-2] for key, reply in replies.items() if reply[-1] is None and not reply[-2]}
 
     def _from_store(self, reply: tuple) -> RowOutcome:
-        text, model_id, route, input_tokens, output_tokens, latency = reply
+        text, model_id, route, input_tokens, output_tokens, latency, attempts, extra = reply
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra)
+            except ValueError:
+                extra = None
+        extra = _restore_extra(extra if isinstance(extra, dict) else {}, self.conf_columns, bool(self.cascade))
         if self.schema is not None:
             try:
                 value = extract_json(text)
@@ -377,7 +526,7 @@ class MapJob:
                 value = None
         else:
             value = text
-        return RowOutcome(value, model_id, route, input_tokens, output_tokens, latency, None, True)
+        return RowOutcome(value, model_id, route, input_tokens, output_tokens, latency, None, True, attempts, extra)
 
     # ------------------------------------------------------------------------------------------ results
     def _value_columns(self) -> list[str]:
@@ -394,7 +543,10 @@ class MapJob:
         else:
             values = {}
         meta = (outcome.model_id, outcome.route, outcome.input_tokens, outcome.output_tokens, outcome.latency_s,
-                outcome.error, outcome.cached)
+                outcome.error, outcome.cached, outcome.attempts)
+        for name, value in (outcome.extra or {}).items():
+            if name in cols:
+                values[name] = value
         for pos in positions:
             for name, value in values.items():
                 cols[name][pos] = value
@@ -408,7 +560,10 @@ class MapJob:
 
         dtypes = dict(self.schema.columns()) if self.schema is not None else {"response": "string"}
         dtypes.update({"model_id": "string", "route": "string", "input_tokens": "Int64", "output_tokens": "Int64",
-                       "latency_s": "float64", "error": "string", "cached": "bool"})
+                       "latency_s": "float64", "error": "string", "cached": "bool", "attempts": "Int64"})
+        dtypes.update({c: "float64" for c in self.conf_columns})
+        if self.cascade:
+            dtypes.update({"escalated": "boolean", "cascade_note": "string", "cost_usd": "float64"})
         data = {}
         for name, values in self.columns.items():
             dtype = dtypes.get(name, "object")
@@ -527,45 +682,57 @@ class MapJob:
               f"same map again to resume", file=sys.stderr)
 
     async def _row(self, key: str) -> RowOutcome:
-        """One row: route, call (with fallback), validate (one retry), store the exchange."""
+        """One row: its stage(s) -- the model (routed or forced), or the cascade's models in turn until one is
+        confident enough -- each called, validated (one retry) and scored; then every exchange of the row is
+        stored in one transaction, the kept answer last (so it is the row's last stored reply)."""
         prompt = self.prompts.pop(key)
-        request = Request(prompt=prompt, params=self.params, request_id=key, session_id=None,
-                          model_id=self.model_id, system=self.system, schema=self.schema)
+        stages = self.cascade or [self.model_id]
+        done: list[_Stage] = []
+        kept: Optional[_Stage] = None
+        note: Optional[str] = None
+        for i, model_id in enumerate(stages):
+            stage = await self._stage(key, prompt, model_id)
+            done.append(stage)
+            if stage.response is None:  # not called (over budget) or no reply (the call failed)
+                if kept is not None:
+                    note = f"not escalated to {model_id}: {stage.error}"
+                    break
+                continue
+            if stage.error is None:
+                kept = stage
+                if self.cascade is None or i == len(stages) - 1 or confident(stage.confidence, self.min_confidence):
+                    break
+            elif kept is not None and i == len(stages) - 1:
+                note = f"{model_id}'s reply was invalid: kept {kept.model_id}'s answer"
+        last = kept or done[-1]
+        input_tokens = sum(s.input_tokens for s in done)
+        output_tokens = sum(s.output_tokens for s in done)
+        latency = sum(s.latency for s in done)
+        attempts = sum(s.attempts for s in done)
+        extra: dict = {}
+        if self.with_confidence:
+            extra.update({c: (last.confidence or {}).get(c) for c in self.conf_columns})
+        if self.cascade:
+            costs = [s.cost for s in done]
+            known = [c for c in costs if c is not None]
+            extra.update({"escalated": last.model_id != stages[0] if kept is not None else len(done) > 1,
+                          "cascade_note": note, "cost_usd": float(sum(known)) if known else None,
+                          "attempt_costs": [s.summary() for s in done]})
+        # The row's messages: every stage in order, the kept stage last; its reply carries the row's totals.
         to_store: list[dict] = []
-        input_tokens = output_tokens = 0
-        latency = 0.0
-        error: Optional[str] = None
-        value: Any = None
-        response: Optional[dict] = None
-        for attempt in (1, 2):
-            try:
-                # session_id=None (no history) and store_reply=False: the row's exchange is stored below,
-                # once validated, in one transaction.
-                response = await self.engine.run(request, store_reply=False)
-            except (ModelCallError, NoModelHookedError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                break
-            metrics = response["metrics"]
-            input_tokens += metrics.get("input_tokens") or 0
-            output_tokens += metrics.get("output_tokens") or 0
-            latency += metrics.get("total_latency") or 0.0
-            text = response["response"]
-            error = None
-            if self.schema is None:
-                value = text
-            else:
-                try:
-                    value = self.schema.as_plain(self.schema.parse(text))
-                except StructuredOutputError as exc:
-                    error, invalid = f"StructuredOutputError: {exc}", exc
-            to_store.append({"role": "user", "content": request.prompt, "request_id": key})
-            to_store.append(self._stored_reply(key, response, attempt, error, latency, input_tokens,
-                                               output_tokens))
-            if error is None or self.schema is None or attempt == 2:
-                break
-            request = Request(prompt=retry_prompt(invalid), params=self.params, request_id=key, session_id=None,
-                              model_id=self.model_id, system=self.system, schema=self.schema,
-                              prior=[{"role": "user", "content": prompt}, {"role": "assistant", "content": text}])
+        for s in [s for s in done if s is not kept] + ([kept] if kept is not None else []):
+            if s is last and s.messages:
+                reply = s.messages[-1]
+                reply["metrics"]["map"].update({"latency_s": latency, "input_tokens": input_tokens,
+                                                "output_tokens": output_tokens, "attempts": attempts,
+                                                "extra": _json_extra(extra)})
+            elif s.messages and kept is not None and self.cascade:
+                s.messages[-1]["metrics"]["map"]["escalating"] = True  # not the row's answer
+            to_store += s.messages
+        error = None if kept is not None else last.error
+        route = last.response["routing_decision"]["target"] if last.response is not None else None
+        model_id = last.response["model_id"] if last.response is not None else None
+        value = kept.value if kept is not None else None
         if to_store:
             try:
                 self.client.sessions.append_messages(self.session_id, to_store)
@@ -573,12 +740,71 @@ class MapJob:
                 # The reply is not dropped: it stays in the result; the error says it is not in the store
                 # (so the next call will ask the model again).
                 error = "; ".join(e for e in (error, f"reply not stored: {describe_error(exc)}") if e)
-                return RowOutcome(value, response["model_id"], response["routing_decision"]["target"],
-                                  input_tokens, output_tokens, latency, error, False)
-        if response is None:
-            return RowOutcome(None, None, None, None, None, None, error, False)
-        return RowOutcome(value if error is None else None, response["model_id"],
-                          response["routing_decision"]["target"], input_tokens, output_tokens, latency, error, False)
+                return RowOutcome(value, model_id, route, input_tokens, output_tokens, latency, error, False,
+                                  attempts, extra)
+        if last.response is None:
+            return RowOutcome(None, None, None, input_tokens or None, output_tokens or None, latency or None,
+                              error, False, attempts, extra)
+        return RowOutcome(value, model_id, route, input_tokens, output_tokens, latency, error, False, attempts,
+                          extra)
+
+    async def _stage(self, key: str, prompt: str, model_id: Optional[str]) -> "_Stage":
+        """One model's answer to the row (routed when ``model_id`` is None): the call, streamed internally (so
+        time to first token is real), an invalid structured reply retried once, the answer's confidence."""
+        single = self.cascade is None
+        stage = _Stage(model_id)
+        request = Request(prompt=prompt, params=self.params, request_id=key, session_id=None, model_id=model_id,
+                          system=self.system, schema=self.schema, fallback=single)
+        for attempt in (1, 2):
+            try:
+                # session_id=None (no history) and store_reply=False: the row's exchange is stored by _row.
+                response = await self.engine.run(request, store_reply=False, stream=True)
+            except (ModelCallError, NoModelHookedError, BudgetExceededError) as exc:
+                stage.error = f"{type(exc).__name__}: {exc}"
+                break
+            stage.attempts += 1
+            stage.response = response
+            stage.model_id = response["model_id"]
+            metrics = response["metrics"]
+            stage.input_tokens += metrics.get("input_tokens") or 0
+            stage.output_tokens += metrics.get("output_tokens") or 0
+            stage.latency += metrics.get("total_latency") or 0.0
+            ttft, total = metrics.get("time_to_first_token"), metrics.get("total_latency")
+            if ttft is not None and total and metrics.get("output_tokens") and total > ttft:
+                self.decode_tokens += metrics["output_tokens"]  # the progress bar's decoding rate
+                self.decode_s += total - ttft
+            cost = attempt_cost(response)
+            stage.cost = None if cost is None and stage.cost is None else (stage.cost or 0.0) + (cost or 0.0)
+            text = response["response"]
+            stage.error = None
+            invalid = None
+            if self.schema is None:
+                stage.value = text
+            else:
+                try:
+                    stage.value = self.schema.as_plain(self.schema.parse(text))
+                except StructuredOutputError as exc:
+                    stage.error, invalid = f"StructuredOutputError: {exc}", exc
+            if attempt == 1:
+                if self.system and not self._system_stored:
+                    # What the model saw is stored: the map's system message (system=, the schema's instruction),
+                    # once per batch session, tagged with the batch so that it binds no other request.
+                    self._system_stored = True
+                    stage.messages.append({"role": "system", "content": self.system,
+                                           "request_id": "map-" + self.batch_key[:40]})
+                stage.messages.append({"role": "user", "content": request.prompt, "request_id": key})
+            else:
+                stage.messages.append({"role": "user", "content": request.prompt, "request_id": key})
+            stage.messages.append(self._stored_reply(key, response, attempt, stage.error, stage.latency,
+                                                     stage.input_tokens, stage.output_tokens))
+            if stage.error is None or self.schema is None or attempt == 2:
+                break
+            request = Request(prompt=retry_prompt(invalid), params=self.params, request_id=key, session_id=None,
+                              model_id=model_id, system=self.system, schema=self.schema, fallback=single,
+                              prior=[{"role": "user", "content": prompt}, {"role": "assistant", "content": text}])
+        if stage.error is None and stage.response is not None and self.with_confidence:
+            stage.confidence = await reply_confidence(self.client, request, stage.response, self.schema)
+        return stage
 
     def _stored_reply(self, key: str, response: dict, attempt: int, error: Optional[str], latency: float,
                       input_tokens: int, output_tokens: int) -> dict:
@@ -586,7 +812,7 @@ class MapJob:
         first = positions[0] if positions else None
         metrics = dict(response["metrics"])
         metrics["map"] = {"row": first, "index": _json_label(self._labels[first]) if first is not None else None,
-                          "attempt": attempt, "error": error, "latency_s": latency,
+                          "attempt": attempt, "attempts": attempt, "error": error, "latency_s": latency,
                           "input_tokens": input_tokens, "output_tokens": output_tokens}
         return {"role": "assistant", "content": response["response"], "request_id": key,
                 "model_id": response["model_id"], "metrics": metrics, "routing": response["routing_decision"]}
@@ -606,8 +832,9 @@ class MapJob:
         return bar
 
     def _postfix(self) -> str:
-        elapsed = time.perf_counter() - getattr(self, "started", time.perf_counter())
-        rate = self.output_tokens / elapsed if elapsed > 0 else 0.0
+        """Errors, cached rows and the decoding rate: output tokens per second between each reply's first and
+        last token (prompt processing and queueing are not decoding)."""
+        rate = self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
         return f"errors={self.errors}, cached={self.cached}, {rate:.1f} tok/s"
 
     def _show(self, bar, final: bool = False) -> None:

@@ -168,6 +168,7 @@ class Engine:
                 {"role": "user", "content": request.prompt}, {"role": "assistant", "content": response["response"]}]
             retry = replace(request, prompt=retry_prompt(first), request_id=new_id(), prior=prior)
         response = await self._run(retry, sink, stream, store_reply)
+        request.sent = retry.sent
         try:
             response["parsed"] = retry.schema.parse(response["response"])
         except StructuredOutputError as second:
@@ -178,6 +179,9 @@ class Engine:
 
     async def _run(self, request: "Request", sink: Optional[StreamSink], stream: bool, store_reply: bool) -> dict:
         decision, checks = await self.route(request.model_id)
+        if not request.fallback and request.model_id is not None:
+            # A cascade stage: this model or nothing (no fallback to another tier, budgets per attempt).
+            decision = replace(decision, candidates=[decision.model_id])
         sessions = self.host.sessions
         history = (sessions.history(request.session_id, limit=self.host.max_history_messages)
                    if request.session_id else [])
@@ -222,7 +226,9 @@ class Engine:
                 continue
             call = Call(backend, replace(request, params=params), decision, checks, fitted, price)
             try:
-                return await call.run(sink if stream else None, stream, store, checkpoint_interval)
+                response = await call.run(sink if stream else None, stream, store, checkpoint_interval)
+                request.sent = call.fitted.messages  # what the model saw (confidence scoring reads it)
+                return response
             except BeforeFirstToken as exc:
                 tried.add(backend.model_id)
                 failures.append(f"{backend.model_id}: {exc.summary}")
@@ -310,6 +316,8 @@ class Request:
     system: Optional[str] = None        # an extra system message (the schema instruction goes here too)
     schema: Any = None                  # a compiled oblix_nb.structured.Schema
     prior: list = field(default_factory=list)  # messages before the prompt that are not in the session
+    fallback: bool = True               # False: only ``model_id`` may answer (a cascade stage)
+    sent: Optional[list] = None         # set by the engine: the messages the answering model was sent
 
 
 def retry_prompt(error: BaseException) -> str:
