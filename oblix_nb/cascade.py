@@ -88,11 +88,6 @@ def attempt_cost(response: Optional[dict]) -> Optional[float]:
     return cost if cost is not None else m.get("cost_estimate_usd")
 
 
-def total_cost(costs: Sequence[Optional[float]]) -> Optional[float]:
-    known = [c for c in costs if c is not None]
-    return float(sum(known)) if known and len(known) == len(costs) else (float(sum(known)) if known else None)
-
-
 async def execute_cascade(client: Any, request: Any, stages: list[str], threshold: float, *, sink=None,
                           stream: bool = False) -> dict:
     """``execute(..., cascade=...)``: the response of the model that answered, plus ``confidence`` (or
