@@ -366,7 +366,8 @@ class MapJob:
         return " · ".join(parts)
 
     _STORED_METRICS = {"input_tokens": "$.map.input_tokens", "output_tokens": "$.map.output_tokens",
-                       "latency_s": "$.map.latency_s", "attempts": "$.map.attempts", "extra": "$.map.extra",
+                       "latency_s": "$.map.latency_s", "attempts": "$.map.attempts", "attempt": "$.map.attempt",
+                       "extra": "$.map.extra",
                        "escalating": "$.map.escalating", "error": "$.map.error"}
 
     def _finished(self) -> dict[str, tuple]:
@@ -377,7 +378,8 @@ class MapJob:
         return {key: reply[:-2] for key, reply in replies.items() if reply[-1] is None and not reply[-2]}
 
     def _from_store(self, reply: tuple) -> RowOutcome:
-        text, model_id, route, input_tokens, output_tokens, latency, attempts, extra = reply
+        text, model_id, route, input_tokens, output_tokens, latency, attempts, attempt, extra = reply
+        attempts = attempts if attempts is not None else attempt  # stored before "attempts" existed
         if isinstance(extra, str):
             try:
                 extra = json.loads(extra)

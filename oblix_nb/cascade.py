@@ -62,20 +62,36 @@ def confident(values: dict, threshold: float) -> bool:
     return bool(vals) and all(v is not None and not math.isnan(v) and v >= threshold for v in vals)
 
 
-async def reply_confidence(client: Any, request: Any, response: dict, schema: Any) -> dict:
+async def reply_confidence(client: Any, request: Any, response: dict, schema: Any, *,
+                           regenerate: bool = False) -> dict:
     """The confidence values (by column, :func:`oblix_nb.confidence.confidence_columns`) of ``response``, the
     reply to ``request`` (whose ``sent`` holds the messages the model saw); NaN where unknown. Never raises for
-    a model that gives no log-probabilities."""
+    a model that gives no log-probabilities.
+
+    Exact backends (embedded llama.cpp) score the reply itself. ``top_logprobs`` backends (OpenAI-compatible
+    servers, Ollama 0.12.11+) only give log-probabilities with a generation: with ``regenerate`` (a cascade
+    stage that must decide whether to escalate) the messages are answered once more at temperature 0 with
+    log-probabilities, and that answer's confidence is taken; without it, NaN."""
     from . import confidence as C
 
     columns = C.confidence_columns(schema)
     backend = client.models.get(response.get("model_id"))
     messages = getattr(request, "sent", None)
-    if backend is None or not messages or getattr(backend, "logprob_method", None) is None:
+    method = getattr(backend, "logprob_method", None)
+    if backend is None or not messages or method is None or (method == "top_logprobs" and not regenerate):
         return {c: NAN for c in columns}
     try:
-        return await C.reply_confidence(backend, messages, response["response"], schema)
+        tokens = None
+        if method == "top_logprobs":
+            from .models.base import GenerationParams
+
+            params = GenerationParams(max_tokens=request.params.max_tokens, temperature=0.0,
+                                      schema=schema.json_schema if schema is not None else None)
+            _text, _usage, tokens = await backend.complete_with_logprobs(messages, params, C.TOP_LOGPROBS)
+        return await C.reply_confidence(backend, messages, response["response"], schema, tokens=tokens)
     except C.LogprobsUnavailable:
+        return {c: NAN for c in columns}
+    except Exception:  # noqa: BLE001 - a failed scoring call leaves the confidence unknown, not the row failed
         return {c: NAN for c in columns}
 
 
@@ -115,7 +131,7 @@ async def execute_cascade(client: Any, request: Any, stages: list[str], threshol
             if i == len(stages) - 1:
                 raise
             continue
-        conf = await reply_confidence(client, stage, response, stage.schema)
+        conf = await reply_confidence(client, stage, response, stage.schema, regenerate=i < len(stages) - 1)
         attempts.append({"model_id": model_id, "confidence": _plain_conf(conf),
                          "cost_usd": attempt_cost(response), "error": None})
         kept, kept_conf = response, conf

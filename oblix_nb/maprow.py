@@ -276,7 +276,9 @@ async def stage_answer(job: Any, key: str, prompt: str, model_id: Optional[str])
                           model_id=model_id, system=job.system, schema=job.schema, fallback=single,
                           prior=[{"role": "user", "content": prompt}, {"role": "assistant", "content": text}])
     if stage.error is None and stage.response is not None and job.with_confidence:
-        stage.confidence = await reply_confidence(job.client, request, stage.response, job.schema)
+        last = job.cascade is None or model_id == job.cascade[-1]
+        stage.confidence = await reply_confidence(job.client, request, stage.response, job.schema,
+                                                  regenerate=not last)
     return stage
 
 def stored_reply(job: Any, key: str, response: dict, attempt: int, error: Optional[str], latency: float,

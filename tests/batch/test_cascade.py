@@ -326,3 +326,44 @@ async def test_progress_rate_is_the_decoding_rate(client):
 
 def test_meta_columns_include_attempts():
     assert "attempts" in META_COLUMNS
+
+
+class TopLogprobs(Scripted):
+    """A server-like stand-in: log-probabilities only with a generation (``top_logprobs``)."""
+
+    def __init__(self, name, p, **kw):
+        super().__init__(name, **kw)
+        self.logprob_method = "top_logprobs"
+        self.p, self.logprob_calls = p, 0
+
+    async def complete_with_logprobs(self, messages, params, top_logprobs=20):
+        from oblix_nb.models.base import TokenLogprob
+
+        self.logprob_calls += 1
+        label = self.answer(self._prompt(messages))
+        others = [o for o in LABELS if o != label]
+        rest = (1 - self.p) / len(others)
+        tokens = [TokenLogprob('{"label": ', 0.0),
+                  TokenLogprob(f'"{label}"', math.log(self.p), [(f'"{o}"', math.log(rest)) for o in others]),
+                  TokenLogprob("}", 0.0)]
+        return "".join(t.text for t in tokens), Usage(10, 3, "server", "server", "stop"), tokens
+
+
+@pytest.mark.parametrize("p, escalated", [(0.9, False), (0.5, True)])
+async def test_a_server_first_stage_is_scored_with_a_logprobs_call(client, p, escalated):
+    first = TopLogprobs("srv", p, answer=lambda prompt: "neg")
+    cloud = TopLogprobs("big", 0.99, target="cloud")
+    hook(client, first, cloud)
+    out = await client.map(frame(2), "{text}", schema=SCHEMA, cascade=["openai:srv", "openai:big"],
+                           min_confidence=0.8, progress=False)
+    assert first.logprob_calls == 2 and out["escalated"].tolist() == [escalated] * 2
+    # the first answer's confidence is in its attempt either way
+    assert [a[0]["confidence"]["confidence"] for a in out["attempt_costs"]] == pytest.approx([p] * 2)
+    # the last stage is not re-asked: nothing decides on its confidence (NaN in map without logprobs)
+    assert cloud.logprob_calls == 0
+    if escalated:
+        assert out["confidence"].isna().all()
+    else:
+        assert out["confidence"].tolist() == pytest.approx([p] * 2)
+    plain = await client.map(frame(2), "{text}", schema=SCHEMA, model_id="openai:srv", progress=False)
+    assert plain["confidence"].isna().all() and first.logprob_calls == 2
