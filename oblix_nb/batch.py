@@ -539,14 +539,17 @@ class MapJob:
                 job.result(timeout=10)
             except BaseException:  # noqa: BLE001 - cancelled on purpose
                 pass
-            self._interrupted_note()
-            raise
+            note = self._interrupted_note()
+            # A fresh KeyboardInterrupt: its traceback ends here, not in the waiting machinery below.
+            raise KeyboardInterrupt(note) from None
         finally:
             self._show(bar, final=True)
 
-    def _interrupted_note(self) -> None:
-        print(f"map interrupted: {self.done - self.errors} of {self.n} rows are finished and stored; run the "
-              f"same map again to resume", file=sys.stderr)
+    def _interrupted_note(self) -> str:
+        note = (f"map interrupted: {self.done - self.errors} of {self.n} rows are finished and stored; run the "
+                f"same map again to resume")
+        print(note, file=sys.stderr)
+        return note
 
     async def _row(self, key: str) -> RowOutcome:
         return await run_row(self, key)

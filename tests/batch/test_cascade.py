@@ -367,3 +367,26 @@ async def test_a_server_first_stage_is_scored_with_a_logprobs_call(client, p, es
         assert out["confidence"].tolist() == pytest.approx([p] * 2)
     plain = await client.map(frame(2), "{text}", schema=SCHEMA, model_id="openai:srv", progress=False)
     assert plain["confidence"].isna().all() and first.logprob_calls == 2
+
+
+def test_an_interrupted_map_sync_raises_a_short_keyboard_interrupt(tmp_path, capsys):
+    """The API path raises KeyboardInterrupt (not CancelledError) carrying the note; its traceback ends in
+    map's own frames, not in the waiting machinery (futures, threading)."""
+    import _thread
+    import threading
+    import traceback
+
+    c = OblixClient(home=tmp_path)
+    hook(c, Scripted("small", chunks=2, gap=0.1))
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt) as info:
+        c.map_sync([f"line {i}" for i in range(30)], "{value}", progress=False)
+    timer.join()
+    assert "rows are finished and stored" in str(info.value)
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert all("concurrent" not in f.filename and "threading" not in f.filename for f in frames)
+    assert len(frames) <= 5 and info.value.__context__ is None or info.value.__suppress_context__
+    assert capsys.readouterr().err.count("map interrupted") == 1
+    runtime_run = __import__("oblix_nb.runtime", fromlist=["run"]).run
+    runtime_run(c.shutdown())
