@@ -12,12 +12,17 @@ and returns a DataFrame on the input's index. The pieces:
 
 Caching and resuming: each row's **cache key** is a hash of its rendered prompt (the row's content through the
 template) and the batch key (template, schema, model -- the forced one, else the set of hooked models --, sampling
-parameters, system message). The batch
-session's metadata holds the batch key (``oblix_map``) with the template, schema and model; its messages carry
-the row's cache key as ``request_id`` and ``metrics["map"]`` = ``{"row": position, "index": index label,
-"attempt": n, "error": ..., "latency_s", "input_tokens", "output_tokens"}`` (the row's totals over its attempts). A row is finished when its last stored reply has no error; re-running the same map
-reads those instead of calling a model. An interrupt cancels the rows in flight (nothing half-written is kept) and
-keeps every finished row, so the next identical call resumes where it stopped.
+parameters normalised so that ``0`` and ``0.0`` are one key, system message, and the cascade with its threshold
+when there is one). The batch session's metadata holds the batch key (``oblix_map``) with the template, schema and
+model; its messages carry the row's cache key as ``request_id`` and ``metrics["map"]`` = ``{"row": position,
+"index": index label, "attempt": n, "attempts": model calls of the row, "error": ..., "latency_s",
+"input_tokens", "output_tokens", "extra": {confidence / cascade columns}}`` (on the row's answer: its totals over
+all attempts); a cascade stage that was escalated is flagged ``"escalating": true``. The map's system message
+(``system=`` and the schema's instruction) is stored once per batch session, tagged ``map-<key>``. A row is
+finished when its last stored reply has no error and is not an escalated stage; re-running the same map reads
+those instead of calling a model. An interrupt cancels the rows in flight (nothing half-written is kept) and keeps
+every finished row, so the next identical call resumes where it stopped. A row's stages live in
+:mod:`oblix_nb.maprow`.
 
 :func:`map_frame` is the entry point for one pandas frame (what ``client.map`` calls; a partitioned frame can be
 mapped partition by partition with it).
@@ -601,9 +606,14 @@ async def map_frame(client: MapClient, data: Any, prompt: Any, **kwargs: Any):
     ``cache``        take finished rows of the same batch from the store (default True).
     ``on_error``     "record" (default: the row's ``error`` column says what failed) or "raise" (RowError).
     ``progress``     a tqdm.auto bar (widget in notebooks, text in terminals).
+    ``cascade``      model ids (or aliases) in order; ``min_confidence`` (default 0.8): a row whose answer's
+                     confidence is below it (or unknown, or invalid) goes to the next model (:mod:`.cascade`).
+    ``confidence``   add the answer's confidence column(s) (default True).
 
-    Result columns: ``response`` (or the schema's properties), ``model_id``, ``route``, ``input_tokens``,
-    ``output_tokens``, ``latency_s``, ``error``, ``cached`` -- on a copy of the input's index, same order.
+    Result columns: ``response`` (or the schema's properties), ``confidence`` (or ``<field>_confidence`` per enum
+    field when there are several), ``model_id``, ``route``, ``input_tokens``, ``output_tokens``, ``latency_s``,
+    ``error``, ``cached``, ``attempts`` -- and with a cascade ``escalated``, ``cascade_note``, ``cost_usd``,
+    ``attempt_costs`` -- on a copy of the input's index, same order.
     ``error`` is None for a finished row; else what failed: ``ModelCallError: ...`` (no model could answer),
     ``StructuredOutputError: ...`` (invalid even after the retry), ``prompt: ...`` (the callable failed), or
     ``reply not stored: ...`` (the store refused the write: the reply is in the result, not in the store).

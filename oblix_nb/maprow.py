@@ -221,6 +221,7 @@ async def run_row(job: Any, key: str) -> RowOutcome:
     return RowOutcome(value, model_id, route, input_tokens, output_tokens, latency, error, False, attempts,
                       extra)
 
+
 async def stage_answer(job: Any, key: str, prompt: str, model_id: Optional[str]) -> "_Stage":
     """One model's answer to the row (routed when ``model_id`` is None): the call, streamed internally (so
     time to first token is real), an invalid structured reply retried once, the answer's confidence."""
@@ -280,6 +281,7 @@ async def stage_answer(job: Any, key: str, prompt: str, model_id: Optional[str])
         stage.confidence = await reply_confidence(job.client, request, stage.response, job.schema,
                                                   regenerate=not last)
     return stage
+
 
 def stored_reply(job: Any, key: str, response: dict, attempt: int, error: Optional[str], latency: float,
                   input_tokens: int, output_tokens: int) -> dict:
