@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -69,7 +70,8 @@ async def run(args) -> dict:
     results: dict = {}
 
     async def one(name: str, **kw) -> None:
-        client = OblixClient(home=tempfile.mkdtemp(prefix="oblix-cascade-"))
+        client_home = tempfile.mkdtemp(prefix="oblix-cascade-")
+        client = OblixClient(home=client_home)
         try:
             await client.hook_model(ModelType.LLAMACPP, args.model, n_threads=args.threads)
             await client.hook_model(ModelType.OPENAI, STRONG_MODEL, base_url=strong.base_url, api_key="sim")
@@ -88,6 +90,7 @@ async def run(args) -> dict:
             print(f"{name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
         finally:
             await client.shutdown()
+            shutil.rmtree(client_home, ignore_errors=True)
 
     try:
         await one("strong alone (simulated)", model_id=strong_id)  # first: the quickest check of the setup
