@@ -12,12 +12,17 @@ and returns a DataFrame on the input's index. The pieces:
 
 Caching and resuming: each row's **cache key** is a hash of its rendered prompt (the row's content through the
 template) and the batch key (template, schema, model -- the forced one, else the set of hooked models --, sampling
-parameters, system message). The batch
-session's metadata holds the batch key (``oblix_map``) with the template, schema and model; its messages carry
-the row's cache key as ``request_id`` and ``metrics["map"]`` = ``{"row": position, "index": index label,
-"attempt": n, "error": ..., "latency_s", "input_tokens", "output_tokens"}`` (the row's totals over its attempts). A row is finished when its last stored reply has no error; re-running the same map
-reads those instead of calling a model. An interrupt cancels the rows in flight (nothing half-written is kept) and
-keeps every finished row, so the next identical call resumes where it stopped.
+parameters normalised so that ``0`` and ``0.0`` are one key, system message, and the cascade with its threshold
+when there is one). The batch session's metadata holds the batch key (``oblix_map``) with the template, schema and
+model; its messages carry the row's cache key as ``request_id`` and ``metrics["map"]`` = ``{"row": position,
+"index": index label, "attempt": n, "attempts": model calls of the row, "error": ..., "latency_s",
+"input_tokens", "output_tokens", "extra": {confidence / cascade columns}}`` (on the row's answer: its totals over
+all attempts); a cascade stage that was escalated is flagged ``"escalating": true``. The map's system message
+(``system=`` and the schema's instruction) is stored once per batch session, tagged ``map-<key>``. A row is
+finished when its last stored reply has no error and is not an escalated stage; re-running the same map reads
+those instead of calling a model. An interrupt cancels the rows in flight (nothing half-written is kept) and keeps
+every finished row, so the next identical call resumes where it stopped. A row's stages live in
+:mod:`oblix_nb.maprow`.
 
 :func:`map_frame` is the entry point for one pandas frame (what ``client.map`` calls; a partitioned frame can be
 mapped partition by partition with it).
@@ -31,21 +36,20 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol
 
-from ._util import describe_error
-from .errors import (BudgetExceededError, ModelCallError, NoModelHookedError, OblixError, RowError, SchemaError,
-                     StorageError, StructuredOutputError)
-from .execution import Engine, Request, retry_prompt
+from .cascade import CASCADE_COLUMNS, check_cascade
+from .errors import NoModelHookedError, RowError, SchemaError, StructuredOutputError
+from .execution import Engine
+from .maprow import (_BRACES, RowOutcome, _check_misspelled, _invalid_text, _norm_param, _restore_extra,
+                     run_row)
 from .models.base import SAMPLING_OPTIONS, GenerationParams
 from .structured import Schema, compile_schema, extract_json
 
-META_COLUMNS = ("model_id", "route", "input_tokens", "output_tokens", "latency_s", "error", "cached")
+META_COLUMNS = ("model_id", "route", "input_tokens", "output_tokens", "latency_s", "error", "cached", "attempts")
 DEFAULT_CONCURRENCY = {True: 1, False: 4}  # in-process model (not re-entrant) : servers
 ON_ERROR = ("record", "raise")
 PROGRESS_INTERVAL = 0.25  # seconds between progress bar updates
-_BRACES = re.compile(r"\{\{([^{}]+)\}\}|\{([^{}]+)\}")
 
 
 class MapClient(Protocol):
@@ -150,6 +154,7 @@ class PromptTemplate:
                 continue  # not a field (JSON, code, an unknown name): left exactly as written
             last = m.end()
         parts.append(text[last:])
+        _check_misspelled(text, fields)
         if not used:
             shown = ", ".join(fields[:12]) + (" ..." if len(fields) > 12 else "")
             raise ValueError(f"the template uses no field of the input, so every row would get the same prompt; "
@@ -197,64 +202,6 @@ def _callable_name(fn: Callable) -> str:
     return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def _json_label(label: Any) -> Any:
-    """An index label as JSON data (tuples of a MultiIndex as lists, timestamps as ISO text)."""
-    if isinstance(label, float) and not math.isfinite(label):
-        return repr(float(label))  # "nan", "inf", "-inf": JSON has no such numbers (the store refuses them)
-    if isinstance(label, str):
-        return _valid_text(label)
-    if isinstance(label, (int, float, bool)) or label is None:
-        return label
-    if isinstance(label, tuple):
-        return [_json_label(x) for x in label]
-    item = getattr(label, "item", None)  # numpy scalars
-    if callable(item):
-        try:
-            return _json_label(item())
-        except (TypeError, ValueError):
-            pass
-    isoformat = getattr(label, "isoformat", None)
-    try:
-        text = isoformat() if callable(isoformat) else str(label)
-    except Exception:  # noqa: BLE001 - a label that cannot say what it is (NaT-like, broken __str__)
-        text = repr(label)
-    return _valid_text(text) if isinstance(text, str) else _valid_text(repr(label))
-
-
-def _valid_text(text: str) -> str:
-    """``text`` with each lone surrogate (no UTF-8 form: the store refuses it) written as its escape."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _invalid_text(text: str) -> Optional[str]:
-    """None if ``text`` can be sent and stored, else what is wrong with it (a lone surrogate, where)."""
-    if text.isascii():
-        return None
-    try:
-        text.encode("utf-8")
-        return None
-    except UnicodeEncodeError as exc:
-        return f"a lone surrogate {text[exc.start]!r} at index {exc.start} (text must be valid Unicode)"
-
-
-# ---------------------------------------------------------------------------------------------------- the job
-
-@dataclass
-class RowOutcome:
-    value: Any               # the reply text, or the parsed (plain) value with a schema; None on error
-    model_id: Optional[str]
-    route: Optional[str]
-    input_tokens: Optional[int]
-    output_tokens: Optional[int]
-    latency_s: Optional[float]
-    error: Optional[str]
-    cached: bool
-
-
 class MapJob:
     """One ``map()`` call. Constructing it does the synchronous preparation (rendering, cache lookup) in the
     caller's thread; ``await run()`` (on the package loop) calls models; ``frame()`` builds the result."""
@@ -263,7 +210,8 @@ class MapJob:
                  concurrency: Optional[int] = None, temperature: Optional[float] = None,
                  max_tokens: Optional[int] = None, system: Optional[str] = None,
                  session_id: Optional[str] = None, cache: bool = True, on_error: str = "record",
-                 progress: bool = True, **options: Any):
+                 progress: bool = True, cascade: Optional[list] = None, min_confidence: Optional[float] = None,
+                 confidence: bool = True, **options: Any):
         self.client = client
         unknown = set(options) - set(SAMPLING_OPTIONS)
         if unknown:
@@ -285,12 +233,14 @@ class MapJob:
             raise NoModelHookedError(f"model_id {model_id!r} is not hooked; hooked: {list(client.models)}")
         if not client.models:
             raise NoModelHookedError("no model is hooked: await client.hook_model(ModelType..., ...) first")
+        self.cascade, self.min_confidence = check_cascade(client, cascade, min_confidence, model_id)
+        self.with_confidence = bool(confidence) or self.cascade is not None
         self.engine = client.engine
         self.params: GenerationParams = self.engine.params(temperature=temperature, max_tokens=max_tokens,
                                                            options=options)
         self.schema: Optional[Schema] = compile_schema(schema) if schema is not None else None
         if self.schema is not None:
-            clash = set(self.schema.columns()) & set(META_COLUMNS)
+            clash = set(self.schema.columns()) & (set(META_COLUMNS) | set(CASCADE_COLUMNS))
             if clash:
                 raise SchemaError(f"schema properties {sorted(clash)} clash with map()'s own columns "
                                   f"{list(META_COLUMNS)}; rename them")
@@ -303,13 +253,22 @@ class MapJob:
         self.system = "\n\n".join(s for s in (system, self.schema.instruction() if self.schema else None) if s) \
             or None
         self.user_system = system
+        from .confidence import confidence_columns
+
+        self.conf_columns = confidence_columns(self.schema) if self.with_confidence else []
+        taken = set(self.schema.columns()) if self.schema is not None else set()
+        if taken & set(self.conf_columns):
+            if self.cascade:
+                raise SchemaError(f"schema properties {sorted(taken & set(self.conf_columns))} clash with the "
+                                  f"cascade's confidence columns; rename them")
+            self.conf_columns, self.with_confidence = [], False  # the schema's own field wins
         self.model_id = model_id
         self.on_error = on_error
         self.progress = progress
         # The model routing tries first: the forced one, else (routing prefers local) the first local one.
         models = list(client.models.values())
-        backend = client.models[model_id] if model_id else next((m for m in models if m.target == "local"),
-                                                                models[0])
+        first = model_id or (self.cascade[0] if self.cascade else None)
+        backend = client.models[first] if first else next((m for m in models if m.target == "local"), models[0])
         self.concurrency = concurrency or DEFAULT_CONCURRENCY[bool(getattr(backend, "in_process", False))]
 
         table = RowTable(data)
@@ -324,10 +283,12 @@ class MapJob:
             self.template_text = template.text
             render = template.render
         self.batch_key = self._batch_key(system)
+        self._system_stored = False
         self.session_id = self._session(session_id)
 
         # Render every row, key it, and split finished rows (from the store) from pending ones.
-        self.columns: dict[str, list] = {name: [None] * self.n for name in self._value_columns() + list(META_COLUMNS)}
+        self.columns: dict[str, list] = {name: [None] * self.n for name in self._value_columns() + self.conf_columns
+                                         + list(META_COLUMNS) + (list(CASCADE_COLUMNS) if self.cascade else [])}
         self.pending: dict[str, list[int]] = {}   # cache key -> row positions (identical rows run once)
         self.prompts: dict[str, str] = {}         # cache key -> prompt, dropped when the row finishes
         finished = self._finished() if cache else {}
@@ -364,17 +325,21 @@ class MapJob:
         del finished
         self.done = self.cached + self.errors
         self.output_tokens = 0
+        self.decode_tokens, self.decode_s = 0, 0.0
 
     # ------------------------------------------------------------------------------------------ keys, session
     def _params_json(self) -> dict:
         p = self.params
-        return {"max_tokens": p.max_tokens, "temperature": p.temperature, "options": p.options}
+        return {"max_tokens": p.max_tokens, "temperature": _norm_param(p.temperature),
+                "options": {k: _norm_param(v) for k, v in sorted((p.options or {}).items()) if v is not None}}
 
     def _batch_key(self, system: Optional[str]) -> str:
-        blob = json.dumps({"template": self.template_text, "schema": self.schema.fingerprint if self.schema else None,
-                           "model_id": self.model_id or sorted(self.client.models), "params": self._params_json(),
-                           "system": system},
-                          sort_keys=True, default=str, ensure_ascii=False)
+        key = {"template": self.template_text, "schema": self.schema.fingerprint if self.schema else None,
+               "model_id": self.model_id or sorted(self.client.models), "params": self._params_json(),
+               "system": system}
+        if self.cascade:  # (no cascade: the key is what it was, so earlier batches stay cached)
+            key["cascade"] = {"models": self.cascade, "min_confidence": self.min_confidence}
+        blob = json.dumps(key, sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()  # never fails on any text
 
     def _row_key(self, prompt: str) -> str:
@@ -389,29 +354,57 @@ class MapJob:
                 from .errors import SessionNotFoundError
 
                 raise SessionNotFoundError(session_id)
+            if self.system:
+                self._system_stored = any(m["role"] == "system" and m["content"] == self.system
+                                          for m in store.history(session_id))
             return session_id
         found = store.summaries(limit=1, filter_metadata={"oblix_map": self.batch_key})
         if found:
+            self._system_stored = bool(found[0].get("message_count"))  # stored with the first row
             return found[0]["id"]
-        first = self.template_text.strip().splitlines()[0] if self.template_text.strip() else "rows"
-        title = "map: " + (first if len(first) <= 50 else first[:49] + "…")
+        title = self._title()
         metadata = {"oblix_map": self.batch_key, "kind": "map", "template": self.template_text,
+                    "cascade": self.cascade, "min_confidence": self.min_confidence,
                     "schema": self.schema.json_schema if self.schema else None, "model_id": self.model_id,
                     "models": sorted(self.client.models), "system": self.user_system,
                     "params": json.loads(json.dumps(self._params_json(), default=str)), "rows": self.n}
         return store.create(title=title, metadata=metadata)
 
+    def _title(self) -> str:
+        """Tells batches apart: the template's first line, the rows, the model (or cascade), the schema's fields
+        and the batch key's start, e.g. ``map 40 rows: Classify {text} · llamacpp:x · label,score · #1a2b3c``."""
+        lines = [ln.strip() for ln in self.template_text.strip().splitlines() if ln.strip()]
+        first = lines[0] if lines else "rows"
+        first = first if len(first) <= 48 else first[:47] + "…"
+        model = " > ".join(self.cascade) if self.cascade else (self.model_id or "routed")
+        parts = [f"map {self.n} row{'s' if self.n != 1 else ''}: {first}", model]
+        if self.schema is not None:
+            fields = ",".join(list(self.schema.properties)[:4]) or "value"
+            parts.append(fields if len(fields) <= 30 else fields[:29] + "…")
+        parts.append("#" + self.batch_key[:6])
+        return " · ".join(parts)
+
     _STORED_METRICS = {"input_tokens": "$.map.input_tokens", "output_tokens": "$.map.output_tokens",
-                       "latency_s": "$.map.latency_s", "error": "$.map.error"}
+                       "latency_s": "$.map.latency_s", "attempts": "$.map.attempts", "attempt": "$.map.attempt",
+                       "extra": "$.map.extra",
+                       "escalating": "$.map.escalating", "error": "$.map.error"}
 
     def _finished(self) -> dict[str, tuple]:
-        """cache key -> (content, model_id, route, input_tokens, output_tokens, latency_s) of each row of this
-        batch session whose last stored reply has no error."""
+        """cache key -> (content, model_id, route, input_tokens, output_tokens, latency_s, attempts, extra) of
+        each row of this batch session whose last stored reply has no error (and is a row's final answer, not a
+        cascade stage that was escalated)."""
         replies = self.client.sessions.last_replies(self.session_id, self._STORED_METRICS)
-        return {key: reply[:-1] for key, reply in replies.items() if reply[-1] is None}
+        return {key: reply[:-2] for key, reply in replies.items() if reply[-1] is None and not reply[-2]}
 
     def _from_store(self, reply: tuple) -> RowOutcome:
-        text, model_id, route, input_tokens, output_tokens, latency = reply
+        text, model_id, route, input_tokens, output_tokens, latency, attempts, attempt, extra = reply
+        attempts = attempts if attempts is not None else attempt  # stored before "attempts" existed
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra)
+            except ValueError:
+                extra = None
+        extra = _restore_extra(extra if isinstance(extra, dict) else {}, self.conf_columns, bool(self.cascade))
         if self.schema is not None:
             try:
                 value = extract_json(text)
@@ -419,7 +412,7 @@ class MapJob:
                 value = None
         else:
             value = text
-        return RowOutcome(value, model_id, route, input_tokens, output_tokens, latency, None, True)
+        return RowOutcome(value, model_id, route, input_tokens, output_tokens, latency, None, True, attempts, extra)
 
     # ------------------------------------------------------------------------------------------ results
     def _value_columns(self) -> list[str]:
@@ -436,7 +429,10 @@ class MapJob:
         else:
             values = {}
         meta = (outcome.model_id, outcome.route, outcome.input_tokens, outcome.output_tokens, outcome.latency_s,
-                outcome.error, outcome.cached)
+                outcome.error, outcome.cached, outcome.attempts)
+        for name, value in (outcome.extra or {}).items():
+            if name in cols:
+                values[name] = value
         for pos in positions:
             for name, value in values.items():
                 cols[name][pos] = value
@@ -450,7 +446,10 @@ class MapJob:
 
         dtypes = dict(self.schema.columns()) if self.schema is not None else {"response": "string"}
         dtypes.update({"model_id": "string", "route": "string", "input_tokens": "Int64", "output_tokens": "Int64",
-                       "latency_s": "float64", "error": "string", "cached": "bool"})
+                       "latency_s": "float64", "error": "string", "cached": "bool", "attempts": "Int64"})
+        dtypes.update({c: "float64" for c in self.conf_columns})
+        if self.cascade:
+            dtypes.update({"escalated": "boolean", "cascade_note": "string", "cost_usd": "float64"})
         data = {}
         for name, values in self.columns.items():
             dtype = dtypes.get(name, "object")
@@ -559,81 +558,21 @@ class MapJob:
                 job.result(timeout=10)
             except BaseException:  # noqa: BLE001 - cancelled on purpose
                 pass
-            self._interrupted_note()
-            raise
+            note = self._interrupted_note()
+            # A fresh KeyboardInterrupt: its traceback ends here, not in the waiting machinery below.
+            raise KeyboardInterrupt(note) from None
         finally:
             self._show(bar, final=True)
 
-    def _interrupted_note(self) -> None:
-        print(f"map interrupted: {self.done - self.errors} of {self.n} rows are finished and stored; run the "
-              f"same map again to resume", file=sys.stderr)
+    def _interrupted_note(self) -> str:
+        note = (f"map interrupted: {self.done - self.errors} of {self.n} rows are finished and stored; run the "
+                f"same map again to resume")
+        print(note, file=sys.stderr)
+        return note
 
     async def _row(self, key: str) -> RowOutcome:
-        """One row: route, call (with fallback), validate (one retry), store the exchange."""
-        prompt = self.prompts.pop(key)
-        request = Request(prompt=prompt, params=self.params, request_id=key, session_id=None,
-                          model_id=self.model_id, system=self.system, schema=self.schema,
-                          usage_session_id=self.session_id)
-        to_store: list[dict] = []
-        input_tokens = output_tokens = 0
-        latency = 0.0
-        error: Optional[str] = None
-        value: Any = None
-        response: Optional[dict] = None
-        for attempt in (1, 2):
-            try:
-                # session_id=None (no history) and store_reply=False: the row's exchange is stored below,
-                # once validated, in one transaction.
-                response = await self.engine.run(request, store_reply=False)
-            except (ModelCallError, NoModelHookedError, BudgetExceededError) as exc:
-                error = f"{type(exc).__name__}: {exc}"  # over budget: this row's error; the others go on
-                break
-            metrics = response["metrics"]
-            input_tokens += metrics.get("input_tokens") or 0
-            output_tokens += metrics.get("output_tokens") or 0
-            latency += metrics.get("total_latency") or 0.0
-            text = response["response"]
-            error = None
-            if self.schema is None:
-                value = text
-            else:
-                try:
-                    value = self.schema.as_plain(self.schema.parse(text))
-                except StructuredOutputError as exc:
-                    error, invalid = f"StructuredOutputError: {exc}", exc
-            to_store.append({"role": "user", "content": request.prompt, "request_id": key})
-            to_store.append(self._stored_reply(key, response, attempt, error, latency, input_tokens,
-                                               output_tokens))
-            if error is None or self.schema is None or attempt == 2:
-                break
-            request = Request(prompt=retry_prompt(invalid), params=self.params, request_id=key, session_id=None,
-                              model_id=self.model_id, system=self.system, schema=self.schema,
-                              prior=[{"role": "user", "content": prompt}, {"role": "assistant", "content": text}],
-                              usage_session_id=self.session_id)
-        if to_store:
-            try:
-                self.client.sessions.append_messages(self.session_id, to_store)
-            except (OSError, StorageError, OblixError, TypeError, ValueError) as exc:
-                # The reply is not dropped: it stays in the result; the error says it is not in the store
-                # (so the next call will ask the model again).
-                error = "; ".join(e for e in (error, f"reply not stored: {describe_error(exc)}") if e)
-                return RowOutcome(value, response["model_id"], response["routing_decision"]["target"],
-                                  input_tokens, output_tokens, latency, error, False)
-        if response is None:
-            return RowOutcome(None, None, None, None, None, None, error, False)
-        return RowOutcome(value if error is None else None, response["model_id"],
-                          response["routing_decision"]["target"], input_tokens, output_tokens, latency, error, False)
-
-    def _stored_reply(self, key: str, response: dict, attempt: int, error: Optional[str], latency: float,
-                      input_tokens: int, output_tokens: int) -> dict:
-        positions = self.pending.get(key) or []
-        first = positions[0] if positions else None
-        metrics = dict(response["metrics"])
-        metrics["map"] = {"row": first, "index": _json_label(self._labels[first]) if first is not None else None,
-                          "attempt": attempt, "error": error, "latency_s": latency,
-                          "input_tokens": input_tokens, "output_tokens": output_tokens}
-        return {"role": "assistant", "content": response["response"], "request_id": key,
-                "model_id": response["model_id"], "metrics": metrics, "routing": response["routing_decision"]}
+        """One row: route (or a cascade's models in turn), call, validate (one retry), store the exchange."""
+        return await run_row(self, key)
 
     # ------------------------------------------------------------------------------------------ progress
     def progress_bar(self):
@@ -664,8 +603,9 @@ class MapJob:
         return bar
 
     def _postfix(self) -> str:
-        elapsed = time.perf_counter() - getattr(self, "started", time.perf_counter())
-        rate = self.output_tokens / elapsed if elapsed > 0 else 0.0
+        """Errors, cached rows and the decoding rate: output tokens per second between each reply's first and
+        last token (prompt processing and queueing are not decoding)."""
+        rate = self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
         return f"errors={self.errors}, cached={self.cached}, {rate:.1f} tok/s"
 
     def final_line(self) -> str:
@@ -711,9 +651,14 @@ async def map_frame(client: MapClient, data: Any, prompt: Any, **kwargs: Any):
     ``cache``        take finished rows of the same batch from the store (default True).
     ``on_error``     "record" (default: the row's ``error`` column says what failed) or "raise" (RowError).
     ``progress``     a tqdm.auto bar (widget in notebooks, text in terminals).
+    ``cascade``      model ids (or aliases) in order; ``min_confidence`` (default 0.8): a row whose answer's
+                     confidence is below it (or unknown, or invalid) goes to the next model (:mod:`.cascade`).
+    ``confidence``   add the answer's confidence column(s) (default True).
 
-    Result columns: ``response`` (or the schema's properties), ``model_id``, ``route``, ``input_tokens``,
-    ``output_tokens``, ``latency_s``, ``error``, ``cached`` -- on a copy of the input's index, same order.
+    Result columns: ``response`` (or the schema's properties), ``confidence`` (or ``<field>_confidence`` per enum
+    field when there are several), ``model_id``, ``route``, ``input_tokens``, ``output_tokens``, ``latency_s``,
+    ``error``, ``cached``, ``attempts`` -- and with a cascade ``escalated``, ``cascade_note``, ``cost_usd``,
+    ``attempt_costs`` -- on a copy of the input's index, same order.
     ``error`` is None for a finished row; else what failed: ``ModelCallError: ...`` (no model could answer),
     ``BudgetExceededError: ...`` (its worst case does not fit the budget: the other rows go on),
     ``StructuredOutputError: ...`` (invalid even after the retry), ``prompt: ...`` (the callable failed, or the

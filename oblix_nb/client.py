@@ -447,12 +447,21 @@ class OblixClient:
         (llama.cpp grammar, OpenAI ``response_format``, Ollama ``format``), and the reply is parsed and validated:
         ``response["parsed"]`` holds the value (a pydantic instance for a pydantic class). An invalid reply is
         retried once with the validation error; if that fails too, StructuredOutputError (both replies stay
-        stored in the session).
+        stored in the session). The response also holds the answer's ``confidence`` (``<field>_confidence`` per
+        enum field when there are several; NaN when the model gives no log-probabilities).
+
+        ``cascade=[model_a, model_b, ...]`` with ``min_confidence=0.8``: the first model answers; below the
+        threshold (or invalid) the next one does (see :mod:`oblix_nb.cascade`); the response adds ``escalated``,
+        ``cascade_note`` and ``cascade`` (every attempt: model, confidence, cost, error).
         """
         if chat:
             return await self._chat(prompt, temperature=temperature, max_tokens=max_tokens,
                                     display_metrics=display_metrics, session_id=session_id, stream=stream,
                                     **kwargs)
+        from .cascade import check_cascade, execute_request
+
+        cascade, min_confidence = check_cascade(self, kwargs.pop("cascade", None), kwargs.pop("min_confidence", None),
+                                                kwargs.get("model_id"))
         engine = self.engine
         request = engine.build_request(prompt, temperature=temperature, max_tokens=max_tokens,
                                        request_id=request_id, session_id=session_id, options=kwargs)
@@ -460,7 +469,7 @@ class OblixClient:
         if stream:
             sink = as_sink(kwargs.get("sink")) if kwargs.get("sink") is not None else \
                 self.sink_factory(display_metrics)
-        return await runtime.to_loop(engine.run(request, sink=sink, stream=stream, parse=True))
+        return await runtime.to_loop(execute_request(self, request, sink, stream, cascade, min_confidence))
 
     async def map(self, data: Any, prompt: Any, *, schema: Any = None, model_id: Optional[str] = None,
                   concurrency: Optional[int] = None, temperature: Optional[float] = None,
@@ -499,6 +508,26 @@ class OblixClient:
         if is_dask_frame(data):  # a lazy Dask DataFrame: nothing runs here until .compute()
             return map_dask(self, data, prompt, **{**kwargs, "model_id": self.resolve_model_id(kwargs.get("model_id"))})
         return map_frame_sync(self, data, prompt, **kwargs)
+
+    async def evaluate(self, data: Any, prompt: Any, *, truth: str, **kwargs: Any):
+        """Which model -- or cascade, at which threshold -- is good enough for a labelled task: see
+        :func:`oblix_nb.evaluation.evaluate` (``cascade=``, ``thresholds=``, ``models=``, ``schema=`` ...)."""
+        from .evaluation import evaluate
+
+        return await evaluate(self, data, prompt, truth=truth, **kwargs)
+
+    def evaluate_sync(self, data: Any, prompt: Any, *, truth: str, **kwargs: Any):
+        """``evaluate()`` from synchronous code (a cell, a script)."""
+        from .evaluation import evaluate_sync
+
+        return evaluate_sync(self, data, prompt, truth=truth, **kwargs)
+
+    def plot_evaluation(self, result: Any, theme: str = "light", x: str = "cost", ax: Any = None):
+        """Accuracy against cost (or latency) of an ``evaluate()`` table: see
+        :func:`oblix_nb.evaluation.plot_evaluation`."""
+        from .evaluation import plot_evaluation
+
+        return plot_evaluation(result, theme=theme, x=x, ax=ax)
 
     def stream(self, prompt: str, **kwargs: Any) -> "ExecutionStream":
         """``async for text in client.stream(prompt, ...)``: the reply's deltas as they arrive.

@@ -177,7 +177,8 @@ def evaluate_frames(truth: Sequence, runs: list[dict], *, field: Optional[str], 
         key = (run["model"], run.get("method", "generate"), int(run.get("shots", 0)))
         answers[key] = a
         rates[key] = _rate(a, run.get("wall_s"))
-        rows.append(_row(key[0], key[1], key[2], NAN, truth, a, kind, rates[key]))
+        rows.append(_row(key[0], key[1], key[2], float(run.get("threshold", NAN)), truth, a, kind, rates[key]))
+        rows[-1]["cascade_run"] = run.get("cascade_run")
         per_row[f"{key[0]}|{key[1]}|{key[2]}"] = a["pred"]
         per_row[f"{key[0]}|{key[1]}|{key[2]}|confidence"] = a["confidence"]
     suggestions = {}
@@ -198,12 +199,14 @@ def evaluate_frames(truth: Sequence, runs: list[dict], *, field: Optional[str], 
                 total = sum(r * t_ for r, t_ in zip(reach, per_row_time))
                 rate = 1 / total if total and not math.isnan(total) else NAN
                 rows.append(_row(name, method, shots, t, truth, sim, kind, rate))
+                rows[-1]["cascade_run"] = "simulated"
             if target_accuracy is not None:
                 suggestions[(method, shots)] = suggest_threshold(truth, stages, target_accuracy,
                                                                  candidates=thresholds, holdout=holdout, seed=seed)
     result = pd.DataFrame(rows, columns=["model", "method", "shots", "threshold", "n", "accuracy", "macro_f1",
                                          "token_f1", "coverage", "escalated_share", "cost_usd", "cost_estimate_usd",
-                                         "latency_p50_s", "rows_per_s", "mean_confidence", "cached_share"])
+                                         "latency_p50_s", "rows_per_s", "mean_confidence", "cached_share",
+                                         "cascade_run"])
     per_row["truth"] = truth
     result.attrs["rows"] = per_row
     if suggestions:
@@ -372,7 +375,7 @@ async def evaluate(client: Any, data: Any, prompt: Any, *, truth: str, schema: A
                    field: Optional[str] = None, method: Any = "generate", system: Optional[str] = None,
                    temperature: Optional[float] = 0.0, max_tokens: Optional[int] = None,
                    target_accuracy: Optional[float] = None, holdout: float = 0.5, seed: int = 0,
-                   cache: bool = True, progress: bool = False, **options: Any):
+                   cache: bool = True, progress: bool = False, cascade_run: str = "simulate", **options: Any):
     """Evaluate ``models`` (and a ``cascade`` of them at each of ``thresholds``) on the labelled ``data``.
 
     ``data``: a DataFrame holding the prompt's fields and the ``truth`` column (never shown to the model: it is
@@ -386,7 +389,10 @@ async def evaluate(client: Any, data: Any, prompt: Any, *, truth: str, schema: A
     they help. ``method``: "generate" (``map()``), "score" (option scoring; enum fields only) or both as a list.
     ``target_accuracy``: also suggest a threshold (``result.attrs["suggestion"]``, :func:`suggest_threshold`).
     ``temperature`` (default 0: reproducible), ``max_tokens``, ``system``, ``cache``, ``progress`` and sampling
-    options go to ``map()``. Returns the table described in the module docstring.
+    options go to ``map()``. ``cascade_run``: "simulate" (default: every model answers every row, each
+    threshold is simulated offline) or "live" (one real ``map(cascade=..., min_confidence=t)`` per threshold:
+    only escalated rows reach the later models); the ``cascade_run`` column says which ("simulated" / "live").
+    Returns the table described in the module docstring.
     """
     import pandas as pd
 
@@ -422,6 +428,11 @@ async def evaluate(client: Any, data: Any, prompt: Any, *, truth: str, schema: A
         raise NoModelHookedError(f"model(s) {missing} are not hooked; hooked: {list(client.models)}")
     if cascade is None and thresholds and len(models) >= 2:
         cascade = list(models)
+    if cascade_run not in ("simulate", "live"):
+        raise ValueError(f"cascade_run must be 'simulate' or 'live', not {cascade_run!r}")
+    if cascade_run == "live" and (not cascade or not thresholds or target_accuracy is not None):
+        raise ValueError("cascade_run='live' runs cascade=[...] at each of thresholds=[...]: give both (a "
+                         "target_accuracy suggestion needs the simulation: cascade_run='simulate')")
     if target_accuracy is not None and not cascade:
         raise ValueError("target_accuracy suggests a cascade threshold: give cascade=[...] (or several models "
                          "and thresholds=[...])")
@@ -451,7 +462,8 @@ async def evaluate(client: Any, data: Any, prompt: Any, *, truth: str, schema: A
                                              system=user_system, temperature=temperature, max_tokens=max_tokens,
                                              cache=cache, progress=progress, **options)
                     wall = time.perf_counter() - start
-                    if _confidence_column(frame, field) is None:  # today's map() gives none: the seam
+                    col = _confidence_column(frame, field)
+                    if col is None or frame[col].isna().all():  # map() could not score (no log-probabilities)
                         frame["confidence"] = await _row_confidences(
                             client, model_id, messages, frame, compiled, field, options_, kind,
                             regenerate=bool(cascade) and model_id in cascade[:-1], max_tokens=max_tokens)
@@ -470,6 +482,15 @@ async def evaluate(client: Any, data: Any, prompt: Any, *, truth: str, schema: A
                                      backend.estimate_tokens(answer)))
                 frame["cost_estimate_usd"] = est
                 runs.append({"model": model_id, "method": how, "shots": n_shots, "frame": frame, "wall_s": wall})
+    if cascade_run == "live":  # real cascades: one map() per threshold; no simulation
+        for t in sorted({float(t) for t in thresholds}):
+            start = time.perf_counter()
+            frame = await client.map(inputs, prompt, schema=schema, cascade=cascade, min_confidence=t,
+                                     system=user_system, temperature=temperature, max_tokens=max_tokens,
+                                     cache=cache, progress=progress, **options)
+            runs.append({"model": " -> ".join(cascade), "method": "generate", "shots": 0, "frame": frame,
+                         "wall_s": time.perf_counter() - start, "threshold": t, "cascade_run": "live"})
+        cascade = None
     return evaluate_frames(data[truth].tolist(), runs, field=field, kind=kind, cascade=cascade,
                            thresholds=thresholds, target_accuracy=target_accuracy, holdout=holdout, seed=seed)
 

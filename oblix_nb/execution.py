@@ -173,6 +173,7 @@ class Engine:
                 {"role": "user", "content": request.prompt}, {"role": "assistant", "content": response["response"]}]
             retry = replace(request, prompt=retry_prompt(first), request_id=new_id(), prior=prior)
         response = await self._run(retry, sink, stream, store_reply)
+        request.sent = retry.sent
         try:
             response["parsed"] = retry.schema.parse(response["response"])
         except StructuredOutputError as second:
@@ -183,6 +184,9 @@ class Engine:
 
     async def _run(self, request: "Request", sink: Optional[StreamSink], stream: bool, store_reply: bool) -> dict:
         decision, checks = await self.route(request.model_id)
+        if not request.fallback and request.model_id is not None:
+            # A cascade stage: this model or nothing (no fallback to another tier, budgets per attempt).
+            decision = replace(decision, candidates=[decision.model_id])
         sessions = self.host.sessions
         history = (sessions.history(request.session_id, limit=self.host.max_history_messages)
                    if request.session_id else [])
@@ -227,7 +231,9 @@ class Engine:
                 continue
             call = Call(backend, replace(request, params=params), decision, checks, fitted, price)
             try:
-                return await call.run(sink if stream else None, stream, store, checkpoint_interval)
+                response = await call.run(sink if stream else None, stream, store, checkpoint_interval)
+                request.sent = call.fitted.messages  # what the model saw (confidence scoring reads it)
+                return response
             except BeforeFirstToken as exc:
                 tried.add(backend.model_id)
                 failures.append(f"{backend.model_id}: {exc.summary}")
@@ -341,6 +347,8 @@ class Request:
     prior: list = field(default_factory=list)  # messages before the prompt that are not in the session
     usage_session_id: Optional[str] = None  # without session_id: the session whose budget and usage the call
     #                                         counts in (map() rows: the session they are stored in)
+    fallback: bool = True               # False: only ``model_id`` may answer (a cascade stage)
+    sent: Optional[list] = None         # set by the engine: the messages the answering model was sent
 
 
 def retry_prompt(error: BaseException) -> str:

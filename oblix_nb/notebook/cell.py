@@ -78,8 +78,9 @@ class CellPipeline:
             raise UsageError(f"%%oblix --var: {args.var!r} is not a valid variable name")
         if args.over is not None:
             return self._over(args, cell or "")
-        if args.into is not None or args.concurrency is not None:
-            raise UsageError("%%oblix: --into and --concurrency go with --over DF")
+        if args.into is not None or args.concurrency is not None or args.cascade is not None \
+                or args.min_confidence is not None:
+            raise UsageError("%%oblix: --into, --concurrency, --cascade and --min-confidence go with --over DF")
         template = re.sub(r"\A(?:[ \t]*\n)+", "", (cell or "").rstrip())  # drop blank lines around the prompt
         if not template.strip():
             raise UsageError("%%oblix: the cell is the prompt; write something below the %%oblix line")
@@ -278,16 +279,25 @@ class CellPipeline:
                              "with {column} fields")
         client = self.client
         model_id = self._model_arg(client, args.model, "%%oblix --over")
-        if not self._ensure_model(client, model_id):
+        if args.cascade is None and not self._ensure_model(client, model_id):
             return None
         kwargs: dict[str, Any] = dict(schema=schema, model_id=model_id, temperature=args.temperature,
                                       max_tokens=args.max_tokens, concurrency=args.concurrency, system=args.system)
+        if args.cascade is not None:
+            if model_id is not None:
+                raise UsageError("%%oblix --over: give either --model or --cascade (the cascade names the models)")
+            kwargs["cascade"] = [m.strip() for m in args.cascade.split(",") if m.strip()]
+            kwargs["min_confidence"] = args.min_confidence
+        elif args.min_confidence is not None:
+            raise UsageError("%%oblix --over: --min-confidence goes with --cascade A,B")
         if args.session:
             kwargs["session_id"] = self.m.resolve(args.session)
         try:
             result = client.map_sync(data, template, **kwargs)
         except (TypeError, ValueError, NoModelHookedError, SessionNotFoundError) as exc:
             raise UsageError(f"%%oblix --over: {exc}") from None
+        except KeyboardInterrupt:
+            return None  # map printed its one-line note (finished rows are stored); no traceback on top
         ns[into] = result
         errors = int(result["error"].notna().sum()) if "error" in result else 0
         cached = int(result["cached"].sum()) if "cached" in result else 0

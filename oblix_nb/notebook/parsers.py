@@ -351,6 +351,10 @@ def oblix_parser() -> MagicArgumentParser:
     over.add_argument("--into", metavar="NAME", help="store the result DataFrame in this variable")
     over.add_argument("--concurrency", type=_positive_int, metavar="N", help="rows in flight (default 1 "
                       "for the embedded model, 4 for servers)")
+    over.add_argument("--cascade", metavar="A,B", help="models in cascade order (ids or aliases, comma-separated): "
+                      "each row goes to the first; rows under --min-confidence (or invalid) go to the next")
+    over.add_argument("--min-confidence", type=_float_arg("min-confidence", 0.0, 1.0), metavar="X",
+                      help="the cascade's confidence threshold, 0-1 (default 0.8)")
     return p
 
 

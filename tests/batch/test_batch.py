@@ -83,7 +83,7 @@ async def test_result_sits_on_the_input_index_in_input_order(client, kind):
     df = pd.DataFrame({"text": texts, "n": range(5)}, index=ODD_INDEXES[kind])
     out = await client.map(df, "Q {text} #{n}", progress=False)
     assert out.index.equals(df.index) and out.index is not df.index
-    assert list(out.columns) == ["response", *META_COLUMNS]
+    assert list(out.columns) == ["response", "confidence", *META_COLUMNS]
     assert out["response"].tolist() == [f"echo: Q {t} #{i}" for i, t in enumerate(texts)]
     assert out["error"].isna().all() and (out["model_id"] == "openai:fake").all()
     assert out["input_tokens"].dtype == "Int64" and out["latency_s"].dtype == "float64"
@@ -168,7 +168,7 @@ async def test_each_schema_form_gives_typed_columns(client, form):
     df = pd.DataFrame({"t": ["good movie", "bad plot here"]}, index=["r1", "r1"])
     out = await client.map(df, "review: {t}", schema=SCHEMAS[form], progress=False)
     props = list(compile_schema(SCHEMAS[form]).properties)
-    assert list(out.columns) == props + list(META_COLUMNS)
+    assert list(out.columns) == props + ["confidence"] + list(META_COLUMNS)
     assert out["label"].tolist() == ["movie", "here"] and out["error"].isna().all()
     assert out["score"].dtype == "float64" and out["score"].tolist() == [len("review: good movie") / 10,
                                                                           len("review: bad plot here") / 10]
@@ -237,6 +237,8 @@ async def test_invalid_output_is_retried_once_then_recorded(client):
     assert retry[-2]["role"] == "assistant" and "not valid" in retry[-1]["content"]
     # everything was stored: two exchanges per row, all carrying the row's key
     msgs = client.messages_df()
+    assert (msgs["role"] == "system").sum() == 1  # the schema instruction, stored once (what the model saw)
+    msgs = msgs[msgs["role"] != "system"]
     assert len(msgs) == 8 and msgs["request_id"].nunique() == 2
     # re-running takes the finished row from the store and retries the failed one
     out2 = await client.map(df, "{t}", schema="label, score float", progress=False)

@@ -37,8 +37,8 @@ def test_dask_map_runs_partitions_on_the_workers_and_logs_to_postgres(openai_ser
                 distributed.Client(cluster) as dask:
             out = client.map_sync(ddf, "{text} Answer in one word.", max_tokens=8, temperature=0)
             assert is_dask_frame(out) and out.npartitions == 4
-            assert list(out.columns) == ["response", "model_id", "route", "input_tokens", "output_tokens",
-                                         "latency_s", "error", "cached"]
+            assert list(out.columns) == ["response", "confidence", "model_id", "route", "input_tokens",
+                                         "output_tokens", "latency_s", "error", "cached", "attempts"]
             result = out.compute()
             built = dask.run(_clients_built)
             worker_pids = set(dask.run(_pid).values())
