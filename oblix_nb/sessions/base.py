@@ -586,7 +586,8 @@ class SessionStoreBase(abc.ABC):
         """``(highest usage row seq, USD spent in the rows after after_seq)``: exact costs, estimates where
         there is none, logged at or after ``since`` (None: ever), in ``session_id`` if given; on a shared
         database, this store's author's rows only. The log is append-only, so sums can be kept incrementally."""
-        where, params = ["seq > ?"], [after_seq]
+        where: list[str] = ["seq > ?"]
+        params: list[Any] = [after_seq]
         if since is not None:
             where.append("timestamp >= ?")
             params.append(since)

@@ -7,10 +7,23 @@ exactly; metadata keys and values are indexed in JSONB through an injective rewr
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, ContextManager, Optional
 
 from ..base import MESSAGE_COLUMNS, _summary
 from ..validate import canonical_json, check_json
+
+
+class _PgStoreState:
+    """For type checking: the plumbing of :class:`.store.PostgresSessionStore` that its engine mixins
+    (:mod:`.search`, :mod:`.stats`) use."""
+
+    if TYPE_CHECKING:
+        def _conn(self) -> ContextManager[Any]: ...
+
+        def _write(self) -> ContextManager[Any]: ...
+
+        def _where(self, filter_metadata: Optional[dict], author: Optional[str],
+                   title_contains: Optional[str] = None) -> tuple[str, list]: ...
 
 
 def redact(url: str) -> str:
@@ -24,8 +37,8 @@ def redact(url: str) -> str:
     if parts.password is None:
         netloc = parts.netloc
     else:
-        netloc = parts.netloc.rsplit("@", 1)
-        netloc = f"{parts.username or ''}:***@{netloc[-1]}"
+        host = parts.netloc.rsplit("@", 1)[-1]
+        netloc = f"{parts.username or ''}:***@{host}"
     query = "&".join("password=***" if q.lower().startswith("password=") else q for q in parts.query.split("&"))
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
