@@ -246,7 +246,8 @@ def is_connection_failure(exc: BaseException) -> bool:
         if isinstance(exc, anthropic.APIStatusError):
             # An SSE `error` event (e.g. overloaded_error) arrives with the stream's HTTP 200.
             body = exc.body if isinstance(exc.body, dict) else {}
-            error = body.get("error") if isinstance(body.get("error"), dict) else body
+            inner = body.get("error")
+            error = inner if isinstance(inner, dict) else body
             if error.get("type") in RETRYABLE_ERROR_TYPES:
                 return True
     status = getattr(exc, "status_code", None)
