@@ -32,7 +32,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import AbstractSet, Any, Callable, Optional, Protocol
 
 from ._util import describe_error
 from .errors import (ModelCallError, NoModelHookedError, OblixError, RowError, SchemaError,
@@ -123,7 +123,7 @@ class RowTable:
 class PromptTemplate:
     """A template compiled once against the input's fields; ``render(row)`` is a join of parts."""
 
-    def __init__(self, text: str, fields: list[str], duplicated: set = frozenset()):
+    def __init__(self, text: str, fields: list[str], duplicated: AbstractSet[str] = frozenset()):
         if not isinstance(text, str):
             raise TypeError(f"the prompt must be a template string or a callable row -> str, not "
                             f"{type(text).__name__}")
@@ -573,6 +573,7 @@ class MapJob:
                 # The reply is not dropped: it stays in the result; the error says it is not in the store
                 # (so the next call will ask the model again).
                 error = "; ".join(e for e in (error, f"reply not stored: {describe_error(exc)}") if e)
+                assert response is not None  # to_store holds its reply
                 return RowOutcome(value, response["model_id"], response["routing_decision"]["target"],
                                   input_tokens, output_tokens, latency, error, False)
         if response is None:

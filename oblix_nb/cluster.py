@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+
+if TYPE_CHECKING:
+    from .client import OblixClient
 
 _SERIALISABLE = (str, int, float, bool, type(None))
 
@@ -131,7 +134,7 @@ def _map_partition(frame, spec: ClientSpec, factory: ClientFactory, prompt: Any,
     return map_frame_sync(worker_client(spec, factory), frame, prompt, **options)
 
 
-def map_dask(client: SpecSource, data: Any, prompt: Any, **options: Any):
+def map_dask(client: OblixClient, data: Any, prompt: Any, **options: Any):
     """``client.map`` for a Dask DataFrame (or Series): a Dask DataFrame on the same partitions and index,
     computed partition by partition on the workers (nothing runs until ``.compute()``/``.persist()``)."""
     from .batch import MapJob

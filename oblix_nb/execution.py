@@ -552,14 +552,15 @@ class ExecutionStream:
         self._request = request
         self.response: Optional[dict] = None
         self._queue: Optional[asyncio.Queue] = None
-        self._future = None
+        self._future: Optional[runtime.Job] = None
 
     def __aiter__(self) -> "ExecutionStream":
         return self
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._queue = queue = asyncio.Queue()
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queue = queue
         put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
 
         class _Sink:
@@ -579,6 +580,7 @@ class ExecutionStream:
     async def __anext__(self) -> str:
         if self._queue is None:
             await self._start()
+        assert self._queue is not None  # set by _start
         try:
             kind, value = await self._queue.get()
         except asyncio.CancelledError:

@@ -24,7 +24,7 @@ import json
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Optional
 
 from .._util import block_interrupts
 from ..errors import ModelUnavailableError
@@ -360,7 +360,7 @@ class LlamaCppBackend(ModelBackend):
         self._abort_cb = C.ggml_abort_callback(check)  # referenced while armed: ctypes must not free it
         C.llama_set_abort_callback(llama._ctx.ctx, self._abort_cb, None)
 
-    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncGenerator[StreamItem, None]:
         llama = self._require()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any, AsyncIterator, Callable, Optional, cast
+from typing import Any, AsyncGenerator, Callable, Optional, cast
 from urllib.parse import urlsplit
 
 from ..errors import ModelUnavailableError
@@ -148,7 +148,7 @@ class OllamaBackend(ModelBackend):
         return Usage(input_tokens=final.prompt_eval_count, output_tokens=final.eval_count,
                      input_source="server", output_source="server", finish_reason=final.done_reason)
 
-    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncGenerator[StreamItem, None]:
         """Deltas as they arrive. The request is sent on the first iteration; an error the server writes into
         the stream (``{"error": ...}``, HTTP 200: the SDK's ``ResponseError`` with status -1) is a retryable
         BackendError like a 5xx, so routing falls back when it comes before the first token. Closing the stream

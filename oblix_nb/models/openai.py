@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Optional
 from urllib.parse import urlsplit
 
 from ..errors import ModelUnavailableError
@@ -155,7 +155,7 @@ class OpenAIBackend(ModelBackend):
             retry = dict(payload, response_format={"type": "json_object", "schema": fmt["json_schema"]["schema"]})
             return await self._client.chat.completions.create(**retry, **kwargs)
 
-    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncGenerator[StreamItem, None]:
         """Deltas as they arrive; SDK failures come out as BackendError. Closing the stream closes the HTTP
         connection, which is what stops generation on the server (llama_cpp.server checks between tokens)."""
         chunks = 0

@@ -85,6 +85,8 @@ class Transcript:
 class _Said(str):
     """A str (e.g. a session id) that displays as a friendly sentence when it is a cell's value."""
 
+    message: str
+
     def __new__(cls, value: str, message: str):
         obj = super().__new__(cls, value)
         obj.message = message
@@ -381,8 +383,10 @@ class OblixMagics(Magics):
             frame = self.client.stats(by=args.by, since=args.since, until=args.until, filter_metadata=filters)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"%oblix_stats: {exc}") from None
+        shell = self.shell
+        assert shell is not None  # a registered magic has its shell
         if args.var:
-            self.shell.user_ns[args.var] = frame
+            shell.user_ns[args.var] = frame
         if args.no_plot:
             return frame
         from IPython.display import Image, display
@@ -390,7 +394,9 @@ class OblixMagics(Magics):
         display(frame)
         dashboard = self.client.plot_stats(since=args.since, until=args.until, filter_metadata=filters,
                                            theme=args.theme)
-        png = self.shell.display_formatter.formatters["image/png"]
+        formatter = shell.display_formatter
+        assert formatter is not None  # made with the shell
+        png = formatter.formatters["image/png"]
         for fig in dashboard:
             try:
                 png.lookup(fig)
@@ -512,9 +518,10 @@ def load_ipython_extension(ipython) -> None:
 
 def unload_ipython_extension(ipython) -> None:
     """``%unload_ext oblix_nb``: remove the magics and the notebook sink (the client and its state stay)."""
-    magics = _loaded.pop(id(ipython), None)
-    if magics is None:
+    found = _loaded.pop(id(ipython), None)
+    if found is None:
         return
+    magics: OblixMagics = found
     errhook.uninstall(ipython)
     transform.unregister(ipython)
     manager = ipython.magics_manager

@@ -23,7 +23,7 @@ import os
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import anywidget
 import traitlets
@@ -104,7 +104,7 @@ class SessionBrowser(anywidget.AnyWidget):
     def __init__(self, client=None, *, page_size: int = 25, chat_panel: Optional[ChatPanel] = None,
                  search_limit: int = 500, detail_messages: int = 100, follow_store: bool = True):
         super().__init__()
-        self._unwatch = lambda: None
+        self._unwatch: Callable[[], object] = lambda: None
         self.client = client if client is not None else state.get_client()
         self.page_size = page_size
         self.search_limit = search_limit
@@ -435,6 +435,7 @@ class SessionBrowser(anywidget.AnyWidget):
         if not isinstance(content, dict):
             return
         kind = content.get("kind")
+        actions: dict[Any, Callable[[], Any]]
         actions = {"open": self.open_selected, "copy": self.copy_selected, "merge": self.merge_selected,
                    "delete": self.delete_selected, "confirm_delete": self.confirm_delete,
                    "cancel_delete": self.cancel_delete, "refresh": self._refresh_action,

@@ -25,7 +25,7 @@ import concurrent.futures
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import anywidget
 import traitlets
@@ -182,7 +182,7 @@ class ChatPanel(anywidget.AnyWidget):
                  auto_hook: bool = True, picker_limit: int = 50, window: int = 100, follow_store: bool = True,
                  **execute_kwargs: Any):
         super().__init__()
-        self._unwatch = lambda: None
+        self._unwatch: Callable[[], object] = lambda: None
         self.client = client if client is not None else state.get_client()
         self.stream_interval = stream_interval
         self.auto_hook = auto_hook
@@ -398,6 +398,7 @@ class ChatPanel(anywidget.AnyWidget):
                 self.earlier = 0
                 self._shown_limit = self.window
             sid = self.session_id
+            assert sid is not None  # a session was made just above if there was none
             self._replies += 1
             key = f"live-{self._replies}"
             reply = _LiveReply(self, key, sid, self.stream_interval)
@@ -412,7 +413,7 @@ class ChatPanel(anywidget.AnyWidget):
             self._refresh_picker()
             job = runtime.submit(self._run(prompt, sid, reply))
             self.job = job
-            job.add_done_callback(lambda fut, reply=reply: self._on_done(fut, reply))
+            job.add_done_callback(lambda fut: self._on_done(fut, reply))
             return job
 
     async def _run(self, prompt: str, session_id: str, reply: _LiveReply) -> dict:
