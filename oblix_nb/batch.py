@@ -32,7 +32,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import AbstractSet, Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Optional, Protocol
 
 from ._util import describe_error
 from .errors import (ModelCallError, NoModelHookedError, OblixError, RowError, SchemaError,
@@ -40,6 +40,9 @@ from .errors import (ModelCallError, NoModelHookedError, OblixError, RowError, S
 from .execution import Engine, Request, retry_prompt
 from .models.base import SAMPLING_OPTIONS, GenerationParams
 from .structured import Schema, compile_schema, extract_json
+
+if TYPE_CHECKING:
+    from .sessions.base import SessionStoreBase
 
 META_COLUMNS = ("model_id", "route", "input_tokens", "output_tokens", "latency_s", "error", "cached")
 DEFAULT_CONCURRENCY = {True: 1, False: 4}  # in-process model (not re-entrant) : servers
@@ -51,7 +54,7 @@ _BRACES = re.compile(r"\{\{([^{}]+)\}\}|\{([^{}]+)\}")
 class MapClient(Protocol):
     """What a map needs of its client (an OblixClient): the store, the hooked models and the engine."""
 
-    sessions: Any
+    sessions: SessionStoreBase
 
     @property
     def models(self) -> dict: ...

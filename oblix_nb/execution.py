@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from . import runtime
 from ._util import check_session_id, describe_error, iso, new_id, utcnow
@@ -36,6 +36,12 @@ from .sessions import usage as usage_log
 from .sessions.validate import check_text
 from .streaming import StreamSink
 
+if TYPE_CHECKING:
+    from .sessions.base import SessionStoreBase
+
+# Records a reply: ``store(request, text, response, partial, message_id, replace)`` (Engine._store_reply).
+StoreReply = Callable[["Request", str, dict, bool, Optional[str], bool], None]
+
 # Keyword arguments of execute()/stream() besides the sampling options.
 REQUEST_OPTIONS = ("model_id", "sink", "schema", "system")
 
@@ -43,7 +49,7 @@ REQUEST_OPTIONS = ("model_id", "sink", "schema", "system")
 class ExecutionHost(Protocol):
     """What the engine reads from its client (an OblixClient), each time it needs it."""
 
-    sessions: Any                          # the session store (SQLite or PostgreSQL)
+    sessions: SessionStoreBase             # the session store (SQLite or PostgreSQL)
     current_session_id: Optional[str]
     default_max_tokens: Optional[int]      # when a request names no max_tokens
     max_history_messages: int              # session messages read as context, at most
@@ -375,7 +381,7 @@ class Call:
             out["partial"] = True
         return out
 
-    async def run(self, sink: Optional[StreamSink], stream: bool, store,
+    async def run(self, sink: Optional[StreamSink], stream: bool, store: StoreReply,
                   checkpoint_interval: Optional[float] = None) -> dict:
         self.started = utcnow()
         self.t0 = time.perf_counter()
@@ -423,7 +429,7 @@ class Call:
             raise not_stored
         return response
 
-    def save(self, store, response: dict, partial: bool) -> Optional[ReplyNotStoredError]:
+    def save(self, store: StoreReply, response: dict, partial: bool) -> Optional[ReplyNotStoredError]:
         """Store the reply, replacing its checkpoint; if that fails, wait a moment and try once more.
 
         Returns None when stored, else the ReplyNotStoredError to raise: it carries the full response and says
@@ -504,7 +510,7 @@ class Checkpoint:
     stream); a failed checkpoint is remembered, not raised: the final store retries and reports.
     """
 
-    def __init__(self, call: Call, store, interval: float):
+    def __init__(self, call: Call, store: StoreReply, interval: float):
         self.call, self.store, self.interval = call, store, interval
         self.due: Optional[float] = None
         self.timer: Optional[asyncio.TimerHandle] = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
@@ -36,6 +36,9 @@ from .cell import DEFAULT_MODEL_KEY, CellPipeline, fix_prompt  # noqa: F401  (fi
 from .display import has_display_frontend, notebook_sink_factory, safe_html
 from .parsers import (HelpShown, MagicArgumentParser, chat_parser, fix_parser, model_parser,  # noqa: F401
                       oblix_parser, parse_kv, parse_line, session_parser, split_line, stats_parser)
+
+if TYPE_CHECKING:
+    from ..client import OblixClient
 
 # --------------------------------------------------------------------------- transcript
 
@@ -206,7 +209,7 @@ class OblixMagics(Magics):
             self._sink_factory = None
 
     @property
-    def client(self):
+    def client(self) -> OblixClient:
         return state.get_client()
 
     # ------------------------------------------------------------------ helpers
@@ -444,8 +447,9 @@ class OblixMagics(Magics):
                 if args.model_id is None:
                     raise UsageError("%oblix_model alias NAME MODEL_ID: give the model id the alias stands for")
                 target = client.resolve_model_id(args.model_id)  # an alias of an alias: its model
+                assert target is not None  # a model_id was given
                 client.set_model_alias(args.name, target)
-                return _Said(args.name, f"alias {args.name} → {target} (kept in {client.sessions.path})")
+                return _Said(args.name, f"alias {args.name} → {target} (kept in {client.sessions.url})")
             if command == "unalias":
                 if not client.remove_model_alias(args.name):
                     raise UsageError(f"%oblix_model unalias: no alias {args.name!r} "
@@ -459,7 +463,7 @@ class OblixMagics(Magics):
             raise UsageError(f"%oblix_model {command}: {exc}") from None
         return None
 
-    def _model_default(self, client, model: Optional[str]):
+    def _model_default(self, client: OblixClient, model: Optional[str]):
         if model is None:
             current = self.default_model or CellPipeline._stored_default(client)
             return _Said(current or "", f"default model: {current}" if current
@@ -471,7 +475,7 @@ class OblixMagics(Magics):
         client.resolve_model_id(model)  # a model id or a known alias
         client.sessions.set_setting(DEFAULT_MODEL_KEY, model)
         self.default_model = model
-        return _Said(model, f"default model: {model} (kept in {client.sessions.path})")
+        return _Said(model, f"default model: {model} (kept in {client.sessions.url})")
 
     # ------------------------------------------------------------------ %%oblix
     @no_var_expand
@@ -492,7 +496,7 @@ OblixMagics.oblix_fix.__doc__ = fix_parser().format_help()
 OblixMagics.oblix_model.__doc__ = model_parser().format_help()
 
 
-async def _notebook_chat_handler(client, prompt: str, session_id: str, **kwargs: Any) -> dict:
+async def _notebook_chat_handler(client: OblixClient, prompt: str, session_id: str, **kwargs: Any) -> dict:
     """``execute(..., chat=True)`` in a kernel: the chat panel (imported on first use)."""
     from .widgets import chat_handler
 

@@ -25,7 +25,7 @@ import concurrent.futures
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import anywidget
 import traitlets
@@ -38,6 +38,9 @@ from ..notebook import state
 from ..streaming import ThrottledSink
 from .live import watch
 from .html import badge_html, message_html, one_line, redact, session_labels, stored_message_html
+
+if TYPE_CHECKING:
+    from ..client import OblixClient
 
 HERE = Path(__file__).parent
 DEFAULT_INTERVAL = 0.1
@@ -178,7 +181,7 @@ class ChatPanel(anywidget.AnyWidget):
     # hosts with neither (marimo, no IPython kernel) the button is not shown
     can_insert_cell = traitlets.Bool(False).tag(sync=True)
 
-    def __init__(self, client=None, session_id: Optional[str] = None, *, stream_interval: float = DEFAULT_INTERVAL,
+    def __init__(self, client: Optional[OblixClient] = None, session_id: Optional[str] = None, *, stream_interval: float = DEFAULT_INTERVAL,
                  auto_hook: bool = True, picker_limit: int = 50, window: int = 100, follow_store: bool = True,
                  **execute_kwargs: Any):
         super().__init__()
@@ -486,7 +489,7 @@ class ChatPanel(anywidget.AnyWidget):
         super().close()
 
 
-def show_chat_panel(client=None, session_id: Optional[str] = None, **kwargs: Any) -> ChatPanel:
+def show_chat_panel(client: Optional[OblixClient] = None, session_id: Optional[str] = None, **kwargs: Any) -> ChatPanel:
     """Display a :class:`ChatPanel` in the current cell and return it (for the ``%oblix_chat`` magic)."""
     from IPython.display import display
 
@@ -495,7 +498,7 @@ def show_chat_panel(client=None, session_id: Optional[str] = None, **kwargs: Any
     return panel
 
 
-async def chat_handler(client, prompt: str, session_id: str, **kwargs: Any) -> dict:
+async def chat_handler(client: OblixClient, prompt: str, session_id: str, **kwargs: Any) -> dict:
     """A ``client.chat_handler`` for notebooks: ``execute(..., chat=True)`` shows a ChatPanel on the session,
     sends ``prompt`` into it and returns ``{"session_id": ...}`` (the conversation continues in the panel)."""
     options = {k: v for k, v in kwargs.items() if k in ("temperature", "max_tokens") and v is not None}
