@@ -36,7 +36,7 @@ import math
 import re
 import sys
 import time
-from typing import Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Optional, Protocol
 
 from .cascade import CASCADE_COLUMNS, check_cascade
 from .errors import NoModelHookedError, RowError, SchemaError, StructuredOutputError
@@ -45,6 +45,9 @@ from .maprow import (_BRACES, RowOutcome, _check_misspelled, _invalid_text, _nor
                      run_row)
 from .models.base import SAMPLING_OPTIONS, GenerationParams
 from .structured import Schema, compile_schema, extract_json
+
+if TYPE_CHECKING:
+    from .sessions.base import SessionStoreBase
 
 META_COLUMNS = ("model_id", "route", "input_tokens", "output_tokens", "latency_s", "error", "cached", "attempts")
 DEFAULT_CONCURRENCY = {True: 1, False: 4}  # in-process model (not re-entrant) : servers
@@ -55,7 +58,7 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress bar updates
 class MapClient(Protocol):
     """What a map needs of its client (an OblixClient): the store, the hooked models and the engine."""
 
-    sessions: Any
+    sessions: SessionStoreBase
 
     @property
     def models(self) -> dict: ...
@@ -127,7 +130,7 @@ class RowTable:
 class PromptTemplate:
     """A template compiled once against the input's fields; ``render(row)`` is a join of parts."""
 
-    def __init__(self, text: str, fields: list[str], duplicated: set = frozenset()):
+    def __init__(self, text: str, fields: list[str], duplicated: AbstractSet[str] = frozenset()):
         if not isinstance(text, str):
             raise TypeError(f"the prompt must be a template string or a callable row -> str, not "
                             f"{type(text).__name__}")

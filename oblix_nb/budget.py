@@ -24,10 +24,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ._util import iso
 from .sessions import usage as usage_log
+
+if TYPE_CHECKING:
+    from .sessions.base import SessionStoreBase
 
 PERIODS = ("day", "session", "total")
 RESERVATION_TTL_S = 900.0  # a reservation whose call never settles (its kernel died) lapses after this
@@ -59,7 +62,7 @@ def local_midnight_utc() -> str:
 
 
 class Budgets:
-    def __init__(self, store):
+    def __init__(self, store: SessionStoreBase):
         self._store = store
 
     def set(self, usd: Optional[float], per: str = "day") -> Optional[dict]:

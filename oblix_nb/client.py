@@ -69,13 +69,13 @@ class OblixClient:
         return f"<OblixClient home={str(self.home)!r} models={self.list_models()!r}>"
 
     # ------------------------------------------------------------------ sessions (the reference API)
-    async def create_session(self, title: str = None, initial_context: dict = None,
-                             metadata: dict = None) -> str:
+    async def create_session(self, title: Optional[str] = None, initial_context: Optional[dict] = None,
+                             metadata: Optional[dict] = None) -> str:
         """Create a session; returns its id."""
         return self.sessions.create(title=title, context=initial_context, metadata=metadata)
 
-    async def create_and_use_session(self, title: str = None, initial_context: dict = None,
-                                     metadata: dict = None) -> str:
+    async def create_and_use_session(self, title: Optional[str] = None, initial_context: Optional[dict] = None,
+                                     metadata: Optional[dict] = None) -> str:
         """Create a session and make it the current one; returns its id."""
         session_id = await self.create_session(title, initial_context, metadata)
         self.current_session_id = session_id
@@ -93,7 +93,7 @@ class OblixClient:
         """The whole session as the reference's JSON structure. Unknown id: SessionNotFoundError (a KeyError)."""
         return self.sessions.get(session_id)
 
-    def list_sessions(self, limit: int = 50, filter_metadata: dict = None, *,
+    def list_sessions(self, limit: int = 50, filter_metadata: Optional[dict] = None, *,
                       author: Optional[str] = None) -> List[dict]:
         """Session summaries, newest ``updated_at`` first; ``author``: only the sessions that user created."""
         return self.sessions.summaries(limit=limit, filter_metadata=filter_metadata, author=author)
@@ -126,7 +126,7 @@ class OblixClient:
             self.current_session_id = session_id
         return session_id
 
-    async def copy_session(self, session_id: str, new_title: str = None,
+    async def copy_session(self, session_id: str, new_title: Optional[str] = None,
                            use_immediately: bool = False) -> str:
         """Copy a session (new ids, same contents); returns the new id."""
         copy_id = self.sessions.copy(session_id, new_title=new_title)
@@ -134,7 +134,7 @@ class OblixClient:
             self.current_session_id = copy_id
         return copy_id
 
-    async def merge_sessions(self, session_ids: List[str], title: str = None,
+    async def merge_sessions(self, session_ids: List[str], title: Optional[str] = None,
                              use_immediately: bool = False) -> str:
         """Merge sessions into a new one, messages ordered by timestamp; returns the new id."""
         merged_id = self.sessions.merge(session_ids, title=title)
@@ -195,7 +195,7 @@ class OblixClient:
                                  f"hooked: {list(self._models)}, aliases: {self.model_aliases()}")
 
     # ------------------------------------------------------------------ DataFrames (pandas imported on call)
-    def sessions_df(self, limit: Optional[int] = None, filter_metadata: dict = None, *,
+    def sessions_df(self, limit: Optional[int] = None, filter_metadata: Optional[dict] = None, *,
                     author: Optional[str] = None):
         """One row per session (newest ``updated_at`` first), metadata keys expanded to columns.
 
@@ -272,7 +272,7 @@ class OblixClient:
         cost_estimate_usd), first, last (UTC)."""
         return usage_log.usage_df(self.sessions, by=by)
 
-    def stats(self, by: str = "model", since: Any = None, until: Any = None, filter_metadata: dict = None):
+    def stats(self, by: str = "model", since: Any = None, until: Any = None, filter_metadata: Optional[dict] = None):
         """Request statistics per ``by`` ("model", "route", "session" or "day") as a DataFrame, computed in
         the store's SQL (messages are not loaded into pandas).
 
@@ -296,7 +296,7 @@ class OblixClient:
 
         return discover_models(**kwargs)
 
-    def plot_stats(self, since: Any = None, until: Any = None, filter_metadata: dict = None, **kwargs: Any):
+    def plot_stats(self, since: Any = None, until: Any = None, filter_metadata: Optional[dict] = None, **kwargs: Any):
         """A dashboard of matplotlib figures over the store's requests (see ``oblix_nb.plots.dashboard``):
         TTFT per model, TTFT vs input tokens, tokens and cost per day, route mix and fallback rate.
         Returns ``{name: Figure}``; matplotlib is imported only here."""

@@ -24,7 +24,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+
+if TYPE_CHECKING:
+    from .batch import MapClient
+    from .sessions.base import SessionStoreBase
 
 _SERIALISABLE = (str, int, float, bool, type(None))
 
@@ -52,7 +56,7 @@ class ModelSpec:
 class SpecSource(Protocol):
     """What a :class:`ClientSpec` is made from (an OblixClient)."""
 
-    sessions: Any
+    sessions: SessionStoreBase
     default_max_tokens: Optional[int]
 
     @property
@@ -60,6 +64,11 @@ class SpecSource(Protocol):
 
     @property
     def model_specs(self) -> dict: ...
+
+
+if TYPE_CHECKING:
+    class DaskMapClient(SpecSource, MapClient, Protocol):
+        """What :func:`map_dask` needs of its client (an OblixClient): a spec source that can also map."""
 
 
 # Builds a client (an OblixClient) from ``database_url=`` and ``author=`` keywords: the driver's client class,
@@ -145,7 +154,7 @@ def _map_partition(frame, spec: ClientSpec, factory: ClientFactory, prompt: Any,
     return map_frame_sync(worker_client(spec, factory), frame, prompt, **options)
 
 
-def map_dask(client: SpecSource, data: Any, prompt: Any, **options: Any):
+def map_dask(client: DaskMapClient, data: Any, prompt: Any, **options: Any):
     """``client.map`` for a Dask DataFrame (or Series): a Dask DataFrame on the same partitions and index,
     computed partition by partition on the workers (nothing runs until ``.compute()``/``.persist()``)."""
     from .batch import MapJob

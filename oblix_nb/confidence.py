@@ -234,7 +234,7 @@ async def score_field(backend: ModelBackend, messages: list[dict], name: Optiona
     try:
         if method == "exact":
             at = value_start(reply, name) if reply else None
-            prefix = reply[:at] if at is not None else synthetic_prefix(name)
+            prefix = reply[:at] if reply and at is not None else synthetic_prefix(name)
             scored = await backend.score_continuations(messages, prefix, [_option_text(o) for o in options])
             return _decide({o: sum(lps) for o, lps in zip(options, scored)}, "exact", name, fallback)
         if method == "top_logprobs" and tokens:

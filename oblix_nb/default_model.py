@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from . import runtime
+
+if TYPE_CHECKING:
+    from .client import OblixClient
 
 EMBEDDED_MODEL = ("llamacpp", "smollm2-135m")
 EMBEDDED_MODEL_ID = "llamacpp:smollm2-135m"
@@ -70,7 +73,7 @@ def take_reason(client, model_id: Optional[str] = None) -> Optional[str]:
     return found[1]
 
 
-async def ensure_model(client, *, on_hook: Optional[Callable[[str], None]] = None) -> Optional[str]:
+async def ensure_model(client: OblixClient, *, on_hook: Optional[Callable[[str], None]] = None) -> Optional[str]:
     """Hook a default model if ``client`` has none; return the id of the model hooked, else None.
 
     None means nothing was hooked: either a model was already hooked (the client can answer), or no default
@@ -105,6 +108,6 @@ async def ensure_model(client, *, on_hook: Optional[Callable[[str], None]] = Non
     return EMBEDDED_MODEL_ID
 
 
-def ensure_model_sync(client, *, on_hook: Optional[Callable[[str], None]] = None) -> Optional[str]:
+def ensure_model_sync(client: OblixClient, *, on_hook: Optional[Callable[[str], None]] = None) -> Optional[str]:
     """:func:`ensure_model` from synchronous code (runs on the package's background loop)."""
     return runtime.run(ensure_model(client, on_hook=on_hook))

@@ -12,6 +12,8 @@ class StorageError(OblixError, OSError):
     the system said; ``errno`` is set when the cause has one. A failed write changed nothing: data already
     stored stays intact. A store on a read-only home still lists, loads and exports."""
 
+    reason: str | None = None  # SQLite: the storage failure in a few words ("disk full", ...), when known
+
     def __init__(self, message: str, *, path: str | None = None, cause: BaseException | None = None):
         errno = getattr(cause, "errno", None) if isinstance(cause, OSError) else None
         super().__init__(message) if errno is None else super().__init__(errno, message)

@@ -185,8 +185,8 @@ def evaluate_frames(truth: Sequence, runs: list[dict], *, field: Optional[str], 
     if cascade and len(cascade) >= 2:
         variants = sorted({(m, s) for (_, m, s) in answers})
         for method, shots in variants:
-            stages = [answers.get((model, method, shots)) for model in cascade]
-            if any(s is None for s in stages):
+            stages = [s for s in (answers.get((model, method, shots)) for model in cascade) if s is not None]
+            if len(stages) != len(cascade):  # a model has no answers for this variant
                 continue
             name = " -> ".join(cascade)
             for t in sorted({float(t) for t in (thresholds or [])}):
@@ -289,6 +289,7 @@ async def _row_confidences(client: Any, model_id: str, messages: list[list[dict]
             continue
         try:
             if kind == "enum":
+                assert options is not None  # an "enum" field has its options (_resolve_field)
                 if method == "exact":
                     before = {p: _plain(records[r].get(p)) for p in props[:props.index(field)]} if field else {}
                     reply = C.synthetic_prefix(field, before) + json.dumps(pred, ensure_ascii=False)
@@ -466,7 +467,7 @@ async def evaluate(client: Any, data: Any, prompt: Any, *, truth: str, schema: A
                     if col is None or frame[col].isna().all():  # map() could not score (no log-probabilities)
                         frame["confidence"] = await _row_confidences(
                             client, model_id, messages, frame, compiled, field, options_, kind,
-                            regenerate=bool(cascade) and model_id in cascade[:-1], max_tokens=max_tokens)
+                            regenerate=bool(cascade and model_id in cascade[:-1]), max_tokens=max_tokens)
                 else:
                     frame, wall = await _run_score(client, model_id, messages, compiled, field, max_tokens,
                                                    inputs.index)

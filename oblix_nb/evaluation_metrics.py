@@ -160,8 +160,8 @@ def simulate_cascade(answers: list[dict], threshold: float) -> dict:
     Returns per-row lists ``pred``, ``confidence``, ``escalated`` (bool), ``stage`` (model position), ``cost``,
     ``latency``."""
     n = len(answers[0]["pred"])
-    out = {"pred": [], "confidence": [], "escalated": [], "stage": [], "cost": [], "cost_estimate": [],
-           "latency": []}
+    out: dict[str, list] = {"pred": [], "confidence": [], "escalated": [], "stage": [], "cost": [],
+                             "cost_estimate": [], "latency": []}
 
     def num(value: Any) -> float:
         return NAN if value is None else float(value)
@@ -226,7 +226,7 @@ def suggest_threshold(truth: Sequence, answers: list[dict], target_accuracy: flo
         if acc >= target_accuracy:
             best = (t, acc)
             break
-    result = {"target_accuracy": target_accuracy, "threshold": None, "calibration_accuracy": None,
+    result: dict[str, Any] = {"target_accuracy": target_accuracy, "threshold": None, "calibration_accuracy": None,
               "heldout_accuracy": None, "heldout_escalated_share": None, "meets_target": False,
               "n_calibration": len(calib), "n_heldout": len(held),
               "labels_needed": labels_needed(target_accuracy, margin), "margin": margin}

@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from . import runtime
 from ._util import check_session_id, describe_error, iso, new_id, utcnow
@@ -37,6 +37,12 @@ from .sessions import usage as usage_log
 from .sessions.validate import check_text
 from .streaming import StreamSink
 
+if TYPE_CHECKING:
+    from .sessions.base import SessionStoreBase
+
+# Records a reply: ``store(request, text, response, partial, message_id, replace)`` (Engine._store_reply).
+StoreReply = Callable[["Request", str, dict, bool, Optional[str], bool], None]
+
 # Keyword arguments of execute()/stream() besides the sampling options.
 REQUEST_OPTIONS = ("model_id", "sink", "schema", "system")
 
@@ -44,7 +50,7 @@ REQUEST_OPTIONS = ("model_id", "sink", "schema", "system")
 class ExecutionHost(Protocol):
     """What the engine reads from its client (an OblixClient), each time it needs it."""
 
-    sessions: Any                          # the session store (SQLite or PostgreSQL)
+    sessions: SessionStoreBase             # the session store (SQLite or PostgreSQL)
     current_session_id: Optional[str]
     default_max_tokens: Optional[int]      # when a request names no max_tokens
     max_history_messages: int              # session messages read as context, at most
@@ -442,7 +448,7 @@ class Call:
             out["partial"] = True
         return out
 
-    async def run(self, sink: Optional[StreamSink], stream: bool, store,
+    async def run(self, sink: Optional[StreamSink], stream: bool, store: StoreReply,
                   checkpoint_interval: Optional[float] = None) -> dict:
         self.started = utcnow()
         self.t0 = time.perf_counter()
@@ -493,7 +499,7 @@ class Call:
             raise not_stored
         return response
 
-    def save(self, store, response: dict, partial: bool) -> Optional[ReplyNotStoredError]:
+    def save(self, store: StoreReply, response: dict, partial: bool) -> Optional[ReplyNotStoredError]:
         """Store the reply, replacing its checkpoint; if that fails, wait a moment and try once more.
 
         Returns None when stored, else the ReplyNotStoredError to raise: it carries the full response and says
@@ -574,7 +580,7 @@ class Checkpoint:
     stream); a failed checkpoint is remembered, not raised: the final store retries and reports.
     """
 
-    def __init__(self, call: Call, store, interval: float):
+    def __init__(self, call: Call, store: StoreReply, interval: float):
         self.call, self.store, self.interval = call, store, interval
         self.due: Optional[float] = None
         self.timer: Optional[asyncio.TimerHandle] = None
@@ -622,14 +628,15 @@ class ExecutionStream:
         self._request = request
         self.response: Optional[dict] = None
         self._queue: Optional[asyncio.Queue] = None
-        self._future = None
+        self._future: Optional[runtime.Job] = None
 
     def __aiter__(self) -> "ExecutionStream":
         return self
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._queue = queue = asyncio.Queue()
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queue = queue
         put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
 
         class _Sink:
@@ -649,6 +656,7 @@ class ExecutionStream:
     async def __anext__(self) -> str:
         if self._queue is None:
             await self._start()
+        assert self._queue is not None  # set by _start
         try:
             kind, value = await self._queue.get()
         except asyncio.CancelledError:

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
+    from matplotlib.typing import RcKeyType
 
-    from .sessions.store import SessionStore
+    from .sessions.base import SessionStoreBase
 
-THEMES = {
+THEMES: dict[str, dict[RcKeyType, Any]] = {
     "light": {"figure.facecolor": "#ffffff", "axes.facecolor": "#ffffff", "savefig.facecolor": "#ffffff",
               "text.color": "#1a1a1a", "axes.labelcolor": "#1a1a1a", "axes.edgecolor": "#555555",
               "xtick.color": "#1a1a1a", "ytick.color": "#1a1a1a", "grid.color": "#d0d0d0",
@@ -130,7 +131,7 @@ def dashboard(client_or_store: Any, since: Any = None, until: Any = None, filter
 
     if theme not in THEMES:
         raise ValueError(f"theme must be one of {sorted(THEMES)}, not {theme!r}")
-    store: "SessionStore" = getattr(client_or_store, "sessions", client_or_store)
+    store: SessionStoreBase = getattr(client_or_store, "sessions", client_or_store)
     lo, hi = stats_module.window(since, until)
     sample = store.stats_sample(lo, hi, filter_metadata, limit=max_points)
     by_day_model = store.stats_totals(("day", "model_id"), lo, hi, filter_metadata)

@@ -28,7 +28,10 @@ import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .sessions.base import SessionStoreBase
 
 EXACT_SOURCES = frozenset({"server", "engine", "tokenizer"})
 _SNAPSHOT = re.compile(r"(-\d{8}|-\d{4}-\d{2}-\d{2}|@\d{8}|-latest)?")
@@ -116,7 +119,7 @@ def parse_price(value: Any) -> Price:
 class PriceBook:
     """Prices for hooked models: user prices (kept in the store's settings) over the local rule over the table."""
 
-    def __init__(self, store):
+    def __init__(self, store: SessionStoreBase):
         self._store = store  # a SessionStore: its get_setting / set_setting / delete_setting / settings
 
     def set(self, model: str, input: float, output: float, cached: Optional[float] = None,

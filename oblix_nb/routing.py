@@ -134,7 +134,8 @@ def decide(models: Sequence[Any], checks: Iterable[dict] = (),
     for item in checks or ():
         if not isinstance(item, dict):
             continue
-        name = item.get("agent") if isinstance(item.get("agent"), str) else "agent"
+        agent = item.get("agent")
+        name = agent if isinstance(agent, str) else "agent"
         results.append((name, normalize_result(item.get("result"), name)))
 
     preferred, decisive, used = _preference(results)

@@ -22,9 +22,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from .errors import SchemaError, StructuredOutputError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = ["Schema", "SchemaError", "StructuredOutputError", "compile_schema", "parse_spec", "check_for_backend",
            "recursive_ref", "MAX_SCHEMA_DEPTH",
@@ -42,7 +45,9 @@ _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def _split_top(spec: str) -> list[str]:
     """Split on commas that are not inside [] or ()."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in spec:
         if ch in "[(":
             depth += 1
@@ -244,7 +249,8 @@ def _dtype(prop: dict, defs: dict) -> str:
         kind = kinds[0] if len(kinds) == 1 else None
     if "enum" in prop and all(isinstance(v, str) for v in prop["enum"]):
         return "category"
-    return {"integer": "Int64", "number": "float64", "boolean": "boolean", "string": "string"}.get(kind, "object")
+    dtypes: dict[Any, str] = {"integer": "Int64", "number": "float64", "boolean": "boolean", "string": "string"}
+    return dtypes.get(kind, "object")
 
 
 @dataclass
@@ -253,7 +259,7 @@ class Schema:
 
     json_schema: dict
     source: str                                   # "json_schema" | "pydantic" | "spec"
-    model: Optional[type] = None                  # the pydantic class, if one was given
+    model: Optional[type[BaseModel]] = None                  # the pydantic class, if one was given
     _validate: Optional[Callable] = field(default=None, repr=False)
 
     @property
@@ -297,7 +303,7 @@ class Schema:
             try:
                 return self.model.model_validate(value)
             except ValidationError as exc:
-                first = exc.errors()[0] if exc.errors() else {}
+                first: Mapping[str, Any] = exc.errors()[0] if exc.errors() else {}
                 where = ".".join(str(p) for p in first.get("loc", ())) or "(root)"
                 raise StructuredOutputError(f"does not match the schema at {where}: {first.get('msg', exc)}") \
                     from None

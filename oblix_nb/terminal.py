@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Awaitable, Optional, Protocol
+from typing import Any, Coroutine, Optional, Protocol
 
 from . import runtime
 from .errors import BudgetExceededError, ModelCallError, ReplyNotStoredError
@@ -19,7 +19,7 @@ CHAT_HELP = ("Chatting in session {session_id}. Type a message and press Enter. 
 class ChatClient(Protocol):
     """What the chat loop needs of its client (an OblixClient)."""
 
-    def execute(self, prompt: str, *args: Any, **kwargs: Any) -> Awaitable[dict]: ...
+    def execute(self, prompt: str, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, dict]: ...
 
 
 def read_line(prompt: str) -> str:

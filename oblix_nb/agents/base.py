@@ -15,6 +15,7 @@ import inspect
 import threading
 import time
 import weakref
+from datetime import datetime
 from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 from .._util import block_interrupts, describe_error, iso, utcnow
@@ -76,7 +77,7 @@ class BackgroundSampler:
         self.name = name
         self._value: Any = None
         self._sampled_at: Optional[float] = None     # time.monotonic() of the last good sample
-        self._sampled_at_wall = None                 # datetime (UTC) of the last good sample
+        self._sampled_at_wall: Optional[datetime] = None  # datetime (UTC) of the last good sample
         self.last_error: Optional[str] = None
         self.samples = 0
         self._sample_lock = threading.Lock()         # one sample at a time (thread vs sample_now)

@@ -14,9 +14,21 @@ is left (see :mod:`oblix_nb.budget`), whether or not this agent is hooked.
 from __future__ import annotations
 
 import weakref
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from ..pricing import format_cost
+
+if TYPE_CHECKING:
+    from ..budget import Budgets
+
+
+class BudgetHost(Protocol):
+    """What the agent reads of the client it is hooked to (an OblixClient)."""
+
+    current_session_id: Optional[str]
+
+    @property
+    def budgets(self) -> Budgets: ...
 
 
 class BudgetAgent:
@@ -26,9 +38,9 @@ class BudgetAgent:
         if isinstance(warn_at, bool) or not isinstance(warn_at, (int, float)) or not 0 < warn_at <= 1:
             raise ValueError(f"warn_at must be a fraction in (0, 1], not {warn_at!r}")
         self.warn_at = float(warn_at)
-        self._client_ref: Optional[weakref.ReferenceType] = None
+        self._client_ref: Optional[weakref.ReferenceType[BudgetHost]] = None
 
-    def bind(self, client) -> None:
+    def bind(self, client: BudgetHost) -> None:
         """Called by ``hook_agent``: the client whose budgets and store this agent reads."""
         self._client_ref = weakref.ref(client)
 

@@ -109,12 +109,12 @@ class ConnectivityAgent(SampledAgent):
     def _sample(self) -> dict:
         force_bw, self._force_bandwidth = self._force_bandwidth, False
         endpoints = dict(self._endpoints)
-        targets = {}
+        targets: dict[Any, dict] = {}
         for url in endpoints.values():
             t = _target(url)
             targets.setdefault(t["key"], t)
         results = {key: self._probe(t) for key, t in targets.items()}
-        bandwidth = {}
+        bandwidth: dict[str, dict[str, Any]] = {}
         now = time.monotonic()
         for url in dict.fromkeys(endpoints.values()):
             t = _target(url)
@@ -173,6 +173,7 @@ class ConnectivityAgent(SampledAgent):
         out["reachable"] = ok > 0
         if ok:
             out["latency_ms"] = round(statistics.median(latencies), 2)
+            assert good is not None  # set by every probe that connected
             out["address"] = good[3][0]
         if last_error is not None and ok < self.probes:
             out["error"] = describe_error(last_error)
@@ -227,6 +228,7 @@ class ConnectivityAgent(SampledAgent):
             t = _target(url)
             res = results.get(t["key"])
             detail: dict[str, Any] = {"url": url}
+            issues: list[str]
             if res is None:
                 detail.update(state="pending", reachable=None)
                 state, issues = "pending", []

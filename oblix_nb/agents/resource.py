@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import psutil
 
@@ -62,7 +62,7 @@ class ResourceMonitor(SampledAgent):
         self._gpu_backend: Optional[str] = None      # "nvml" | "nvidia-smi" | None
         self._gpu_probed = False
         self._gpu_error: Optional[str] = None
-        self._nvml = None
+        self._nvml: Any = None  # the pynvml module once initialised
         super().__init__(interval)
 
     # ------------------------------------------------------------------ thresholds

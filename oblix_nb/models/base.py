@@ -5,7 +5,7 @@ import enum
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Optional, Union
+from typing import Any, AsyncGenerator, Callable, Optional, Union
 
 from ..errors import BackendError
 
@@ -129,7 +129,7 @@ class ModelBackend(ABC):
         """
 
     @abstractmethod
-    def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+    def stream(self, messages: list[dict], params: GenerationParams) -> AsyncGenerator[StreamItem, None]:
         """Yield text deltas as they arrive, then the final ``Usage``. Closing or cancelling the iterator stops
         the upstream request (the connection is closed; the embedded engine stops within one prompt step or
         token). Whatever the SDK raises comes out as :class:`~oblix_nb.errors.BackendError`."""
@@ -246,7 +246,8 @@ def is_connection_failure(exc: BaseException) -> bool:
         if isinstance(exc, anthropic.APIStatusError):
             # An SSE `error` event (e.g. overloaded_error) arrives with the stream's HTTP 200.
             body = exc.body if isinstance(exc.body, dict) else {}
-            error = body.get("error") if isinstance(body.get("error"), dict) else body
+            inner = body.get("error")
+            error = inner if isinstance(inner, dict) else body
             if error.get("type") in RETRYABLE_ERROR_TYPES:
                 return True
     status = getattr(exc, "status_code", None)

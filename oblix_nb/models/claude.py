@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import AsyncIterator, Optional
+from typing import AsyncGenerator, Optional
 
 from ..errors import ModelUnavailableError
 from .base import SAMPLING_OPTIONS, GenerationParams, ModelBackend, ModelType, StreamItem, Usage
@@ -265,7 +265,7 @@ class ClaudeBackend(ModelBackend):
         except Exception as exc:  # noqa: BLE001 - every SDK failure becomes the one type routing handles
             raise self.failure(exc) from exc
 
-    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncGenerator[StreamItem, None]:
         not_applied = self.options_not_applied(params)
         stream = await self._create(self._payload(messages, params), stream=True)
         counts = _Counts()

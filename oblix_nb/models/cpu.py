@@ -52,9 +52,9 @@ def _cgroup_quota() -> Optional[float]:
     except (OSError, ValueError):
         pass
     try:
-        quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
-        period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
-        return None if quota <= 0 else quota / period
+        quota_us = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
+        period_us = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        return None if quota_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None
 

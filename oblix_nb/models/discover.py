@@ -145,7 +145,7 @@ def _manifest_layers(path: Path) -> dict[str, str]:
     except (OSError, ValueError, UnicodeDecodeError):
         return {}
     layers = data.get("layers") if isinstance(data, dict) else None
-    out = {}
+    out: dict[str, str] = {}
     for layer in layers if isinstance(layers, list) else ():
         if isinstance(layer, dict) and isinstance(layer.get("mediaType"), str) and layer.get("digest"):
             out.setdefault(layer["mediaType"], str(layer["digest"]))
@@ -178,8 +178,7 @@ def ollama_store_gguf(name: str, models_dir: Optional[Path] = None) -> Path:
         raise FileNotFoundError(str(exc)) from None
     manifest = root / "manifests" / registry / namespace / model / tag
     if not manifest.is_file():  # Ollama matches names case-insensitively
-        want = (registry, namespace, model, tag)
-        want = tuple(w.lower() for w in want)
+        want = tuple(w.lower() for w in (registry, namespace, model, tag))
         manifest = next((p for _, p, _ in iter_ollama_store(root)
                          if tuple(x.lower() for x in _manifest_key(root, p)) == want), manifest)
     if not manifest.is_file():
@@ -236,7 +235,7 @@ def _hf_cache_rows(cache: Optional[Path]) -> list[dict]:
     rows = []
     for storage in sorted(root.glob("models--*--*")) if root.is_dir() else ():
         repo_id = storage.name[len("models--"):].replace("--", "/", 1)
-        refs = {}
+        refs: dict[str, str] = {}
         ref_files = sorted((storage / "refs").rglob("*"), key=lambda r: (r.name != "main", str(r))) \
             if (storage / "refs").is_dir() else ()
         for ref in ref_files:  # a commit main points to is named without @REV
@@ -249,8 +248,8 @@ def _hf_cache_rows(cache: Optional[Path]) -> list[dict]:
                 continue
             files = [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*.gguf") if p.is_file()]
             files += [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*.GGUF") if p.is_file()]
-            ref = refs.get(snapshot.name)
-            rev = "" if ref == "main" else f"@{ref or snapshot.name}"
+            ref_name = refs.get(snapshot.name)
+            rev = "" if ref_name == "main" else f"@{ref_name or snapshot.name}"
             for rel in gguf_choices(files):
                 row = _file_row(f"llamacpp:hf:{repo_id}{rev}/{rel}", "hf_cache", snapshot / rel, repo_id)
                 if row is not None:

@@ -276,10 +276,11 @@ def _hf():
 def _human(size: Optional[int]) -> str:
     if size is None:
         return "size unknown"
+    value: float = size
     for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
     return ""  # pragma: no cover
 
 
@@ -424,18 +425,19 @@ def resolve_hf(name: str, *, tqdm_class=None, notify: Optional[Callable[[str], N
         complete = [p for p in cached if all(q in cached for q in split_parts(p))]
         if complete:
             try:
-                path, quant, _ = pick_gguf(complete, spec.quant)
+                chosen, quant, _ = pick_gguf(complete, spec.quant)
             except HubNotFoundError:
                 pass  # that quantisation is not cached: ask the Hub
             else:
-                say(f"{spec}: using the cached {quant or 'GGUF'} file {path}")
-                return cached[path]
+                say(f"{spec}: using the cached {quant or 'GGUF'} file {chosen}")
+                return cached[chosen]
     if hub_offline():
         raise HubOfflineError(f"{spec} is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set; "
                               f"unset it to download, or hook a cached model")
     hf = _hf()
     if tqdm_class is None:
-        from tqdm.auto import tqdm as tqdm_class
+        from tqdm.auto import tqdm
+        tqdm_class = tqdm
     from huggingface_hub.utils import build_hf_headers
 
     from .._version import __version__

@@ -24,13 +24,19 @@ import json
 import threading
 import time
 import weakref
-from typing import AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Optional
 
 from .._util import block_interrupts
 from ..errors import ModelUnavailableError
 from .base import GenerationParams, ModelBackend, ModelType, PromptProgress, StreamItem, Usage, report_progress
 from .gguf import recommended_sampling
 from .resolve import resolve_gguf
+
+if TYPE_CHECKING:
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from .cpu import LoadMonitor
 
 LLAMA_OPTIONS = ("top_p", "top_k", "seed", "stop", "presence_penalty", "frequency_penalty", "repeat_penalty")
 SAMPLING_KEYS = ("temperature",) + LLAMA_OPTIONS
@@ -136,9 +142,9 @@ class LlamaCppBackend(ModelBackend):
         self._threads_setting = _check_threads(n_threads)
         self._n_threads = self._threads_setting or 1  # what the context uses now (auto: set at each call)
         self.threads_reason: Optional[str] = None  # why the last call used self._n_threads (auto mode)
-        self._monitor = None
-        self._llama = None
-        self._formatter = None
+        self._monitor: Optional[LoadMonitor] = None
+        self._llama: Optional[llama_cpp.Llama] = None
+        self._formatter: Optional[Jinja2ChatFormatter] = None
         if sampling is None:
             sampling = recommended_sampling(self._path)
         if not isinstance(sampling, dict):
@@ -150,7 +156,7 @@ class LlamaCppBackend(ModelBackend):
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # set at exit: running generations stop at their next token
         self._grammars: dict = {}  # schema JSON -> LlamaGrammar
-        self._abort_cb = None  # llama.cpp's abort callback while a prompt is being read (see _arm_abort)
+        self._abort_cb: Any = None  # llama.cpp's abort callback while a prompt is being read (see _arm_abort)
         self._muted_level: Optional[int] = None  # llama-cpp-python's log level while an abort is reported
 
     async def connect(self) -> None:
@@ -208,6 +214,7 @@ class LlamaCppBackend(ModelBackend):
         return {"grammar": grammar}
 
     def _count(self, text: str) -> int:
+        assert self._llama is not None  # called once connected
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
 
     def estimate_tokens(self, text: str) -> int:
@@ -353,7 +360,7 @@ class LlamaCppBackend(ModelBackend):
         self._abort_cb = C.ggml_abort_callback(check)  # referenced while armed: ctypes must not free it
         C.llama_set_abort_callback(llama._ctx.ctx, self._abort_cb, None)
 
-    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncGenerator[StreamItem, None]:
         llama = self._require()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -420,6 +427,7 @@ class LlamaCppBackend(ModelBackend):
 
     def _prompt_tokens(self, messages: list[dict]) -> int:
         """Tokens of the prompt exactly as the model sees it: rendered with the GGUF's own chat template."""
+        assert self._llama is not None  # called once connected
         if self._formatter is None:
             from llama_cpp import llama_chat_format
 
@@ -431,7 +439,8 @@ class LlamaCppBackend(ModelBackend):
             self._formatter = llama_chat_format.Jinja2ChatFormatter(
                 template=template, eos_token=vocab.token_get_text(vocab.token_eos()),
                 bos_token=vocab.token_get_text(vocab.token_bos()))
-        prompt = self._formatter(messages=messages).prompt
+        # llama_cpp types messages as its TypedDicts; ours are plain dicts of that shape
+        prompt = self._formatter(messages=messages).prompt  # type: ignore[arg-type]
         return len(self._llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
 
     async def complete(self, messages: list[dict], params: GenerationParams) -> tuple[str, Usage]:
@@ -510,7 +519,7 @@ class LlamaCppBackend(ModelBackend):
             from .base import LogprobsUnavailable
 
             raise LogprobsUnavailable(f"{self.model_id}: the GGUF has no chat template to render the prompt with")
-        result = self._formatter(messages=messages)
+        result = self._formatter(messages=messages)  # type: ignore[arg-type]  # plain dicts of its TypedDicts' shape
         return result.prompt, bool(getattr(result, "added_special", False))
 
     def _continuation_logprobs(self, llama, messages: list[dict], prefix: str,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import AsyncIterator, Optional
+from typing import Any, AsyncGenerator, Callable, Optional, cast
 from urllib.parse import urlsplit
 
 from ..errors import ModelUnavailableError
@@ -123,7 +123,7 @@ class OllamaBackend(ModelBackend):
         return min(num_ctx, trained) if trained else num_ctx
 
     def _options(self, params: GenerationParams) -> dict:
-        options = {"num_ctx": self.context_window or DEFAULT_NUM_CTX}
+        options: dict[str, Any] = {"num_ctx": self.context_window or DEFAULT_NUM_CTX}
         if params.max_tokens is not None:
             options["num_predict"] = params.max_tokens
         if params.temperature is not None:
@@ -148,7 +148,7 @@ class OllamaBackend(ModelBackend):
         return Usage(input_tokens=final.prompt_eval_count, output_tokens=final.eval_count,
                      input_source="server", output_source="server", finish_reason=final.done_reason)
 
-    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncGenerator[StreamItem, None]:
         """Deltas as they arrive. The request is sent on the first iteration; an error the server writes into
         the stream (``{"error": ...}``, HTTP 200: the SDK's ``ResponseError`` with status -1) is a retryable
         BackendError like a 5xx, so routing falls back when it comes before the first token. Closing the stream
@@ -181,7 +181,8 @@ class OllamaBackend(ModelBackend):
             if live is not None:
                 live.output_tokens = chunks
             if response is not None:
-                await response.aclose()
+                # ollama's stubs say AsyncIterator; the stream is an async generator
+                await response.aclose()  # type: ignore[attr-defined]
         yield self._usage(final) if final is not None else Usage(input_source="none", output_source="none")
 
     def _estimate_input(self, messages: list[dict]) -> int:
@@ -221,9 +222,9 @@ class OllamaBackend(ModelBackend):
                                       reply=(reply.message.content or "", self._usage(reply)))
         tokens = []
         for t in content:
-            get = t.get if isinstance(t, dict) else lambda k, d=None, t=t: getattr(t, k, d)
+            get: Callable[..., Any] = t.get if isinstance(t, dict) else lambda k, d=None, t=t: getattr(t, k, d)
             alts = get("top_logprobs") or []
             tokens.append(TokenLogprob(get("token") or "", float(get("logprob")), [
                 ((a.get("token") if isinstance(a, dict) else a.token) or "",
-                 float(a.get("logprob") if isinstance(a, dict) else a.logprob)) for a in alts]))
+                 float(cast(Any, a).get("logprob") if isinstance(a, dict) else a.logprob)) for a in alts]))
         return reply.message.content or "", self._usage(reply), tokens

@@ -4,11 +4,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from typing import Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Optional
 from urllib.parse import urlsplit
 
 from ..errors import ModelUnavailableError
 from .base import GenerationParams, ModelBackend, ModelType, StreamItem, Usage
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CONTEXT = 4096
@@ -72,7 +75,7 @@ class OpenAIBackend(ModelBackend):
 
         # max_retries=0: a failing endpoint must fail fast so routing can fall back to the next model.
         self._client = openai.AsyncOpenAI(api_key=key, base_url=base, timeout=timeout, max_retries=max_retries)
-        self._http = None  # httpx.AsyncClient for the tokenizer, made on first use
+        self._http: Optional[httpx.AsyncClient] = None  # httpx.AsyncClient for the tokenizer, made on first use
         self._tokenize_supported: Optional[bool] = None if _is_loopback(base) else False  # False: never ask
         self._tokenize_failures = 0      # transient tokenizer failures in a row
         self._tokenize_retry_at = 0.0    # time.monotonic() before which the tokenizer is not asked
@@ -112,7 +115,7 @@ class OpenAIBackend(ModelBackend):
         return DEFAULT_CONTEXT
 
     def _payload(self, messages: list[dict], params: GenerationParams) -> dict:
-        payload = {"model": self.model_name, "messages": messages}
+        payload: dict[str, Any] = {"model": self.model_name, "messages": messages}
         if params.max_tokens is not None:
             payload["max_tokens"] = params.max_tokens
         if params.temperature is not None:
@@ -152,7 +155,7 @@ class OpenAIBackend(ModelBackend):
             retry = dict(payload, response_format={"type": "json_object", "schema": fmt["json_schema"]["schema"]})
             return await self._client.chat.completions.create(**retry, **kwargs)
 
-    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncIterator[StreamItem]:
+    async def stream(self, messages: list[dict], params: GenerationParams) -> AsyncGenerator[StreamItem, None]:
         """Deltas as they arrive; SDK failures come out as BackendError. Closing the stream closes the HTTP
         connection, which is what stops generation on the server (llama_cpp.server checks between tokens)."""
         chunks = 0
@@ -225,6 +228,7 @@ class OpenAIBackend(ModelBackend):
 
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=TOKENIZE_TIMEOUT)
+        assert self.endpoint is not None  # __init__ always sets one
         root = self.endpoint[:-3] if self.endpoint.endswith("/v1") else self.endpoint
         try:
             counts = []

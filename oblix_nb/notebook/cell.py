@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from IPython.core.error import UsageError
 
@@ -20,6 +20,9 @@ from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableErr
                       SessionNotFoundError)
 from .display import QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, shell_publisher
 from .formats import ANY_JSON_SCHEMA, HINTS, final_bundle, stream_format
+
+if TYPE_CHECKING:
+    from ..client import OblixClient
 
 DEFAULT_MODEL_KEY = "notebook:default_model"  # the store setting %oblix_model default writes
 DEFAULT_NOTE = "default model: "  # the footer part saying which model was hooked by default, and why
@@ -127,7 +130,7 @@ class CellPipeline:
         return self._ask(client, prompt.text, args, model_id, fmt=args.format, title=question)
 
     # ------------------------------------------------------------------ helpers
-    def _model_arg(self, client, model: Optional[str], prog: str) -> Optional[str]:
+    def _model_arg(self, client: OblixClient, model: Optional[str], prog: str) -> Optional[str]:
         """The model to force: --model, else the configured or stored default; aliases resolved."""
         chosen = model or self.m.default_model or self._stored_default(client) or None
         try:
@@ -136,7 +139,7 @@ class CellPipeline:
             raise UsageError(f"{prog}: {exc}") from None
 
     @staticmethod
-    def _stored_default(client) -> Optional[str]:
+    def _stored_default(client: OblixClient) -> Optional[str]:
         try:
             value = client.sessions.get_setting(DEFAULT_MODEL_KEY)
         except Exception:  # noqa: BLE001 - a store without settings: no stored default
@@ -152,7 +155,7 @@ class CellPipeline:
         except SchemaError as exc:
             raise UsageError(f"%%oblix --schema: {exc}") from None
 
-    def _context_budget(self, client, model_id: Optional[str], max_tokens: Optional[int]) -> int:
+    def _context_budget(self, client: OblixClient, model_id: Optional[str], max_tokens: Optional[int]) -> int:
         """Characters for the notebook context (attachments, inlined cells): about 60% of what the model's
         context window leaves after the reply (the smallest window of the hooked models when routing decides)."""
         models = client.models
@@ -162,7 +165,7 @@ class CellPipeline:
         reserve = max_tokens or window // 4
         return int(min(max((window - reserve) * 0.6 * 3, 1200), 200_000))
 
-    def _build_prompt(self, prog: str, template: str, args, client, model_id: Optional[str]):
+    def _build_prompt(self, prog: str, template: str, args, client: OblixClient, model_id: Optional[str]):
         from .references import UnknownReference, build_prompt
 
         try:
@@ -177,7 +180,7 @@ class CellPipeline:
                   + ", ".join("{" + ref + "}" for ref in missing), file=sys.stderr)
         return prompt
 
-    def _ask(self, client, prompt: str, args, model_id: Optional[str], *, fmt: str = "markdown",
+    def _ask(self, client: OblixClient, prompt: str, args, model_id: Optional[str], *, fmt: str = "markdown",
              schema: Any = None, title: Optional[str] = None):
         """Send ``prompt`` (what the model sees and the session stores) and show the reply in ``fmt``;
         a session this creates is titled from ``title`` (the question without its context), else ``prompt``."""
@@ -322,7 +325,7 @@ class CellPipeline:
         if args.var:
             self.shell.user_ns[args.var] = reply
 
-    def _partial_reply(self, client, session_id: Optional[str], request_id: str, outcome) -> Reply:
+    def _partial_reply(self, client: OblixClient, session_id: Optional[str], request_id: str, outcome) -> Reply:
         """After an interrupt: the reply as stored (flagged partial), else what arrived."""
         response: dict = {"request_id": request_id, "response": outcome.text, "partial": True,
                           "session_id": session_id}
@@ -341,7 +344,7 @@ class CellPipeline:
                                 partial=bool(m.get("partial")), message_id=m["id"])
         return Reply(response["response"], response)
 
-    def _failed(self, view, outcome, args, client):
+    def _failed(self, view, outcome, args, client: OblixClient):
         exc = outcome.error
         if isinstance(exc, ModelCallError):
             text = exc.partial or outcome.text
@@ -366,7 +369,7 @@ class CellPipeline:
             raise UsageError(f"%%oblix: {exc}") from None
         raise exc
 
-    def _ensure_model(self, client, model_id: Optional[str]) -> bool:
+    def _ensure_model(self, client: OblixClient, model_id: Optional[str]) -> bool:
         """Hook what the cell needs if possible. False (after a short message) if nothing can answer."""
         from ..models.base import ModelType
 
@@ -395,7 +398,7 @@ class CellPipeline:
         except ModelUnavailableError as exc:
             raise UsageError(f"%%oblix: {exc}") from None
 
-    def _session_for(self, client, args, prompt: str) -> str:
+    def _session_for(self, client: OblixClient, args, prompt: str) -> str:
         if args.new_session:
             return runtime.run(client.create_and_use_session(title=args.title or _title(prompt)))
         if args.session:

@@ -75,7 +75,7 @@ def describe(value: Any, name: Optional[str] = None, *, max_chars: int = DEFAULT
     kind = _kind(value)
     label = f"`{name}`" if name else "value"
     if kind in ("frame", "series"):
-        levels = [(5, MAX_COLUMNS, True), (3, MAX_COLUMNS, True), (3, 20, True), (2, 12, True), (0, 12, True),
+        levels: list[tuple] = [(5, MAX_COLUMNS, True), (3, MAX_COLUMNS, True), (3, 20, True), (2, 12, True), (0, 12, True),
                   (0, 8, False), (0, 4, False)]
         make: Callable[..., str] = lambda rows, cols, stats: _describe_pandas(value, label, kind, rows, cols, stats)
     elif kind == "dask":

@@ -174,8 +174,8 @@ def short_route(route: str) -> str:
     if not match:
         return route if len(route) <= ROUTE_WORDS else route[:ROUTE_WORDS - 1].rstrip() + "…"
     target, rest = match.group(1).lower(), route[match.end():]
-    while _TARGET_RE.match(rest):  # "local: cloud: forced by …" (a reason quoting another target)
-        rest = rest[_TARGET_RE.match(rest).end():]
+    while more := _TARGET_RE.match(rest):  # "local: cloud: forced by …" (a reason quoting another target)
+        rest = rest[more.end():]
     head = re.split(r"[;(]", rest, maxsplit=1)[0]
     head = re.sub(r"\S+=\S*", "", head)  # model_id=…, n=3
     head = re.sub(r"\s+", " ", head).strip(" ,:.-")
@@ -432,7 +432,7 @@ def drive(sink: QueueSink, future, view: Optional[ReplyDisplay], *, interval: fl
                         handle(sink.queue.get_nowait())
                     except queue.Empty:
                         break
-            if pending and not finished and time.monotonic() >= next_at:
+            if pending and view is not None and not finished and time.monotonic() >= next_at:  # pending: a view
                 view.update("".join(pieces))
                 next_at = time.monotonic() + interval
                 pending = False

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
@@ -36,6 +36,9 @@ from .cell import DEFAULT_MODEL_KEY, CellPipeline, fix_prompt  # noqa: F401  (fi
 from .display import has_display_frontend, notebook_sink_factory, safe_html
 from .parsers import (HelpShown, MagicArgumentParser, chat_parser, fix_parser, model_parser,  # noqa: F401
                       oblix_parser, parse_kv, parse_line, session_parser, split_line, stats_parser)
+
+if TYPE_CHECKING:
+    from ..client import OblixClient
 
 # --------------------------------------------------------------------------- transcript
 
@@ -84,6 +87,8 @@ class Transcript:
 
 class _Said(str):
     """A str (e.g. a session id) that displays as a friendly sentence when it is a cell's value."""
+
+    message: str
 
     def __new__(cls, value: str, message: str):
         obj = super().__new__(cls, value)
@@ -220,7 +225,7 @@ class OblixMagics(Magics):
             self._sink_factory = None
 
     @property
-    def client(self):
+    def client(self) -> OblixClient:
         return state.get_client()
 
     # ------------------------------------------------------------------ helpers
@@ -401,8 +406,10 @@ class OblixMagics(Magics):
         except (ValueError, TypeError) as exc:
             raise UsageError(f"%oblix_stats: {exc}") from None
         frame = label_missing(frame, args.by)
+        shell = self.shell
+        assert shell is not None  # a registered magic has its shell
         if args.var:
-            self.shell.user_ns[args.var] = frame
+            shell.user_ns[args.var] = frame
         if args.no_plot:
             return frame
         from IPython.display import Image, display
@@ -411,7 +418,9 @@ class OblixMagics(Magics):
         explicit = args.theme in ("light", "dark")  # --theme given: exactly that; else follow the page's
         dashboard = self.client.plot_stats(since=args.since, until=args.until, filter_metadata=filters,
                                            theme=args.theme if explicit else "light", follow_page=not explicit)
-        png = self.shell.display_formatter.formatters["image/png"]
+        formatter = shell.display_formatter
+        assert formatter is not None  # made with the shell
+        png = formatter.formatters["image/png"]
         for fig in dashboard:
             try:
                 png.lookup(fig)
@@ -460,8 +469,9 @@ class OblixMagics(Magics):
                 if args.model_id is None:
                     raise UsageError("%oblix_model alias NAME MODEL_ID: give the model id the alias stands for")
                 target = client.resolve_model_id(args.model_id)  # an alias of an alias: its model
+                assert target is not None  # a model_id was given
                 client.set_model_alias(args.name, target)
-                return _Said(args.name, f"alias {args.name} → {target} (kept in {client.sessions.path})")
+                return _Said(args.name, f"alias {args.name} → {target} (kept in {client.sessions.url})")
             if command == "unalias":
                 if not client.remove_model_alias(args.name):
                     raise UsageError(f"%oblix_model unalias: no alias {args.name!r} "
@@ -486,7 +496,7 @@ class OblixMagics(Magics):
               f"{pick or 'nothing'}: {reason}", file=sys.stderr)
         return df
 
-    def _model_default(self, client, model: Optional[str]):
+    def _model_default(self, client: OblixClient, model: Optional[str]):
         if model is None:
             current = self.default_model or CellPipeline._stored_default(client)
             return _Said(current or "", f"default model: {current}" if current
@@ -498,7 +508,7 @@ class OblixMagics(Magics):
         client.resolve_model_id(model)  # a model id or a known alias
         client.sessions.set_setting(DEFAULT_MODEL_KEY, model)
         self.default_model = model
-        return _Said(model, f"default model: {model} (kept in {client.sessions.path})")
+        return _Said(model, f"default model: {model} (kept in {client.sessions.url})")
 
     # ------------------------------------------------------------------ %%oblix
     @no_var_expand
@@ -519,7 +529,7 @@ OblixMagics.oblix_fix.__doc__ = fix_parser().format_help()
 OblixMagics.oblix_model.__doc__ = model_parser().format_help()
 
 
-async def _notebook_chat_handler(client, prompt: str, session_id: str, **kwargs: Any) -> dict:
+async def _notebook_chat_handler(client: OblixClient, prompt: str, session_id: str, **kwargs: Any) -> dict:
     """``execute(..., chat=True)`` in a kernel: the chat panel (imported on first use)."""
     from .widgets import chat_handler
 
@@ -545,9 +555,10 @@ def load_ipython_extension(ipython) -> None:
 
 def unload_ipython_extension(ipython) -> None:
     """``%unload_ext oblix_nb``: remove the magics and the notebook sink (the client and its state stay)."""
-    magics = _loaded.pop(id(ipython), None)
-    if magics is None:
+    found = _loaded.pop(id(ipython), None)
+    if found is None:
         return
+    magics: OblixMagics = found
     errhook.uninstall(ipython)
     transform.unregister(ipython)
     manager = ipython.magics_manager

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from .describe import clip, describe, inline_text, is_data
 from .errhook import CellError, current_cell, error_log
@@ -56,7 +56,8 @@ def _literal(node: ast.AST) -> Any:
         return node.value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
             and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float):
-        return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+        number = cast(float, node.operand.value)  # an int or a float (checked above)
+        return -number if isinstance(node.op, ast.USub) else number
     if isinstance(node, ast.Tuple):
         return tuple(_literal(e) for e in node.elts)
     raise ValueError("not a literal key")

@@ -8,20 +8,23 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 # The default-model policy lives in the core (oblix_nb.default_model); these names stay importable from here.
 from ..default_model import EMBEDDED_MODEL, EMBEDDED_MODEL_ID, HOW_TO_HOOK, embedded_model_available  # noqa: F401
 
+if TYPE_CHECKING:
+    from ..client import OblixClient
+
 _lock = threading.RLock()
-_client = None
+_client: Optional[OblixClient] = None
 _home: Optional[str] = None          # what %config OblixMagics.home asked for ("" = default)
 _max_history: Optional[int] = None
 _sink_factory = None                 # the notebook sink factory while the extension is loaded in a kernel
 _chat_handler = None                 # execute(chat=True) -> the chat panel, while loaded in a kernel
 
 
-def get_client(home: Optional[str | os.PathLike] = None):
+def get_client(home: Optional[str | os.PathLike] = None) -> OblixClient:
     """The kernel's shared client (made on first call). ``home`` only matters for the first call."""
     global _client
     with _lock:
@@ -34,7 +37,7 @@ def get_client(home: Optional[str | os.PathLike] = None):
         return _client
 
 
-def set_client(client) -> None:
+def set_client(client: Optional[OblixClient]) -> None:
     """Make ``client`` the one the magics use (e.g. a client you configured yourself)."""
     global _client
     with _lock:
@@ -43,12 +46,12 @@ def set_client(client) -> None:
             _apply(client)
 
 
-def peek_client():
+def peek_client() -> Optional[OblixClient]:
     """The shared client if it exists, without creating it."""
     return _client
 
 
-def _apply(client) -> None:
+def _apply(client: OblixClient) -> None:
     if _max_history is not None:
         client.max_history_messages = _max_history
     if _chat_handler is not None:

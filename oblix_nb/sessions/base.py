@@ -604,7 +604,8 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
 
     def _usage_spend(self, conn: Any, after_seq: int, since: Optional[str],
                      session_id: Optional[str], upto: Optional[int] = None) -> tuple[int, float]:
-        where, params = ["seq > ?"], [after_seq]
+        where: list[str] = ["seq > ?"]
+        params: list[Any] = [after_seq]
         if upto is not None:
             where.append("seq <= ?")
             params.append(upto)

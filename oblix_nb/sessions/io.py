@@ -85,7 +85,7 @@ def normalize_message(role: Any, content: Any, fields: dict, default_timestamp: 
             continue
         if name == "source_session_id":
             check_session_id(value)
-        elif kind is str:
+        elif kind is str and isinstance(value, str):
             check_text(value, f"message field {name!r}")
         elif kind is dict:
             check_json(value, f"message {name}")

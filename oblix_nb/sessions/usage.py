@@ -22,13 +22,13 @@ _COLUMNS = USAGE_COLUMNS  # old names, kept for importers
 GROUPS = dict.fromkeys(USAGE_GROUPS)
 
 
-def supported(store) -> bool:
+def supported(store: object) -> bool:
     """Whether ``store`` keeps a usage log: every :class:`~.base.SessionStoreBase` does (a store of another
     kind may not)."""
     return isinstance(store, SessionStoreBase)
 
 
-def require(store, what: str) -> None:
+def require(store: object, what: str) -> None:
     if not supported(store):
         raise NotImplementedError(f"{what} needs the usage log, which the SQLite and PostgreSQL session stores keep; "
                                   f"{type(store).__name__} has none")

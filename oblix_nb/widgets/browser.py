@@ -23,7 +23,7 @@ import os
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import anywidget
 import traitlets
@@ -37,6 +37,9 @@ from ..pricing import format_cost
 from .chat import ChatPanel
 from .html import model_name, one_line, short_time, stored_message_html
 from .live import watch
+
+if TYPE_CHECKING:
+    from ..client import OblixClient
 
 HERE = Path(__file__).parent
 
@@ -101,10 +104,10 @@ class SessionBrowser(anywidget.AnyWidget):
     chat_panel = traitlets.Instance(ChatPanel, allow_none=True).tag(sync=True, **widget_serialization)
     chat_inline = traitlets.Bool(False).tag(sync=True)  # the chat panel was made here: show it below the grid
 
-    def __init__(self, client=None, *, page_size: int = 25, chat_panel: Optional[ChatPanel] = None,
+    def __init__(self, client: Optional[OblixClient] = None, *, page_size: int = 25, chat_panel: Optional[ChatPanel] = None,
                  search_limit: int = 500, detail_messages: int = 100, follow_store: bool = True):
         super().__init__()
-        self._unwatch = lambda: None
+        self._unwatch: Callable[[], object] = lambda: None
         self.client = client if client is not None else state.get_client()
         self.page_size = page_size
         self.search_limit = search_limit
@@ -435,6 +438,7 @@ class SessionBrowser(anywidget.AnyWidget):
         if not isinstance(content, dict):
             return
         kind = content.get("kind")
+        actions: dict[Any, Callable[[], Any]]
         actions = {"open": self.open_selected, "copy": self.copy_selected, "merge": self.merge_selected,
                    "delete": self.delete_selected, "confirm_delete": self.confirm_delete,
                    "cancel_delete": self.cancel_delete, "refresh": self._refresh_action,
@@ -462,7 +466,7 @@ class SessionBrowser(anywidget.AnyWidget):
         super().close()
 
 
-def show_session_browser(client=None, **kwargs: Any) -> SessionBrowser:
+def show_session_browser(client: Optional[OblixClient] = None, **kwargs: Any) -> SessionBrowser:
     """Display a :class:`SessionBrowser` in the current cell and return it."""
     from IPython.display import display
 

@@ -25,7 +25,7 @@ import concurrent.futures
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import anywidget
 import traitlets
@@ -38,6 +38,9 @@ from ..notebook import state
 from ..streaming import ThrottledSink, reading_status
 from .live import watch
 from .html import badge_html, message_html, one_line, redact, session_labels, stored_message_html
+
+if TYPE_CHECKING:
+    from ..client import OblixClient
 
 HERE = Path(__file__).parent
 DEFAULT_INTERVAL = 0.1
@@ -196,11 +199,11 @@ class ChatPanel(anywidget.AnyWidget):
     # hosts with neither (marimo, no IPython kernel) the button is not shown
     can_insert_cell = traitlets.Bool(False).tag(sync=True)
 
-    def __init__(self, client=None, session_id: Optional[str] = None, *, stream_interval: float = DEFAULT_INTERVAL,
+    def __init__(self, client: Optional[OblixClient] = None, session_id: Optional[str] = None, *, stream_interval: float = DEFAULT_INTERVAL,
                  auto_hook: bool = True, picker_limit: int = 50, window: int = 100, follow_store: bool = True,
                  **execute_kwargs: Any):
         super().__init__()
-        self._unwatch = lambda: None
+        self._unwatch: Callable[[], object] = lambda: None
         self.client = client if client is not None else state.get_client()
         self.stream_interval = stream_interval
         self.auto_hook = auto_hook
@@ -416,6 +419,7 @@ class ChatPanel(anywidget.AnyWidget):
                 self.earlier = 0
                 self._shown_limit = self.window
             sid = self.session_id
+            assert sid is not None  # a session was made just above if there was none
             self._replies += 1
             key = f"live-{self._replies}"
             reply = _LiveReply(self, key, sid, self.stream_interval)
@@ -430,7 +434,7 @@ class ChatPanel(anywidget.AnyWidget):
             self._refresh_picker()
             job = runtime.submit(self._run(prompt, sid, reply))
             self.job = job
-            job.add_done_callback(lambda fut, reply=reply: self._on_done(fut, reply))
+            job.add_done_callback(lambda fut: self._on_done(fut, reply))
             return job
 
     async def _run(self, prompt: str, session_id: str, reply: _LiveReply) -> dict:
@@ -504,7 +508,7 @@ class ChatPanel(anywidget.AnyWidget):
         super().close()
 
 
-def show_chat_panel(client=None, session_id: Optional[str] = None, **kwargs: Any) -> ChatPanel:
+def show_chat_panel(client: Optional[OblixClient] = None, session_id: Optional[str] = None, **kwargs: Any) -> ChatPanel:
     """Display a :class:`ChatPanel` in the current cell and return it (for the ``%oblix_chat`` magic)."""
     from IPython.display import display
 
@@ -513,7 +517,7 @@ def show_chat_panel(client=None, session_id: Optional[str] = None, **kwargs: Any
     return panel
 
 
-async def chat_handler(client, prompt: str, session_id: str, **kwargs: Any) -> dict:
+async def chat_handler(client: OblixClient, prompt: str, session_id: str, **kwargs: Any) -> dict:
     """A ``client.chat_handler`` for notebooks: ``execute(..., chat=True)`` shows a ChatPanel on the session,
     sends ``prompt`` into it and returns ``{"session_id": ...}`` (the conversation continues in the panel)."""
     options = {k: v for k, v in kwargs.items() if k in ("temperature", "max_tokens") and v is not None}

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..notebook import render
 from ..notebook.render import escape
 from ..pricing import cost_label
+
+if TYPE_CHECKING:
+    from ..client import OblixClient
 
 CURSOR = "▌"
 
@@ -135,7 +138,7 @@ def stored_message_html(message: dict) -> str:
 _KEY_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]{8,})")
 
 
-def redact(text: str, client=None) -> str:
+def redact(text: str, client: Optional[OblixClient] = None) -> str:
     """``text`` without API keys: the hooked models' keys and the env's, and anything shaped like one."""
     secrets = {os.environ.get(name) for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     for backend in (getattr(client, "models", None) or {}).values():

@@ -16,9 +16,12 @@ import atexit
 import logging
 import threading
 import weakref
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .. import runtime
+
+if TYPE_CHECKING:
+    from ..sessions.base import SessionStoreBase
 
 POLL_INTERVAL = 0.5
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ _watchers: "weakref.WeakKeyDictionary[object, StoreWatcher]" = weakref.WeakKeyDi
 class StoreWatcher:
     """Polls one store's change token and calls the subscribers when it changes."""
 
-    def __init__(self, store, interval: float = POLL_INTERVAL):
+    def __init__(self, store: SessionStoreBase, interval: float = POLL_INTERVAL):
         self._store = weakref.ref(store)
         self.interval = interval
         self._subscribers: dict[int, Callable[[], Optional[Callable[[], None]]]] = {}
@@ -39,7 +42,7 @@ class StoreWatcher:
         self.polls = 0      # change_token reads
         self.changes = 0    # times the subscribers were called
 
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], object]:
         """Call ``callback()`` (a bound method: held weakly) after each change. Returns an unsubscribe."""
         ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
         with _lock:
@@ -63,8 +66,8 @@ class StoreWatcher:
             await asyncio.sleep(self.interval)
             store = self._store()
             with _lock:
-                callbacks = [ref() for ref in self._subscribers.values()]
-                callbacks = [cb for cb in callbacks if cb is not None]
+                refs = [ref() for ref in self._subscribers.values()]
+                callbacks = [cb for cb in refs if cb is not None]
                 if store is None or not callbacks:
                     self._job = None
                     return
@@ -97,7 +100,7 @@ def _stop_all() -> None:
         job.cancel()
 
 
-def watcher(store) -> StoreWatcher:
+def watcher(store: SessionStoreBase) -> StoreWatcher:
     """The one watcher of ``store`` (made on first use)."""
     with _lock:
         found = _watchers.get(store)
@@ -106,7 +109,7 @@ def watcher(store) -> StoreWatcher:
         return found
 
 
-def watch(store, callback: Callable[[], None]) -> Callable[[], None]:
+def watch(store: SessionStoreBase, callback: Callable[[], None]) -> Callable[[], object]:
     """Subscribe ``callback`` to changes of ``store``; returns the function that unsubscribes it."""
     return watcher(store).subscribe(callback)
 

@@ -7,7 +7,7 @@ exactly; metadata keys and values are indexed in JSONB through an injective rewr
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, ContextManager, Optional
 
 from ..base import MESSAGE_COLUMNS, _summary
 from ..validate import canonical_json, check_json
@@ -23,6 +23,19 @@ def _secret(item: str) -> bool:
     """A query item carrying a secret: ``password=`` or ``sslpassword=``, however percent-encoded (libpq decodes
     ``%70assword``) or cased."""
     return _key(item) in ("password", "sslpassword")
+
+
+class _PgStoreState:
+    """For type checking: the plumbing of :class:`.store.PostgresSessionStore` that its engine mixins
+    (:mod:`.search`, :mod:`.stats`) use."""
+
+    if TYPE_CHECKING:
+        def _conn(self) -> ContextManager[Any]: ...
+
+        def _write(self) -> ContextManager[Any]: ...
+
+        def _where(self, filter_metadata: Optional[dict], author: Optional[str],
+                   title_contains: Optional[str] = None) -> tuple[str, list]: ...
 
 
 def redact(url: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from ..base import MAX_MATCHES_PER_HIT
 from ..validate import check_limit, check_query
-from .codec import _SUMMARY_COLUMNS, _pg_summary, _unescape
+from .codec import _SUMMARY_COLUMNS, _pg_summary, _PgStoreState, _unescape
 
 # Messages ranked per search: the newest this many that match (a word in every message costs no more than this).
 SEARCH_CANDIDATES = 20_000
@@ -44,7 +44,7 @@ def _like_snippet(content: str, terms: list[str], width: int = 60) -> str:
     return ("…" if start else "") + window + ("…" if end < len(content) else "")
 
 
-class PostgresSearch:
+class PostgresSearch(_PgStoreState):
     """The PostgreSQL store's search methods (a mixin of :class:`.store.PostgresSessionStore`)."""
 
     def search(self, query: str, limit: int = 20) -> list[dict]:

@@ -7,7 +7,7 @@ from typing import Optional
 from .. import stats as stats_module
 
 from ..validate import check_limit
-from .codec import _title
+from .codec import _PgStoreState, _title
 
 # stats(): as SQLite's _STATS_KEYS / _STATS_SUMS (sessions.store), over the replies subquery ``r``
 _STATS_KEYS = {"model": ("model_id", "NULL"), "route": ("route", "NULL"),
@@ -23,7 +23,7 @@ _STAT_INTEGER = ("CASE WHEN jsonb_typeof(j.mj -> '{0}') = 'number' AND (j.mj ->>
                  "THEN (j.mj ->> '{0}')::bigint END")
 
 
-class PostgresStats:
+class PostgresStats(_PgStoreState):
     """The PostgreSQL store's statistics methods (a mixin of :class:`.store.PostgresSessionStore`)."""
 
     def _stats_filter(self, since: Optional[str], until: Optional[str],

@@ -140,7 +140,7 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
         self.behind_proxy: Optional[bool] = None
         self._pool_max = pool_max
         self._lock = threading.Lock()
-        self._pool = None
+        self._pool: Any = None  # a psycopg_pool.ConnectionPool (imported lazily)
         self._outage: Optional[Outage] = None
         self._pid = -1
         self._closed = False
@@ -190,7 +190,9 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
 
     def _local_day_sql(self) -> str:
         # this machine's current UTC offset (the log's timestamps are UTC)
-        offset = datetime.now().astimezone().utcoffset().total_seconds()
+        utcoffset = datetime.now().astimezone().utcoffset()
+        assert utcoffset is not None  # astimezone() gives an aware datetime
+        offset = utcoffset.total_seconds()
         return (f"to_char(timestamp::timestamptz AT TIME ZONE 'UTC' + interval '{int(offset)} seconds', "
                 f"'YYYY-MM-DD')")
 
@@ -409,7 +411,7 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
             if filter_metadata:
                 clauses.insert(0, "meta @> %s::jsonb")
                 params.insert(0, index_json(filter_metadata, "filter_metadata"))
-        if check_author(author) is not None:
+        if (author := check_author(author)) is not None:
             _no_nul("author", author)
             clauses.append("author = %s")
             params.append(author)
@@ -530,12 +532,12 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
     @staticmethod
     def _frame_row(row: tuple) -> tuple:
         """A message_rows row from _FRAME_SELECT's: escaped text restored, the helper columns dropped."""
-        *row, escaped, title_escaped, title = row
+        *fields, escaped, title_escaped, title = row
         if escaped:
-            row = [_unescape(v) if i in _FRAME_TEXT_AT and v is not None else v for i, v in enumerate(row)]
+            fields = [_unescape(v) if i in _FRAME_TEXT_AT and v is not None else v for i, v in enumerate(fields)]
         if title_escaped:
-            row[1] = _unescape(title)
-        return tuple(row)
+            fields[1] = _unescape(title)
+        return tuple(fields)
 
     def delete(self, session_id: str) -> bool:
         check_session_id(session_id)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, ContextManager, Optional
 
 from ...errors import StorageError
 from ..base import check_author
@@ -13,6 +14,35 @@ from ..validate import canonical_json, check_json, check_text
 
 BUSY_TIMEOUT_S = 30.0
 _SUMMARY_COLUMNS = "id, title, created_at, updated_at, message_count, metadata"
+
+
+class _StoreState:
+    """For type checking: the state and plumbing of :class:`.store.SqliteSessionStore` that its engine mixins
+    (:mod:`.search`, :mod:`.stats`) use. Annotations only: the store's ``__init__`` sets them."""
+
+    path: Path
+    read_only: Optional[str]
+    background_index: bool
+    search_catchup_s: Optional[float]
+    index_error: Optional[BaseException]
+    _index_wanted: bool
+    _closed: bool
+    _lock: threading.RLock
+    _conn: sqlite3.Connection
+    _reader: Optional[sqlite3.Connection]
+    _reader_lock: threading.Lock
+    _writes: int
+
+    if TYPE_CHECKING:
+        def _locked(self, action: str) -> ContextManager[sqlite3.Connection]: ...
+
+        def _write(self, visible: bool = True) -> ContextManager[sqlite3.Connection]: ...
+
+        def _read(self) -> ContextManager[sqlite3.Connection]: ...
+
+        def _written(self) -> None: ...
+
+        def _maintain_stats(self) -> None: ...
 
 
 def _where(filter_metadata: Optional[dict], author: Optional[str]) -> tuple[str, list]:

@@ -19,7 +19,7 @@ from ..._util import block_interrupts
 from ...errors import StorageError
 from ..base import MAX_MATCHES_PER_HIT, _summary
 from ..validate import check_limit, check_query
-from .common import BUSY_TIMEOUT_S, _SUMMARY_COLUMNS, storage_error
+from .common import BUSY_TIMEOUT_S, _SUMMARY_COLUMNS, _StoreState, storage_error
 
 INDEX_DELAY_S = 0.05      # a background indexing pass starts this long after a write (writes in between share it)
 INDEX_CHUNK_ROWS = 200    # rows indexed per transaction: a writer waits at most one chunk (~1-2 ms)
@@ -45,7 +45,7 @@ def _fts_query(query: str) -> str:
     return " ".join('"' + term.replace('"', '""').replace("\x00", " ") + '"' for term in query.split())
 
 
-class SqliteSearch:
+class SqliteSearch(_StoreState):
     """The SQLite store's search methods and its background maintainer (a mixin of :class:`.store.SqliteSessionStore`)."""
 
     def _written(self) -> None:

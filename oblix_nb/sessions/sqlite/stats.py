@@ -19,7 +19,7 @@ from typing import Optional
 from .. import stats as stats_module
 from ..validate import check_limit
 from .migrations import STATS_CATCH_UP_CHUNK, STATS_PENDING
-from .common import _metadata_sessions
+from .common import _StoreState, _metadata_sessions
 
 # stats(): (reply_stats group column, request_prompts group expression) per ``by``; the columns have
 # percentile indexes (migration 3). Unanswered prompts have no model or route.
@@ -67,7 +67,7 @@ def _select_sessions(conn: sqlite3.Connection, fill: Optional[tuple[str, list]])
     conn.execute(f"INSERT INTO {_STATS_SESSIONS} {fill[0]}", fill[1])
 
 
-class SqliteStats:
+class SqliteStats(_StoreState):
     """The SQLite store's statistics methods (a mixin of :class:`.store.SqliteSessionStore`)."""
 
     _stats_busy = False  # a background thread is indexing the stats tables
@@ -250,11 +250,11 @@ class SqliteStats:
                         f"FROM reply_stats INDEXED BY reply_stats_{key}_{metric} WHERE {metric} IS NOT NULL{where}"
                         f") AS w WHERE (w.k, w.rn) IN (SELECT k, rn FROM {_STATS_RANKS})", params):
                     values[(metric, k, rank)] = value
-        reads = sorted(reads, key=lambda r: (r[0], str(r[1]), r[2]))
+        ordered = sorted(reads, key=lambda r: (r[0], str(r[1]), r[2]))
         per_read = 1 + len(params)
         batch = max(1, min(_STATS_READS_PER_STATEMENT, _STATS_MAX_PARAMS // per_read))
-        for start in range(0, len(reads), batch):
-            chunk = reads[start:start + batch]
+        for start in range(0, len(ordered), batch):
+            chunk = ordered[start:start + batch]
             sql = ", ".join(
                 f"(SELECT {metric} FROM reply_stats INDEXED BY reply_stats_{key}_{metric} WHERE {key} IS ? AND "
                 f"{metric} IS NOT NULL{where} ORDER BY {metric} LIMIT 1 OFFSET {int(rank)})"

@@ -244,6 +244,7 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (session_id, title, created_at, updated_at, context_json, metadata_json, len(rows),
              author or self.author)).lastrowid
+        assert seq is not None  # an INSERT sets lastrowid
         self._set_meta(conn, seq, metadata)
         if rows:
             conn.executemany(_INSERT_MESSAGE, [(seq, *row) for row in rows])
