@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from oblix_nb import runtime
+from oblix_nb import OblixClient, runtime
 from oblix_nb.errors import StorageError
 from oblix_nb.sessions import open_store
 
@@ -258,10 +258,10 @@ def test_a_worker_without_the_password_says_so(own_pg_server, monkeypatch):
     monkeypatch.delenv("PGPASSWORD", raising=False)
     monkeypatch.setenv("PGPASSFILE", os.devnull)
     with pytest.raises(StorageError, match="PGPASSWORD") as info:
-        spec.build()
+        spec.build(OblixClient)
     assert "worker" in str(info.value) and "Secret-pw1" not in full_text(info.value)
     monkeypatch.setenv("PGPASSWORD", "Secret-pw1")
-    client = spec.build()  # with the worker's own credentials it works
+    client = spec.build(OblixClient)  # with the worker's own credentials it works
     client.sessions.close()
 
 
@@ -312,7 +312,7 @@ def test_a_dask_worker_without_the_password_names_itself(own_pg_server, monkeypa
     with distributed.LocalCluster(n_workers=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None,
                                   worker_dashboard_address=None) as cluster, \
             distributed.Client(cluster) as dask_client:
-        future = dask_client.submit(ClientSpec.build, spec, pure=False)
+        future = dask_client.submit(ClientSpec.build, spec, OblixClient, pure=False)
         with pytest.raises(StorageError) as info:
             future.result(timeout=120)
         worker = next(iter(cluster.scheduler_info["workers"]))
