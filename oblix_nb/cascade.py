@@ -137,6 +137,7 @@ async def execute_cascade(client: Any, request: Any, stages: list[str], threshol
         kept, kept_conf = response, conf
         if confident(conf, threshold) or i == len(stages) - 1:
             break
+    assert kept is not None, "stages is not empty, and its last stage either answers or raises"
     out = dict(kept)
     out.update(kept_conf)
     out["escalated"] = kept["model_id"] != stages[0]
@@ -155,6 +156,7 @@ async def execute_request(client: Any, request: Any, sink, stream: bool, cascade
     """``execute()``'s run (on the package loop): one model, or a cascade; with a schema, the answer's
     confidence is added to the response."""
     if cascade:
+        assert min_confidence is not None, "check_cascade gives a threshold with every cascade"
         return await execute_cascade(client, request, cascade, min_confidence, sink=sink, stream=stream)
     response = await client.engine.run(request, sink=sink, stream=stream, parse=True)
     if request.schema is not None:

@@ -484,6 +484,7 @@ async def evaluate(client: Any, data: Any, prompt: Any, *, truth: str, schema: A
                 frame["cost_estimate_usd"] = est
                 runs.append({"model": model_id, "method": how, "shots": n_shots, "frame": frame, "wall_s": wall})
     if cascade_run == "live":  # real cascades: one map() per threshold; no simulation
+        assert cascade and thresholds, "checked above: cascade_run='live' needs both"
         for t in sorted({float(t) for t in thresholds}):
             start = time.perf_counter()
             frame = await client.map(inputs, prompt, schema=schema, cascade=cascade, min_confidence=t,

@@ -252,7 +252,8 @@ class Engine:
                 decision = decision.fell_back(backend.model_id, exc.summary, remaining[0])
             finally:
                 if call.final is not None or reservation is not None:  # log a reply's usage once
-                    self._log_usage(*(call.final or (None, False)), reservation=reservation,
+                    final, partial = call.final if call.final is not None else (None, False)
+                    self._log_usage(final, partial, reservation=reservation,
                                     session_id=request.session_id or request.usage_session_id)
 
     def _log_usage(self, response: Optional[dict], partial: bool, reservation: Optional[str] = None,
@@ -424,7 +425,7 @@ class Call:
         gen_time = total - (ttft or 0.0)
         tps = (output_tokens / gen_time) if output_tokens and gen_time > 0 else (
             output_tokens / total if output_tokens and total > 0 else 0.0)
-        metrics = {
+        metrics: dict[str, Any] = {
             "total_latency": total, "time_to_first_token": ttft, "tokens_per_second": tps,
             "input_tokens": u.input_tokens, "output_tokens": output_tokens,
             "start_time": iso(self.started), "end_time": iso(self.started + timedelta(seconds=total)),

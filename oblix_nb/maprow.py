@@ -43,7 +43,8 @@ def _edits(a: str, b: str) -> int:
     """Edit distance with adjacent transpositions (optimal string alignment)."""
     if abs(len(a) - len(b)) > 1:
         return 2
-    prev2, prev = None, list(range(len(b) + 1))
+    prev2: list[int] = []  # the row before prev (read from i = 2 on)
+    prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         cur = [i] + [0] * len(b)
         for j, cb in enumerate(b, 1):
@@ -201,7 +202,10 @@ async def run_row(job: Any, key: str) -> RowOutcome:
             continue
         if stage.error is None:
             kept = stage
-            if job.cascade is None or i == len(stages) - 1 or confident(stage.confidence, job.min_confidence):
+            if job.cascade is None or i == len(stages) - 1:
+                break
+            assert stage.confidence is not None, "a cascade scores every valid reply (with_confidence is set)"
+            if confident(stage.confidence, job.min_confidence):
                 break
         elif kept is not None and i == len(stages) - 1:
             note = f"{model_id}'s reply was invalid: kept {kept.model_id}'s answer"
@@ -301,6 +305,7 @@ async def stage_answer(job: Any, key: str, prompt: str, model_id: Optional[str])
                                                  stage.input_tokens, stage.output_tokens))
         if stage.error is None or job.schema is None or attempt == 2:
             break
+        assert invalid is not None, "stage.error is set here only with the StructuredOutputError"
         request = Request(prompt=retry_prompt(invalid), params=job.params, request_id=key, session_id=None,
                           model_id=model_id, system=job.system, schema=job.schema, fallback=single,
                           prior=[{"role": "user", "content": prompt}, {"role": "assistant", "content": text}],

@@ -5,7 +5,7 @@ import asyncio
 import sys
 import threading
 import time
-from typing import Callable, Optional, Protocol, TextIO, Union, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, TextIO, Union, runtime_checkable
 
 from .pricing import cost_label
 
@@ -55,11 +55,11 @@ def format_footer(response: dict) -> str:
     return " · ".join(bits)
 
 
-def reading_status(input_tokens: Optional[int], progress=None) -> str:
+def reading_status(input_tokens: Optional[int], progress: Any = None) -> str:
     """The status while the model reads the prompt: ``reading 3,400 tokens…``, or with the engine's
     :class:`~oblix_nb.models.base.PromptProgress` ``reading 1,200 of 3,400 tokens (35 %)…`` (cached tokens
     said), ``read 3,400 tokens; waiting for the first token…`` once read."""
-    if progress is not None and getattr(progress, "total", 0):
+    if progress is not None and getattr(progress, "total", None):
         done, total, cached = int(progress.done), int(progress.total), int(getattr(progress, "cached", 0) or 0)
         reused = f", {cached:,} cached" if cached else ""
         if done >= total:

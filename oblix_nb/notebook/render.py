@@ -229,7 +229,9 @@ _LATEX_ARG_GAP = re.compile(r"(?:\s|%[^\n]*(?:\n|$))*")
 
 def _latex_group(text: str, pos: int) -> tuple[Optional[str], int]:
     """The braced group starting at ``pos`` (after spaces and %-comments): (inner text, end) or (None, pos)."""
-    pos = _LATEX_ARG_GAP.match(text, pos).end()
+    gap = _LATEX_ARG_GAP.match(text, pos)
+    assert gap is not None, "the pattern matches the empty string"
+    pos = gap.end()
     if pos >= len(text) or text[pos] != "{":
         return None, pos
     depth, i = 0, pos

@@ -58,7 +58,7 @@ def _is_library(header: str) -> bool:
     if re.match(r'^\s*File "?<frozen ', header) or re.match(r'^\s*File "?[A-Za-z0-9_]+/_libs/', header):
         return True
     m = re.match(r'^\s*File "?([^",]+)', header)
-    return bool(m) and any(m.group(1).startswith(p + os.sep) for p in _prefixes())
+    return m is not None and any(m.group(1).startswith(p + os.sep) for p in _prefixes())
 
 
 def _blocks(text: str) -> list[list]:
@@ -113,7 +113,8 @@ def trim(text: str, max_chars: int) -> str:
     dropped: set[int] = set()
 
     def render() -> str:
-        out, run = [], []
+        out: list[str] = []
+        run: list[int] = []
 
         def flush():
             if run:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .._util import check_session_id, iso, new_id, normalize_iso
 from ..errors import InvalidSessionIdError, SessionFileError
@@ -165,8 +165,9 @@ def read_capped(path: Path, max_bytes: int) -> bytes:
     except (FileNotFoundError, PermissionError):
         raise
     except OSError as exc:  # a symlink loop, a name too long, a file used as a folder, ...
-        reason = {errno.ELOOP: "is a symlink loop (too many levels of symbolic links)",
-                  errno.ENAMETOOLONG: "the name is too long"}.get(exc.errno, exc.strerror or str(exc))
+        reasons: dict[Optional[int], str] = {errno.ELOOP: "is a symlink loop (too many levels of symbolic links)",
+                                             errno.ENAMETOOLONG: "the name is too long"}
+        reason = reasons.get(exc.errno, exc.strerror or str(exc))
         raise refuse(f"cannot be read: {reason}") from None
     with os.fdopen(fd, "rb") as f:
         check(os.fstat(f.fileno()))  # the file actually opened (the path may have been swapped meanwhile)

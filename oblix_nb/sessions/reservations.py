@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .._util import iso, new_id, utcnow
 
@@ -41,6 +41,19 @@ def pid_alive(pid: int) -> bool:
 
 class BudgetReservations:
     """Mixin of :class:`~.base.SessionStoreBase`: reservations over the store's usage log and dialect hooks."""
+
+    if TYPE_CHECKING:  # what the mixin uses of SessionStoreBase (which defines them), for the type checker only
+        author: str
+        _PER_AUTHOR: bool
+
+        def _sql(self, sql: str) -> str: ...
+        def _scope(self) -> tuple[str, list]: ...
+        def _starts_with_sql(self, column: str, prefix: str) -> tuple[str, list]: ...
+        def _write(self) -> Any: ...
+        def _read(self) -> Any: ...
+        def _insert_usage(self, conn: Any, row: tuple) -> None: ...
+        def _usage_spend(self, conn: Any, after_seq: int, since: Optional[str],
+                         session_id: Optional[str], upto: Optional[int] = None) -> tuple[int, float]: ...
 
     def _lock_budget(self, conn: Any) -> None:
         """Serialize reservations and settlements (of this author) inside a write transaction. SQLite's

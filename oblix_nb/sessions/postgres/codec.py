@@ -49,8 +49,8 @@ def redact(url: str) -> str:
     if parts.password is None:
         netloc = parts.netloc
     else:
-        netloc = parts.netloc.rsplit("@", 1)
-        netloc = f"{parts.username or ''}:***@{netloc[-1]}"
+        host = parts.netloc.rsplit("@", 1)[-1]
+        netloc = f"{parts.username or ''}:***@{host}"
     query = "&".join(f"{_key(q)}=***" if _secret(q) else q for q in parts.query.split("&"))
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 

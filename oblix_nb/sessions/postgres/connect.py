@@ -1,5 +1,6 @@
-"""PostgreSQL engine: the database URL (oblix's own options, secrets), errors as StorageError, and the outage
-guard that keeps the package's event loop from waiting on a database that is down.
+"""PostgreSQL engine: the database URL (oblix's own options, secrets), errors as StorageError, the outage
+guard that keeps the package's event loop from waiting on a database that is down, and the store's connection
+pool (:class:`PooledConnections`).
 
 URL options read (and removed) here, never passed to libpq:
 
@@ -17,8 +18,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Optional
+from contextlib import contextmanager, suppress
+from typing import Any, Iterator, Optional
 from urllib.parse import unquote
+
+from ... import runtime
+from ...errors import StorageError
 
 #: query options that carry a secret (compared after percent-decoding, case-insensitively)
 SECRET_OPTIONS = ("password", "sslpassword")
@@ -235,3 +240,121 @@ class Outage:
 
     def close(self) -> None:
         self._stop.set()
+
+
+# ---------------------------------------------------------------------------------------------- the pool
+CONNECT_TIMEOUT_S = 10
+POOL_TIMEOUT_S = 30.0
+#: longest wait for a pooled connection on the package's event loop (elsewhere: POOL_TIMEOUT_S)
+LOOP_WAIT_S = 0.3
+WAIT_SLICE_S = 0.05  # between looks at whether the pool's connection attempts fail
+
+
+def _psycopg():
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("the PostgreSQL store needs psycopg 3 and psycopg_pool: "
+                          "pip install 'oblix-nb[postgres]'") from exc
+    return psycopg, psycopg_pool
+
+
+class PooledConnections:
+    """Mixin of :class:`~.store.PostgresSessionStore`: its connection pool (opened again after ``fork()``) and
+    the :class:`Outage` guard. The store's ``__init__`` sets the attributes below, then calls
+    :meth:`_open_pool`."""
+
+    _url: str
+    _conninfo: str
+    _connect_kwargs: dict
+    _pool_max: int
+    _lock: threading.Lock
+    _pool: Any  # a psycopg_pool.ConnectionPool (imported lazily)
+    _outage: Optional[Outage]
+    _pid: int
+    _closed: bool
+    _errors_seen: int
+
+    def _role(self) -> str:
+        return role_of(self._url)
+
+    def _open_pool(self) -> None:
+        _, psycopg_pool = _psycopg()
+        # check: a pooled connection the server closed (restart) is noticed when taken and replaced, instead of
+        # failing the next calls (no round trip for a healthy one)
+        self._pool = psycopg_pool.ConnectionPool(
+            self._conninfo, min_size=1, max_size=self._pool_max, open=True, timeout=POOL_TIMEOUT_S,
+            kwargs=dict(self._connect_kwargs), name="oblix_nb", check=check_idle)
+        if self._outage is not None:
+            self._outage.close()
+        self._outage = Outage(self._conninfo, self._connect_kwargs, self._recovered)
+        self._pid = os.getpid()
+        self._errors_seen = 0
+        with suppress(psycopg_pool.PoolTimeout):  # a connection ready for the first call (maybe on the loop)
+            self._pool.wait(timeout=CONNECT_TIMEOUT_S)
+
+    def _recovered(self) -> None:
+        """The server answers again (the outage probe): drop the pool's connections the outage broke."""
+        if self._pool is not None:
+            self._pool.check()
+
+    def _unreachable(self, outage: Outage) -> StorageError:
+        from .codec import redact
+
+        url = redact(self._url)  # the store's .url
+        down = time.monotonic() - (outage.down_since or time.monotonic())
+        return StorageError(f"session database {url} is unreachable (for {down:.1f} s: {outage.reason}); "
+                            f"calls fail at once until it answers again (checked every {outage.probe_s} s in "
+                            f"the background)", path=url)
+
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        """A pooled autocommit connection (a fresh pool after ``fork()``). A lost or unreachable server
+        raises StorageError (an OSError) naming the database (password redacted) and the cause."""
+        if self._closed:
+            raise RuntimeError("this session store is closed")
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._open_pool()  # the parent's sockets stay the parent's
+        outage = self._outage
+        assert outage is not None, "_open_pool (in __init__, and after fork) sets it"
+        if outage.down:
+            raise self._unreachable(outage)  # no waiting on a server that is down (the event loop must not stall)
+        psycopg, _ = _psycopg()
+        errors = psycopg.errors
+        conn = self._getconn(outage)
+        try:
+            yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction,
+                errors.InsufficientPrivilege) as exc:
+            if conn.closed or conn.broken:
+                outage.mark_down(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+            error, leaked = storage_error(exc, self._url, self._role())
+            if leaked:
+                raise error from None
+            raise error from exc
+        finally:
+            self._pool.putconn(conn)  # a broken one is dropped by the pool
+
+    def _getconn(self, outage: Outage) -> Any:
+        """A connection from the pool. On the package's event loop it is waited for at most LOOP_WAIT_S (a
+        healthy pool has one at once), elsewhere POOL_TIMEOUT_S; either way in slices of WAIT_SLICE_S, and as
+        soon as the pool's connection attempts fail the server is taken as down (StorageError at once)."""
+        _, psycopg_pool = _psycopg()
+        wait = LOOP_WAIT_S if runtime.in_loop_thread() else POOL_TIMEOUT_S
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._pool.getconn(timeout=max(min(WAIT_SLICE_S, deadline - time.monotonic()), 0.001))
+            except psycopg_pool.PoolTimeout as exc:
+                errors_now = self._pool.get_stats().get("connections_errors", 0)
+                failing = errors_now > self._errors_seen
+                self._errors_seen = errors_now
+                if failing:  # the pool's connection attempts fail: the server is down
+                    outage.mark_down("connection attempts failing")
+                if failing or time.monotonic() >= deadline:
+                    error, _ = storage_error(exc, self._url, self._role(),
+                                             "is unreachable" if failing else f"had no free connection within {wait:g} s")
+                    raise error from None

@@ -37,32 +37,27 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Optional
 
-from ... import runtime
 from ..._util import check_session_id, current_user, iso, utcnow
 from ..._util import new_id as fresh_id
-from ...errors import SessionExistsError, SessionNotFoundError, StorageError
+from ...errors import SessionExistsError, SessionNotFoundError
 from ..base import (MESSAGE_COLUMNS, SessionStoreBase, _default_title, _message_dict, _message_row, _update_stamp,
                     check_author, exists_message, frame_ids, import_plan, normalize_messages)
 from ..io import normalize_message
 from ..validate import check_json, check_limit, check_title, json_object
 from .codec import (_FRAME_SELECT, _FRAME_TEXT_AT, _NUMBER, _SUMMARY_COLUMNS, _escape, _escape_index, _no_nul,
                     _pg_summary, _read_row, _title, _unescape, _write_row, index_json, redact, without_password)
-from .connect import Outage, behind_proxy, check_idle, role_of, split_options, storage_error
+from .connect import (CONNECT_TIMEOUT_S, Outage, PooledConnections, _psycopg, behind_proxy, split_options,
+                      storage_error)
+from .connect import LOOP_WAIT_S, POOL_TIMEOUT_S, WAIT_SLICE_S  # noqa: F401 - importers still find them here
 from .migrations import migrate
 from .search import PostgresSearch, _like_pattern
 from .stats import PostgresStats
 
 DEFAULT_POOL_MAX = 4
-CONNECT_TIMEOUT_S = 10
-POOL_TIMEOUT_S = 30.0
-#: longest wait for a pooled connection on the package's event loop (elsewhere: POOL_TIMEOUT_S)
-LOOP_WAIT_S = 0.3
-WAIT_SLICE_S = 0.05  # between looks at whether the pool's connection attempts fail
 #: longest wait for a row lock held by another transaction (then StorageError)
 LOCK_TIMEOUT_MS = 3000
 
@@ -92,27 +87,10 @@ _ORDERS = {
 }
 
 
-
-
-
-def _psycopg():
-    try:
-        import psycopg
-        import psycopg_pool
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the PostgreSQL store needs psycopg 3 and psycopg_pool: "
-                          "pip install 'oblix-nb[postgres]'") from exc
-    return psycopg, psycopg_pool
-
-
-
-
-
-
 # ---------------------------------------------------------------------------------------------- store
 _BUDGET_LOCK_CLASS = 0x6F626C62  # advisory lock class of budget reservations ("oblb")
 
-class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
+class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, SessionStoreBase):
     """Sessions and their messages in a PostgreSQL database at ``url`` (``postgresql://user@host:port/db``;
     libpq options such as ``?options=-csearch_path%3Dmyschema`` apply). The schema is created on first use.
 
@@ -162,9 +140,6 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
             raise error  # outside the except block: the cause's text held a secret
         self._open_pool()
 
-    def _role(self) -> str:
-        return role_of(self._url)
-
     def __repr__(self) -> str:
         return f"<PostgresSessionStore {self.url!r}>"
 
@@ -211,83 +186,7 @@ class PostgresSessionStore(PostgresSearch, PostgresStats, SessionStoreBase):
                                     (ids,)).fetchall()
         return [(sid, _title(title, escaped)) for sid, title, escaped in rows]
 
-    # ------------------------------------------------------------------ plumbing
-    def _open_pool(self) -> None:
-        _, psycopg_pool = _psycopg()
-        # check: a pooled connection the server closed (restart) is noticed when taken and replaced, instead of
-        # failing the next calls (no round trip for a healthy one)
-        self._pool = psycopg_pool.ConnectionPool(
-            self._conninfo, min_size=1, max_size=self._pool_max, open=True, timeout=POOL_TIMEOUT_S,
-            kwargs=dict(self._connect_kwargs), name="oblix_nb", check=check_idle)
-        if self._outage is not None:
-            self._outage.close()
-        self._outage = Outage(self._conninfo, self._connect_kwargs, self._recovered)
-        self._pid = os.getpid()
-        self._errors_seen = 0
-        with suppress(psycopg_pool.PoolTimeout):  # a connection ready for the first call (maybe on the loop)
-            self._pool.wait(timeout=CONNECT_TIMEOUT_S)
-
-    def _recovered(self) -> None:
-        """The server answers again (the outage probe): drop the pool's connections the outage broke."""
-        if self._pool is not None:
-            self._pool.check()
-
-    def _unreachable(self) -> StorageError:
-        down = time.monotonic() - (self._outage.down_since or time.monotonic())
-        return StorageError(f"session database {self.url} is unreachable (for {down:.1f} s: {self._outage.reason}); "
-                            f"calls fail at once until it answers again (checked every {self._outage.probe_s} s in "
-                            f"the background)", path=self.url)
-
-    @contextmanager
-    def _conn(self) -> Iterator[Any]:
-        """A pooled autocommit connection (a fresh pool after ``fork()``). A lost or unreachable server
-        raises StorageError (an OSError) naming the database (password redacted) and the cause."""
-        if self._closed:
-            raise RuntimeError("this session store is closed")
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._open_pool()  # the parent's sockets stay the parent's
-        outage = self._outage
-        if outage.down:
-            raise self._unreachable()  # no waiting on a server that is down (the event loop must not stall)
-        psycopg, _ = _psycopg()
-        errors = psycopg.errors
-        conn = self._getconn(outage)
-        try:
-            yield conn
-        except (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction,
-                errors.InsufficientPrivilege) as exc:
-            if conn.closed or conn.broken:
-                outage.mark_down(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
-            error, leaked = storage_error(exc, self._url, self._role())
-            if leaked:
-                raise error from None
-            raise error from exc
-        finally:
-            self._pool.putconn(conn)  # a broken one is dropped by the pool
-
-    def _getconn(self, outage: Outage) -> Any:
-        """A connection from the pool. On the package's event loop it is waited for at most LOOP_WAIT_S (a
-        healthy pool has one at once), elsewhere POOL_TIMEOUT_S; either way in slices of WAIT_SLICE_S, and as
-        soon as the pool's connection attempts fail the server is taken as down (StorageError at once)."""
-        _, psycopg_pool = _psycopg()
-        wait = LOOP_WAIT_S if runtime.in_loop_thread() else POOL_TIMEOUT_S
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                return self._pool.getconn(timeout=max(min(WAIT_SLICE_S, deadline - time.monotonic()), 0.001))
-            except psycopg_pool.PoolTimeout as exc:
-                errors_now = self._pool.get_stats().get("connections_errors", 0)
-                failing = errors_now > self._errors_seen
-                self._errors_seen = errors_now
-                if failing:  # the pool's connection attempts fail: the server is down
-                    outage.mark_down("connection attempts failing")
-                if failing or time.monotonic() >= deadline:
-                    error, _ = storage_error(exc, self._url, self._role(),
-                                             "is unreachable" if failing else f"had no free connection within {wait:g} s")
-                    raise error from None
-
+    # ------------------------------------------------------------------ plumbing (pool: see .connect)
     @contextmanager
     def _write(self) -> Iterator[Any]:
         """One transaction on a pooled connection: committed at the end, rolled back if anything raises. A row
