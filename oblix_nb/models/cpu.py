@@ -23,6 +23,8 @@ import time
 from collections import deque
 from typing import Optional
 
+from .._util import block_interrupts
+
 THREAD_MARGIN = 0.25
 SAMPLE_EVERY = 0.25   # seconds between load samples
 WINDOW = 1.0          # the load is averaged over this many seconds
@@ -119,6 +121,7 @@ class LoadMonitor:
                 self._wake.set()
 
     def _run(self) -> None:
+        block_interrupts()  # SIGINT goes to the main thread (Ctrl-C, kernel interrupt), never to this one
         while not self._wake.wait(SAMPLE_EVERY):
             try:
                 self._sample()

@@ -453,6 +453,20 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         """Up to ``limit`` whole sessions after internal position ``after_seq``, in creation order, as stored:
         ``{seq, id, title, created_at, updated_at, context, metadata, author, rows}``."""
 
+    def session_rows(self, session_id: str) -> tuple[dict, list[tuple]]:
+        """``({title, context, metadata}, message rows)`` of one session, as stored (the rows in
+        :data:`MESSAGE_COLUMNS` order): what a migration compares, row by row, with another store's copy.
+        SessionNotFoundError if there is no such session."""
+        with self._read() as conn:
+            return self._source(conn, session_id)
+
+    def updated_stamp(self, session_id: str) -> Optional[str]:
+        """The session's ``updated_at`` as stored, at full (microsecond) precision -- what :meth:`summary` shows
+        to the millisecond -- or None if there is no such session; stamps of both engines compare as text."""
+        with self._read() as conn:
+            row = conn.execute(self._sql("SELECT updated_at FROM sessions WHERE id = ?"), (session_id,)).fetchone()
+        return row[0] if row else None
+
     @abc.abstractmethod
     def insert_records(self, records: list[dict]) -> list[str]:
         """Insert :meth:`session_records` records (from either engine) in one transaction, keeping ids,

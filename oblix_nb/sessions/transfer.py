@@ -107,14 +107,20 @@ def _earlier_copy(rows: list[tuple], src_rows: list[tuple]) -> bool:
         row == src or (row[0] == src[0] and row[_PARTIAL]) for row, src in zip(rows, src_rows))
 
 
-def _not_older(source_updated_at: str, target: SessionStoreBase, session_id: str) -> bool:
-    """The source's session was updated no earlier than the target's copy (else the target changed since)."""
+def _not_older(source_updated_at: str, target: SessionStoreBase, session_id: str, strictly: bool = False) -> bool:
+    """The source's session was updated no earlier than the target's copy (else the target changed since);
+    ``strictly``: later. Both stamps at the precision they are stored with (microseconds): a change in the
+    target within the same millisecond as the source's last one still counts as later."""
     from .._util import parse_iso
 
     try:
-        return parse_iso(source_updated_at) >= parse_iso(target.summary(session_id)["updated_at"])
+        stamp = target.updated_stamp(session_id)
+        if stamp is None:
+            return False
+        source, target_at = parse_iso(source_updated_at), parse_iso(stamp)
     except (ValueError, TypeError, SessionNotFoundError):
         return False
+    return source > target_at if strictly else source >= target_at
 
 
 def _present(records: list[dict], target: SessionStoreBase, report: MigrationReport, inserted: set[str]) -> set[str]:
@@ -125,17 +131,18 @@ def _present(records: list[dict], target: SessionStoreBase, report: MigrationRep
         if rec["id"] in inserted:
             continue
         try:
-            with target._read() as conn:
-                head, rows = target._source(conn, rec["id"])
+            head, rows = target.session_rows(rec["id"])
         except SessionNotFoundError:  # deleted from the target meanwhile: copy it again
             head, rows = None, []
         src_rows = [tuple(row) for row in rec["rows"]]
-        if head == {"title": rec["title"], "context": rec["context"], "metadata": rec["metadata"]} \
-                and [tuple(row) for row in rows] == src_rows:
+        same_head = head == {"title": rec["title"], "context": rec["context"], "metadata": rec["metadata"]}
+        if same_head and [tuple(row) for row in rows] == src_rows:
             report.skipped += 1
             continue
+        # title/context/metadata differ: the source's replace the target's only if the source changed later
+        # (a tie is a conflict: nothing of the target's is overwritten on a guess)
         if head is not None and not (_earlier_copy([tuple(row) for row in rows], src_rows)
-                                     and _not_older(rec["updated_at"], target, rec["id"])):
+                                     and _not_older(rec["updated_at"], target, rec["id"], strictly=not same_head)):
             report.conflicts.append(f"{rec['id']}: {len(src_rows)} messages in the source, {len(rows)} in the "
                                     f"target, which differ (not an earlier copy of the source's)")
             continue

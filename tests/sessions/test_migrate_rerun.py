@@ -69,3 +69,13 @@ def test_other_differences_are_conflicts(pair, change):
         copy_store(source, target, progress=False)
     assert len(info.value.report.conflicts) == 1 and sid in info.value.report.conflicts[0]
     assert target.get(sid) == before  # left as it was
+
+
+def test_the_stamps_compared_keep_their_microseconds(store):
+    """What migrate compares is the stored stamp, not summary()'s millisecond one: a target changed within the
+    same millisecond as the source's last change still counts as changed later (a conflict, not overwritten)."""
+    sid = store.create(title="t")
+    stamp = store.updated_stamp(sid)
+    assert stamp is not None and len(stamp.split(".")[1].rstrip("Z")) == 6
+    assert store.summary(sid)["updated_at"].startswith(stamp[:23])
+    assert store.updated_stamp("no-such-session") is None

@@ -63,7 +63,8 @@ def test_no_code_outside_the_engine_folders_knows_the_engine():
                     and _names_a_store(node.value):  # (client.engine is the execution engine, not the store's)
                 offenders.append(f"{path}:{node.lineno}: reads a store's .engine")
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                    and node.value.id in ("store", "sessions") and node.attr.startswith("_"):
+                    and node.value.id in ("store", "sessions", "source", "target") and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
                 offenders.append(f"{path}:{node.lineno}: {node.value.id}.{node.attr}")
         if re.search(r"sessions\._\w+", text.replace("sessions._sums", "")):
             offenders.append(f"{path}: calls a private store member")

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Optional
 from urllib.parse import unquote
 
 from ... import runtime
+from ..._util import block_interrupts
 from ...errors import StorageError
 
 #: query options that carry a secret (compared after percent-decoding, case-insensitively)
@@ -220,6 +221,7 @@ class Outage:
     def _probe(self) -> None:
         import psycopg
 
+        block_interrupts()  # SIGINT goes to the main thread (Ctrl-C, kernel interrupt), never to this one
         pid = os.getpid()
         while True:  # at once first: a lone broken connection (a terminated backend) is no outage
             if self.down_since is None or os.getpid() != pid or self._stop.is_set():
