@@ -51,7 +51,7 @@ class SimulatedStrongTier:
         return wrong[(h // 7) % len(wrong)]
 
     # ------------------------------------------------------------------ server
-    def start(self) -> "SimulatedStrongTier":
+    def start(self) -> SimulatedStrongTier:
         tier = self
 
         class Handler(BaseHTTPRequestHandler):

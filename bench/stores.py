@@ -35,10 +35,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from sessions import median_ms  # noqa: E402  (bench/sessions.py)
+
 from oblix_nb._util import iso  # noqa: E402
 from oblix_nb.sessions import open_store  # noqa: E402
 from oblix_nb.sessions.base import _update_stamp  # noqa: E402
-from sessions import median_ms  # noqa: E402  (bench/sessions.py)
 
 TEXT = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore "
         "et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation.")

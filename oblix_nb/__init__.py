@@ -10,18 +10,29 @@ In IPython/Jupyter: ``%load_ext oblix_nb``, then ``%oblix_session`` and ``%%obli
 """
 from __future__ import annotations
 
+from ._version import __version__
 from .agents import BudgetAgent, ConnectivityAgent, ResourceMonitor
 from .client import OblixClient
-from .errors import (BudgetExceededError, ModelCallError, ModelUnavailableError, NoModelHookedError, OblixError,
-                     ReplyNotStoredError, RowError, SchemaError, SessionExistsError, SessionFileError,
-                     SessionNotFoundError, StorageError, StructuredOutputError)
+from .errors import (
+    BudgetExceededError,
+    ModelCallError,
+    ModelUnavailableError,
+    NoModelHookedError,
+    OblixError,
+    ReplyNotStoredError,
+    RowError,
+    SchemaError,
+    SessionExistsError,
+    SessionFileError,
+    SessionNotFoundError,
+    StorageError,
+    StructuredOutputError,
+)
 from .models.base import ModelType
 from .streaming import StdoutSink, StreamSink
 
-from ._version import __version__
-
 __all__ = [
-    "OblixClient", "ModelType", "ResourceMonitor", "ConnectivityAgent", "BudgetAgent", "StreamSink", "StdoutSink",
+    "__version__", "OblixClient", "ModelType", "ResourceMonitor", "ConnectivityAgent", "BudgetAgent", "StreamSink", "StdoutSink",
     "OblixError", "SessionNotFoundError", "SessionExistsError", "ModelUnavailableError", "ModelCallError", "NoModelHookedError",
     "StorageError", "ReplyNotStoredError", "SessionFileError", "SchemaError", "StructuredOutputError", "RowError", "BudgetExceededError",
     "load_ipython_extension", "unload_ipython_extension",

@@ -36,13 +36,14 @@ import math
 import re
 import sys
 import time
-from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Optional, Protocol
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .cascade import CASCADE_COLUMNS, check_cascade
 from .errors import NoModelHookedError, RowError, SchemaError, StructuredOutputError
 from .execution import Engine
-from .maprow import (_BRACES, RowOutcome, _check_misspelled, _invalid_text, _norm_param, _restore_extra,
-                     run_row)
+from .maprow import _BRACES, RowOutcome, _check_misspelled, _invalid_text, _norm_param, _restore_extra, run_row
 from .models.base import SAMPLING_OPTIONS, GenerationParams
 from .structured import Schema, compile_schema, extract_json
 
@@ -66,7 +67,7 @@ class MapClient(Protocol):
     @property
     def engine(self) -> Engine: ...
 
-    def resolve_model_id(self, model_id: Optional[str]) -> Optional[str]: ...
+    def resolve_model_id(self, model_id: str | None) -> str | None: ...
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -179,7 +180,7 @@ class PromptTemplate:
 def fill_constants(text: str, namespace: dict, exclude) -> str:
     """Replace ``{name}`` by ``str(namespace[name])`` for names that are in ``namespace`` but not in ``exclude``
     (the row fields); escapes (``{{name}}``), fields and every other brace are left for the row template."""
-    def sub(m: "re.Match") -> str:
+    def sub(m: re.Match) -> str:
         name = m.group(2)
         if name is not None and name.isidentifier() and name not in exclude and name in namespace:
             return str(namespace[name])
@@ -209,11 +210,11 @@ class MapJob:
     """One ``map()`` call. Constructing it does the synchronous preparation (rendering, cache lookup) in the
     caller's thread; ``await run()`` (on the package loop) calls models; ``frame()`` builds the result."""
 
-    def __init__(self, client: MapClient, data: Any, prompt: Any, *, schema: Any = None, model_id: Optional[str] = None,
-                 concurrency: Optional[int] = None, temperature: Optional[float] = None,
-                 max_tokens: Optional[int] = None, system: Optional[str] = None,
-                 session_id: Optional[str] = None, cache: bool = True, on_error: str = "record",
-                 progress: bool = True, cascade: Optional[list] = None, min_confidence: Optional[float] = None,
+    def __init__(self, client: MapClient, data: Any, prompt: Any, *, schema: Any = None, model_id: str | None = None,
+                 concurrency: int | None = None, temperature: float | None = None,
+                 max_tokens: int | None = None, system: str | None = None,
+                 session_id: str | None = None, cache: bool = True, on_error: str = "record",
+                 progress: bool = True, cascade: list | None = None, min_confidence: float | None = None,
                  confidence: bool = True, **options: Any):
         self.client = client
         unknown = set(options) - set(SAMPLING_OPTIONS)
@@ -241,7 +242,7 @@ class MapJob:
         self.engine = client.engine
         self.params: GenerationParams = self.engine.params(temperature=temperature, max_tokens=max_tokens,
                                                            options=options)
-        self.schema: Optional[Schema] = compile_schema(schema) if schema is not None else None
+        self.schema: Schema | None = compile_schema(schema) if schema is not None else None
         if self.schema is not None:
             clash = set(self.schema.columns()) & (set(META_COLUMNS) | set(CASCADE_COLUMNS))
             if clash:
@@ -336,7 +337,7 @@ class MapJob:
         return {"max_tokens": p.max_tokens, "temperature": _norm_param(p.temperature),
                 "options": {k: _norm_param(v) for k, v in sorted((p.options or {}).items()) if v is not None}}
 
-    def _batch_key(self, system: Optional[str]) -> str:
+    def _batch_key(self, system: str | None) -> str:
         key = {"template": self.template_text, "schema": self.schema.fingerprint if self.schema else None,
                "model_id": self.model_id or sorted(self.client.models), "params": self._params_json(),
                "system": system}
@@ -350,7 +351,7 @@ class MapJob:
         h.update(prompt.encode("utf-8"))
         return "map-" + h.hexdigest()[:40]
 
-    def _session(self, session_id: Optional[str]) -> str:
+    def _session(self, session_id: str | None) -> str:
         store = self.client.sessions
         if session_id is not None:
             if not store.exists(session_id):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from ._util import iso
 from .sessions import usage as usage_log
@@ -65,7 +65,7 @@ class Budgets:
     def __init__(self, store: SessionStoreBase):
         self._store = store
 
-    def set(self, usd: Optional[float], per: str = "day") -> Optional[dict]:
+    def set(self, usd: float | None, per: str = "day") -> dict | None:
         """Set (or with ``usd=None`` remove) the budget for ``per``; returns its status (None when removed)."""
         if per not in PERIODS:
             raise ValueError(f"per must be one of {list(PERIODS)}, not {per!r}")
@@ -85,21 +85,21 @@ class Budgets:
                 for key, value in self._store.settings(SETTINGS_PREFIX).items()
                 if key[len(SETTINGS_PREFIX):] in PERIODS and isinstance(value, dict)}
 
-    def _spent(self, per: str, session_id: Optional[str]) -> float:
+    def _spent(self, per: str, session_id: str | None) -> float:
         if per == "day":
             return usage_log.spent(self._store, since=local_midnight_utc())
         if per == "session":
             return usage_log.spent(self._store, session_id=session_id) if session_id else 0.0
         return usage_log.spent(self._store)
 
-    def status(self, session_id: Optional[str] = None) -> list[BudgetStatus]:
+    def status(self, session_id: str | None = None) -> list[BudgetStatus]:
         """Every budget that applies (a session budget only with a session), tightest (most used) first."""
         out = [BudgetStatus(per, usd, self._spent(per, session_id)) for per, usd in self.limits().items()
                if per != "session" or session_id]
         return sorted(out, key=lambda s: (-s.fraction, s.remaining_usd))
 
     def check_call(self, price, input_tokens: int, max_output_tokens: int,
-                   session_id: Optional[str]) -> Optional[tuple[str, Optional[BudgetStatus], Optional[float]]]:
+                   session_id: str | None) -> tuple[str, BudgetStatus | None, float | None] | None:
         """None if a call may go ahead, else ``(why, the budget that blocks it, worst case USD)``."""
         statuses = self.status(session_id)
         if not statuses:
@@ -115,15 +115,15 @@ class Budgets:
                         s, worst)
         return None
 
-    def _window(self, per: str, session_id: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    def _window(self, per: str, session_id: str | None) -> tuple[str | None, str | None]:
         """``(since, session_id)`` of the usage rows a budget counts (as :meth:`_spent` sums them)."""
         if per == "day":
             return local_midnight_utc(), None
         return None, (session_id if per == "session" else None)
 
-    def reserve(self, price, input_tokens: int, max_output_tokens: int, session_id: Optional[str],
-                request_id: Optional[str] = None, model_id: Optional[str] = None
-                ) -> tuple[Optional[tuple[str, Optional[BudgetStatus], Optional[float]]], Optional[str]]:
+    def reserve(self, price, input_tokens: int, max_output_tokens: int, session_id: str | None,
+                request_id: str | None = None, model_id: str | None = None
+                ) -> tuple[tuple[str, BudgetStatus | None, float | None] | None, str | None]:
         """Reserve a cloud call's worst case under every budget that applies, atomically across kernels sharing
         the store: ``(None, reservation id)`` when it fits (settle it with the store's ``settle_spend``),
         ``(None, None)`` when no budget applies, else ``(blocked, None)`` as :meth:`check_call` says it."""

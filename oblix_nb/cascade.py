@@ -16,15 +16,16 @@ and the ``execute()`` side of a cascade.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Optional, Sequence
+from typing import Any
 
 NAN = float("nan")
 CASCADE_COLUMNS = ("escalated", "cascade_note", "cost_usd", "attempt_costs")
 
 
-def check_cascade(client: Any, cascade: Optional[Sequence[str]], min_confidence: Any,
-                  model_id: Optional[str] = None) -> tuple[Optional[list[str]], Optional[float]]:
+def check_cascade(client: Any, cascade: Sequence[str] | None, min_confidence: Any,
+                  model_id: str | None = None) -> tuple[list[str] | None, float | None]:
     """``(model ids in order, threshold)``, or ``(None, None)`` without a cascade. ValueError / TypeError /
     NoModelHookedError for bad input (checked before any call)."""
     from .errors import NoModelHookedError
@@ -95,7 +96,7 @@ async def reply_confidence(client: Any, request: Any, response: dict, schema: An
         return {c: NAN for c in columns}
 
 
-def attempt_cost(response: Optional[dict]) -> Optional[float]:
+def attempt_cost(response: dict | None) -> float | None:
     """The USD cost of one reply (exact, else the estimate; 0 for a local model; None if unknown)."""
     if not response:
         return None
@@ -113,7 +114,7 @@ async def execute_cascade(client: Any, request: Any, stages: list[str], threshol
 
     engine = client.engine
     attempts: list[dict] = []
-    kept: Optional[dict] = None
+    kept: dict | None = None
     kept_conf: dict = {}
     note = None
     for i, model_id in enumerate(stages):
@@ -151,8 +152,8 @@ def _plain_conf(conf: dict) -> Any:
     return vals.get("confidence") if list(vals) == ["confidence"] else vals
 
 
-async def execute_request(client: Any, request: Any, sink, stream: bool, cascade: Optional[list[str]],
-                          min_confidence: Optional[float]) -> dict:
+async def execute_request(client: Any, request: Any, sink, stream: bool, cascade: list[str] | None,
+                          min_confidence: float | None) -> dict:
     """``execute()``'s run (on the package loop): one model, or a cascade; with a schema, the answer's
     confidence is added to the response."""
     if cascade:

@@ -6,17 +6,18 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, List, Optional
+from typing import Any
 
 from . import runtime
 from ._util import check_session_id
 from .agents import BudgetAgent, ConnectivityAgent, ResourceMonitor, run_check
 from .budget import Budgets
 from .errors import NoModelHookedError
+
 # Re-exported: these lived here before the engine had its own module.
-from .execution import (BeforeFirstToken, Call, Checkpoint, Engine, ExecutionStream, Request,  # noqa: F401
-                        retry_prompt)
+from .execution import BeforeFirstToken, Call, Checkpoint, Engine, ExecutionStream, Request, retry_prompt  # noqa: F401
 from .models import make_backend
 from .models.base import ModelBackend, ModelType
 from .pricing import PriceBook
@@ -31,7 +32,7 @@ def stdout_sink_factory(display_metrics: bool = True) -> StreamSink:
 
 
 # Where a client streams when execute() gets no sink: stdout; oblix_nb.notebook swaps in cell output in a kernel.
-default_sink_factory: Callable[[bool], Optional[StreamSink]] = stdout_sink_factory
+default_sink_factory: Callable[[bool], StreamSink | None] = stdout_sink_factory
 
 
 _ALIAS_PREFIX = "alias:"
@@ -53,29 +54,29 @@ class OblixClient:
     ``OBLIX_USER``, else the OS user).
     """
 
-    def __init__(self, host: str = "localhost", port: int = 4321, config_path: Optional[str] = None, *,
-                 home: Optional[str | os.PathLike] = None, database_url: Optional[str] = None,
-                 author: Optional[str] = None):
+    def __init__(self, host: str = "localhost", port: int = 4321, config_path: str | None = None, *,
+                 home: str | os.PathLike | None = None, database_url: str | None = None,
+                 author: str | None = None):
         self.host = host
         self.port = port
         self.config_path = config_path
         self.home = Path(home).expanduser() if home is not None else default_home()
         url = database_url if database_url is not None else os.environ.get("OBLIX_DATABASE_URL") or None
         self.sessions = open_store(url, default_path=self.home / "sessions.db", author=author)
-        self.current_session_id: Optional[str] = None
+        self.current_session_id: str | None = None
         self._init_orchestration()
 
     def __repr__(self) -> str:
         return f"<OblixClient home={str(self.home)!r} models={self.list_models()!r}>"
 
     # ------------------------------------------------------------------ sessions (the reference API)
-    async def create_session(self, title: Optional[str] = None, initial_context: Optional[dict] = None,
-                             metadata: Optional[dict] = None) -> str:
+    async def create_session(self, title: str | None = None, initial_context: dict | None = None,
+                             metadata: dict | None = None) -> str:
         """Create a session; returns its id."""
         return self.sessions.create(title=title, context=initial_context, metadata=metadata)
 
-    async def create_and_use_session(self, title: Optional[str] = None, initial_context: Optional[dict] = None,
-                                     metadata: Optional[dict] = None) -> str:
+    async def create_and_use_session(self, title: str | None = None, initial_context: dict | None = None,
+                                     metadata: dict | None = None) -> str:
         """Create a session and make it the current one; returns its id."""
         session_id = await self.create_session(title, initial_context, metadata)
         self.current_session_id = session_id
@@ -93,8 +94,8 @@ class OblixClient:
         """The whole session as the reference's JSON structure. Unknown id: SessionNotFoundError (a KeyError)."""
         return self.sessions.get(session_id)
 
-    def list_sessions(self, limit: int = 50, filter_metadata: Optional[dict] = None, *,
-                      author: Optional[str] = None) -> List[dict]:
+    def list_sessions(self, limit: int = 50, filter_metadata: dict | None = None, *,
+                      author: str | None = None) -> list[dict]:
         """Session summaries, newest ``updated_at`` first; ``author``: only the sessions that user created."""
         return self.sessions.summaries(limit=limit, filter_metadata=filter_metadata, author=author)
 
@@ -126,7 +127,7 @@ class OblixClient:
             self.current_session_id = session_id
         return session_id
 
-    async def copy_session(self, session_id: str, new_title: Optional[str] = None,
+    async def copy_session(self, session_id: str, new_title: str | None = None,
                            use_immediately: bool = False) -> str:
         """Copy a session (new ids, same contents); returns the new id."""
         copy_id = self.sessions.copy(session_id, new_title=new_title)
@@ -134,7 +135,7 @@ class OblixClient:
             self.current_session_id = copy_id
         return copy_id
 
-    async def merge_sessions(self, session_ids: List[str], title: Optional[str] = None,
+    async def merge_sessions(self, session_ids: list[str], title: str | None = None,
                              use_immediately: bool = False) -> str:
         """Merge sessions into a new one, messages ordered by timestamp; returns the new id."""
         merged_id = self.sessions.merge(session_ids, title=title)
@@ -151,7 +152,7 @@ class OblixClient:
         """
         return self.sessions.append_message(session_id, role, content, **fields)
 
-    def search_sessions(self, query: str, limit: int = 20) -> List[dict]:
+    def search_sessions(self, query: str, limit: int = 20) -> list[dict]:
         """Full-text search over titles and message text (SQLite FTS5 or PostgreSQL tsvector); best first."""
         return self.sessions.search(query, limit=limit)
 
@@ -182,7 +183,7 @@ class OblixClient:
         """``{alias: model_id}``, sorted by alias."""
         return {key[len(_ALIAS_PREFIX):]: value for key, value in self.sessions.settings(_ALIAS_PREFIX).items()}
 
-    def resolve_model_id(self, model_id: Optional[str]) -> Optional[str]:
+    def resolve_model_id(self, model_id: str | None) -> str | None:
         """``model_id`` itself if it is one (``type:name``) or None; the model an alias stands for; else
         NoModelHookedError naming the hooked models and the aliases."""
         if model_id is None or (isinstance(model_id, str) and ":" in model_id):
@@ -195,8 +196,8 @@ class OblixClient:
                                  f"hooked: {list(self._models)}, aliases: {self.model_aliases()}")
 
     # ------------------------------------------------------------------ DataFrames (pandas imported on call)
-    def sessions_df(self, limit: Optional[int] = None, filter_metadata: Optional[dict] = None, *,
-                    author: Optional[str] = None):
+    def sessions_df(self, limit: int | None = None, filter_metadata: dict | None = None, *,
+                    author: str | None = None):
         """One row per session (newest ``updated_at`` first), metadata keys expanded to columns.
 
         Columns: session_id, title, created_at, updated_at (UTC datetimes), message_count, author, cost_usd (the sum
@@ -207,7 +208,7 @@ class OblixClient:
 
         return sessions_df(self.sessions, limit=limit, filter_metadata=filter_metadata, author=author)
 
-    def messages_df(self, session_ids: Optional[str | List[str]] = None, *, author: Optional[str] = None):
+    def messages_df(self, session_ids: str | list[str] | None = None, *, author: str | None = None):
         """One row per message of ``session_ids`` (one id or a list; None: every session).
 
         Columns: session_id, session_title, message_id, role, content, timestamp (UTC), model_id,
@@ -229,8 +230,8 @@ class OblixClient:
     def budgets(self) -> Budgets:
         return Budgets(self.sessions)
 
-    def set_price(self, model: str, input: float, output: float, cached: Optional[float] = None,
-                  cache_write: Optional[float] = None) -> dict:
+    def set_price(self, model: str, input: float, output: float, cached: float | None = None,
+                  cache_write: float | None = None) -> dict:
         """Set a model's price in USD per million tokens (overrides the shipped table; see :mod:`oblix_nb.pricing`).
 
         ``model``: a model id (``"claude:claude-haiku-4-5"``) or a bare model name. ``cached``: input read from
@@ -239,14 +240,14 @@ class OblixClient:
         """
         return self.prices.set(model, input, output, cached, cache_write).as_dict()
 
-    def price_of(self, model_id: str) -> Optional[dict]:
+    def price_of(self, model_id: str) -> dict | None:
         """The price that applies to a hooked model (a dict with its ``source``), or None if unknown."""
         backend = self._models.get(model_id)
         price = self.prices.for_backend(backend) if backend is not None else self.prices.lookup(
             model_id, model_id.split(":", 1)[-1], "cloud")
         return price.as_dict() if price is not None else None
 
-    def set_budget(self, usd: Optional[float], per: str = "day") -> Optional[dict]:
+    def set_budget(self, usd: float | None, per: str = "day") -> dict | None:
         """Cap cloud spend: ``usd`` per ``"day"`` (since local midnight), ``"session"`` or ``"total"``; None removes
         that budget. Kept in the session store (it holds for every kernel sharing it). Hooks a BudgetAgent if
         none is hooked. A cloud call whose worst case exceeds what is left is routed to a local model, or refused
@@ -257,7 +258,7 @@ class OblixClient:
             self.hook_agent(BudgetAgent())
         return status
 
-    def budget_status(self, session_id: Optional[str] = None) -> List[dict]:
+    def budget_status(self, session_id: str | None = None) -> list[dict]:
         """The budgets that apply (to ``session_id``, default the current session), tightest first."""
         sid = session_id if session_id is not None else self.current_session_id
         return [s.as_dict() for s in self.budgets.status(sid)]
@@ -272,7 +273,7 @@ class OblixClient:
         cost_estimate_usd), first, last (UTC)."""
         return usage_log.usage_df(self.sessions, by=by)
 
-    def stats(self, by: str = "model", since: Any = None, until: Any = None, filter_metadata: Optional[dict] = None):
+    def stats(self, by: str = "model", since: Any = None, until: Any = None, filter_metadata: dict | None = None):
         """Request statistics per ``by`` ("model", "route", "session" or "day") as a DataFrame, computed in
         the store's SQL (messages are not loaded into pandas).
 
@@ -296,7 +297,7 @@ class OblixClient:
 
         return discover_models(**kwargs)
 
-    def plot_stats(self, since: Any = None, until: Any = None, filter_metadata: Optional[dict] = None, **kwargs: Any):
+    def plot_stats(self, since: Any = None, until: Any = None, filter_metadata: dict | None = None, **kwargs: Any):
         """A dashboard of matplotlib figures over the store's requests (see ``oblix_nb.plots.dashboard``):
         TTFT per model, TTFT vs input tokens, tokens and cost per day, route mix and fallback rate.
         Returns ``{name: Figure}``; matplotlib is imported only here."""
@@ -311,13 +312,13 @@ class OblixClient:
         self._agents: list[Any] = []
         self._started_agents: list[Any] = []         # samplers this client started (and so stops)
         # Looked up at call time, so the notebook layer's factory (set by %load_ext in a kernel) applies here too.
-        self.sink_factory: Callable[[bool], Optional[StreamSink]] = lambda display_metrics: default_sink_factory(
+        self.sink_factory: Callable[[bool], StreamSink | None] = lambda display_metrics: default_sink_factory(
             display_metrics)
-        self.chat_handler: Optional[Callable[..., Awaitable[dict]]] = None  # notebook layer may set one
+        self.chat_handler: Callable[..., Awaitable[dict]] | None = None  # notebook layer may set one
         self.max_history_messages = 1000
-        self.default_max_tokens: Optional[int] = None  # used when execute() gets no max_tokens
+        self.default_max_tokens: int | None = None  # used when execute() gets no max_tokens
         # A streaming reply is persisted (flagged partial) at least this often, in seconds; None: only at the end.
-        self.checkpoint_interval: Optional[float] = 1.0
+        self.checkpoint_interval: float | None = 1.0
 
     @property
     def models(self) -> dict:
@@ -343,8 +344,8 @@ class OblixClient:
             out.setdefault(backend.model_type.value, []).append(backend.model_name)
         return out
 
-    async def hook_model(self, model_type: ModelType | str, model_name: str, endpoint: Optional[str] = None,
-                         api_key: Optional[str] = None, **kwargs: Any) -> bool:
+    async def hook_model(self, model_type: ModelType | str, model_name: str, endpoint: str | None = None,
+                         api_key: str | None = None, **kwargs: Any) -> bool:
         """Hook a model: checks that its endpoint answers and lists it (never downloads, never bills).
 
         kwargs: ``base_url`` (OPENAI, CLAUDE), ``target`` ("local"/"cloud"), ``context_window``, ``timeout``,
@@ -431,9 +432,9 @@ class OblixClient:
         return (await run_check(agent)).get("metrics", {})
 
     # ------------------------------------------------------------------ execute
-    async def execute(self, prompt: str, temperature: Optional[float] = None, max_tokens: Optional[int] = None,
-                      request_id: Optional[str] = None, display_metrics: bool = True,
-                      session_id: Optional[str] = None, stream: bool = True, chat: bool = False,
+    async def execute(self, prompt: str, temperature: float | None = None, max_tokens: int | None = None,
+                      request_id: str | None = None, display_metrics: bool = True,
+                      session_id: str | None = None, stream: bool = True, chat: bool = False,
                       **kwargs: Any) -> dict:
         """Send ``prompt`` to the routed model, with the session's history as context.
 
@@ -471,10 +472,10 @@ class OblixClient:
                 self.sink_factory(display_metrics)
         return await runtime.to_loop(execute_request(self, request, sink, stream, cascade, min_confidence))
 
-    async def map(self, data: Any, prompt: Any, *, schema: Any = None, model_id: Optional[str] = None,
-                  concurrency: Optional[int] = None, temperature: Optional[float] = None,
-                  max_tokens: Optional[int] = None, system: Optional[str] = None,
-                  session_id: Optional[str] = None, cache: bool = True, on_error: str = "record",
+    async def map(self, data: Any, prompt: Any, *, schema: Any = None, model_id: str | None = None,
+                  concurrency: int | None = None, temperature: float | None = None,
+                  max_tokens: int | None = None, system: str | None = None,
+                  session_id: str | None = None, cache: bool = True, on_error: str = "record",
                   progress: bool = True, **options: Any):
         """Run ``prompt`` over every row of ``data``; returns a DataFrame on the input's index.
 
@@ -529,7 +530,7 @@ class OblixClient:
 
         return plot_evaluation(result, theme=theme, x=x, ax=ax)
 
-    def stream(self, prompt: str, **kwargs: Any) -> "ExecutionStream":
+    def stream(self, prompt: str, **kwargs: Any) -> ExecutionStream:
         """``async for text in client.stream(prompt, ...)``: the reply's deltas as they arrive.
 
         Takes execute()'s arguments. After the loop, ``.response`` holds execute()'s dict. Leaving the loop
@@ -542,11 +543,11 @@ class OblixClient:
                                        session_id=kwargs.pop("session_id", None), options=kwargs)
         return ExecutionStream(engine, request)
 
-    def _over_budget(self, backend: ModelBackend, price, fitted, params, session_id: Optional[str]):
+    def _over_budget(self, backend: ModelBackend, price, fitted, params, session_id: str | None):
         """``engine.over_budget`` (kept for bench/cost.py)."""
         return self.engine.over_budget(backend, price, fitted, params, session_id)
 
-    async def _chat(self, prompt: str, *, session_id: Optional[str], **kwargs: Any) -> dict:
+    async def _chat(self, prompt: str, *, session_id: str | None, **kwargs: Any) -> dict:
         """Interactive chat: the notebook's chat handler if set, else a terminal prompt loop."""
         sid = session_id or self.current_session_id
         if sid is None:
@@ -558,7 +559,7 @@ class OblixClient:
                                "the package's loop")
         return self._terminal_chat(prompt, sid, kwargs)
 
-    def _terminal_chat(self, prompt: Optional[str], sid: str, kwargs: dict) -> dict:
+    def _terminal_chat(self, prompt: str | None, sid: str, kwargs: dict) -> dict:
         """The terminal chat loop (see :func:`oblix_nb.terminal.terminal_chat`); each turn is ``self.execute``."""
         return terminal_chat(self, prompt, sid, kwargs)
 

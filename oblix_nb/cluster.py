@@ -23,8 +23,9 @@ cluster; a SQLite file only on one machine (e.g. ``LocalCluster``).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .batch import MapClient
@@ -44,11 +45,11 @@ class ModelSpec:
     """How one model was hooked, without its API key."""
     model_type: str
     model_name: str
-    endpoint: Optional[str] = None
+    endpoint: str | None = None
     options: tuple = ()  # sorted (name, value) pairs of plain values
 
     @classmethod
-    def of(cls, model_type: Any, model_name: str, endpoint: Optional[str], options: dict) -> "ModelSpec":
+    def of(cls, model_type: Any, model_name: str, endpoint: str | None, options: dict) -> ModelSpec:
         plain = tuple(sorted((k, v) for k, v in options.items() if isinstance(v, _SERIALISABLE)))
         return cls(getattr(model_type, "value", str(model_type)), model_name, endpoint, plain)
 
@@ -57,7 +58,7 @@ class SpecSource(Protocol):
     """What a :class:`ClientSpec` is made from (an OblixClient)."""
 
     sessions: SessionStoreBase
-    default_max_tokens: Optional[int]
+    default_max_tokens: int | None
 
     @property
     def models(self) -> dict: ...
@@ -79,13 +80,13 @@ ClientFactory = Callable[..., Any]
 @dataclass(frozen=True)
 class ClientSpec:
     """What a worker needs to build a client like the driver's (see the module docstring)."""
-    database_url: Optional[str]
+    database_url: str | None
     author: str
     models: tuple = field(default_factory=tuple)
-    default_max_tokens: Optional[int] = None
+    default_max_tokens: int | None = None
 
     @classmethod
-    def from_client(cls, client: SpecSource) -> "ClientSpec":
+    def from_client(cls, client: SpecSource) -> ClientSpec:
         store = client.sessions
         url = store.public_url()
         hooked = client.model_specs

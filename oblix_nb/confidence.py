@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from .models.base import GenerationParams, LogprobsUnavailable, ModelBackend, TokenLogprob
 
@@ -50,11 +51,11 @@ class OptionScores:
     """One enum field's answer: the ``label`` chosen (the most likely option, or the generated value when the
     backend gives no log-probabilities), its ``confidence`` (0-1, NaN if unknown), every option's normalised
     probability (``probs``; empty if unknown), and the ``method`` ("exact", "top_logprobs" or "none")."""
-    label: Optional[str]
+    label: str | None
     confidence: float
     probs: dict = field(default_factory=dict)
     method: str = "none"
-    field: Optional[str] = None
+    field: str | None = None
 
     def as_dict(self) -> dict:
         return {"field": self.field, "label": self.label, "confidence": self.confidence, "probs": dict(self.probs),
@@ -73,7 +74,7 @@ def normalise(logps: dict) -> dict:
     return {k: w / total for k, w in weights.items()}
 
 
-def _decide(logps: dict, method: str, name: Optional[str], fallback: Optional[str] = None) -> OptionScores:
+def _decide(logps: dict, method: str, name: str | None, fallback: str | None = None) -> OptionScores:
     probs = normalise(logps)
     if not probs:
         return OptionScores(fallback, NAN, {}, "none", name)
@@ -89,7 +90,7 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
-def value_start(reply: str, name: Optional[str]) -> Optional[int]:
+def value_start(reply: str, name: str | None) -> int | None:
     """Where the value of top-level property ``name`` starts in the JSON object ``reply`` (``None``: the root
     value), or None if the reply has no such member (or is not a JSON object there)."""
     decoder = json.JSONDecoder()
@@ -119,7 +120,7 @@ def value_start(reply: str, name: Optional[str]) -> Optional[int]:
     return None
 
 
-def synthetic_prefix(name: Optional[str], before: Optional[dict] = None) -> str:
+def synthetic_prefix(name: str | None, before: dict | None = None) -> str:
     """The start of a reply up to the value of ``name``, written as ``json.dumps`` would (the fields in
     ``before`` first): what option scoring continues when there is no generated reply to continue."""
     if name is None:
@@ -201,7 +202,7 @@ def _enum_fields(schema: Any) -> dict:
     return enum_fields(schema)
 
 
-def _generated_value(reply: Optional[str], name: Optional[str]) -> Optional[str]:
+def _generated_value(reply: str | None, name: str | None) -> str | None:
     if not reply:
         return None
     try:
@@ -215,12 +216,12 @@ def _generated_value(reply: Optional[str], name: Optional[str]) -> Optional[str]
     return value if isinstance(value, str) else None
 
 
-def _params(schema_json: Optional[dict], max_tokens: Optional[int]) -> GenerationParams:
+def _params(schema_json: dict | None, max_tokens: int | None) -> GenerationParams:
     return GenerationParams(max_tokens=max_tokens, temperature=0.0, schema=schema_json)
 
 
-async def score_field(backend: ModelBackend, messages: list[dict], name: Optional[str], options: Sequence[str], *,
-                      reply: Optional[str] = None, tokens: Optional[Sequence[TokenLogprob]] = None) -> OptionScores:
+async def score_field(backend: ModelBackend, messages: list[dict], name: str | None, options: Sequence[str], *,
+                      reply: str | None = None, tokens: Sequence[TokenLogprob] | None = None) -> OptionScores:
     """Confidence of enum field ``name`` (None: the root value) with ``options``, for the reply to ``messages``.
 
     ``reply``: the generated reply text, if any (an exact backend continues it at the field; without one, a
@@ -248,15 +249,15 @@ async def score_field(backend: ModelBackend, messages: list[dict], name: Optiona
     return OptionScores(fallback, NAN, {}, "none", name)
 
 
-async def score_answer(backend: ModelBackend, messages: list[dict], schema: Any, *, reply: Optional[str] = None,
-                       tokens: Optional[Sequence[TokenLogprob]] = None) -> dict:
+async def score_answer(backend: ModelBackend, messages: list[dict], schema: Any, *, reply: str | None = None,
+                       tokens: Sequence[TokenLogprob] | None = None) -> dict:
     """``{field: OptionScores}`` for every enum field of ``schema`` (see :func:`score_field`)."""
     return {name: await score_field(backend, messages, name, options, reply=reply, tokens=tokens)
             for name, options in _enum_fields(schema).items()}
 
 
 async def choose(backend: ModelBackend, messages: list[dict], schema: Any, *,
-                 max_tokens: Optional[int] = 64) -> tuple[dict, dict]:
+                 max_tokens: int | None = 64) -> tuple[dict, dict]:
     """Answer an enum schema by **option scoring**: ``(value, {field: OptionScores})``.
 
     Exact backends pick each enum field's most likely option, field after field, without generating (the other
@@ -322,7 +323,7 @@ def confidence_columns(schema: Any = None) -> list:
 
 
 async def reply_confidence(backend: ModelBackend, messages: list[dict], reply: str, schema: Any = None, *,
-                           tokens: Optional[Sequence[TokenLogprob]] = None) -> dict:
+                           tokens: Sequence[TokenLogprob] | None = None) -> dict:
     """The confidence values of one reply, by column name (:func:`confidence_columns`): what the execution
     engine puts in ``execute(schema=...)``'s response and ``map()``'s frame.
 

@@ -7,8 +7,8 @@ truncated in the middle instead of leaving the model with nothing.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 MARGIN = 48  # covers a chat template's injected default system prompt (SmolLM2: ~20 tokens)
 ELISION = "\n…[{n} characters truncated]…\n"

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import TYPE_CHECKING, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import runtime
 
@@ -41,10 +42,10 @@ def embedded_model_available() -> bool:
     return shipped_gguf(EMBEDDED_MODEL[1]) is not None and importlib.util.find_spec("llama_cpp") is not None
 
 
-_reasons: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # client -> (model_id, why), until shown
+_reasons: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # client -> (model_id, why), until shown
 
 
-def choose_model() -> tuple[Optional[str], str]:
+def choose_model() -> tuple[str | None, str]:
     """``(model_id, reason)`` of the default model now, without hooking it; ``(None, reason)`` when there is
     none (no llama-cpp-python, or nothing discovered and SmolLM2 not installed). Discovery reads file headers
     only: no Ollama server asked, no port probed."""
@@ -63,7 +64,7 @@ def choose_model() -> tuple[Optional[str], str]:
     return model_id, reason
 
 
-def take_reason(client, model_id: Optional[str] = None) -> Optional[str]:
+def take_reason(client, model_id: str | None = None) -> str | None:
     """Why :func:`ensure_model` hooked the model it hooked for ``client`` (once: the first reply says it), or
     None. ``model_id``: only if that model answered."""
     found = _reasons.get(client)
@@ -73,7 +74,7 @@ def take_reason(client, model_id: Optional[str] = None) -> Optional[str]:
     return found[1]
 
 
-async def ensure_model(client: OblixClient, *, on_hook: Optional[Callable[[str], None]] = None) -> Optional[str]:
+async def ensure_model(client: OblixClient, *, on_hook: Callable[[str], None] | None = None) -> str | None:
     """Hook a default model if ``client`` has none; return the id of the model hooked, else None.
 
     None means nothing was hooked: either a model was already hooked (the client can answer), or no default
@@ -108,6 +109,6 @@ async def ensure_model(client: OblixClient, *, on_hook: Optional[Callable[[str],
     return EMBEDDED_MODEL_ID
 
 
-def ensure_model_sync(client: OblixClient, *, on_hook: Optional[Callable[[str], None]] = None) -> Optional[str]:
+def ensure_model_sync(client: OblixClient, *, on_hook: Callable[[str], None] | None = None) -> str | None:
     """:func:`ensure_model` from synchronous code (runs on the package's background loop)."""
     return runtime.run(ensure_model(client, on_hook=on_hook))

@@ -48,10 +48,23 @@ import json
 import math
 import statistics
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from .evaluation_metrics import (_answer_text, _norm, accuracy, exact_match, few_shot_block, few_shot_examples,
-                                 labels_needed, macro_f1, per_label, simulate_cascade, suggest_threshold, token_f1)
+from .evaluation_metrics import (
+    _answer_text,
+    _norm,
+    accuracy,
+    exact_match,
+    few_shot_block,
+    few_shot_examples,
+    labels_needed,
+    macro_f1,
+    per_label,
+    simulate_cascade,
+    suggest_threshold,
+    token_f1,
+)
 
 __all__ = ["evaluate", "evaluate_sync", "evaluate_frames", "accuracy", "macro_f1", "per_label", "exact_match",
            "token_f1", "few_shot_examples", "few_shot_block", "simulate_cascade", "suggest_threshold",
@@ -94,14 +107,14 @@ def _floats(frame: Any, name: str) -> list:
     return out
 
 
-def _confidence_column(frame: Any, field: Optional[str]) -> Optional[str]:
+def _confidence_column(frame: Any, field: str | None) -> str | None:
     for name in ([f"{field}_confidence"] if field else []) + ["confidence"]:
         if name in frame.columns:
             return name
     return None
 
 
-def _answers(frame: Any, field: Optional[str]) -> dict:
+def _answers(frame: Any, field: str | None) -> dict:
     """One run's per-row results in the form :func:`simulate_cascade` takes."""
     answer_col = field if field is not None and field in frame.columns else \
         ("parsed" if "parsed" in frame.columns else "response")
@@ -143,16 +156,16 @@ def _row(model: str, method: str, shots: int, threshold: float, truth: list, a: 
             "cached_share": sum(a["cached"]) / n if n else NAN}
 
 
-def _rate(a: dict, wall_s: Optional[float]) -> float:
+def _rate(a: dict, wall_s: float | None) -> float:
     fresh = sum(1 for c in a["cached"] if not c)
     if not fresh or not wall_s or wall_s <= 0:
         return NAN
     return fresh / wall_s
 
 
-def evaluate_frames(truth: Sequence, runs: list[dict], *, field: Optional[str], kind: str = "enum",
-                    cascade: Optional[Sequence[str]] = None, thresholds: Optional[Sequence[float]] = None,
-                    target_accuracy: Optional[float] = None, holdout: float = 0.5, seed: int = 0) -> "Any":
+def evaluate_frames(truth: Sequence, runs: list[dict], *, field: str | None, kind: str = "enum",
+                    cascade: Sequence[str] | None = None, thresholds: Sequence[float] | None = None,
+                    target_accuracy: float | None = None, holdout: float = 0.5, seed: int = 0) -> Any:
     """The evaluation table from per-row results, with no model call: the seam :func:`evaluate` and live
     cascades share.
 
@@ -217,7 +230,7 @@ def evaluate_frames(truth: Sequence, runs: list[dict], *, field: Optional[str], 
 
 # ---------------------------------------------------------------------------------------------- evaluate
 
-def _resolve_field(compiled: Any, truth: str, field: Optional[str]) -> tuple[Optional[str], str, Optional[list]]:
+def _resolve_field(compiled: Any, truth: str, field: str | None) -> tuple[str | None, str, list | None]:
     """(the compared field, "enum"/"text", its options)."""
     from .errors import SchemaError
     from .structured import enum_fields
@@ -243,18 +256,18 @@ def _resolve_field(compiled: Any, truth: str, field: Optional[str]) -> tuple[Opt
     return field, ("enum" if options is not None else "text"), options
 
 
-def _messages(system: Optional[str], prompt: str) -> list[dict]:
+def _messages(system: str | None, prompt: str) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
-def _price(client: Any, model_id: str) -> Optional[dict]:
+def _price(client: Any, model_id: str) -> dict | None:
     try:
         return client.price_of(model_id)
     except Exception:  # noqa: BLE001 - an unknown price is a NaN cost, not a failed evaluation
         return None
 
 
-def _cost(price: Optional[dict], input_tokens: Any, output_tokens: Any) -> float:
+def _cost(price: dict | None, input_tokens: Any, output_tokens: Any) -> float:
     if price is None:
         return NAN
     try:
@@ -267,8 +280,8 @@ def _cost(price: Optional[dict], input_tokens: Any, output_tokens: Any) -> float
 
 
 async def _row_confidences(client: Any, model_id: str, messages: list[list[dict]], frame: Any, compiled: Any,
-                           field: Optional[str], options: Optional[list], kind: str, regenerate: bool,
-                           max_tokens: Optional[int]) -> list[float]:
+                           field: str | None, options: list | None, kind: str, regenerate: bool,
+                           max_tokens: int | None) -> list[float]:
     """Each row's confidence in its answer when ``map()`` gave none (see the module docstring)."""
     from . import confidence as C
     from . import runtime
@@ -342,7 +355,7 @@ def _plain(value: Any) -> Any:
 
 
 async def _run_score(client: Any, model_id: str, messages: list[list[dict]], compiled: Any,
-                     field: Optional[str], max_tokens: Optional[int], index: Any) -> tuple[Any, float]:
+                     field: str | None, max_tokens: int | None, index: Any) -> tuple[Any, float]:
     """Option scoring over every row (no map(): nothing stored): a frame like map()'s, and the wall time."""
     import pandas as pd
 
@@ -371,11 +384,11 @@ async def _run_score(client: Any, model_id: str, messages: list[list[dict]], com
 
 
 async def evaluate(client: Any, data: Any, prompt: Any, *, truth: str, schema: Any = None,
-                   models: Optional[Sequence[str]] = None, cascade: Optional[Sequence[str]] = None,
-                   thresholds: Optional[Sequence[float]] = None, examples: Any = None, k: int = 4,
-                   field: Optional[str] = None, method: Any = "generate", system: Optional[str] = None,
-                   temperature: Optional[float] = 0.0, max_tokens: Optional[int] = None,
-                   target_accuracy: Optional[float] = None, holdout: float = 0.5, seed: int = 0,
+                   models: Sequence[str] | None = None, cascade: Sequence[str] | None = None,
+                   thresholds: Sequence[float] | None = None, examples: Any = None, k: int = 4,
+                   field: str | None = None, method: Any = "generate", system: str | None = None,
+                   temperature: float | None = 0.0, max_tokens: int | None = None,
+                   target_accuracy: float | None = None, holdout: float = 0.5, seed: int = 0,
                    cache: bool = True, progress: bool = False, cascade_run: str = "simulate", **options: Any):
     """Evaluate ``models`` (and a ``cascade`` of them at each of ``thresholds``) on the labelled ``data``.
 

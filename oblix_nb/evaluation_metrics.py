@@ -9,13 +9,14 @@ import math
 import random
 import re
 from collections import Counter, defaultdict
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 NAN = float("nan")
 
 # ---------------------------------------------------------------------------------------------- metrics
 
-def _norm(value: Any) -> Optional[str]:
+def _norm(value: Any) -> str | None:
     """A label or answer as compared: text, stripped, case-folded; None for missing values."""
     if value is None:
         return None
@@ -42,7 +43,7 @@ def accuracy(truth: Sequence, pred: Sequence) -> float:
     return sum(1 for t, p in pairs if _norm(p) is not None and _norm(t) == _norm(p)) / len(pairs)
 
 
-def per_label(truth: Sequence, pred: Sequence) -> "Any":
+def per_label(truth: Sequence, pred: Sequence) -> Any:
     """Precision, recall, F1 and support per label (a DataFrame indexed by label, in order of support)."""
     import pandas as pd
 
@@ -103,7 +104,7 @@ def labels_needed(accuracy_: float, margin: float = 0.05, z: float = 1.96) -> in
 
 # ---------------------------------------------------------------------------------------------- few-shot
 
-def few_shot_examples(examples: Any, truth: str, k: int = 4, seed: int = 0) -> "Any":
+def few_shot_examples(examples: Any, truth: str, k: int = 4, seed: int = 0) -> Any:
     """``k`` rows of the labelled frame ``examples``, balanced by label: labels take turns (most frequent label
     first), each contributing its rows in a seeded random order. Fewer than ``k`` rows if the frame is smaller."""
     import pandas as pd
@@ -131,7 +132,7 @@ def few_shot_examples(examples: Any, truth: str, k: int = 4, seed: int = 0) -> "
     return examples.iloc[picked]
 
 
-def _answer_text(label: Any, field: Optional[str], schema: Any) -> str:
+def _answer_text(label: Any, field: str | None, schema: Any) -> str:
     """What an example's answer looks like: the JSON the schema asks for (the field alone), or the text."""
     value = getattr(label, "value", label)
     if schema is None:
@@ -141,7 +142,7 @@ def _answer_text(label: Any, field: Optional[str], schema: Any) -> str:
     return json.dumps({field: value}, ensure_ascii=False)
 
 
-def few_shot_block(shots: Any, render: Callable[[dict], str], truth: str, field: Optional[str],
+def few_shot_block(shots: Any, render: Callable[[dict], str], truth: str, field: str | None,
                    schema: Any = None) -> str:
     """The text put before each row's prompt: every example's prompt and its answer."""
     parts = ["Here are solved examples:"]
@@ -189,7 +190,7 @@ def simulate_cascade(answers: list[dict], threshold: float) -> dict:
 
 
 def suggest_threshold(truth: Sequence, answers: list[dict], target_accuracy: float, *,
-                      candidates: Optional[Sequence[float]] = None, holdout: float = 0.5, seed: int = 0,
+                      candidates: Sequence[float] | None = None, holdout: float = 0.5, seed: int = 0,
                       margin: float = 0.05) -> dict:
     """The lowest cascade threshold (fewest escalations) whose accuracy reaches ``target_accuracy`` on a
     calibration split, checked on a held-out split.

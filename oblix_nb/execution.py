@@ -18,19 +18,33 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import runtime
 from ._util import check_session_id, describe_error, iso, new_id, utcnow
 from .agents import run_check
 from .budget import Budgets
 from .context import fit_history
-from .errors import (BudgetExceededError, ModelCallError, NoModelHookedError, ReplyNotStoredError,
-                     SessionNotFoundError, StructuredOutputError)
-from .models.base import (SAMPLING_OPTIONS, GenerationParams, ModelBackend, PromptProgress, Usage,
-                          is_connection_failure, report_progress)
+from .errors import (
+    BudgetExceededError,
+    ModelCallError,
+    NoModelHookedError,
+    ReplyNotStoredError,
+    SessionNotFoundError,
+    StructuredOutputError,
+)
+from .models.base import (
+    SAMPLING_OPTIONS,
+    GenerationParams,
+    ModelBackend,
+    PromptProgress,
+    Usage,
+    is_connection_failure,
+    report_progress,
+)
 from .pricing import Price, PriceBook, reply_cost
 from .routing import RoutingDecision, decide
 from .sessions import usage as usage_log
@@ -41,7 +55,7 @@ if TYPE_CHECKING:
     from .sessions.base import SessionStoreBase
 
 # Records a reply: ``store(request, text, response, partial, message_id, replace)`` (Engine._store_reply).
-StoreReply = Callable[["Request", str, dict, bool, Optional[str], bool], None]
+StoreReply = Callable[["Request", str, dict, bool, str | None, bool], None]
 
 # Keyword arguments of execute()/stream() besides the sampling options.
 REQUEST_OPTIONS = ("model_id", "sink", "schema", "system")
@@ -51,10 +65,10 @@ class ExecutionHost(Protocol):
     """What the engine reads from its client (an OblixClient), each time it needs it."""
 
     sessions: SessionStoreBase             # the session store (SQLite or PostgreSQL)
-    current_session_id: Optional[str]
-    default_max_tokens: Optional[int]      # when a request names no max_tokens
+    current_session_id: str | None
+    default_max_tokens: int | None      # when a request names no max_tokens
     max_history_messages: int              # session messages read as context, at most
-    checkpoint_interval: Optional[float]   # seconds between checkpoints of a streaming reply; None: none
+    checkpoint_interval: float | None   # seconds between checkpoints of a streaming reply; None: none
 
     @property
     def models(self) -> dict[str, ModelBackend]: ...   # hooked backends by model id, in hook order
@@ -68,7 +82,7 @@ class ExecutionHost(Protocol):
     @property
     def budgets(self) -> Budgets: ...
 
-    def resolve_model_id(self, model_id: Optional[str]) -> Optional[str]: ...
+    def resolve_model_id(self, model_id: str | None) -> str | None: ...
 
 
 class Engine:
@@ -83,8 +97,8 @@ class Engine:
         return self.host.sessions
 
     # ------------------------------------------------------------------ requests
-    def params(self, temperature: Optional[float] = None, max_tokens: Optional[int] = None,
-               options: Optional[dict] = None) -> GenerationParams:
+    def params(self, temperature: float | None = None, max_tokens: int | None = None,
+               options: dict | None = None) -> GenerationParams:
         """Checked generation parameters (sampling options taken from ``options``, other keys ignored);
         ``max_tokens`` None: the client's ``default_max_tokens``. ValueError for an invalid value."""
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
@@ -97,9 +111,9 @@ class Engine:
             max_tokens = self.host.default_max_tokens
         return GenerationParams(max_tokens, temperature, sampling)
 
-    def build_request(self, prompt: str, *, temperature: Optional[float] = None, max_tokens: Optional[int] = None,
-                      request_id: Optional[str] = None, session_id: Optional[str] = None,
-                      options: Optional[dict] = None) -> "Request":
+    def build_request(self, prompt: str, *, temperature: float | None = None, max_tokens: int | None = None,
+                      request_id: str | None = None, session_id: str | None = None,
+                      options: dict | None = None) -> Request:
         """A checked :class:`Request` from execute()'s arguments. ``options``: its other keyword arguments
         (sampling options, ``model_id`` -- an alias works --, ``sink``, ``system``, ``schema``); ``session_id``
         None: the client's current session. ValueError/TypeError for bad input, SessionNotFoundError for an
@@ -138,7 +152,7 @@ class Engine:
                        schema=schema)
 
     # ------------------------------------------------------------------ routing
-    async def route(self, forced: Optional[str] = None) -> tuple[RoutingDecision, list[dict]]:
+    async def route(self, forced: str | None = None) -> tuple[RoutingDecision, list[dict]]:
         """Ask every hooked agent, then decide: ``(decision, checks)``. ``forced``: a hooked model id to use
         first (the others stay fallback candidates). NoModelHookedError when none (or not that one) is hooked."""
         models = self.host.models
@@ -152,7 +166,7 @@ class Engine:
         return decide(list(models.values()), checks, forced_model_id=forced), checks
 
     # ------------------------------------------------------------------ running
-    async def run(self, request: "Request", *, sink: Optional[StreamSink] = None, stream: bool = False,
+    async def run(self, request: Request, *, sink: StreamSink | None = None, stream: bool = False,
                   store_reply: bool = True, parse: bool = False) -> dict:
         """Route, call (falling back), store; returns execute()'s response dict. Runs on the package loop
         (from another loop: ``await runtime.to_loop(engine.run(...))``).
@@ -167,7 +181,7 @@ class Engine:
             return await self._run_structured(request, sink, stream, store_reply)
         return await self._run(request, sink, stream, store_reply)
 
-    async def _run_structured(self, request: "Request", sink: Optional[StreamSink], stream: bool,
+    async def _run_structured(self, request: Request, sink: StreamSink | None, stream: bool,
                               store_reply: bool) -> dict:
         """``_run`` with the schema enforced and the reply parsed: one retry on an invalid reply."""
         response = await self._run(request, sink, stream, store_reply)
@@ -188,7 +202,7 @@ class Engine:
                 text=response["response"], response=response) from None
         return response
 
-    async def _run(self, request: "Request", sink: Optional[StreamSink], stream: bool, store_reply: bool) -> dict:
+    async def _run(self, request: Request, sink: StreamSink | None, stream: bool, store_reply: bool) -> dict:
         decision, checks = await self.route(request.model_id)
         if not request.fallback and request.model_id is not None:
             # A cascade stage: this model or nothing (no fallback to another tier, budgets per attempt).
@@ -210,8 +224,8 @@ class Engine:
         return await self._attempts(request, decision, checks, history, sink, stream,
                                     self._store_reply if store_reply else _no_store)
 
-    async def _attempts(self, request: "Request", decision, checks: list, history: list[dict],
-                        sink: Optional[StreamSink], stream: bool, store) -> dict:
+    async def _attempts(self, request: Request, decision, checks: list, history: list[dict],
+                        sink: StreamSink | None, stream: bool, store) -> dict:
         """Call the decided model; on a failure before its first token, the next candidate (routing's
         fallback order). ``history`` comes before the prompt (plus ``request.prior`` and ``request.system``);
         ``store(request, text, response, partial, message_id, replace)`` records the reply (see _store_reply)."""
@@ -256,8 +270,8 @@ class Engine:
                     self._log_usage(final, partial, reservation=reservation,
                                     session_id=request.session_id or request.usage_session_id)
 
-    def _log_usage(self, response: Optional[dict], partial: bool, reservation: Optional[str] = None,
-                   session_id: Optional[str] = None) -> None:
+    def _log_usage(self, response: dict | None, partial: bool, reservation: str | None = None,
+                   session_id: str | None = None) -> None:
         """One usage-log row per reply (spend for budgets, ``usage()``); bookkeeping never costs the reply.
         ``reservation``: the call's budget reservation, replaced by the row in one transaction (released when
         there is no reply). If that fails, the reservation stays until it lapses: spend is never under-counted."""
@@ -278,8 +292,8 @@ class Engine:
                           f"{describe_error(exc)}", RuntimeWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ budgets
-    def over_budget(self, backend: ModelBackend, price: Optional[Price], fitted, params: GenerationParams,
-                    session_id: Optional[str]):
+    def over_budget(self, backend: ModelBackend, price: Price | None, fitted, params: GenerationParams,
+                    session_id: str | None):
         """None if ``backend`` may be called under the budgets, else ``(why, budget status, worst case USD)``."""
         if price is not None and price.source == "local":
             return None
@@ -287,8 +301,8 @@ class Engine:
             max(1, (backend.context_window or 4096) - fitted.used)
         return self.host.budgets.check_call(price, fitted.used, max_out, session_id)
 
-    def reserve_budget(self, backend: ModelBackend, price: Optional[Price], fitted, params: GenerationParams,
-                       request: "Request") -> tuple[Optional[tuple], Optional[str]]:
+    def reserve_budget(self, backend: ModelBackend, price: Price | None, fitted, params: GenerationParams,
+                       request: Request) -> tuple[tuple | None, str | None]:
         """:meth:`over_budget`, made atomic: ``(None, reservation id or None)`` if ``backend`` may be called
         (its worst case is then reserved under every budget, across kernels sharing the store, until
         :meth:`_log_usage` settles it), else ``(why, budget status, worst case USD), None``."""
@@ -316,8 +330,8 @@ class Engine:
         return decision.skipped(backend.model_id, f"over budget: {why}", remaining[0], models[remaining[0]].target)
 
     # ------------------------------------------------------------------ storing
-    def _store_reply(self, request: "Request", text: str, response: dict, partial: bool,
-                     message_id: Optional[str] = None, replace: bool = False) -> None:
+    def _store_reply(self, request: Request, text: str, response: dict, partial: bool,
+                     message_id: str | None = None, replace: bool = False) -> None:
         """Store a reply (finished, partial, or a checkpoint of it) as message ``message_id``; ``replace``: an
         earlier checkpoint may hold that id, so the row is updated in place instead of appended."""
         if not request.session_id or (partial and not text):
@@ -347,15 +361,15 @@ class Request:
     prompt: str
     params: GenerationParams
     request_id: str
-    session_id: Optional[str]
-    model_id: Optional[str] = None
-    system: Optional[str] = None        # an extra system message (the schema instruction goes here too)
+    session_id: str | None
+    model_id: str | None = None
+    system: str | None = None        # an extra system message (the schema instruction goes here too)
     schema: Any = None                  # a compiled oblix_nb.structured.Schema
     prior: list = field(default_factory=list)  # messages before the prompt that are not in the session
-    usage_session_id: Optional[str] = None  # without session_id: the session whose budget and usage the call
+    usage_session_id: str | None = None  # without session_id: the session whose budget and usage the call
     #                                         counts in (map() rows: the session they are stored in)
     fallback: bool = True               # False: only ``model_id`` may answer (a cascade stage)
-    sent: Optional[list] = None         # set by the engine: the messages the answering model was sent
+    sent: list | None = None         # set by the engine: the messages the answering model was sent
 
 
 def retry_prompt(error: BaseException) -> str:
@@ -380,17 +394,17 @@ class Call:
     """One attempt at one model: streams, measures, stores the reply (or the partial one)."""
 
     def __init__(self, backend: ModelBackend, request: Request, decision, checks: list, fitted,
-                 price: Optional[Price] = None):
+                 price: Price | None = None):
         self.backend, self.request, self.decision, self.checks, self.fitted = \
             backend, request, decision, checks, fitted
         self.price = price
-        self.final: Optional[tuple[dict, bool]] = None  # (response, partial) once the reply is complete or cut
+        self.final: tuple[dict, bool] | None = None  # (response, partial) once the reply is complete or cut
         self.pieces: list[str] = []
-        self.first_token_at: Optional[float] = None
+        self.first_token_at: float | None = None
         self.usage = Usage(input_source="none", output_source="none")
         self.message_id = new_id()  # the reply's row: checkpoints and the final reply share it
-        self.checkpoint: Optional[Checkpoint] = None
-        self.prompt_progress: Optional[PromptProgress] = None  # the engine's last report on reading the prompt
+        self.checkpoint: Checkpoint | None = None
+        self.prompt_progress: PromptProgress | None = None  # the engine's last report on reading the prompt
         # The backend gets the request's parameters with a progress callback that remembers the last report (so a
         # reply stopped while the prompt is read still knows its input count) and passes it on.
         self.params = replace(request.params, on_progress=self._progress)
@@ -449,8 +463,8 @@ class Call:
             out["partial"] = True
         return out
 
-    async def run(self, sink: Optional[StreamSink], stream: bool, store: StoreReply,
-                  checkpoint_interval: Optional[float] = None) -> dict:
+    async def run(self, sink: StreamSink | None, stream: bool, store: StoreReply,
+                  checkpoint_interval: float | None = None) -> dict:
         self.started = utcnow()
         self.t0 = time.perf_counter()
         if stream and checkpoint_interval and self.request.session_id:
@@ -500,7 +514,7 @@ class Call:
             raise not_stored
         return response
 
-    def save(self, store: StoreReply, response: dict, partial: bool) -> Optional[ReplyNotStoredError]:
+    def save(self, store: StoreReply, response: dict, partial: bool) -> ReplyNotStoredError | None:
         """Store the reply, replacing its checkpoint; if that fails, wait a moment and try once more.
 
         Returns None when stored, else the ReplyNotStoredError to raise: it carries the full response and says
@@ -530,7 +544,7 @@ class Call:
     def _fail_early(self, exc: BaseException) -> BeforeFirstToken:
         return BeforeFirstToken(describe_error(exc), is_connection_failure(exc))
 
-    async def _stream(self, sink: Optional[StreamSink]) -> None:
+    async def _stream(self, sink: StreamSink | None) -> None:
         agen = self.backend.stream(self.fitted.messages, self.params)
         last_token_at = None
         try:
@@ -583,12 +597,12 @@ class Checkpoint:
 
     def __init__(self, call: Call, store: StoreReply, interval: float):
         self.call, self.store, self.interval = call, store, interval
-        self.due: Optional[float] = None
-        self.timer: Optional[asyncio.TimerHandle] = None
+        self.due: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.attempted = False   # a row may exist: the final reply must replace it
         self.saved = 0           # pieces persisted so far
         self.writes = 0
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
     def arrived(self) -> None:
         """After each text delta (cheap: a clock read, at most one timer per interval)."""
@@ -627,11 +641,11 @@ class ExecutionStream:
     def __init__(self, engine: Engine, request: Request):
         self._engine = engine
         self._request = request
-        self.response: Optional[dict] = None
-        self._queue: Optional[asyncio.Queue] = None
-        self._future: Optional[runtime.Job] = None
+        self.response: dict | None = None
+        self._queue: asyncio.Queue | None = None
+        self._future: runtime.Job | None = None
 
-    def __aiter__(self) -> "ExecutionStream":
+    def __aiter__(self) -> ExecutionStream:
         return self
 
     async def _start(self) -> None:
@@ -681,7 +695,7 @@ class ExecutionStream:
             except BaseException:  # noqa: BLE001 - cancelled on purpose
                 pass
 
-    async def __aenter__(self) -> "ExecutionStream":
+    async def __aenter__(self) -> ExecutionStream:
         return self
 
     async def __aexit__(self, *exc) -> None:

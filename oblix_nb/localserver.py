@@ -33,8 +33,8 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import httpx
 
@@ -61,7 +61,7 @@ else:
     runpy.run_path(target, run_name="__main__")
 """
 
-_live: "weakref.WeakSet[LocalServer]" = weakref.WeakSet()
+_live: weakref.WeakSet[LocalServer] = weakref.WeakSet()
 
 
 class ServerStartError(RuntimeError):
@@ -84,9 +84,9 @@ class LocalServer:
     """A server subprocess on 127.0.0.1. Starts at construction; call :meth:`wait_ready` before use."""
 
     def __init__(self, argv: Sequence[str], *, port: int, ready_path: str = "/", api_path: str = "",
-                 name: str = "server", kind: str = "process", model: Optional[str] = None,
-                 gguf_path: Optional[Path] = None,
-                 env: Optional[dict] = None, keep_log: bool = False, watch_parent: bool = True):
+                 name: str = "server", kind: str = "process", model: str | None = None,
+                 gguf_path: Path | None = None,
+                 env: dict | None = None, keep_log: bool = False, watch_parent: bool = True):
         """``argv``: the command. With ``watch_parent`` and an argv of the form ``[python, "-m", module, ...]`` or
         ``[python, script.py, ...]`` the child is started through a tiny bootstrap that makes it exit when this
         process dies."""
@@ -99,10 +99,10 @@ class LocalServer:
         self.gguf_path = gguf_path
         self.ready_path = ready_path
         self.keep_log = keep_log
-        self.startup_seconds: Optional[float] = None
+        self.startup_seconds: float | None = None
         self._started = time.monotonic()
         self._lock = threading.Lock()
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: subprocess.Popen | None = None
         argv = list(argv)
         if watch_parent and len(argv) >= 2 and argv[0] == sys.executable:
             if argv[1] == "-m" and len(argv) >= 3:
@@ -126,11 +126,11 @@ class LocalServer:
 
     # ------------------------------------------------------------------------------------------ state
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
     @property
-    def returncode(self) -> Optional[int]:
+    def returncode(self) -> int | None:
         return self._proc.poll() if self._proc is not None else None
 
     def is_running(self) -> bool:
@@ -148,7 +148,7 @@ class LocalServer:
         return f"<{type(self).__name__} {self.kind} {self.model or self.name} {self.base_url} pid={self.pid} {state}>"
 
     # ------------------------------------------------------------------------------------------ lifecycle
-    def wait_ready(self, timeout: float = 60.0, path: Optional[str] = None) -> "LocalServer":
+    def wait_ready(self, timeout: float = 60.0, path: str | None = None) -> LocalServer:
         """Poll ``GET url+path`` until it answers 200. Raises :class:`ServerStartError` with the log tail if the
         process exits, ``TimeoutError`` (after stopping the process) if it is not ready in ``timeout`` s."""
         target = self.url + (path or self.ready_path)
@@ -206,7 +206,7 @@ class LocalServer:
 
     close = stop
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -234,7 +234,7 @@ def _gguf(model) -> Path:
     return Path(resolve_gguf(model))
 
 
-def start_openai_server(model: str = "smollm2-135m", *, port: Optional[int] = None, alias: str = "smollm2:135m",
+def start_openai_server(model: str = "smollm2-135m", *, port: int | None = None, alias: str = "smollm2:135m",
                         n_ctx: int = 2048, n_threads: int = 2, warmup: bool = True, timeout: float = 120.0,
                         extra_args: Sequence[str] = ()) -> LocalServer:
     """Start llama-cpp-python's own OpenAI-compatible server (``python -m llama_cpp.server``) on 127.0.0.1.

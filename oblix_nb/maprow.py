@@ -11,18 +11,24 @@ import difflib
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from ._util import describe_error
 from .cascade import CASCADE_COLUMNS, attempt_cost, confident, reply_confidence
-from .errors import (BudgetExceededError, ModelCallError, NoModelHookedError, OblixError, StorageError,
-                     StructuredOutputError)
+from .errors import (
+    BudgetExceededError,
+    ModelCallError,
+    NoModelHookedError,
+    OblixError,
+    StorageError,
+    StructuredOutputError,
+)
 from .execution import Request, retry_prompt
 
 _BRACES = re.compile(r"\{\{([^{}]+)\}\}|\{([^{}]+)\}")  # {{escaped}} | {name}
 
 
-def closest_field(name: str, fields: list[str]) -> Optional[str]:
+def closest_field(name: str, fields: list[str]) -> str | None:
     """The input field ``{name}`` most likely meant (a misspelling or a case slip), or None if none is close."""
     if name in fields:
         return None
@@ -101,7 +107,7 @@ def _valid_text(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _invalid_text(text: str) -> Optional[str]:
+def _invalid_text(text: str) -> str | None:
     """None if ``text`` can be sent and stored, else what is wrong with it (a lone surrogate, where)."""
     if text.isascii():
         return None
@@ -117,30 +123,30 @@ def _invalid_text(text: str) -> Optional[str]:
 @dataclass
 class RowOutcome:
     value: Any               # the reply text, or the parsed (plain) value with a schema; None on error
-    model_id: Optional[str]
-    route: Optional[str]
-    input_tokens: Optional[int]
-    output_tokens: Optional[int]
-    latency_s: Optional[float]
-    error: Optional[str]
+    model_id: str | None
+    route: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    latency_s: float | None
+    error: str | None
     cached: bool
-    attempts: Optional[int] = None   # model calls the row took (a retry after an invalid reply counts)
-    extra: Optional[dict] = None     # confidence / cascade columns
+    attempts: int | None = None   # model calls the row took (a retry after an invalid reply counts)
+    extra: dict | None = None     # confidence / cascade columns
 
 
 @dataclass
 class _Stage:
     """One model's part in a row (one stage of a cascade, or the row's only call with its retry)."""
-    model_id: Optional[str]
+    model_id: str | None
     value: Any = None
-    response: Optional[dict] = None   # the last reply (None: no reply at all)
-    error: Optional[str] = None
+    response: dict | None = None   # the last reply (None: no reply at all)
+    error: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     latency: float = 0.0
     attempts: int = 0
-    cost: Optional[float] = None
-    confidence: Optional[dict] = None
+    cost: float | None = None
+    confidence: dict | None = None
     messages: list = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -190,8 +196,8 @@ async def run_row(job: Any, key: str) -> RowOutcome:
     prompt = job.prompts.pop(key)
     stages = job.cascade or [job.model_id]
     done: list[_Stage] = []
-    kept: Optional[_Stage] = None
-    note: Optional[str] = None
+    kept: _Stage | None = None
+    note: str | None = None
     for i, model_id in enumerate(stages):
         stage = await stage_answer(job, key, prompt, model_id)
         done.append(stage)
@@ -254,7 +260,7 @@ async def run_row(job: Any, key: str) -> RowOutcome:
                       extra)
 
 
-async def stage_answer(job: Any, key: str, prompt: str, model_id: Optional[str]) -> "_Stage":
+async def stage_answer(job: Any, key: str, prompt: str, model_id: str | None) -> _Stage:
     """One model's answer to the row (routed when ``model_id`` is None): the call, streamed internally (so
     time to first token is real), an invalid structured reply retried once, the answer's confidence."""
     single = job.cascade is None
@@ -317,7 +323,7 @@ async def stage_answer(job: Any, key: str, prompt: str, model_id: Optional[str])
     return stage
 
 
-def stored_reply(job: Any, key: str, response: dict, attempt: int, error: Optional[str], latency: float,
+def stored_reply(job: Any, key: str, response: dict, attempt: int, error: str | None, latency: float,
                   input_tokens: int, output_tokens: int) -> dict:
     positions = job.pending.get(key) or []
     first = positions[0] if positions else None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -67,7 +67,7 @@ class Dashboard:
     figures: dict = field(default_factory=dict)
     alternates: dict = field(default_factory=dict)
 
-    def __getitem__(self, name: str) -> "Figure":
+    def __getitem__(self, name: str) -> Figure:
         return self.figures[name]
 
     def __iter__(self):
@@ -112,7 +112,7 @@ def label(name: Any, width: int = LABEL_WIDTH) -> str:
     return wrap(name, width).replace("$", r"\$")
 
 
-def dashboard(client_or_store: Any, since: Any = None, until: Any = None, filter_metadata: Optional[dict] = None,
+def dashboard(client_or_store: Any, since: Any = None, until: Any = None, filter_metadata: dict | None = None,
               theme: str = "light", max_points: int = 20_000, max_models: int = 10,
               follow_page: bool = True) -> Dashboard:
     """Draw the four figures for the store of ``client_or_store`` (an ``OblixClient`` or a ``SessionStore``).
@@ -255,7 +255,7 @@ def _spans_decades(values, decades: float = 2.0) -> bool:
     return len(positive) > 1 and math.log10(max(positive) / min(positive)) >= decades
 
 
-def _ttft_by_model(plt, sample: list[dict], order: list, group, palette: list) -> "Figure":
+def _ttft_by_model(plt, sample: list[dict], order: list, group, palette: list) -> Figure:
     per_model: dict = {name: [] for name in order}
     for row in sample:
         if row["ttft"] is not None:
@@ -298,7 +298,7 @@ def _ttft_by_model(plt, sample: list[dict], order: list, group, palette: list) -
     return fig
 
 
-def _ttft_vs_input(plt, sample: list[dict], order: list, group, colour_of: dict) -> "Figure":
+def _ttft_vs_input(plt, sample: list[dict], order: list, group, colour_of: dict) -> Figure:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(9, 5))
@@ -362,7 +362,7 @@ def _days(daily) -> list:
     return [ts.to_pydatetime().replace(tzinfo=None) for ts in daily.index]
 
 
-def _tokens_and_cost(plt, rows: list[dict], daily, order: list, group, colour_of: dict) -> "Figure":
+def _tokens_and_cost(plt, rows: list[dict], daily, order: list, group, colour_of: dict) -> Figure:
     import numpy as np
 
     fig, (ax_tokens, ax_cost) = plt.subplots(2, 1, figsize=(9, 6.2), sharex=True)
@@ -411,7 +411,7 @@ def _tokens_and_cost(plt, rows: list[dict], daily, order: list, group, colour_of
     return fig
 
 
-def _routes(plt, rows: list[dict], daily, theme: str) -> "Figure":
+def _routes(plt, rows: list[dict], daily, theme: str) -> Figure:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(9, 4.2))

@@ -28,7 +28,7 @@ import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .sessions.base import SessionStoreBase
@@ -46,8 +46,8 @@ class Price:
     """USD per million tokens. ``source``: "table", "user" or "local"."""
     input: float
     output: float
-    cached: Optional[float] = None
-    cache_write: Optional[float] = None
+    cached: float | None = None
+    cache_write: float | None = None
     source: str = "table"
 
     def __post_init__(self):
@@ -92,7 +92,7 @@ def price_table_info() -> dict:
     return {k: v for k, v in _table().items() if k != "models"}
 
 
-def table_price(model_name: str) -> Optional[Price]:
+def table_price(model_name: str) -> Price | None:
     """The shipped table's price for a model name (exact, or with a snapshot suffix), else None."""
     models = _table()["models"]
     for name in sorted(models, key=len, reverse=True):
@@ -122,8 +122,8 @@ class PriceBook:
     def __init__(self, store: SessionStoreBase):
         self._store = store  # a SessionStore: its get_setting / set_setting / delete_setting / settings
 
-    def set(self, model: str, input: float, output: float, cached: Optional[float] = None,
-            cache_write: Optional[float] = None) -> Price:
+    def set(self, model: str, input: float, output: float, cached: float | None = None,
+            cache_write: float | None = None) -> Price:
         if not isinstance(model, str) or not model.strip():
             raise ValueError("model must be a model id ('claude:claude-haiku-4-5') or a model name")
         price = Price(input, output, cached, cache_write, "user")
@@ -137,7 +137,7 @@ class PriceBook:
         return {key[len(SETTINGS_PREFIX):]: parse_price(value)
                 for key, value in self._store.settings(SETTINGS_PREFIX).items()}
 
-    def lookup(self, model_id: str, model_name: str, target: str) -> Optional[Price]:
+    def lookup(self, model_id: str, model_name: str, target: str) -> Price | None:
         user = self._store.get_setting(SETTINGS_PREFIX + model_id)
         if user is None:
             user = self._store.get_setting(SETTINGS_PREFIX + model_name)
@@ -151,11 +151,11 @@ class PriceBook:
             return LOCAL_PRICE
         return table_price(model_name)
 
-    def for_backend(self, backend) -> Optional[Price]:
+    def for_backend(self, backend) -> Price | None:
         return self.lookup(backend.model_id, backend.model_name, backend.target)
 
 
-def reply_cost(price: Optional[Price], usage) -> dict:
+def reply_cost(price: Price | None, usage) -> dict:
     """The cost fields of a reply's metrics: ``cost_usd`` (exact or None), ``cost_source``, and
     ``cost_estimate_usd`` when only an estimate can be given (see the module docstring)."""
     if price is None:
@@ -173,7 +173,7 @@ def reply_cost(price: Optional[Price], usage) -> dict:
     return {"cost_usd": None, "cost_estimate_usd": cost, "cost_source": price.source}
 
 
-def format_cost(usd: Optional[float]) -> str:
+def format_cost(usd: float | None) -> str:
     """``$0.0123``, ``$0.00042`` (two significant digits below a cent), ``$12.50``."""
     if usd is None:
         return "cost unknown"
@@ -184,7 +184,7 @@ def format_cost(usd: Optional[float]) -> str:
     return "$" + f"{usd:.2g}" if usd >= 1e-4 else f"${usd:.1e}"
 
 
-def cost_label(metrics: Optional[dict]) -> Optional[str]:
+def cost_label(metrics: dict | None) -> str | None:
     """What a reply's footer/badge says about its cost: only for priced or unpriced *cloud* replies
     (local replies cost nothing, so they say nothing). None when there is nothing to say."""
     metrics = metrics or {}

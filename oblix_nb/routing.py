@@ -23,8 +23,9 @@ measured as unreachable go last within their group), so fallback always has some
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 from ._util import describe_error
 from .agents.base import normalize_result
@@ -46,7 +47,7 @@ class RoutingDecision:
     target: str                          # "local" | "cloud": the side of the model actually chosen
     model_id: str
     reason: str                          # human-readable
-    fallback_from: Optional[str] = None  # "openai:x (ConnectionError: ...)" after a fallback
+    fallback_from: str | None = None  # "openai:x (ConnectionError: ...)" after a fallback
     candidates: list = field(default_factory=list)  # model ids in try order (model_id first)
     forced: bool = False
     _targets: dict = field(default_factory=dict, repr=False, compare=False)  # model_id -> target
@@ -55,7 +56,7 @@ class RoutingDecision:
         return {"target": self.target, "model_id": self.model_id, "reason": self.reason,
                 "fallback_from": self.fallback_from, "candidates": list(self.candidates), "forced": self.forced}
 
-    def next_candidate(self, after: Optional[str] = None) -> Optional[str]:
+    def next_candidate(self, after: str | None = None) -> str | None:
         """The candidate after ``after`` (default: the current model), or None when there is none."""
         after = self.model_id if after is None else after
         try:
@@ -64,7 +65,7 @@ class RoutingDecision:
             return None
         return self.candidates[i + 1] if i + 1 < len(self.candidates) else None
 
-    def fell_back(self, failed_model_id: str, error_summary: Any, next_model: Any = None) -> "RoutingDecision":
+    def fell_back(self, failed_model_id: str, error_summary: Any, next_model: Any = None) -> RoutingDecision:
         """A new decision for ``next_model`` (a model object, a model id, or None = the next candidate) after
         ``failed_model_id`` failed with ``error_summary`` (text or the exception)."""
         summary = describe_error(error_summary) if isinstance(error_summary, BaseException) else \
@@ -92,7 +93,7 @@ class RoutingDecision:
         return replace(self, target=next_target, model_id=next_id, reason=reason, fallback_from=fallback_from,
                        candidates=candidates, _targets=targets)
 
-    def skipped(self, model_id: str, why: str, next_model: str, next_target: str) -> "RoutingDecision":
+    def skipped(self, model_id: str, why: str, next_model: str, next_target: str) -> RoutingDecision:
         """A new decision for ``next_model`` after ``model_id`` was passed over before any call (e.g. over
         budget). Unlike :meth:`fell_back` nothing failed, so ``fallback_from`` is unchanged."""
         candidates = list(self.candidates)
@@ -115,7 +116,7 @@ class _Vote:
 
 
 def decide(models: Sequence[Any], checks: Iterable[dict] = (),
-           forced_model_id: Optional[str] = None) -> RoutingDecision:
+           forced_model_id: str | None = None) -> RoutingDecision:
     """Route one request. ``models``: objects with ``.model_id`` and ``.target`` in hook order; ``checks``:
     ``[{"agent": name, "result": {...}}]``. Raises NoModelHookedError (no models) or UnknownModelError
     (``forced_model_id`` not hooked)."""

@@ -15,7 +15,8 @@ import concurrent.futures
 import queue
 import threading
 import time
-from typing import Any, AsyncIterator, Awaitable, Coroutine, Iterator, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 from ._util import block_interrupts
 

@@ -5,7 +5,8 @@ import asyncio
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional, Protocol, TextIO, Union, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO, runtime_checkable
 
 from .pricing import cost_label
 
@@ -24,7 +25,7 @@ class StreamSink(Protocol):
     def write(self, text: str) -> None:
         """One text delta, as it arrives."""
 
-    def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
+    def end(self, response: dict | None, error: BaseException | None = None) -> None:
         """After the last token (``response`` is execute()'s dict) or on failure/cancel (``error`` set)."""
 
 
@@ -55,7 +56,7 @@ def format_footer(response: dict) -> str:
     return " · ".join(bits)
 
 
-def reading_status(input_tokens: Optional[int], progress: Any = None) -> str:
+def reading_status(input_tokens: int | None, progress: Any = None) -> str:
     """The status while the model reads the prompt: ``reading 3,400 tokens…``, or with the engine's
     :class:`~oblix_nb.models.base.PromptProgress` ``reading 1,200 of 3,400 tokens (35 %)…`` (cached tokens
     said), ``read 3,400 tokens; waiting for the first token…`` once read."""
@@ -73,7 +74,7 @@ def reading_status(input_tokens: Optional[int], progress: Any = None) -> str:
 class StdoutSink:
     """Plain tokens on a text stream (stdout by default); a metrics footer when ``display_metrics``."""
 
-    def __init__(self, stream: Optional[TextIO] = None, display_metrics: bool = True):
+    def __init__(self, stream: TextIO | None = None, display_metrics: bool = True):
         self._stream = stream
         self.display_metrics = display_metrics
 
@@ -88,7 +89,7 @@ class StdoutSink:
         self.stream.write(text)
         self.stream.flush()
 
-    def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
+    def end(self, response: dict | None, error: BaseException | None = None) -> None:
         if error is not None:
             self.stream.write("\n[stopped]\n" if isinstance(error, (KeyboardInterrupt,)) or
                               type(error).__name__ == "CancelledError" else "\n")
@@ -115,7 +116,7 @@ class ThrottledSink:
         self.updates = 0  # intermediate redraws
         self._lock = threading.Lock()
         self._next_at = 0.0
-        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def text(self) -> str:
@@ -163,7 +164,7 @@ class ThrottledSink:
             self._timer = None
         return True
 
-    def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
+    def end(self, response: dict | None, error: BaseException | None = None) -> None:
         raise NotImplementedError
 
 
@@ -179,14 +180,14 @@ class CallbackSink:
     def write(self, text: str) -> None:
         self._callback(text)
 
-    def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
+    def end(self, response: dict | None, error: BaseException | None = None) -> None:
         pass
 
 
-SinkLike = Union[StreamSink, Callable[[str], None], None]
+SinkLike = StreamSink | Callable[[str], None] | None
 
 
-def as_sink(sink: SinkLike) -> Optional[StreamSink]:
+def as_sink(sink: SinkLike) -> StreamSink | None:
     if sink is None or isinstance(sink, StreamSink):
         return sink
     if callable(sink):

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any
 
 from .errors import SchemaError, StructuredOutputError
 
@@ -168,7 +169,7 @@ def _check_shape(schema: dict) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
-def recursive_ref(schema: dict) -> Optional[str]:
+def recursive_ref(schema: dict) -> str | None:
     """The first ``$ref`` of ``schema`` that refers (directly or through other refs) back into itself, else
     None. Such schemas are valid JSON Schema, but cannot be compiled into a grammar (the embedded model)."""
     def refs_in(node: Any) -> list:
@@ -206,7 +207,7 @@ def recursive_ref(schema: dict) -> Optional[str]:
     return None
 
 
-def check_for_backend(schema: "Schema", backend: Any) -> None:
+def check_for_backend(schema: Schema, backend: Any) -> None:
     """SchemaError before any call if ``backend`` cannot take ``schema``: a backend enforcing schemas with a
     grammar (``schema_enforcement == "grammar"``: the embedded llama.cpp model) cannot take a recursive one."""
     if getattr(backend, "schema_enforcement", None) != "grammar":
@@ -259,8 +260,8 @@ class Schema:
 
     json_schema: dict
     source: str                                   # "json_schema" | "pydantic" | "spec"
-    model: Optional[type[BaseModel]] = None                  # the pydantic class, if one was given
-    _validate: Optional[Callable] = field(default=None, repr=False)
+    model: type[BaseModel] | None = None                  # the pydantic class, if one was given
+    _validate: Callable | None = field(default=None, repr=False)
 
     @property
     def fingerprint(self) -> str:
@@ -284,7 +285,7 @@ class Schema:
             return out
         return {"parsed": "object"}
 
-    def categories(self, column: str) -> Optional[list]:
+    def categories(self, column: str) -> list | None:
         prop = self.properties.get(column) or {}
         enum = prop.get("enum")
         return list(enum) if isinstance(enum, list) else None
@@ -357,7 +358,7 @@ def compile_schema(schema: Any) -> Schema:
                       f"'label, score float', not {type(schema).__name__}")
 
 
-def schema_from_text(text: str, namespace: Optional[dict] = None) -> Schema:
+def schema_from_text(text: str, namespace: dict | None = None) -> Schema:
     """A schema written on a magic's command line (``--schema``): the name of a variable in ``namespace``
     holding any ``schema=`` form, a JSON Schema as JSON text (starting with ``{``), or a concise spec."""
     if not isinstance(text, str) or not text.strip():
@@ -408,7 +409,7 @@ def extract_json(text: str) -> Any:
 # ---------------------------------------------------------------------------------------------- enum fields
 # (for oblix_nb.confidence: which answers can be chosen by scoring each option)
 
-def _enum_options(prop: Any, defs: dict, depth: int = 0) -> Optional[list]:
+def _enum_options(prop: Any, defs: dict, depth: int = 0) -> list | None:
     """The string options of one property: ``enum`` (a concise ``a|b|c``, a pydantic ``Literal``), a ``$ref`` to
     an enum definition (a pydantic ``Enum``), a single ``const``, or one of those or null (an optional field).
     None for anything else (free text, numbers, non-string enums, several alternatives)."""

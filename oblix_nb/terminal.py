@@ -6,7 +6,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Coroutine, Optional, Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from . import runtime
 from .errors import BudgetExceededError, ModelCallError, ReplyNotStoredError
@@ -63,7 +64,7 @@ def sigint_raises():
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
-def terminal_chat(client: ChatClient, prompt: Optional[str], sid: str, kwargs: dict) -> dict:
+def terminal_chat(client: ChatClient, prompt: str | None, sid: str, kwargs: dict) -> dict:
     """The terminal chat loop: ``you>`` prompts until ``exit``/``quit``, Ctrl-D or Ctrl-C at the prompt.
 
     Each turn is ``client.execute(text, session_id=sid, **kwargs)``. It owns the terminal while it runs, so it
@@ -74,7 +75,7 @@ def terminal_chat(client: ChatClient, prompt: Optional[str], sid: str, kwargs: d
     ``input()`` returned. Returns ``{"session_id": sid}``.
     """
     print(CHAT_HELP.format(session_id=sid), file=sys.stderr, flush=True)
-    next_prompt: Optional[str] = prompt
+    next_prompt: str | None = prompt
     with sigint_raises():
         while True:
             if next_prompt and next_prompt.strip():

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import sys
 import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 

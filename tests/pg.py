@@ -18,13 +18,12 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from typing import Optional
 from urllib.parse import quote
 
 USER = "oblix"
 
 
-def find_bin() -> tuple[Optional[str], str]:
+def find_bin() -> tuple[str | None, str]:
     """``(bin folder, "")`` of the newest installed PostgreSQL, or ``(None, why not)``."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
                    key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
@@ -52,7 +51,7 @@ class PostgresServer:
         self.options = ""
 
     @classmethod
-    def start(cls, fsync: bool = False, max_connections: int = 200) -> "PostgresServer":
+    def start(cls, fsync: bool = False, max_connections: int = 200) -> PostgresServer:
         bindir, why = find_bin()
         if bindir is None:
             raise FileNotFoundError(why)
@@ -151,17 +150,17 @@ class PgBouncer:
 
     def __init__(self, server: PostgresServer, mode: str, root: str, port: int):
         self.server, self.mode, self.root, self.port = server, mode, root, port
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
     @staticmethod
-    def find() -> tuple[Optional[str], str]:
+    def find() -> tuple[str | None, str]:
         path = PgBouncer.BIN if os.path.exists(PgBouncer.BIN) else shutil.which("pgbouncer")
         if path:
             return path, ""
         return None, "pgbouncer not found: apt-get install pgbouncer (./dev test does)"
 
     @classmethod
-    def start(cls, server: PostgresServer, mode: str = "transaction", pool_size: int = 8) -> "PgBouncer":
+    def start(cls, server: PostgresServer, mode: str = "transaction", pool_size: int = 8) -> PgBouncer:
         import time
 
         binary, why = cls.find()

@@ -15,8 +15,9 @@ import inspect
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .._util import block_interrupts, describe_error, iso, utcnow
 
@@ -76,15 +77,15 @@ class BackgroundSampler:
         self.interval = float(interval)
         self.name = name
         self._value: Any = None
-        self._sampled_at: Optional[float] = None     # time.monotonic() of the last good sample
-        self._sampled_at_wall: Optional[datetime] = None  # datetime (UTC) of the last good sample
-        self.last_error: Optional[str] = None
+        self._sampled_at: float | None = None     # time.monotonic() of the last good sample
+        self._sampled_at_wall: datetime | None = None  # datetime (UTC) of the last good sample
+        self.last_error: str | None = None
         self.samples = 0
         self._sample_lock = threading.Lock()         # one sample at a time (thread vs sample_now)
         self._state_lock = threading.Lock()          # start/stop
         self._stop_event = threading.Event()
         self._wake_event = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     # -- sampling
     def sample_now(self) -> Any:
@@ -113,11 +114,11 @@ class BackgroundSampler:
         return self._sampled_at is not None
 
     @property
-    def age_s(self) -> Optional[float]:
+    def age_s(self) -> float | None:
         return None if self._sampled_at is None else max(0.0, time.monotonic() - self._sampled_at)
 
     @property
-    def sampled_at(self) -> Optional[str]:
+    def sampled_at(self) -> str | None:
         return None if self._sampled_at_wall is None else iso(self._sampled_at_wall)
 
     # -- lifecycle
@@ -127,10 +128,10 @@ class BackgroundSampler:
         return t is not None and t.is_alive() and not self._stop_event.is_set()
 
     @property
-    def thread(self) -> Optional[threading.Thread]:
+    def thread(self) -> threading.Thread | None:
         return self._thread
 
-    def start(self) -> "BackgroundSampler":
+    def start(self) -> BackgroundSampler:
         with self._state_lock:
             if self.running:
                 return self
@@ -159,7 +160,7 @@ class BackgroundSampler:
         self._wake_event.set()
 
 
-def _sampler_loop(ref: "weakref.ReferenceType[BackgroundSampler]", stop: threading.Event,
+def _sampler_loop(ref: weakref.ReferenceType[BackgroundSampler], stop: threading.Event,
                   wake: threading.Event) -> None:
     block_interrupts()
     while not stop.is_set():
@@ -206,7 +207,7 @@ class SampledAgent:
     def sampler(self) -> BackgroundSampler:
         return self._sampler
 
-    def start(self) -> "SampledAgent":
+    def start(self) -> SampledAgent:
         self._sampler.start()
         return self
 
@@ -259,7 +260,7 @@ class SampledAgent:
 
 
 # ---------------------------------------------------------------------------------------------- run_check
-_inflight: "weakref.WeakKeyDictionary[Any, tuple[threading.Thread, float]]" = weakref.WeakKeyDictionary()
+_inflight: weakref.WeakKeyDictionary[Any, tuple[threading.Thread, float]] = weakref.WeakKeyDictionary()
 _inflight_ids: dict[int, tuple[threading.Thread, float]] = {}  # for agents that can't be weak-referenced
 _inflight_lock = threading.Lock()
 

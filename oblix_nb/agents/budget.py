@@ -14,7 +14,7 @@ is left (see :mod:`oblix_nb.budget`), whether or not this agent is hooked.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..pricing import format_cost
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class BudgetHost(Protocol):
     """What the agent reads of the client it is hooked to (an OblixClient)."""
 
-    current_session_id: Optional[str]
+    current_session_id: str | None
 
     @property
     def budgets(self) -> Budgets: ...
@@ -38,7 +38,7 @@ class BudgetAgent:
         if isinstance(warn_at, bool) or not isinstance(warn_at, (int, float)) or not 0 < warn_at <= 1:
             raise ValueError(f"warn_at must be a fraction in (0, 1], not {warn_at!r}")
         self.warn_at = float(warn_at)
-        self._client_ref: Optional[weakref.ReferenceType[BudgetHost]] = None
+        self._client_ref: weakref.ReferenceType[BudgetHost] | None = None
 
     def bind(self, client: BudgetHost) -> None:
         """Called by ``hook_agent``: the client whose budgets and store this agent reads."""

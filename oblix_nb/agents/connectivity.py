@@ -35,7 +35,7 @@ import statistics
 import threading
 import time
 import urllib.request
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 from .._util import block_interrupts, describe_error, iso
@@ -80,7 +80,7 @@ class ConnectivityAgent(SampledAgent):
     def endpoints(self) -> dict:
         return dict(self._endpoints)
 
-    def set_endpoints(self, mapping: Optional[dict]) -> None:
+    def set_endpoints(self, mapping: dict | None) -> None:
         """Replace the measured endpoints: ``{model_id: base_url}``. Wakes the sampler to measure them now."""
         if mapping is None:
             mapping = {}
@@ -297,7 +297,7 @@ class ConnectivityAgent(SampledAgent):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _ms(value: Optional[float]) -> str:
+def _ms(value: float | None) -> str:
     if value is None:
         return "? ms"
     return f"{value:.0f} ms" if value >= 10 else f"{value:.2g} ms"
@@ -339,7 +339,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _proxy_for(scheme: str, host: str) -> Optional[str]:
+def _proxy_for(scheme: str, host: str) -> str | None:
     if _is_loopback(host):
         return None
     try:

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 import psutil
 
@@ -54,20 +54,20 @@ class ResourceMonitor(SampledAgent):
         "cpu_critical": 90.0, "memory_critical": 95.0, "gpu_critical": 95.0, "load_per_core_critical": 3.0,
     }
 
-    def __init__(self, custom_thresholds: Optional[dict] = None, interval: float = 1.0):
+    def __init__(self, custom_thresholds: dict | None = None, interval: float = 1.0):
         self.thresholds = self._merge_thresholds(custom_thresholds)
         self._prev_cpu_times = None
-        self._last_cpu_percent: Optional[float] = None
+        self._last_cpu_percent: float | None = None
         self._gpu_lock = threading.Lock()
-        self._gpu_backend: Optional[str] = None      # "nvml" | "nvidia-smi" | None
+        self._gpu_backend: str | None = None      # "nvml" | "nvidia-smi" | None
         self._gpu_probed = False
-        self._gpu_error: Optional[str] = None
+        self._gpu_error: str | None = None
         self._nvml: Any = None  # the pynvml module once initialised
         super().__init__(interval)
 
     # ------------------------------------------------------------------ thresholds
     @classmethod
-    def _merge_thresholds(cls, custom: Optional[dict]) -> dict:
+    def _merge_thresholds(cls, custom: dict | None) -> dict:
         merged = dict(cls.DEFAULT_THRESHOLDS)
         if custom is None:
             return merged
@@ -138,7 +138,7 @@ class ResourceMonitor(SampledAgent):
         self._last_cpu_percent = pct
         return pct
 
-    def _gpu_sample(self) -> Optional[dict]:
+    def _gpu_sample(self) -> dict | None:
         with self._gpu_lock:
             if not self._gpu_probed:
                 self._gpu_probed = True
@@ -158,7 +158,7 @@ class ResourceMonitor(SampledAgent):
                     "utilization": max(utils) if utils else None,
                     "memory_percent": max(mems) if mems else None}
 
-    def _detect_gpu(self) -> Optional[str]:
+    def _detect_gpu(self) -> str | None:
         try:
             import pynvml  # from nvidia-ml-py (optional extra "gpu")
 
@@ -255,7 +255,7 @@ def _fmt_thr(key: str, thr: float) -> str:
     return f"{thr:g}" if key == "load_per_core" else f"{thr:g}%"
 
 
-def _device(index: int, util: Optional[float], used: Optional[float], total: Optional[float]) -> Optional[dict]:
+def _device(index: int, util: float | None, used: float | None, total: float | None) -> dict | None:
     mem_pct = (used / total * 100.0) if used is not None and total else None
     if util is None and mem_pct is None:
         return None
@@ -265,7 +265,7 @@ def _device(index: int, util: Optional[float], used: Optional[float], total: Opt
             "memory_percent": None if mem_pct is None else round(mem_pct, 1)}
 
 
-def _num(text: str) -> Optional[float]:
+def _num(text: str) -> float | None:
     try:
         v = float(text.strip())
     except ValueError:   # "[N/A]", "[Not Supported]"
@@ -293,7 +293,7 @@ def _smi_devices() -> list:
     return out
 
 
-def _read(path: str) -> Optional[str]:
+def _read(path: str) -> str | None:
     try:
         with open(path, encoding="ascii") as f:
             return f.read().strip()
@@ -301,7 +301,7 @@ def _read(path: str) -> Optional[str]:
         return None
 
 
-def _cgroup_memory(host_total: int) -> Optional[dict]:
+def _cgroup_memory(host_total: int) -> dict | None:
     """cgroup-v2 memory use vs its limit, when a limit below the host's RAM applies (Linux only)."""
     if not sys.platform.startswith("linux"):
         return None

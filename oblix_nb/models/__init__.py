@@ -1,13 +1,11 @@
 """Model backends, one module each; imported lazily so that hooking one never imports the others' clients."""
 from __future__ import annotations
 
-from typing import Optional
-
 from .base import ModelBackend, ModelType
 
 
-def make_backend(model_type: ModelType, model_name: str, endpoint: Optional[str] = None,
-                 api_key: Optional[str] = None, **kwargs) -> ModelBackend:
+def make_backend(model_type: ModelType, model_name: str, endpoint: str | None = None,
+                 api_key: str | None = None, **kwargs) -> ModelBackend:
     """The backend object for one ``hook_model`` call (not yet connected)."""
     model_type = ModelType.parse(model_type)
     if model_type is ModelType.OLLAMA:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import enum
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncGenerator, Callable, Optional, Union
+from typing import Any
 
 from ..errors import BackendError
 
@@ -17,7 +18,7 @@ class ModelType(str, enum.Enum):
     LLAMACPP = "llamacpp"  # embedded in the kernel's process via llama-cpp-python
 
     @classmethod
-    def parse(cls, value: "ModelType | str") -> "ModelType":
+    def parse(cls, value: ModelType | str) -> ModelType:
         if isinstance(value, cls):
             return value
         try:
@@ -54,31 +55,31 @@ class PromptProgress:
 
 @dataclass
 class GenerationParams:
-    max_tokens: Optional[int] = None
-    temperature: Optional[float] = None
+    max_tokens: int | None = None
+    temperature: float | None = None
     options: dict = field(default_factory=dict)  # only keys from SAMPLING_OPTIONS
-    schema: Optional[dict] = None  # a JSON Schema the reply must match (see ModelBackend.structured_output)
+    schema: dict | None = None  # a JSON Schema the reply must match (see ModelBackend.structured_output)
     # Called with a PromptProgress while the model reads the prompt, on the event loop that iterates the stream
     # (never from a worker thread); an exception it raises is ignored. Not part of the request: not compared.
-    on_progress: Optional[Callable[[PromptProgress], None]] = field(default=None, compare=False, repr=False)
+    on_progress: Callable[[PromptProgress], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
 class Usage:
     """Token counts for one call, and where they came from: "server", "engine" (in-process llama.cpp), "tokenizer", "stream_chunks", "estimate"."""
-    input_tokens: Optional[int] = None   # everything the model read, cached parts included
-    output_tokens: Optional[int] = None
+    input_tokens: int | None = None   # everything the model read, cached parts included
+    output_tokens: int | None = None
     input_source: str = "server"
     output_source: str = "server"
-    finish_reason: Optional[str] = None
-    cache_read_tokens: Optional[int] = None   # of input_tokens: read from the provider's prompt cache
-    cache_write_tokens: Optional[int] = None  # of input_tokens: written to it (Anthropic bills these extra)
+    finish_reason: str | None = None
+    cache_read_tokens: int | None = None   # of input_tokens: read from the provider's prompt cache
+    cache_write_tokens: int | None = None  # of input_tokens: written to it (Anthropic bills these extra)
     # Sampling options of the call that the backend could not send (e.g. ``temperature`` with an Anthropic SDK
     # whose API version has none): the reply was generated without them. Empty when everything was applied.
     options_not_applied: tuple = ()
 
 
-StreamItem = Union[str, Usage]
+StreamItem = str | Usage
 
 
 def report_progress(params: GenerationParams, progress: PromptProgress) -> None:
@@ -102,8 +103,8 @@ class ModelBackend(ABC):
 
     model_type: ModelType
 
-    def __init__(self, model_name: str, endpoint: Optional[str] = None, *, target: Optional[str] = None,
-                 context_window: Optional[int] = None):
+    def __init__(self, model_name: str, endpoint: str | None = None, *, target: str | None = None,
+                 context_window: int | None = None):
         if not isinstance(model_name, str) or not model_name.strip():
             raise ValueError("model_name must be a non-empty string")
         self.model_name = model_name
@@ -156,7 +157,7 @@ class ModelBackend(ABC):
         """A conservative token count for budgeting history (over-estimates English by ~25%)."""
         return len(text.encode("utf-8")) // 3 + 1
 
-    def default_max_tokens(self) -> Optional[int]:
+    def default_max_tokens(self) -> int | None:
         """Reply length when the caller gives none. Hosted APIs know their own limits (None: don't send one);
         local engines would otherwise generate until the context is full, so they cap it at the reply reserve
         that the history budget already set aside (a quarter of the context window)."""
@@ -166,7 +167,7 @@ class ModelBackend(ABC):
 
     # How this backend enforces ``GenerationParams.schema`` while decoding: "grammar" (llama.cpp), "json_schema"
     # (OpenAI response_format), "format" (Ollama), or None (not enforced: the reply is only validated afterwards).
-    schema_enforcement: Optional[str] = None
+    schema_enforcement: str | None = None
     # True for a model running inside this process (not re-entrant: map() defaults to one row at a time).
     in_process = False
 
@@ -194,7 +195,7 @@ class ModelBackend(ABC):
     # How this backend can tell how likely an answer is: "exact" (it scores any given continuation of the prompt:
     # the embedded llama.cpp), "top_logprobs" (it returns the generated tokens' log-probabilities with the top
     # alternatives at each position: OpenAI-compatible servers, Ollama >= 0.12.11), or None (Claude: NaN).
-    logprob_method: Optional[str] = None
+    logprob_method: str | None = None
 
     @property
     def supports_logprobs(self) -> bool:
@@ -271,17 +272,17 @@ class LogprobsUnavailable(Exception):
     """The backend (or its server) gives no log-probabilities: confidence is NaN. ``reply``: ``(text, Usage)``
     when the call was answered anyway (a server that ignored the request for log-probabilities)."""
 
-    def __init__(self, message: str, reply: Optional[tuple] = None):
+    def __init__(self, message: str, reply: tuple | None = None):
         super().__init__(message)
         self.reply = reply
 
 
-def _status(exc: BaseException) -> Optional[int]:
+def _status(exc: BaseException) -> int | None:
     status = getattr(exc, "status_code", None)
     return status if isinstance(status, int) and not isinstance(status, bool) else None
 
 
-def _api_error(exc: BaseException) -> tuple[Optional[str], Optional[str]]:
+def _api_error(exc: BaseException) -> tuple[str | None, str | None]:
     """``(error type, message)`` from an SDK exception's parsed body (Anthropic/OpenAI/Ollama error formats)."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
@@ -300,7 +301,7 @@ def _api_error(exc: BaseException) -> tuple[Optional[str], Optional[str]]:
     return None, None
 
 
-def backend_error(exc: BaseException, model_id: Optional[str] = None) -> BackendError:
+def backend_error(exc: BaseException, model_id: str | None = None) -> BackendError:
     """What an SDK raised, as a :class:`BackendError`: one line naming the SDK's exception type, the HTTP status
     and the server's own reason (every line of it), and whether the next model should be tried (see
     BackendError). A BackendError is returned as it is."""

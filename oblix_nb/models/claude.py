@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import AsyncGenerator, Optional
+from collections.abc import AsyncGenerator
 
 from ..errors import ModelUnavailableError
 from .base import SAMPLING_OPTIONS, GenerationParams, ModelBackend, ModelType, StreamItem, Usage
@@ -59,7 +59,7 @@ SAMPLING_KEYWORDS = ("temperature", "top_p", "top_k")
 SAMPLING_REMOVED_IN = "2026-10-21"  # the first anthropic-version without temperature/top_p/top_k
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sdk_sampling() -> str:
     """How the installed ``anthropic`` SDK can send temperature/top_p/top_k: ``"keyword"`` (arguments of
     ``messages.create``, anthropic < 1), ``"extra_body"`` (no such arguments, but the API version it sends still
@@ -77,14 +77,14 @@ def sdk_sampling() -> str:
     return "extra_body" if str(version) < SAMPLING_REMOVED_IN else "none"
 
 
-def finish_reason(stop_reason: Optional[str]) -> Optional[str]:
+def finish_reason(stop_reason: str | None) -> str | None:
     """An Anthropic ``stop_reason`` as one of the finish reasons every backend reports."""
     if stop_reason is None:
         return None
     return FINISH_REASONS.get(stop_reason, stop_reason)
 
 
-def to_messages_api(messages: list[dict], prompt_cache: bool = False) -> tuple[Optional[str], list[dict]]:
+def to_messages_api(messages: list[dict], prompt_cache: bool = False) -> tuple[str | None, list[dict]]:
     """``(system, messages)`` for the Messages API from chat messages (see the module docstring)."""
     system = [m.get("content") or "" for m in messages if m.get("role") == "system"]
     turns: list[dict] = []
@@ -112,8 +112,8 @@ def _clean_base(url: str) -> str:
 class ClaudeBackend(ModelBackend):
     model_type = ModelType.CLAUDE
 
-    def __init__(self, model_name: str, endpoint: Optional[str] = None, *, api_key: Optional[str] = None,
-                 base_url: Optional[str] = None, timeout: float = 120.0, max_retries: int = 0,
+    def __init__(self, model_name: str, endpoint: str | None = None, *, api_key: str | None = None,
+                 base_url: str | None = None, timeout: float = 120.0, max_retries: int = 0,
                  prompt_cache: bool = False, **kwargs):
         base = _clean_base(base_url or endpoint or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL)
         super().__init__(model_name, base, **kwargs)
@@ -132,7 +132,7 @@ class ClaudeBackend(ModelBackend):
         self._client = anthropic.AsyncAnthropic(api_key=key, base_url=base, timeout=timeout,
                                                 max_retries=max_retries)
         self.prompt_cache = bool(prompt_cache)
-        self.max_output_tokens: Optional[int] = None
+        self.max_output_tokens: int | None = None
         self._warned: set[str] = set()  # options already reported as not applied
         self.verified = False  # True once the endpoint confirmed the model (not only answered)
 
@@ -206,7 +206,7 @@ class ClaudeBackend(ModelBackend):
         if isinstance(out, int) and out > 0:
             self.max_output_tokens = out
 
-    def default_max_tokens(self) -> Optional[int]:
+    def default_max_tokens(self) -> int | None:
         """The Messages API requires ``max_tokens``: 4096, or the model's own limit if that is lower."""
         return min(DEFAULT_REPLY_TOKENS, self.max_output_tokens or DEFAULT_REPLY_TOKENS)
 
@@ -269,7 +269,7 @@ class ClaudeBackend(ModelBackend):
         not_applied = self.options_not_applied(params)
         stream = await self._create(self._payload(messages, params), stream=True)
         counts = _Counts()
-        live: Optional[Usage] = None  # yielded after the first text, kept current (see ModelBackend)
+        live: Usage | None = None  # yielded after the first text, kept current (see ModelBackend)
         chunks = 0
         try:
             try:
@@ -320,7 +320,7 @@ class _Counts:
 
     def __init__(self):
         self.input = self.output = self.cache_write = self.cache_read = None
-        self.stop_reason: Optional[str] = None
+        self.stop_reason: str | None = None
 
     def update(self, usage) -> None:
         if usage is None:
@@ -331,7 +331,7 @@ class _Counts:
             if isinstance(value, int):
                 setattr(self, attr, value)
 
-    def usage(self, chunks: Optional[int] = None, options_not_applied: tuple = ()) -> Usage:
+    def usage(self, chunks: int | None = None, options_not_applied: tuple = ()) -> Usage:
         """The usage so far: final once ``message_delta`` came; with ``chunks``, a live one for a reply still
         streaming (output counted in text chunks until the server's count arrives, finish "interrupted")."""
         usage = Usage(options_not_applied=options_not_applied)
@@ -347,7 +347,7 @@ class _Counts:
         usage.cache_read_tokens, usage.cache_write_tokens = self.cache_read, self.cache_write
         return usage
 
-    def _total_in(self) -> Optional[int]:
+    def _total_in(self) -> int | None:
         return None if self.input is None else self.input + (self.cache_write or 0) + (self.cache_read or 0)
 
     def refresh(self, usage: Usage, chunks: int) -> None:

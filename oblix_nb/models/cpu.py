@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Optional
 
 from .._util import block_interrupts
 
@@ -46,7 +45,7 @@ def usable_cores() -> int:
     return max(1, min(limits))
 
 
-def _cgroup_quota() -> Optional[float]:
+def _cgroup_quota() -> float | None:
     """CPUs allowed by a cgroup v2 ``cpu.max`` (or v1 ``cfs_quota_us``) limit; None when unlimited."""
     try:
         quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
@@ -70,7 +69,7 @@ def threads_for(cores: int, other_busy: float) -> int:
 class LoadMonitor:
     """CPU time used by other processes, in cores, averaged over the last :data:`WINDOW` seconds."""
 
-    _instance: Optional["LoadMonitor"] = None
+    _instance: LoadMonitor | None = None
     _instance_lock = threading.Lock()
 
     def __init__(self):
@@ -82,11 +81,11 @@ class LoadMonitor:
         self._lock = threading.Lock()
         self._users = 0
         self._wake = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._sample()
 
     @classmethod
-    def shared(cls) -> "LoadMonitor":
+    def shared(cls) -> LoadMonitor:
         with cls._instance_lock:
             if cls._instance is None:
                 cls._instance = cls()
@@ -153,7 +152,7 @@ class LoadMonitor:
         return max(0.0, ((last[1] - first[1]) - (last[2] - first[2])) / span)
 
 
-def choose_threads(cores: Optional[int] = None, monitor: Optional[LoadMonitor] = None) -> tuple[int, str]:
+def choose_threads(cores: int | None = None, monitor: LoadMonitor | None = None) -> tuple[int, str]:
     """``(threads, reason)`` for a call starting now."""
     cores = cores or usable_cores()
     busy = (monitor or LoadMonitor.shared()).other_busy()

@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any
 
-from .gguf import GGUFError, SHIPPED, read_gguf_info, shipped_gguf
+from .gguf import SHIPPED, GGUFError, read_gguf_info, shipped_gguf
 
 COLUMNS = ["model_id", "source", "path", "endpoint", "parameters", "quantization", "size_bytes", "context_window",
            "name", "architecture", "instruct"]
@@ -64,7 +65,7 @@ def _gguf_info(path: Path):
     return _info_cache[key]
 
 
-def is_instruct(*names: Optional[str], architecture: Optional[str] = None, chat_template: bool = True) -> bool:
+def is_instruct(*names: str | None, architecture: str | None = None, chat_template: bool = True) -> bool:
     """The rule for "instruct model": a chat template, a chat architecture, and a name (file, repo, GGUF
     ``general.name``/``finetune``, Ollama tag) that says instruct/chat/it/sft/dpo..."""
     if not chat_template or (architecture or "").lower() in _NOT_CHAT_ARCH:
@@ -79,7 +80,7 @@ def _row(model_id: str, source: str, *, path=None, endpoint=None, parameters=Non
             "context_window": context_window, "name": name, "architecture": architecture, "instruct": instruct}
 
 
-def _file_row(model_id: str, source: str, path: Path, *extra_names: str) -> Optional[dict]:
+def _file_row(model_id: str, source: str, path: Path, *extra_names: str) -> dict | None:
     info = _gguf_info(path)
     if info is None or (info.architecture or "").lower() == "clip" or \
             str(info.metadata.get("general.type", "model")) not in ("model", ""):
@@ -152,7 +153,7 @@ def _manifest_layers(path: Path) -> dict[str, str]:
     return out
 
 
-def iter_ollama_store(models_dir: Optional[Path] = None) -> Iterator[tuple[str, Path, dict[str, str]]]:
+def iter_ollama_store(models_dir: Path | None = None) -> Iterator[tuple[str, Path, dict[str, str]]]:
     """``(display name, manifest path, layers)`` for every manifest under ``models_dir/manifests``."""
     root = Path(models_dir) if models_dir else ollama_models_dir()
     manifests = root / "manifests"
@@ -168,7 +169,7 @@ def iter_ollama_store(models_dir: Optional[Path] = None) -> Iterator[tuple[str, 
         yield ollama_display_name(registry, namespace, model, tag), path, _manifest_layers(path)
 
 
-def ollama_store_gguf(name: str, models_dir: Optional[Path] = None) -> Path:
+def ollama_store_gguf(name: str, models_dir: Path | None = None) -> Path:
     """The GGUF blob of Ollama model ``name`` (``llama3.2``, ``llama3.2:1b``, ``user/m:tag``,
     ``hf.co/o/r:Q4_K_M``) in the store, found without Ollama. FileNotFoundError says what the store holds."""
     root = Path(models_dir) if models_dir else ollama_models_dir()
@@ -204,7 +205,7 @@ def _manifest_key(root: Path, path: Path) -> tuple[str, str, str, str]:
     return parts[0], "/".join(parts[1:-2]), parts[-2], parts[-1]
 
 
-def _ollama_store_rows(models_dir: Optional[Path]) -> list[dict]:
+def _ollama_store_rows(models_dir: Path | None) -> list[dict]:
     rows = []
     root = Path(models_dir) if models_dir else ollama_models_dir()
     for name, _, layers in iter_ollama_store(root):
@@ -228,7 +229,7 @@ def _ollama_store_rows(models_dir: Optional[Path]) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ HF cache, LM Studio
 
-def _hf_cache_rows(cache: Optional[Path]) -> list[dict]:
+def _hf_cache_rows(cache: Path | None) -> list[dict]:
     from .hub import _COMMIT, gguf_choices, hub_cache_dir
 
     root = Path(cache) if cache else hub_cache_dir()
@@ -305,7 +306,7 @@ def _shipped_rows() -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------------- servers
 
-def _parse_params(text: Any) -> Optional[int]:
+def _parse_params(text: Any) -> int | None:
     """``"8.0B"`` / ``"494.03M"`` / ``"135M"`` -> an integer count; None if unreadable."""
     m = re.fullmatch(r"\s*([\d.]+)\s*([KMBT]?)\s*", str(text or ""), re.IGNORECASE)
     if not m:
@@ -317,7 +318,7 @@ def _parse_params(text: Any) -> Optional[int]:
     return int(value * {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}[m.group(2).upper()])
 
 
-def _ollama_rows(host: Optional[str], timeout: float) -> list[dict]:
+def _ollama_rows(host: str | None, timeout: float) -> list[dict]:
     import httpx
 
     from .ollama import parse_ollama_host
@@ -398,9 +399,9 @@ def _openai_server_rows(ports: Sequence[int], timeout: float) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------- public API
 
-def discover_records(*, ollama: bool = True, ollama_host: Optional[str] = None,
-                     ollama_models: Optional[os.PathLike] = None, hf_cache: Optional[os.PathLike] = None,
-                     lmstudio: Optional[Sequence[os.PathLike]] = None, shipped: bool = False,
+def discover_records(*, ollama: bool = True, ollama_host: str | None = None,
+                     ollama_models: os.PathLike | None = None, hf_cache: os.PathLike | None = None,
+                     lmstudio: Sequence[os.PathLike] | None = None, shipped: bool = False,
                      probe_servers: bool = False, ports: Sequence[int] = SERVER_PORTS,
                      timeout: float = 1.0) -> list[dict]:
     """:func:`discover_models` as a list of dicts (no pandas)."""
@@ -457,7 +458,7 @@ def memory_needed(size_bytes: int) -> int:
     return int(size_bytes * (1 + MEMORY_OVERHEAD)) + MEMORY_FIXED
 
 
-def strongest_local(df, free_memory: Optional[int] = None, *, sources: Sequence[str] = EMBEDDED_SOURCES):
+def strongest_local(df, free_memory: int | None = None, *, sources: Sequence[str] = EMBEDDED_SOURCES):
     """The default local model among discovered ones: the **largest instruct model that fits in free memory**.
 
     Rule: rows whose ``source`` is in ``sources`` (default: files the embedded engine loads itself, so no server
@@ -474,7 +475,7 @@ def strongest_local(df, free_memory: Optional[int] = None, *, sources: Sequence[
         free_memory = psutil.virtual_memory().available
     records = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
 
-    def num(value) -> Optional[int]:
+    def num(value) -> int | None:
         try:
             return None if value is None or value != value else int(value)  # NA/NaN -> None
         except (TypeError, ValueError):
@@ -511,7 +512,7 @@ def strongest_local(df, free_memory: Optional[int] = None, *, sources: Sequence[
     return best, reason
 
 
-def default_local_model(df=None, free_memory: Optional[int] = None) -> tuple[str, str]:
+def default_local_model(df=None, free_memory: int | None = None) -> tuple[str, str]:
     """``(model_id, reason)`` of the model to hook when none is: :func:`strongest_local` of ``df`` (discovered now
     when None, without probing servers), else ``llamacpp:smollm2-135m``."""
     if df is None:

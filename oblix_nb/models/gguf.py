@@ -9,7 +9,6 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 # short name -> (distribution/import package, file inside it, pip requirement to suggest)
 SHIPPED = {
@@ -79,14 +78,14 @@ class GGUFInfo:
 
     path: str
     version: int
-    architecture: Optional[str]
-    name: Optional[str]             # general.name
-    basename: Optional[str]         # general.basename
-    finetune: Optional[str]         # general.finetune ("Instruct", ...)
-    size_label: Optional[str]       # general.size_label ("135M", "8x7B", ...)
-    context_length: Optional[int]   # <arch>.context_length: the context the model was trained for
-    parameters: Optional[int]       # elements of all tensors (all split parts)
-    quantization: Optional[str]     # from general.file_type (else the file name)
+    architecture: str | None
+    name: str | None             # general.name
+    basename: str | None         # general.basename
+    finetune: str | None         # general.finetune ("Instruct", ...)
+    size_label: str | None       # general.size_label ("135M", "8x7B", ...)
+    context_length: int | None   # <arch>.context_length: the context the model was trained for
+    parameters: int | None       # elements of all tensors (all split parts)
+    quantization: str | None     # from general.file_type (else the file name)
     chat_template: bool             # tokenizer.chat_template present
     size_bytes: int                 # file size (all split parts)
     split_count: int = 1
@@ -102,7 +101,7 @@ def is_gguf(path: str | os.PathLike) -> bool:
         return False
 
 
-def quantization_from_name(filename: str) -> Optional[str]:
+def quantization_from_name(filename: str) -> str | None:
     """The quantisation a GGUF file name states (``model-Q4_K_M.gguf`` -> ``"Q4_K_M"``), upper-case; else None."""
     name = Path(filename).name
     split = _SPLIT.match(name)
@@ -223,7 +222,7 @@ def read_gguf_info(path: str | os.PathLike) -> GGUFInfo:
     ftype = meta.get("general.file_type")
     quant = FILE_TYPES.get(ftype) if isinstance(ftype, int) else None
 
-    def text(key: str) -> Optional[str]:
+    def text(key: str) -> str | None:
         value = meta.get(key)
         return value if isinstance(value, str) and value else None
 

@@ -35,9 +35,9 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 from urllib.parse import urlsplit
 
 from .gguf import quantization_from_name
@@ -85,8 +85,8 @@ class HubSpec:
 
     repo_id: str
     revision: str = DEFAULT_REVISION
-    filename: Optional[str] = None  # path inside the repo (with subfolders)
-    quant: Optional[str] = None     # requested quantisation when no filename is given
+    filename: str | None = None  # path inside the repo (with subfolders)
+    quant: str | None = None     # requested quantisation when no filename is given
 
     def __str__(self) -> str:
         rev = "" if self.revision == DEFAULT_REVISION else f"@{self.revision}"
@@ -129,7 +129,7 @@ def parse_hf(name: str) -> HubSpec:
 
 # ------------------------------------------------------------------------------------------- settings and cache
 
-def _is_true(value: Optional[str]) -> bool:
+def _is_true(value: str | None) -> bool:
     return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
@@ -161,7 +161,7 @@ def repo_folder(cache: Path, repo_id: str) -> Path:
     return cache / ("models--" + repo_id.replace("/", "--"))
 
 
-def _commit_for(storage: Path, revision: str) -> Optional[str]:
+def _commit_for(storage: Path, revision: str) -> str | None:
     if _COMMIT.match(revision):
         return revision
     try:
@@ -171,7 +171,7 @@ def _commit_for(storage: Path, revision: str) -> Optional[str]:
     return commit if _COMMIT.match(commit) else None
 
 
-def cached_ggufs(repo_id: str, revision: str = DEFAULT_REVISION, cache: Optional[Path] = None) -> dict[str, Path]:
+def cached_ggufs(repo_id: str, revision: str = DEFAULT_REVISION, cache: Path | None = None) -> dict[str, Path]:
     """GGUF files of the repo at ``revision`` that are complete in the cache: {path in repo: local path}."""
     storage = repo_folder(cache or hub_cache_dir(), repo_id)
     commit = _commit_for(storage, revision)
@@ -185,7 +185,7 @@ def cached_ggufs(repo_id: str, revision: str = DEFAULT_REVISION, cache: Optional
     return found
 
 
-def cached_file(spec: HubSpec, filename: str, cache: Optional[Path] = None) -> Optional[Path]:
+def cached_file(spec: HubSpec, filename: str, cache: Path | None = None) -> Path | None:
     """The cached path of ``filename`` in ``spec``'s repo at its revision (all split parts present), else None."""
     files = cached_ggufs(spec.repo_id, spec.revision, cache)
     parts = split_parts(filename)
@@ -206,7 +206,7 @@ def split_parts(filename: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ choosing a file
 
-def _quant_of(path: str) -> Optional[str]:
+def _quant_of(path: str) -> str | None:
     """Quantisation of a repo path: from the file name, else from a folder name (``Q4_K_M/model.gguf``)."""
     for part in reversed(path.split("/")):
         q = quantization_from_name(part if part.lower().endswith(".gguf") else part + ".gguf")
@@ -215,7 +215,7 @@ def _quant_of(path: str) -> Optional[str]:
     return None
 
 
-def _rank(quant: Optional[str]) -> tuple:
+def _rank(quant: str | None) -> tuple:
     q = (quant or "").upper()
     q = q[3:] if q.startswith("UD-") else q
     if q in QUANT_PREFERENCE:
@@ -225,7 +225,7 @@ def _rank(quant: Optional[str]) -> tuple:
     return (1, 0) if q else (3, 0)
 
 
-def gguf_choices(paths: Iterable[str]) -> dict[str, Optional[str]]:
+def gguf_choices(paths: Iterable[str]) -> dict[str, str | None]:
     """{path of a loadable model file (a single GGUF or a split's first part): its quantisation}; projector,
     imatrix and adapter files and the later parts of splits left out."""
     out = {}
@@ -239,7 +239,7 @@ def gguf_choices(paths: Iterable[str]) -> dict[str, Optional[str]]:
     return out
 
 
-def pick_gguf(paths: Iterable[str], quant: Optional[str] = None) -> tuple[str, Optional[str], dict]:
+def pick_gguf(paths: Iterable[str], quant: str | None = None) -> tuple[str, str | None, dict]:
     """``(path, quantisation, choices)``: the file ``hf:OWNER/REPO[:QUANT]`` means among a repo's ``paths``.
 
     With ``quant``: a file of that quantisation (HubNotFoundError if none). Without: the best by
@@ -273,7 +273,7 @@ def _hf():
     return huggingface_hub
 
 
-def _human(size: Optional[int]) -> str:
+def _human(size: int | None) -> str:
     if size is None:
         return "size unknown"
     value: float = size
@@ -314,10 +314,10 @@ class _Remote:
     etag: str       # blob name: the sha256 for LFS files, the git blob sha1 otherwise
     size: int
     drop_auth: bool
-    listed_sha: Optional[str] = None  # the sha256 the repo listing gave, if it was asked
+    listed_sha: str | None = None  # the sha256 the repo listing gave, if it was asked
 
 
-def _expected_hash(etag: str, listed: Optional[str]) -> tuple[str, str]:
+def _expected_hash(etag: str, listed: str | None) -> tuple[str, str]:
     """(algorithm, hex) the bytes must hash to: the LFS sha256 (the ETag of LFS files), else the git blob sha1."""
     if _SHA256.match(etag):
         if listed and listed != etag:
@@ -407,7 +407,7 @@ def _fetch(remote: _Remote, storage: Path, algorithm: str, digest: str, *, tqdm_
         os.replace(partial, blob)
 
 
-def resolve_hf(name: str, *, tqdm_class=None, notify: Optional[Callable[[str], None]] = None) -> Path:
+def resolve_hf(name: str, *, tqdm_class=None, notify: Callable[[str], None] | None = None) -> Path:
     """Local path of the GGUF that ``name`` (``hf:...``) means: from the cache, else downloaded into it (see the
     module docstring). For a split model: the first part (all parts present). Raises ValueError for a malformed
     name and a HubError (an OSError; HubNotFoundError / HubOfflineError are FileNotFoundErrors) otherwise."""
@@ -442,7 +442,7 @@ def resolve_hf(name: str, *, tqdm_class=None, notify: Optional[Callable[[str], N
 
     from .._version import __version__
 
-    listed: dict[str, tuple[Optional[int], Optional[str]]] = {}
+    listed: dict[str, tuple[int | None, str | None]] = {}
     try:
         if spec.filename:
             chosen = spec.filename

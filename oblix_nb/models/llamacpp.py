@@ -24,7 +24,8 @@ import json
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, AsyncGenerator, Optional
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
 
 from .._util import block_interrupts
 from ..errors import ModelUnavailableError
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 LLAMA_OPTIONS = ("top_p", "top_k", "seed", "stop", "presence_penalty", "frequency_penalty", "repeat_penalty")
 SAMPLING_KEYS = ("temperature",) + LLAMA_OPTIONS
 _END = object()
-_open_backends: "weakref.WeakSet[LlamaCppBackend]" = weakref.WeakSet()
+_open_backends: weakref.WeakSet[LlamaCppBackend] = weakref.WeakSet()
 EXIT_CLOSE_TIMEOUT = 60.0  # at exit: longest wait for a running generation to leave llama.cpp
 LOCK_POLL_S = 0.05          # a stopped call waiting for the model's lock gives up within this
 # The prompt is read in steps of PROMPT_STEP_MIN..n_batch tokens, sized to take about PROMPT_STEP_S each (so
@@ -72,7 +73,7 @@ def _post(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
         pass
 
 
-def _in_daemon_thread(fn) -> "asyncio.Future":
+def _in_daemon_thread(fn) -> asyncio.Future:
     """Run ``fn`` in a new daemon thread; its outcome as a future of the running loop.
 
     Not the loop's default executor: its threads are joined when the interpreter exits, so a generation still
@@ -99,7 +100,7 @@ def _in_daemon_thread(fn) -> "asyncio.Future":
     return future
 
 
-def _check_threads(n_threads) -> Optional[int]:
+def _check_threads(n_threads) -> int | None:
     """None for automatic (None / "auto"), else a positive int; ValueError/TypeError otherwise."""
     if n_threads is None or n_threads == "auto":
         return None
@@ -114,8 +115,8 @@ class LlamaCppBackend(ModelBackend):
     model_type = ModelType.LLAMACPP
     estimate_source = "tokenizer"
 
-    def __init__(self, model_name: str, endpoint: Optional[str] = None, *, model_path: Optional[str] = None,
-                 n_ctx: int = 2048, n_threads: Optional[int] = None, sampling: Optional[dict] = None, **kwargs):
+    def __init__(self, model_name: str, endpoint: str | None = None, *, model_path: str | None = None,
+                 n_ctx: int = 2048, n_threads: int | None = None, sampling: dict | None = None, **kwargs):
         """``sampling``: the defaults used for each option a call does not give (keys: temperature, top_p,
         top_k, seed, stop, presence/frequency/repeat_penalty). None: the model's recommended ones
         (``gguf.RECOMMENDED_SAMPLING``, from its model card) for a shipped model, else llama-cpp-python's own;
@@ -141,10 +142,10 @@ class LlamaCppBackend(ModelBackend):
         self._n_ctx = n_ctx
         self._threads_setting = _check_threads(n_threads)
         self._n_threads = self._threads_setting or 1  # what the context uses now (auto: set at each call)
-        self.threads_reason: Optional[str] = None  # why the last call used self._n_threads (auto mode)
-        self._monitor: Optional[LoadMonitor] = None
-        self._llama: Optional[llama_cpp.Llama] = None
-        self._formatter: Optional[Jinja2ChatFormatter] = None
+        self.threads_reason: str | None = None  # why the last call used self._n_threads (auto mode)
+        self._monitor: LoadMonitor | None = None
+        self._llama: llama_cpp.Llama | None = None
+        self._formatter: Jinja2ChatFormatter | None = None
         if sampling is None:
             sampling = recommended_sampling(self._path)
         if not isinstance(sampling, dict):
@@ -157,7 +158,7 @@ class LlamaCppBackend(ModelBackend):
         self._stopping = threading.Event()  # set at exit: running generations stop at their next token
         self._grammars: dict = {}  # schema JSON -> LlamaGrammar
         self._abort_cb: Any = None  # llama.cpp's abort callback while a prompt is being read (see _arm_abort)
-        self._muted_level: Optional[int] = None  # llama-cpp-python's log level while an abort is reported
+        self._muted_level: int | None = None  # llama-cpp-python's log level while an abort is reported
 
     async def connect(self) -> None:
         try:
@@ -395,7 +396,7 @@ class LlamaCppBackend(ModelBackend):
 
         worker = _in_daemon_thread(work)
         pieces: list[str] = []
-        live: Optional[Usage] = None  # yielded after the first text and kept current (see ModelBackend)
+        live: Usage | None = None  # yielded after the first text and kept current (see ModelBackend)
         try:
             while True:
                 item = await queue.get()
@@ -472,7 +473,7 @@ class LlamaCppBackend(ModelBackend):
             usage.get("prompt_tokens"), usage.get("completion_tokens"), "engine", "engine",
             choice.get("finish_reason"))
 
-    def close_now(self, timeout: Optional[float] = None) -> bool:
+    def close_now(self, timeout: float | None = None) -> bool:
         """Free the model now, from any thread, waiting up to ``timeout`` s (None: no limit) for a running
         generation to stop. False if it could not be freed in time (it is then left to the garbage collector)."""
         self._stopping.set()

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any, AsyncGenerator, Callable, Optional, cast
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from ..errors import ModelUnavailableError
@@ -14,7 +15,7 @@ DEFAULT_PORT = 11434
 DEFAULT_NUM_CTX = 2048  # Ollama's own default context; we always send num_ctx so the history budget is exact
 
 
-def parse_ollama_host(host: Optional[str]) -> str:
+def parse_ollama_host(host: str | None) -> str:
     """An Ollama endpoint URL from the host forms the official ``ollama`` client accepts (its ``OLLAMA_HOST``).
 
     Same rules as ``ollama.Client(host=...)``: no scheme means ``http``; no port means 11434 without a scheme,
@@ -74,8 +75,8 @@ def default_endpoint() -> str:
 class OllamaBackend(ModelBackend):
     model_type = ModelType.OLLAMA
 
-    def __init__(self, model_name: str, endpoint: Optional[str] = None, *, api_key: Optional[str] = None,
-                 timeout: float = 120.0, keep_alive: Optional[str] = None, **kwargs):
+    def __init__(self, model_name: str, endpoint: str | None = None, *, api_key: str | None = None,
+                 timeout: float = 120.0, keep_alive: str | None = None, **kwargs):
         # An explicit endpoint wins; else $OLLAMA_HOST, as the official client and CLI do. Both accept the
         # client's host forms ("host", "host:port", ":port", "http(s)://host[:port][/path]").
         super().__init__(model_name, parse_ollama_host(endpoint) if endpoint else default_endpoint(), **kwargs)
@@ -155,7 +156,7 @@ class OllamaBackend(ModelBackend):
         closes the connection, which stops generation on the server."""
         kwargs = self._extra(params)
         final = None
-        live: Optional[Usage] = None  # yielded after the first text and kept current (see ModelBackend)
+        live: Usage | None = None  # yielded after the first text and kept current (see ModelBackend)
         chunks = 0
         response = None
         try:

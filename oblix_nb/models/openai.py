@@ -4,7 +4,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from typing import TYPE_CHECKING, Any, AsyncGenerator, Optional
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import ModelUnavailableError
@@ -61,8 +62,8 @@ def _strict_compatible(schema: Any) -> bool:
 class OpenAIBackend(ModelBackend):
     model_type = ModelType.OPENAI
 
-    def __init__(self, model_name: str, endpoint: Optional[str] = None, *, api_key: Optional[str] = None,
-                 base_url: Optional[str] = None, timeout: float = 120.0, max_retries: int = 0, **kwargs):
+    def __init__(self, model_name: str, endpoint: str | None = None, *, api_key: str | None = None,
+                 base_url: str | None = None, timeout: float = 120.0, max_retries: int = 0, **kwargs):
         base = (base_url or endpoint or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         super().__init__(model_name, base, **kwargs)
         key = api_key or os.environ.get("OPENAI_API_KEY")
@@ -75,8 +76,8 @@ class OpenAIBackend(ModelBackend):
 
         # max_retries=0: a failing endpoint must fail fast so routing can fall back to the next model.
         self._client = openai.AsyncOpenAI(api_key=key, base_url=base, timeout=timeout, max_retries=max_retries)
-        self._http: Optional[httpx.AsyncClient] = None  # httpx.AsyncClient for the tokenizer, made on first use
-        self._tokenize_supported: Optional[bool] = None if _is_loopback(base) else False  # False: never ask
+        self._http: httpx.AsyncClient | None = None  # httpx.AsyncClient for the tokenizer, made on first use
+        self._tokenize_supported: bool | None = None if _is_loopback(base) else False  # False: never ask
         self._tokenize_failures = 0      # transient tokenizer failures in a row
         self._tokenize_retry_at = 0.0    # time.monotonic() before which the tokenizer is not asked
         self._schema_style = "json_schema"  # or "json_object" once the server rejected json_schema
@@ -162,7 +163,7 @@ class OpenAIBackend(ModelBackend):
         finish = None
         server_usage = None
         pieces: list[str] = []
-        live: Optional[Usage] = None  # yielded after the first text and kept current (see ModelBackend)
+        live: Usage | None = None  # yielded after the first text and kept current (see ModelBackend)
         stream = None
         try:
             try:
@@ -201,7 +202,7 @@ class OpenAIBackend(ModelBackend):
         """The prompt's tokens until the server's (or its tokenizer's) count is known."""
         return sum(self.estimate_tokens(m.get("content") or "") + self.message_overhead() for m in messages)
 
-    async def _counted_usage(self, messages: list[dict], text: str, finish, chunks: Optional[int]) -> Usage:
+    async def _counted_usage(self, messages: list[dict], text: str, finish, chunks: int | None) -> Usage:
         contents = [m.get("content") or "" for m in messages]
         # Two requests whatever the history's length: the messages' text joined (each "\n" stands for part of
         # the template's per-message markup, counted in message_overhead) and the reply.
@@ -214,7 +215,7 @@ class OpenAIBackend(ModelBackend):
             return Usage(input_tokens, chunks, "estimate", "stream_chunks", finish)
         return Usage(input_tokens, self.estimate_tokens(text), "estimate", "estimate", finish)
 
-    async def _tokenizer_counts(self, texts: list[str]) -> Optional[list[int]]:
+    async def _tokenizer_counts(self, texts: list[str]) -> list[int] | None:
         """Exact counts from the server's tokenizer (llama.cpp's ``/extras/tokenize/count``), if it has one.
 
         Only asked on loopback servers. A failure makes this call's counts estimates, never later ones for good:

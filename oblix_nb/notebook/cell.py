@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
 from .. import default_model, runtime
 from .._util import new_id, title_from
-from ..errors import (InvalidSessionIdError, ModelCallError, ModelUnavailableError, NoModelHookedError,
-                      SessionNotFoundError)
+from ..errors import (
+    InvalidSessionIdError,
+    ModelCallError,
+    ModelUnavailableError,
+    NoModelHookedError,
+    SessionNotFoundError,
+)
 from .display import QueueSink, Reply, ReplyDisplay, drive, extract_code, format_footer, shell_publisher
 from .formats import ANY_JSON_SCHEMA, HINTS, final_bundle, stream_format
 
@@ -48,7 +53,6 @@ def _clean_interrupt(note: str) -> KeyboardInterrupt:
 def fix_prompt(record, *, code_only: bool, max_chars: int) -> str:
     """What %oblix_fix asks: the cell's source and its traceback, and what kind of answer to give."""
     from .describe import clip
-
     from .tracebacks import short_paths, trim
 
     source = clip(record.source.rstrip() or "(source not recorded)", max_chars // 2)
@@ -130,7 +134,7 @@ class CellPipeline:
         return self._ask(client, prompt.text, args, model_id, fmt=args.format, title=question)
 
     # ------------------------------------------------------------------ helpers
-    def _model_arg(self, client: OblixClient, model: Optional[str], prog: str) -> Optional[str]:
+    def _model_arg(self, client: OblixClient, model: str | None, prog: str) -> str | None:
         """The model to force: --model, else the configured or stored default; aliases resolved."""
         chosen = model or self.m.default_model or self._stored_default(client) or None
         try:
@@ -139,7 +143,7 @@ class CellPipeline:
             raise UsageError(f"{prog}: {exc}") from None
 
     @staticmethod
-    def _stored_default(client: OblixClient) -> Optional[str]:
+    def _stored_default(client: OblixClient) -> str | None:
         try:
             value = client.sessions.get_setting(DEFAULT_MODEL_KEY)
         except Exception:  # noqa: BLE001 - a store without settings: no stored default
@@ -155,7 +159,7 @@ class CellPipeline:
         except SchemaError as exc:
             raise UsageError(f"%%oblix --schema: {exc}") from None
 
-    def _context_budget(self, client: OblixClient, model_id: Optional[str], max_tokens: Optional[int]) -> int:
+    def _context_budget(self, client: OblixClient, model_id: str | None, max_tokens: int | None) -> int:
         """Characters for the notebook context (attachments, inlined cells): about 60% of what the model's
         context window leaves after the reply (the smallest window of the hooked models when routing decides)."""
         models = client.models
@@ -165,7 +169,7 @@ class CellPipeline:
         reserve = max_tokens or window // 4
         return int(min(max((window - reserve) * 0.6 * 3, 1200), 200_000))
 
-    def _build_prompt(self, prog: str, template: str, args, client: OblixClient, model_id: Optional[str]):
+    def _build_prompt(self, prog: str, template: str, args, client: OblixClient, model_id: str | None):
         from .references import UnknownReference, build_prompt
 
         try:
@@ -180,8 +184,8 @@ class CellPipeline:
                   + ", ".join("{" + ref + "}" for ref in missing), file=sys.stderr)
         return prompt
 
-    def _ask(self, client: OblixClient, prompt: str, args, model_id: Optional[str], *, fmt: str = "markdown",
-             schema: Any = None, title: Optional[str] = None):
+    def _ask(self, client: OblixClient, prompt: str, args, model_id: str | None, *, fmt: str = "markdown",
+             schema: Any = None, title: str | None = None):
         """Send ``prompt`` (what the model sees and the session stores) and show the reply in ``fmt``;
         a session this creates is titled from ``title`` (the question without its context), else ``prompt``."""
         session_id = self._session_for(client, args, title if title and title.strip() else prompt)
@@ -307,8 +311,8 @@ class CellPipeline:
         print(f"{len(result)} rows -> {into} ({cached} from the store, {errors} with errors)")
         return result
 
-    def _finish(self, view: Optional[ReplyDisplay], text: str, footer: Optional[str], *, error: bool = False,
-                streamed: bool = True, bundle: Optional[dict] = None) -> None:
+    def _finish(self, view: ReplyDisplay | None, text: str, footer: str | None, *, error: bool = False,
+                streamed: bool = True, bundle: dict | None = None) -> None:
         if view is not None:
             view.final(text, footer, error=error, bundle=bundle)
             return
@@ -325,7 +329,7 @@ class CellPipeline:
         if args.var:
             self.shell.user_ns[args.var] = reply
 
-    def _partial_reply(self, client: OblixClient, session_id: Optional[str], request_id: str, outcome) -> Reply:
+    def _partial_reply(self, client: OblixClient, session_id: str | None, request_id: str, outcome) -> Reply:
         """After an interrupt: the reply as stored (flagged partial), else what arrived."""
         response: dict = {"request_id": request_id, "response": outcome.text, "partial": True,
                           "session_id": session_id}
@@ -369,7 +373,7 @@ class CellPipeline:
             raise UsageError(f"%%oblix: {exc}") from None
         raise exc
 
-    def _ensure_model(self, client: OblixClient, model_id: Optional[str]) -> bool:
+    def _ensure_model(self, client: OblixClient, model_id: str | None) -> bool:
         """Hook what the cell needs if possible. False (after a short message) if nothing can answer."""
         from ..models.base import ModelType
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import reprlib
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 SAMPLE_ROWS = 100_000
 EXACT_CELLS = 50_000_000
@@ -48,7 +49,7 @@ def is_data(value: Any) -> bool:
     return _kind(value) is not None
 
 
-def _kind(value: Any) -> Optional[str]:
+def _kind(value: Any) -> str | None:
     module = type(value).__module__ or ""
     if module.startswith("pandas"):
         pd = sys.modules.get("pandas")
@@ -69,7 +70,7 @@ def _kind(value: Any) -> Optional[str]:
     return None
 
 
-def describe(value: Any, name: Optional[str] = None, *, max_chars: int = DEFAULT_MAX_CHARS) -> str:
+def describe(value: Any, name: str | None = None, *, max_chars: int = DEFAULT_MAX_CHARS) -> str:
     """Markdown describing ``value`` (called ``name``) in at most ``max_chars`` characters (see module doc)."""
     max_chars = max(int(max_chars), 200)
     kind = _kind(value)
@@ -205,7 +206,7 @@ def _describe_pandas(value, label: str, kind: str, rows: int, max_cols: int, sta
     return "\n\n".join(parts)
 
 
-def _statistics(sample) -> Optional[list[dict]]:
+def _statistics(sample) -> list[dict] | None:
     """``describe()`` of each column (by position) as dicts; a column that cannot be described as is (e.g.
     lists, which are unhashable) is described by its values' reprs; None if nothing can be."""
     try:

@@ -24,7 +24,8 @@ import re
 import sys
 import time
 import uuid
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from ..streaming import ThrottledSink, format_footer, reading_status
 
@@ -60,7 +61,7 @@ class Reply(str):
 
     response: dict
 
-    def __new__(cls, text: str, response: Optional[dict] = None):
+    def __new__(cls, text: str, response: dict | None = None):
         obj = super().__new__(cls, text)
         obj.response = dict(response or {})
         return obj
@@ -82,7 +83,7 @@ class Reply(str):
         return str(self)
 
     @property
-    def model_id(self) -> Optional[str]:
+    def model_id(self) -> str | None:
         return self.response.get("model_id")
 
     @property
@@ -94,7 +95,7 @@ class Reply(str):
         return self.response.get("routing_decision") or {}
 
     @property
-    def session_id(self) -> Optional[str]:
+    def session_id(self) -> str | None:
         return self.response.get("session_id")
 
     @property
@@ -191,7 +192,7 @@ def says_more(route: str, brief: str) -> bool:
     return plain(route) != plain(brief)
 
 
-def split_footer(text: str) -> tuple[str, Optional[str]]:
+def split_footer(text: str) -> tuple[str, str | None]:
     """A footer line (:func:`oblix_nb.streaming.format_footer`: ``model · target: reason · TTFT … · tok/s ·
     tokens · cost``) as (one short line, the details it left out or None).
 
@@ -276,8 +277,8 @@ class ReplyDisplay:
         self._publish(self._bundle(text, final=False), self.reply_id, True)
         self.updates += 1
 
-    def final(self, text: str, footer: Optional[str] = None, *, error: bool = False,
-              bundle: Optional[dict] = None) -> None:
+    def final(self, text: str, footer: str | None = None, *, error: bool = False,
+              bundle: dict | None = None) -> None:
         """The last update: exactly ``text`` (or the given MIME ``bundle``); the status line becomes ``footer``."""
         self.text = text
         self._publish(bundle if bundle is not None else self._bundle(text, final=True), self.reply_id, True)
@@ -285,7 +286,7 @@ class ReplyDisplay:
             self._publish(_footer_bundle(footer, error=error), self.footer_id, True)
 
 
-def shell_publisher(shell: Any, parent: Optional[dict] = None) -> Callable[[dict, str, bool], None]:
+def shell_publisher(shell: Any, parent: dict | None = None) -> Callable[[dict, str, bool], None]:
     """``publish(data, display_id, update)`` through the shell's current display publisher.
 
     With ``parent`` (a kernel message header), messages are sent with that parent even from another thread,
@@ -310,7 +311,7 @@ class QueueSink:
     """A StreamSink for the loop thread that only queues events for :func:`drive` (main thread)."""
 
     def __init__(self) -> None:
-        self.queue: "queue.Queue[tuple]" = queue.Queue()
+        self.queue: queue.Queue[tuple] = queue.Queue()
 
     def start(self, info: dict) -> None:
         self.queue.put(("start", info))
@@ -322,10 +323,10 @@ class QueueSink:
         """The engine's prompt-reading progress (:class:`~oblix_nb.models.base.PromptProgress`)."""
         self.queue.put(("progress", progress))
 
-    def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
+    def end(self, response: dict | None, error: BaseException | None = None) -> None:
         self.queue.put(("end", response, error))
 
-    def done(self, result: Any = None, error: Optional[BaseException] = None) -> None:
+    def done(self, result: Any = None, error: BaseException | None = None) -> None:
         """Put by the job wrapper when the whole execute() coroutine has finished (cleanup included)."""
         self.queue.put(("done", result, error))
 
@@ -333,16 +334,16 @@ class QueueSink:
 class DriveResult:
     def __init__(self) -> None:
         self.text = ""
-        self.info: Optional[dict] = None
-        self.response: Optional[dict] = None
-        self.error: Optional[BaseException] = None
+        self.info: dict | None = None
+        self.response: dict | None = None
+        self.error: BaseException | None = None
         self.interrupted = False
-        self.first_delta_at: Optional[float] = None
-        self.last_delta_at: Optional[float] = None
+        self.first_delta_at: float | None = None
+        self.last_delta_at: float | None = None
         self.updates = 0
 
 
-def _status_line(info: dict, reading: Optional[str] = None) -> str:
+def _status_line(info: dict, reading: str | None = None) -> str:
     """The status line: ``reading 3,400 tokens… · model · route`` until the first token (``reading``: the
     :func:`~oblix_nb.streaming.reading_status` text), then ``streaming from model · route …``."""
     route = info.get("routing") or {}
@@ -355,8 +356,8 @@ def _status_line(info: dict, reading: Optional[str] = None) -> str:
     return " · ".join(bits) + " …"
 
 
-def drive(sink: QueueSink, future, view: Optional[ReplyDisplay], *, interval: float = DEFAULT_INTERVAL,
-          stream: Optional[Any] = None, cancel_timeout: float = 30.0) -> DriveResult:
+def drive(sink: QueueSink, future, view: ReplyDisplay | None, *, interval: float = DEFAULT_INTERVAL,
+          stream: Any | None = None, cancel_timeout: float = 30.0) -> DriveResult:
     """Main-thread loop: take the sink's events off its queue and render them, at most one reply update per
     ``interval`` seconds (plus a final one). ``view=None`` means terminal mode: deltas go to ``stream``
     (stdout) as they arrive.
@@ -463,7 +464,7 @@ class NotebookSink(ThrottledSink):
     """``client.sink_factory``'s sink in a kernel: called on the package loop thread, publishes throttled
     display updates with the parent header of the cell that created it."""
 
-    def __init__(self, shell: Any, display_metrics: bool = True, interval: Optional[float] = None):
+    def __init__(self, shell: Any, display_metrics: bool = True, interval: float | None = None):
         super().__init__(DEFAULT_INTERVAL if interval is None else interval)
         self.shell = shell
         pub = getattr(shell, "display_pub", None)
@@ -492,7 +493,7 @@ class NotebookSink(ThrottledSink):
             self.view.status(_status_line(info))
         self.view.update(text)
 
-    def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
+    def end(self, response: dict | None, error: BaseException | None = None) -> None:
         with self._lock:
             self._close_locked()
             if not self.view.shown:

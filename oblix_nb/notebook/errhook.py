@@ -22,8 +22,9 @@ import sys
 import traceback
 import types
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import IPython
 
@@ -58,21 +59,21 @@ class ErrorLog:
 
     def __init__(self, shell: Any):
         self.shell = shell
-        self.errors: "OrderedDict[int, CellError]" = OrderedDict()
+        self.errors: OrderedDict[int, CellError] = OrderedDict()
         self.current = getattr(shell, "execution_count", 0)  # the running cell's number
         self._source = ""                              # the running cell's source, as typed
-        self._pending: Optional[tuple[str, str, str, str]] = None  # its error (ename, evalue, traceback, hint)
+        self._pending: tuple[str, str, str, str] | None = None  # its error (ename, evalue, traceback, hint)
         self._raw_count, self._stored = self.current, False
         self._offset = 1 if _COUNTS_BEFORE_RUN else 0  # execution_count - the running cell's number
-        self._user: tuple[tuple, Optional[Callable]] = ((), None)  # the user's (exc_tuple, CustomTB)
-        self._saved: Optional[tuple] = None            # shell attributes to put back on uninstall
+        self._user: tuple[tuple, Callable | None] = ((), None)  # the user's (exc_tuple, CustomTB)
+        self._saved: tuple | None = None            # shell attributes to put back on uninstall
         self.installed = False
 
     # ------------------------------------------------------------------ reading
-    def get(self, n: int) -> Optional[CellError]:
+    def get(self, n: int) -> CellError | None:
         return self.errors.get(n)
 
-    def last(self, skip: Optional[Callable[[CellError], bool]] = None) -> Optional[CellError]:
+    def last(self, skip: Callable[[CellError], bool] | None = None) -> CellError | None:
         """The most recent error (the most recent one ``skip`` does not reject)."""
         return next((e for e in reversed(self.errors.values()) if skip is None or not skip(e)), None)
 
@@ -122,7 +123,7 @@ class ErrorLog:
         types_ = (Exception,) + tuple(t for t in self._user[0] if not issubclass(t, Exception))
         self._original_set(types_, _handler)
 
-    def _set_user(self, exc_tuple: tuple, handler: Optional[Callable]) -> None:
+    def _set_user(self, exc_tuple: tuple, handler: Callable | None) -> None:
         """What ``shell.set_custom_exc(exc_tuple, handler)`` does while we are installed."""
         if not isinstance(exc_tuple, tuple):
             raise TypeError("The custom exceptions must be given as a tuple.")
@@ -157,7 +158,7 @@ class ErrorLog:
             self.errors.popitem(last=False)
 
     # ------------------------------------------------------------------ recording
-    def record(self, etype: type, value: BaseException, tb: Any, tb_offset: Optional[int] = None) -> None:
+    def record(self, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> None:
         """Remember the running cell's error; it is filed under the cell's number when the cell ends."""
         try:
             from .tracebacks import data_hint
@@ -167,7 +168,7 @@ class ErrorLog:
             hint = ""
         self._pending = (etype.__name__, _safe_str(value), self.format(etype, value, tb, tb_offset), hint)
 
-    def format(self, etype: type, value: BaseException, tb: Any, tb_offset: Optional[int] = None) -> str:
+    def format(self, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> str:
         """The traceback as IPython shows it, without colours (plain Python formatting if that fails)."""
         shell = self.shell
         try:
@@ -198,7 +199,7 @@ def _safe_str(value: BaseException) -> str:
 
 def _handler(shell, etype, value, tb, tb_offset=None):
     """The custom exception handler: record, then chain to the user's handler or to IPython's display."""
-    log: Optional[ErrorLog] = shell.__dict__.get("_oblix_error_log")
+    log: ErrorLog | None = shell.__dict__.get("_oblix_error_log")
     if log is not None:
         if issubclass(etype, Exception):
             try:
@@ -229,14 +230,14 @@ def _in_run_code(tb: Any) -> bool:
 
 def _intercepted_set_custom_exc(shell, exc_tuple, handler):
     """``shell.set_custom_exc`` while an ErrorLog is installed: the handler is chained behind ours."""
-    log: Optional[ErrorLog] = shell.__dict__.get("_oblix_error_log")
+    log: ErrorLog | None = shell.__dict__.get("_oblix_error_log")
     if log is None:
         return type(shell).set_custom_exc(shell, exc_tuple, handler)
     return log._set_user(exc_tuple, handler)
 
 
 # --------------------------------------------------------------------------- one log per shell
-_retired: dict[int, "OrderedDict[int, CellError]"] = {}  # errors kept across %reload_ext, by id(shell)
+_retired: dict[int, OrderedDict[int, CellError]] = {}  # errors kept across %reload_ext, by id(shell)
 
 
 def install(shell: Any) -> ErrorLog:
@@ -265,6 +266,6 @@ def current_cell(shell: Any) -> int:
     return int(getattr(shell, "execution_count", 0)) - (1 if _COUNTS_BEFORE_RUN else 0)
 
 
-def error_log(shell: Any) -> Optional[ErrorLog]:
+def error_log(shell: Any) -> ErrorLog | None:
     """The installed ErrorLog of ``shell`` (None when the extension is not loaded)."""
     return getattr(shell, "__dict__", {}).get("_oblix_error_log") if shell is not None else None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Optional
+from typing import Any
 
 FORMATS = ("markdown", "text", "code", "json", "html", "math")
 
@@ -67,7 +67,7 @@ def plain(value: Any) -> Any:
     return dump(mode="json") if callable(dump) else value
 
 
-def final_bundle(fmt: str, text: str, parsed: Any = None, *, has_parsed: bool = False) -> Optional[dict]:
+def final_bundle(fmt: str, text: str, parsed: Any = None, *, has_parsed: bool = False) -> dict | None:
     """The final display's MIME bundle for ``fmt``; None means the default (Markdown / text) display."""
     if fmt == "json" and has_parsed:
         value = plain(parsed)

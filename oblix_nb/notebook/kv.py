@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 _KEY = re.compile(r"^[A-Za-z_][\w.\-]*$")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
@@ -34,8 +34,19 @@ from ..pricing import parse_price
 from . import errhook, state, transform
 from .cell import DEFAULT_MODEL_KEY, CellPipeline, fix_prompt  # noqa: F401  (fix_prompt: re-exported)
 from .display import has_display_frontend, notebook_sink_factory, safe_html
-from .parsers import (HelpShown, MagicArgumentParser, chat_parser, fix_parser, model_parser,  # noqa: F401
-                      oblix_parser, parse_kv, parse_line, session_parser, split_line, stats_parser)
+from .parsers import (  # noqa: F401
+    HelpShown,
+    MagicArgumentParser,
+    chat_parser,
+    fix_parser,
+    model_parser,
+    oblix_parser,
+    parse_kv,
+    parse_line,
+    session_parser,
+    split_line,
+    stats_parser,
+)
 
 if TYPE_CHECKING:
     from ..client import OblixClient
@@ -256,7 +267,7 @@ class OblixMagics(Magics):
             return f"{session_id} ({row[0]!r})"
         return f"{session_id} ({row[0]!r}, {row[1]} message{'s' if row[1] != 1 else ''})"
 
-    def _made(self, what: str, session_id: str, current: bool) -> "_Said":
+    def _made(self, what: str, session_id: str, current: bool) -> _Said:
         return _Said(session_id, f"{what} {self._describe(session_id, counts=False)}"
                                  + (" — now current" if current else ""))
 
@@ -496,7 +507,7 @@ class OblixMagics(Magics):
               f"{pick or 'nothing'}: {reason}", file=sys.stderr)
         return df
 
-    def _model_default(self, client: OblixClient, model: Optional[str]):
+    def _model_default(self, client: OblixClient, model: str | None):
         if model is None:
             current = self.default_model or CellPipeline._stored_default(client)
             return _Said(current or "", f"default model: {current}" if current

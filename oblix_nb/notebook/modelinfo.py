@@ -7,14 +7,14 @@ model is reachable when it is loaded.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+from typing import Any
 
 from .. import runtime
 
 COLUMNS = ["model_id", "type", "target", "endpoint", "context_window", "hooked", "reachable", "aliases", "default"]
 
 
-async def _reachable(backend: Any, timeout: float) -> Optional[bool]:
+async def _reachable(backend: Any, timeout: float) -> bool | None:
     if backend.model_type.value == "llamacpp":
         return getattr(backend, "_llama", None) is not None
     try:
@@ -28,7 +28,7 @@ async def _probe_all(backends: list, timeout: float) -> list:
     return await asyncio.gather(*(_reachable(b, timeout) for b in backends))
 
 
-def model_table(client: Any, default: Optional[str] = None, timeout: float = 3.0):
+def model_table(client: Any, default: str | None = None, timeout: float = 3.0):
     """One row per hooked model, then one per alias target that is not hooked (``hooked`` False)."""
     import pandas as pd
 

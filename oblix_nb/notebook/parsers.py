@@ -22,7 +22,8 @@ import argparse
 import re
 import sys
 import textwrap
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from IPython.core.error import UsageError
 
@@ -46,7 +47,7 @@ class MagicArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}\n{self.format_usage().rstrip()}\n"
                          f"(see {self.prog.split()[0]} -h)")
 
-    def exit(self, status: int = 0, message: Optional[str] = None):  # type: ignore[override]
+    def exit(self, status: int = 0, message: str | None = None):  # type: ignore[override]
         if status:
             raise UsageError((message or f"{self.prog}: error").strip())
         if message:
@@ -172,7 +173,7 @@ def expand_dollars(tokens: Iterable[str], namespace: dict) -> list[str]:
     return out
 
 
-def expand_text(text: Optional[str], shell: Any, max_chars: int = 4000) -> Optional[str]:
+def expand_text(text: str | None, shell: Any, max_chars: int = 4000) -> str | None:
     """``{ref}`` in one argument's text replaced by the reference's value, by the rules of a ``%%oblix`` cell
     (:mod:`.references`: never evaluated; unknown text stays literal; ``{{ref}}`` is a literal ``{ref}``).
     DataFrames and arrays are not inlined in an argument: their reference stays as written."""
@@ -194,7 +195,7 @@ def expand_args(args: argparse.Namespace, shell: Any, names: Iterable[str]) -> a
     return args
 
 
-def parse_line(parser: "MagicArgumentParser", line: str, shell: Any = None,
+def parse_line(parser: MagicArgumentParser, line: str, shell: Any = None,
                text_args: Iterable[str] = ()) -> argparse.Namespace:
     """Tokenize ``line``, expand ``$name`` tokens, parse with ``parser`` and expand references in the free-text
     arguments ``text_args``. Raises :class:`HelpShown` after ``-h`` printed the help."""
@@ -203,7 +204,7 @@ def parse_line(parser: "MagicArgumentParser", line: str, shell: Any = None,
     return expand_args(args, shell, text_args)
 
 
-def parse_kv(tokens: Optional[list[str]]) -> dict:
+def parse_kv(tokens: list[str] | None) -> dict:
     """JSON-typed ``key=value`` tokens (see :func:`oblix_nb.notebook.kv.parse_value`); bad ones: UsageError."""
     try:
         return parse_pairs(tokens or [])

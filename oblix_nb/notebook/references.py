@@ -26,7 +26,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 from .describe import clip, describe, inline_text, is_data
 from .errhook import CellError, current_cell, error_log
@@ -76,7 +76,7 @@ def _check(node: ast.AST) -> None:
     raise ValueError(f"{type(node).__name__} is not allowed in a reference")
 
 
-def parse(ref: str) -> Optional[ast.expr]:
+def parse(ref: str) -> ast.expr | None:
     """The reference's AST if ``ref`` is a reference (see the module doc), else None."""
     if not ref or ref != ref.strip() or len(ref) > 500:
         return None
@@ -144,7 +144,7 @@ def _walk(node: ast.AST, shell: Any, namespace: dict) -> Resolved:
     raise UnknownReference(ast.unparse(node))
 
 
-def resolve(ref: str, shell: Any, namespace: Optional[dict] = None) -> Resolved:
+def resolve(ref: str, shell: Any, namespace: dict | None = None) -> Resolved:
     """Resolve one reference (text without braces). UnknownReference if it is not one or does not resolve."""
     node = parse(ref)
     if node is None:
@@ -229,8 +229,8 @@ def compose(question: str, attachments: list[tuple[str, str]]) -> str:
     return f"{CONTEXT_HEADING}\n\n{blocks}\n\n---\n\n{question}"
 
 
-def build_prompt(template: str, shell: Any, *, context: Optional[list[str]] = None, budget_chars: int = 8000,
-                 namespace: Optional[dict] = None) -> NotebookPrompt:
+def build_prompt(template: str, shell: Any, *, context: list[str] | None = None, budget_chars: int = 8000,
+                 namespace: dict | None = None) -> NotebookPrompt:
     """Expand the references of ``template`` and describe the data it (and ``context``) names.
 
     ``budget_chars`` bounds the attachments together (each gets an equal share, at least 400 characters)
@@ -244,7 +244,7 @@ def build_prompt(template: str, shell: Any, *, context: Optional[list[str]] = No
         found = resolve(name, shell, namespace)
         data.setdefault(found.ref, found)
 
-    def sub(match: "re.Match") -> str:
+    def sub(match: re.Match) -> str:
         escaped, ref = match.group(1), match.group(2)
         if escaped is not None:
             return "{" + escaped + "}" if parse(escaped) is not None else match.group(0)
@@ -266,14 +266,14 @@ def build_prompt(template: str, shell: Any, *, context: Optional[list[str]] = No
     return prompt
 
 
-def expand_inline(text: str, shell: Any, *, max_chars: int = 4000, namespace: Optional[dict] = None) -> str:
+def expand_inline(text: str, shell: Any, *, max_chars: int = 4000, namespace: dict | None = None) -> str:
     """``{ref}`` in ``text`` replaced by its value inline, as :func:`build_prompt` does, for a magic's argument
     (``--system``, ``--title``, ...): nothing is attached, so a DataFrame / array reference stays as written,
     as does anything that is not a resolvable reference. Nothing is ever evaluated."""
     if namespace is None:
         namespace = getattr(shell, "user_ns", {}) or {}
 
-    def sub(match: "re.Match") -> str:
+    def sub(match: re.Match) -> str:
         escaped, ref = match.group(1), match.group(2)
         if escaped is not None:
             return "{" + escaped + "}" if parse(escaped) is not None else match.group(0)

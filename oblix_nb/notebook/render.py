@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any, Optional
+from typing import Any
 
 ALLOWED_SCHEMES = ("http", "https", "mailto")
 _SCHEME_RE = re.compile(r"^([a-z][a-z0-9+.\-]*):", re.I)
@@ -79,14 +79,14 @@ def _renderer():
     return _md
 
 
-def markdown(text: Optional[str]) -> str:
+def markdown(text: str | None) -> str:
     """Untrusted Markdown → inert HTML (raw HTML escaped, only http/https/mailto links, no images loaded)."""
     if not text:
         return ""
     return _renderer().render(str(text))
 
 
-def markdown_inline(text: Optional[str]) -> str:
+def markdown_inline(text: str | None) -> str:
     """Like :func:`markdown` for one line (no wrapping ``<p>``): search snippets with ``**bold**`` matches."""
     if not text:
         return ""
@@ -106,7 +106,7 @@ DROP_CONTENT = frozenset({"script", "style", "iframe", "object", "embed", "templ
 _CELL_ATTRS = {"colspan", "rowspan", "align"}
 
 
-def _attrs(tag: str, attrs: list[tuple[str, Optional[str]]]) -> str:
+def _attrs(tag: str, attrs: list[tuple[str, str | None]]) -> str:
     out = []
     for name, value in attrs:
         name = name.lower()
@@ -123,7 +123,7 @@ def _attrs(tag: str, attrs: list[tuple[str, Optional[str]]]) -> str:
     return "".join(out)
 
 
-def sanitize_html(text: Optional[str]) -> str:
+def sanitize_html(text: str | None) -> str:
     """Untrusted HTML → inert HTML: rebuilt from allowed tags and attributes only (see the module doc)."""
     from html.parser import HTMLParser
 
@@ -227,7 +227,7 @@ _LATEX_CS = re.compile(r"\\([A-Za-z]+|.?)", re.S)
 _LATEX_ARG_GAP = re.compile(r"(?:\s|%[^\n]*(?:\n|$))*")
 
 
-def _latex_group(text: str, pos: int) -> tuple[Optional[str], int]:
+def _latex_group(text: str, pos: int) -> tuple[str | None, int]:
     """The braced group starting at ``pos`` (after spaces and %-comments): (inner text, end) or (None, pos)."""
     gap = _LATEX_ARG_GAP.match(text, pos)
     assert gap is not None, "the pattern matches the empty string"
@@ -250,7 +250,7 @@ def _latex_group(text: str, pos: int) -> tuple[Optional[str], int]:
     return None, pos
 
 
-def sanitize_latex(text: Optional[str]) -> str:
+def sanitize_latex(text: str | None) -> str:
     r"""LaTeX for MathJax with an allowlist of commands (:data:`LATEX_ALLOWED`, environments
     :data:`LATEX_ENVIRONMENTS`): any other control word is removed, its arguments stay as plain groups;
     ``\href{url}{text}`` keeps its text and ``\url{x}`` its argument (sanitised too). Removing a word never

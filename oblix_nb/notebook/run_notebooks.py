@@ -16,8 +16,8 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def kernel_env(home: str) -> dict:
 
 
 def run_notebook(path: str | os.PathLike, timeout: int = 120, kernel_name: str = "python3",
-                 output: Optional[str | os.PathLike] = None) -> dict:
+                 output: str | os.PathLike | None = None) -> dict:
     """Execute one notebook. Returns ``{path, cells, seconds, errors: [{cell, ename, evalue}], nb}``; errors of
     cells tagged ``raises-exception`` are expected and not listed."""
     import nbformat
@@ -67,7 +67,7 @@ def run_notebook(path: str | os.PathLike, timeout: int = 120, kernel_name: str =
             "nb": nb}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oblix_nb.notebook.run_notebooks",
                                      description="Execute notebooks with nbclient; fail on any error output.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help=".ipynb files (or folders of them)")

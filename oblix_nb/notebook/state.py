@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 # The default-model policy lives in the core (oblix_nb.default_model); these names stay importable from here.
 from ..default_model import EMBEDDED_MODEL, EMBEDDED_MODEL_ID, HOW_TO_HOOK, embedded_model_available  # noqa: F401
@@ -17,14 +17,14 @@ if TYPE_CHECKING:
     from ..client import OblixClient
 
 _lock = threading.RLock()
-_client: Optional[OblixClient] = None
-_home: Optional[str] = None          # what %config OblixMagics.home asked for ("" = default)
-_max_history: Optional[int] = None
+_client: OblixClient | None = None
+_home: str | None = None          # what %config OblixMagics.home asked for ("" = default)
+_max_history: int | None = None
 _sink_factory = None                 # the notebook sink factory while the extension is loaded in a kernel
 _chat_handler = None                 # execute(chat=True) -> the chat panel, while loaded in a kernel
 
 
-def get_client(home: Optional[str | os.PathLike] = None) -> OblixClient:
+def get_client(home: str | os.PathLike | None = None) -> OblixClient:
     """The kernel's shared client (made on first call). ``home`` only matters for the first call."""
     global _client
     with _lock:
@@ -37,7 +37,7 @@ def get_client(home: Optional[str | os.PathLike] = None) -> OblixClient:
         return _client
 
 
-def set_client(client: Optional[OblixClient]) -> None:
+def set_client(client: OblixClient | None) -> None:
     """Make ``client`` the one the magics use (e.g. a client you configured yourself)."""
     global _client
     with _lock:
@@ -46,7 +46,7 @@ def set_client(client: Optional[OblixClient]) -> None:
             _apply(client)
 
 
-def peek_client() -> Optional[OblixClient]:
+def peek_client() -> OblixClient | None:
     """The shared client if it exists, without creating it."""
     return _client
 
@@ -70,7 +70,7 @@ def set_chat_handler(handler) -> None:
                 _client.chat_handler = None
 
 
-def set_home(home: Optional[str]) -> None:
+def set_home(home: str | None) -> None:
     """Point the shared client (now or when it is made) at ``home`` ("" or None: the default)."""
     global _home
     with _lock:
@@ -96,7 +96,7 @@ def set_home(home: Optional[str]) -> None:
                 pass
 
 
-def set_max_history(n: Optional[int]) -> None:
+def set_max_history(n: int | None) -> None:
     global _max_history
     with _lock:
         _max_history = n

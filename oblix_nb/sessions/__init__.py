@@ -14,7 +14,6 @@ same methods, semantics and JSON; :func:`open_store` picks one from a URL.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from .base import SessionStoreBase
 from .sqlite.store import SessionStore, SqliteSessionStore
@@ -28,8 +27,8 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(POSTGRES_SCHEMES)
 
 
-def open_store(url: Optional[str], *, default_path: Optional[str | os.PathLike] = None,
-               author: Optional[str] = None) -> SessionStoreBase:
+def open_store(url: str | None, *, default_path: str | os.PathLike | None = None,
+               author: str | None = None) -> SessionStoreBase:
     """The store a URL names: ``postgresql://...`` (or ``postgres://``) a PostgreSQL store, ``sqlite:PATH``
     (or a plain path) a SQLite store; None means the SQLite database at ``default_path``.
 

@@ -25,10 +25,11 @@ from __future__ import annotations
 import abc
 import json
 import os
+from collections.abc import Iterable
 from datetime import datetime
-from pathlib import Path
 from decimal import Decimal
-from typing import Any, Iterable, Optional
+from pathlib import Path
+from typing import Any
 
 from .._util import check_session_id, iso, parse_iso, utcnow
 from .._util import new_id as fresh_id
@@ -45,7 +46,7 @@ MESSAGE_COLUMNS = ("id", "role", "content", "timestamp", "model_id", "metrics", 
                    "request_id", "source_session_id", "author")
 
 
-def _update_stamp(dt: Optional[datetime] = None) -> str:
+def _update_stamp(dt: datetime | None = None) -> str:
     """``updated_at`` as stored: ISO 8601 UTC with microseconds (``2023-07-15T14:35:46.789123Z``), so sessions
     updated within the same millisecond still list in update order. Shown with milliseconds (:func:`_ms`)."""
     return (dt or utcnow()).isoformat(timespec="microseconds")[:26] + "Z"  # dt is UTC: drop "+00:00"
@@ -61,7 +62,7 @@ def _default_title(created_at: str) -> str:
     return f"Session {created_at[:10]} {created_at[11:16]} UTC"
 
 
-def _message_row(message: dict, author: Optional[str]) -> tuple:
+def _message_row(message: dict, author: str | None) -> tuple:
     """A message dict checked by ``normalize_message``, written by ``author``, as a row (MESSAGE_COLUMNS order)."""
     metrics, routing = message.get("metrics"), message.get("routing")
     return (message["id"], message["role"], message["content"], message["timestamp"],
@@ -99,14 +100,14 @@ def _summary(row: tuple) -> dict:
     return summary
 
 
-def check_author(author: Any) -> Optional[str]:
+def check_author(author: Any) -> str | None:
     """An ``author`` filter: None (anyone) or a non-empty string."""
     if author is not None and (not isinstance(author, str) or not author):
         raise TypeError(f"author must be a non-empty string or None, not {author!r}")
     return author
 
 
-def copy_plan(source: dict, rows: list[tuple], new_title: Optional[str], session_id: str) -> tuple:
+def copy_plan(source: dict, rows: list[tuple], new_title: str | None, session_id: str) -> tuple:
     """``(title, context, metadata, rows)`` of a copy of ``source`` (title/context/metadata) with message
     ``rows``: fresh message ids, everything else (authors too) kept; the metadata gains ``copied_from``."""
     title = new_title if new_title is not None else f"Copy of {source['title']}"
@@ -114,7 +115,7 @@ def copy_plan(source: dict, rows: list[tuple], new_title: Optional[str], session
     return title, source["context"], metadata, [(fresh_id(), *row[1:]) for row in rows]
 
 
-def merge_plan(sources: list[tuple[str, dict, list[tuple]]], title: Optional[str]) -> tuple:
+def merge_plan(sources: list[tuple[str, dict, list[tuple]]], title: str | None) -> tuple:
     """``(title, context, metadata, rows)`` of the merge of ``sources`` (``(id, source, rows)`` in order):
     see :meth:`SessionStore.merge`."""
     rows, context, metadata = [], {}, {}
@@ -142,8 +143,8 @@ def merge_ids(session_ids: Any) -> list[str]:
     return ids
 
 
-def import_plan(path: str | os.PathLike, new_id: bool, author: Optional[str],
-                max_bytes: Optional[int] = None) -> dict:
+def import_plan(path: str | os.PathLike, new_id: bool, author: str | None,
+                max_bytes: int | None = None) -> dict:
     """A session file parsed and ready to insert: ``{id, title, created_at, updated_at (as stored), context,
     metadata, rows}`` (see :meth:`SessionStore.import_file`); its messages are recorded as ``author``'s."""
     doc = parse_session_file(path, max_bytes=max_bytes)
@@ -181,7 +182,7 @@ def normalize_messages(messages: Any) -> list[dict]:
     return normalized
 
 
-def frame_ids(session_ids: Optional[Iterable[str]]) -> Optional[list[str]]:
+def frame_ids(session_ids: Iterable[str] | None) -> list[str] | None:
     """The distinct, validated ids of a ``message_rows`` call (None: every session)."""
     if session_ids is None:
         return None
@@ -233,7 +234,7 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
     #: who writes (recorded on sessions, messages and usage rows)
     author: str
     #: import_file's size cap in bytes (None: env OBLIX_MAX_IMPORT_BYTES, else 256 MiB)
-    max_import_bytes: Optional[int] = None
+    max_import_bytes: int | None = None
 
     # ---- dialect hooks
     _PARAM = "?"  # the driver's placeholder; the base writes "?" and :meth:`_sql` rewrites it
@@ -273,8 +274,8 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
 
     @abc.abstractmethod
     def _insert_session(self, conn: Any, session_id: str, title: str, created_at: str, updated_at: str,
-                        context: Optional[dict], metadata: Optional[dict], rows: list[tuple],
-                        author: Optional[str] = None) -> None: ...
+                        context: dict | None, metadata: dict | None, rows: list[tuple],
+                        author: str | None = None) -> None: ...
 
     def _read_one(self):
         """A connection for one reading statement (default: :meth:`_read`)."""
@@ -306,8 +307,8 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
 
     # ------------------------------------------------------------------ sessions
     @abc.abstractmethod
-    def create(self, title: Optional[str] = None, context: Optional[dict] = None,
-               metadata: Optional[dict] = None) -> str:
+    def create(self, title: str | None = None, context: dict | None = None,
+               metadata: dict | None = None) -> str:
         """Create an empty session; returns its id (a uuid4). Without a title the session is named after its
         creation time (``"Session 2026-11-24 20:51 UTC"``). ``context`` and ``metadata`` must be dicts of JSON
         values (TypeError otherwise); a title must be a str (TypeError)."""
@@ -322,9 +323,9 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         context, metadata}``. SessionNotFoundError for an unknown id."""
 
     @abc.abstractmethod
-    def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
-                  offset: int = 0, author: Optional[str] = None, with_author: bool = False, *,
-                  title_contains: Optional[str] = None, order: str = "updated", descending: bool = True
+    def summaries(self, limit: int | None = 50, filter_metadata: dict | None = None,
+                  offset: int = 0, author: str | None = None, with_author: bool = False, *,
+                  title_contains: str | None = None, order: str = "updated", descending: bool = True
                   ) -> list[dict]:
         """Session summaries ``{id, title, created_at, updated_at, message_count, metadata}``, most recently
         updated first (equal ``updated_at``: most recently created first); messages are not read.
@@ -342,8 +343,8 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         """One session's summary (as :meth:`summaries` lists it). SessionNotFoundError for an unknown id."""
 
     @abc.abstractmethod
-    def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None, *,
-              title_contains: Optional[str] = None) -> int:
+    def count(self, filter_metadata: dict | None = None, author: str | None = None, *,
+              title_contains: str | None = None) -> int:
         """How many sessions match the filters (as :meth:`summaries`)."""
 
     @abc.abstractmethod
@@ -352,7 +353,7 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         equal tokens mean nothing changed, so a view polling it can skip re-reading."""
 
     @abc.abstractmethod
-    def brief(self, session_id: str) -> Optional[tuple[str, int]]:
+    def brief(self, session_id: str) -> tuple[str, int] | None:
         """``(title, message_count)`` of a session, or None if there is none."""
 
     @abc.abstractmethod
@@ -370,8 +371,8 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         absent."""
 
     @abc.abstractmethod
-    def message_rows(self, session_ids: Optional[Iterable[str]] = None,
-                     author: Optional[str] = None) -> list[tuple]:
+    def message_rows(self, session_ids: Iterable[str] | None = None,
+                     author: str | None = None) -> list[tuple]:
         """Rows for ``frames.messages_df`` (its MESSAGE_COLUMNS, JSON fields extracted): the messages of
         ``session_ids`` (None: all), only ``author``'s if given, sessions in creation order, messages in
         conversation order. SessionNotFoundError for an unknown id."""
@@ -410,11 +411,11 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         :meth:`append_message`."""
 
     @abc.abstractmethod
-    def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
+    def history(self, session_id: str, limit: int | None = None) -> list[dict]:
         """The newest ``limit`` messages (all if None), in chronological order."""
 
     @abc.abstractmethod
-    def last_replies(self, session_id: str, metrics: Optional[dict] = None) -> dict[str, tuple]:
+    def last_replies(self, session_id: str, metrics: dict | None = None) -> dict[str, tuple]:
         """Each ``request_id``'s last complete (not partial) assistant message in the session:
         ``{request_id: (content, model_id, route target, *metric values)}``, ``metrics`` mapping names to JSON
         paths inside the message's metrics (``{"out": "$.output_tokens"}``), in its order."""
@@ -428,22 +429,22 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         query raises ValueError."""
 
     @abc.abstractmethod
-    def stats(self, by: str = "model", since: Optional[str] = None, until: Optional[str] = None,
-              filter_metadata: Optional[dict] = None) -> list[dict]:
+    def stats(self, by: str = "model", since: str | None = None, until: str | None = None,
+              filter_metadata: dict | None = None) -> list[dict]:
         """Request statistics per group (``by``: "model", "route", "session" or "day"; ValueError otherwise)
         over ``since <= timestamp < until`` (canonical ISO strings or None) and the sessions
         ``filter_metadata`` selects: one dict per group with ``key`` and :data:`.stats.STATS_COLUMNS`
         (``title`` too for sessions), in no particular order. See :mod:`.stats` for what is counted."""
 
     @abc.abstractmethod
-    def stats_totals(self, group_by: tuple[str, ...] = ("day", "model_id"), since: Optional[str] = None,
-                     until: Optional[str] = None, filter_metadata: Optional[dict] = None) -> list[dict]:
+    def stats_totals(self, group_by: tuple[str, ...] = ("day", "model_id"), since: str | None = None,
+                     until: str | None = None, filter_metadata: dict | None = None) -> list[dict]:
         """Reply counts and sums per combination of ``group_by`` columns ("day", "model_id", "route";
         ValueError otherwise)."""
 
     @abc.abstractmethod
-    def stats_sample(self, since: Optional[str] = None, until: Optional[str] = None,
-                     filter_metadata: Optional[dict] = None, limit: int = 20_000) -> list[dict]:
+    def stats_sample(self, since: str | None = None, until: str | None = None,
+                     filter_metadata: dict | None = None, limit: int = 20_000) -> list[dict]:
         """Up to about ``limit`` replies as dicts ``{timestamp, model_id, route, partial, fallback, ttft, tps,
         input_tokens, output_tokens}``, the same sample on every call."""
 
@@ -460,7 +461,7 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         with self._read() as conn:
             return self._source(conn, session_id)
 
-    def updated_stamp(self, session_id: str) -> Optional[str]:
+    def updated_stamp(self, session_id: str) -> str | None:
         """The session's ``updated_at`` as stored, at full (microsecond) precision -- what :meth:`summary` shows
         to the millisecond -- or None if there is no such session; stamps of both engines compare as text."""
         with self._read() as conn:
@@ -477,7 +478,7 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         """``{id: number of message rows}`` for those of ``session_ids`` that exist."""
 
     @abc.abstractmethod
-    def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
+    def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: int | None = None) -> str:
         """Import a session file (ours, or the original Oblix SDK's); returns the session id. The file is
         validated first (SessionFileError, a ValueError). ``new_id=False`` keeps the file's id (an id already
         stored raises SessionExistsError, nothing overwritten); ``new_id=True`` gives fresh ids and records
@@ -502,7 +503,7 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
             raise StorageError(f"cannot export session {session_id} to {path}: {exc.strerror or exc}",
                                path=os.fspath(path), cause=exc) from exc
 
-    def copy(self, session_id: str, new_title: Optional[str] = None) -> str:
+    def copy(self, session_id: str, new_title: str | None = None) -> str:
         """Copy a session: new session id and message ids, same messages (timestamps too), context and
         metadata; the metadata gains ``copied_from``. Default title ``"Copy of <title>"``. Returns the new id."""
         check_session_id(session_id)
@@ -515,7 +516,7 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         self._written()
         return copy_id
 
-    def merge(self, session_ids: list[str], title: Optional[str] = None) -> str:
+    def merge(self, session_ids: list[str], title: str | None = None) -> str:
         """Merge sessions into a new one; returns its id.
 
         Messages from all sources, ordered by timestamp (ties keep the order of ``session_ids``, then each
@@ -536,14 +537,14 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         self._written()
         return merged_id
 
-    def session_titles(self, session_ids: Optional[Iterable[str]] = None) -> dict[str, str]:
+    def session_titles(self, session_ids: Iterable[str] | None = None) -> dict[str, str]:
         """``{session_id: title}`` of the given sessions that exist (None: every session), titles exactly as
         :meth:`get` shows them."""
         ids = None if session_ids is None else [check_session_id(sid) for sid in session_ids]
         return {row[0]: row[1] for row in self._titles(ids)}
 
     @abc.abstractmethod
-    def _titles(self, ids: Optional[list[str]]) -> list[tuple[str, str]]: ...
+    def _titles(self, ids: list[str] | None) -> list[tuple[str, str]]: ...
 
     # ------------------------------------------------------------------ settings
     def _scope(self) -> tuple[str, list]:
@@ -607,8 +608,8 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         conn.execute(self._sql(f"INSERT INTO usage_log ({', '.join(columns)}) "
                                f"VALUES ({', '.join('?' * len(columns))})"), values)
 
-    def usage_spend(self, after_seq: int = 0, since: Optional[str] = None,
-                    session_id: Optional[str] = None, upto: Optional[int] = None) -> tuple[int, float]:
+    def usage_spend(self, after_seq: int = 0, since: str | None = None,
+                    session_id: str | None = None, upto: int | None = None) -> tuple[int, float]:
         """``(highest usage row seq, USD spent in the rows after after_seq)`` (and at or below ``upto`` if
         given): exact costs, estimates where there is none, logged at or after ``since`` (None: ever), in
         ``session_id`` if given; on a shared database, this store's author's rows only. The log is
@@ -616,8 +617,8 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         with self._read() as conn:
             return self._usage_spend(conn, after_seq, since, session_id, upto)
 
-    def _usage_spend(self, conn: Any, after_seq: int, since: Optional[str],
-                     session_id: Optional[str], upto: Optional[int] = None) -> tuple[int, float]:
+    def _usage_spend(self, conn: Any, after_seq: int, since: str | None,
+                     session_id: str | None, upto: int | None = None) -> tuple[int, float]:
         where: list[str] = ["seq > ?"]
         params: list[Any] = [after_seq]
         if upto is not None:

@@ -11,7 +11,8 @@ is ``bool``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -37,8 +38,8 @@ def _utc(values):
     return pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601", utc=True)
 
 
-def messages_df(store: "SessionStore", session_ids: Union[str, Iterable[str], None] = None,
-                author: Optional[str] = None) -> "pd.DataFrame":
+def messages_df(store: SessionStore, session_ids: str | Iterable[str] | None = None,
+                author: str | None = None) -> pd.DataFrame:
     """One row per message (all sessions, or ``session_ids``; only ``author``'s messages if given), sessions
     in creation order, messages in conversation order. Unknown ids raise SessionNotFoundError.
 
@@ -93,8 +94,8 @@ def _int64_array(values):
         return pd.array([_int64(v) for v in values], dtype="Int64")
 
 
-def sessions_df(store: "SessionStore", limit: Optional[int] = None, filter_metadata: Optional[dict] = None,
-                offset: int = 0, author: Optional[str] = None) -> "pd.DataFrame":
+def sessions_df(store: SessionStore, limit: int | None = None, filter_metadata: dict | None = None,
+                offset: int = 0, author: str | None = None) -> pd.DataFrame:
     """One row per session, most recently updated first (as ``list_sessions``), metadata keys expanded to
     columns (named after the key; ``meta_<key>`` if the key clashes with a base column). ``author`` keeps
     the sessions that user created.

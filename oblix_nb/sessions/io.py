@@ -20,7 +20,7 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .._util import check_session_id, iso, new_id, normalize_iso
 from ..errors import InvalidSessionIdError, SessionFileError
@@ -165,7 +165,7 @@ def read_capped(path: Path, max_bytes: int) -> bytes:
     except (FileNotFoundError, PermissionError):
         raise
     except OSError as exc:  # a symlink loop, a name too long, a file used as a folder, ...
-        reasons: dict[Optional[int], str] = {errno.ELOOP: "is a symlink loop (too many levels of symbolic links)",
+        reasons: dict[int | None, str] = {errno.ELOOP: "is a symlink loop (too many levels of symbolic links)",
                                              errno.ENAMETOOLONG: "the name is too long"}
         reason = reasons.get(exc.errno, exc.strerror or str(exc))
         raise refuse(f"cannot be read: {reason}") from None

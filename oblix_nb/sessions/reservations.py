@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from .._util import iso, new_id, utcnow
 
@@ -52,14 +52,14 @@ class BudgetReservations:
         def _write(self) -> Any: ...
         def _read(self) -> Any: ...
         def _insert_usage(self, conn: Any, row: tuple) -> None: ...
-        def _usage_spend(self, conn: Any, after_seq: int, since: Optional[str],
-                         session_id: Optional[str], upto: Optional[int] = None) -> tuple[int, float]: ...
+        def _usage_spend(self, conn: Any, after_seq: int, since: str | None,
+                         session_id: str | None, upto: int | None = None) -> tuple[int, float]: ...
 
     def _lock_budget(self, conn: Any) -> None:
         """Serialize reservations and settlements (of this author) inside a write transaction. SQLite's
         ``BEGIN IMMEDIATE`` already holds the database's one write lock; PostgreSQL takes an advisory lock."""
 
-    def _reserved(self, conn: Any, since: Optional[str], session_id: Optional[str]) -> float:
+    def _reserved(self, conn: Any, since: str | None, session_id: str | None) -> float:
         """USD of live reservations made at or after ``since`` (None: any time) in ``session_id`` (None: any)."""
         where, params = ["1 = 1"], []
         if since is not None:
@@ -88,9 +88,9 @@ class BudgetReservations:
             if pid.isdigit() and not pid_alive(int(pid)):
                 conn.execute(self._sql(f"DELETE FROM budget_reservations WHERE {scope}holder = ?"), (*params, who))
 
-    def reserve_spend(self, usd: float, windows: list[tuple], *, session_id: Optional[str] = None,
-                      request_id: Optional[str] = None, model_id: Optional[str] = None,
-                      ttl_s: float = DEFAULT_TTL_S) -> tuple[Optional[str], list[tuple[int, float, float]]]:
+    def reserve_spend(self, usd: float, windows: list[tuple], *, session_id: str | None = None,
+                      request_id: str | None = None, model_id: str | None = None,
+                      ttl_s: float = DEFAULT_TTL_S) -> tuple[str | None, list[tuple[int, float, float]]]:
         """Reserve ``usd`` (a call's worst case) under budgets, atomically across threads and processes.
 
         ``windows``: one ``(since, session_id, limit_usd, after_seq, spent_before)`` per budget: usage rows logged
@@ -132,7 +132,7 @@ class BudgetReservations:
                                    f"VALUES ({', '.join('?' * len(columns))})"), values)
         return reservation, sums
 
-    def settle_spend(self, reservation_id: str, usage_row: Optional[tuple] = None) -> None:
+    def settle_spend(self, reservation_id: str, usage_row: tuple | None = None) -> None:
         """Replace a reservation by what its call cost, in one transaction serialized with reservations: delete
         it and append ``usage_row`` (a :meth:`log_usage` row; None: nothing to log, e.g. the call failed before
         its first token). A reservation already gone (lapsed) is no error; a row of the wrong length raises
@@ -145,7 +145,7 @@ class BudgetReservations:
             if usage_row is not None:
                 self._insert_usage(conn, usage_row)
 
-    def reserved_spend(self, since: Optional[str] = None, session_id: Optional[str] = None) -> float:
+    def reserved_spend(self, since: str | None = None, session_id: str | None = None) -> float:
         """USD held by live reservations (calls in flight) made at or after ``since`` in ``session_id`` (None:
         any); on a shared database, this author's. Lapsed ones are not counted."""
         with self._read() as conn:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, time, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from .._util import iso, parse_iso, utcnow
 
@@ -50,7 +50,7 @@ def check_by(by: Any) -> str:
     return by
 
 
-def parse_time(value: Any, name: str, now: Optional[datetime] = None) -> Optional[str]:
+def parse_time(value: Any, name: str, now: datetime | None = None) -> str | None:
     """A window bound as the store's canonical ISO string, or None.
 
     Accepts a datetime (naive means UTC; pandas Timestamps too), a date (its midnight UTC), an ISO 8601
@@ -80,7 +80,7 @@ def parse_time(value: Any, name: str, now: Optional[datetime] = None) -> Optiona
                     f"not {type(value).__name__}")
 
 
-def window(since: Any, until: Any, now: Optional[datetime] = None) -> tuple[Optional[str], Optional[str]]:
+def window(since: Any, until: Any, now: datetime | None = None) -> tuple[str | None, str | None]:
     """``(since, until)`` as canonical strings; ValueError if ``since`` is after ``until``."""
     now = now or utcnow()
     lo, hi = parse_time(since, "since", now), parse_time(until, "until", now)
@@ -102,8 +102,8 @@ def lerp(a: float, b: float, t: float) -> float:
     return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
-def stats_frame(rows: list[dict], by: str, since: Optional[str] = None, until: Optional[str] = None,
-                now: Optional[datetime] = None) -> "pd.DataFrame":
+def stats_frame(rows: list[dict], by: str, since: str | None = None, until: str | None = None,
+                now: datetime | None = None) -> pd.DataFrame:
     """The frame for the store's rows (``{"key", <STATS_COLUMNS>, and "title" for sessions}``).
 
     Index: ``model_id`` / ``route`` / ``session_id`` / ``day`` (UTC midnight datetimes), sorted (a None key
@@ -137,11 +137,11 @@ def stats_frame(rows: list[dict], by: str, since: Optional[str] = None, until: O
     return frame
 
 
-def _fill_days(frame: "pd.DataFrame", since: Optional[str], until: Optional[str],
-               now: Optional[datetime]) -> "pd.DataFrame":
+def _fill_days(frame: pd.DataFrame, since: str | None, until: str | None,
+               now: datetime | None) -> pd.DataFrame:
     import pandas as pd
 
-    def day(stamp: str) -> "pd.Timestamp":
+    def day(stamp: str) -> pd.Timestamp:
         return pd.Timestamp(stamp[:10], tz="UTC")
 
     first = day(since) if since else (frame.index.min() if len(frame) else None)

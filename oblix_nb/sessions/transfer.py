@@ -23,9 +23,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Optional
 
 from ..errors import OblixError, SessionExistsError, SessionNotFoundError
 from .base import MESSAGE_COLUMNS, SessionStoreBase
@@ -36,7 +35,7 @@ DEFAULT_BATCH = 500
 class MigrationError(OblixError):
     """A migration finished but its verification found differences (``report`` holds them)."""
 
-    def __init__(self, message: str, report: "MigrationReport"):
+    def __init__(self, message: str, report: MigrationReport):
         super().__init__(message)
         self.report = report
 
@@ -155,7 +154,7 @@ def _present(records: list[dict], target: SessionStoreBase, report: MigrationRep
 
 
 def copy_store(source: SessionStoreBase, target: SessionStoreBase, batch: int = DEFAULT_BATCH, progress: bool = True,
-               on_batch: Optional[Callable[[int], None]] = None) -> MigrationReport:
+               on_batch: Callable[[int], None] | None = None) -> MigrationReport:
     """Copy every session of ``source`` into ``target`` (two open stores, either engine); see the module."""
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive int, not {batch!r}")
@@ -257,7 +256,7 @@ def migrate(source: str, target: str, batch: int = DEFAULT_BATCH, progress: bool
         target_store.close()
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 

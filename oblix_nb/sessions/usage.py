@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from .._util import iso
 from .base import SPEND_SQL, USAGE_COLUMNS, USAGE_GROUPS, SessionStoreBase  # noqa: F401  (re-exported)
@@ -34,15 +34,15 @@ def require(store: object, what: str) -> None:
                                   f"{type(store).__name__} has none")
 
 
-def _int(value) -> Optional[int]:
+def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _num(value) -> Optional[float]:
+def _num(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def record(store: "SessionStoreBase", response: dict, target: Optional[str], partial: bool = False) -> None:
+def record(store: SessionStoreBase, response: dict, target: str | None, partial: bool = False) -> None:
     """Log one reply from execute()'s response dict (its metrics carry tokens and cost). A store without a
     usage log (neither SQLite nor PostgreSQL) logs nothing: each reply's cost is still in its message's metrics."""
     if not supported(store):
@@ -50,7 +50,7 @@ def record(store: "SessionStoreBase", response: dict, target: Optional[str], par
     store.log_usage(row(response, target, partial))
 
 
-def row(response: dict, target: Optional[str], partial: bool = False) -> tuple:
+def row(response: dict, target: str | None, partial: bool = False) -> tuple:
     """The usage-log row (``USAGE_COLUMNS`` order) of one reply, from execute()'s response dict."""
     m = response.get("metrics") or {}
     return (m.get("end_time") or iso(), response.get("session_id"), response.get("request_id"),
@@ -71,7 +71,7 @@ SETTLE_S = 60.0
 _OBSERVE_EVERY_S = 1.0
 
 
-def spent(store: "SessionStoreBase", since: Optional[str] = None, session_id: Optional[str] = None) -> float:
+def spent(store: SessionStoreBase, since: str | None = None, session_id: str | None = None) -> float:
     """USD spent (exact costs, estimates where there is no exact one) since ``since`` (an ISO timestamp;
     None: ever), in one session if ``session_id`` is given (on a shared database: this store's author's).
 
@@ -108,8 +108,8 @@ def spent(store: "SessionStoreBase", since: Optional[str] = None, session_id: Op
     return result
 
 
-def cached_spend(store: "SessionStoreBase", since: Optional[str] = None,
-                 session_id: Optional[str] = None) -> tuple[int, float]:
+def cached_spend(store: SessionStoreBase, since: str | None = None,
+                 session_id: str | None = None) -> tuple[int, float]:
     """``(seq, USD)``: the last sum :func:`spent` (or :func:`remember_spend`) kept for this window, (0, 0.0)
     if none: a reservation sums only the rows above it."""
     with _sums_lock:
@@ -117,7 +117,7 @@ def cached_spend(store: "SessionStoreBase", since: Optional[str] = None,
     return mark, total
 
 
-def remember_spend(store: "SessionStoreBase", since: Optional[str], session_id: Optional[str], top: int,
+def remember_spend(store: SessionStoreBase, since: str | None, session_id: str | None, top: int,
                    total: float) -> None:
     """Keep a window's sum read by a reservation (see :func:`cached_spend`). Only where rows commit in seq order:
     elsewhere (PostgreSQL) a row below ``top`` may still commit, so the mark stays where :func:`spent` settled it."""
@@ -129,7 +129,7 @@ def remember_spend(store: "SessionStoreBase", since: Optional[str], session_id: 
         _sums[(store.url, store.author, since, session_id)] = (top, total, ())
 
 
-def usage_df(store: "SessionStoreBase", by: str = "model") -> "pd.DataFrame":
+def usage_df(store: SessionStoreBase, by: str = "model") -> pd.DataFrame:
     """Replies, tokens and cost grouped ``by`` "model", "session" or "day" (local). See ``OblixClient.usage``."""
     import pandas as pd
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import operator
-from typing import Any, Optional
+from typing import Any
 
 MAX_JSON_DEPTH = 100      # containers inside containers, counting the outermost as 1
 SQL_INT_MAX = 2 ** 63 - 1  # SQLite INTEGER / PostgreSQL BIGINT

@@ -22,8 +22,9 @@ import json
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any
 
 import anywidget
 import traitlets
@@ -104,7 +105,7 @@ class SessionBrowser(anywidget.AnyWidget):
     chat_panel = traitlets.Instance(ChatPanel, allow_none=True).tag(sync=True, **widget_serialization)
     chat_inline = traitlets.Bool(False).tag(sync=True)  # the chat panel was made here: show it below the grid
 
-    def __init__(self, client: Optional[OblixClient] = None, *, page_size: int = 25, chat_panel: Optional[ChatPanel] = None,
+    def __init__(self, client: OblixClient | None = None, *, page_size: int = 25, chat_panel: ChatPanel | None = None,
                  search_limit: int = 500, detail_messages: int = 100, follow_store: bool = True):
         super().__init__()
         self._unwatch: Callable[[], object] = lambda: None
@@ -162,7 +163,7 @@ class SessionBrowser(anywidget.AnyWidget):
                 row[key] = summary[key]
         return row
 
-    def refresh(self, select: Optional[Iterable[str]] = None) -> None:
+    def refresh(self, select: Iterable[str] | None = None) -> None:
         """Re-read the current page with the current filters and sort (and select ``select`` where visible)."""
         with self._lock:
             try:
@@ -231,8 +232,8 @@ class SessionBrowser(anywidget.AnyWidget):
         if not self._quiet:
             self.apply_filters()
 
-    def set_filters(self, title: Optional[str] = None, metadata: Optional[str] = None,
-                    text: Optional[str] = None) -> None:
+    def set_filters(self, title: str | None = None, metadata: str | None = None,
+                    text: str | None = None) -> None:
         """Set any of the three filters (None leaves one as it is) and show the first matching page."""
         self._quiet = True
         try:
@@ -255,7 +256,7 @@ class SessionBrowser(anywidget.AnyWidget):
     def clear_filters(self) -> None:
         self.set_filters("", "", "")
 
-    def sort_by(self, column: str, descending: Optional[bool] = None) -> None:
+    def sort_by(self, column: str, descending: bool | None = None) -> None:
         """Sort by a sortable column (``title``, ``updated``, ``messages``, ``models``); the same column again
         without ``descending`` reverses the order. ValueError for another column."""
         orders = {key: order for key, _label, order in COLUMNS if order}
@@ -337,7 +338,7 @@ class SessionBrowser(anywidget.AnyWidget):
         return "\n".join(parts)
 
     # ------------------------------------------------------------------ actions
-    def _need(self, n: int, what: str) -> Optional[list[str]]:
+    def _need(self, n: int, what: str) -> list[str] | None:
         self._action()
         ids = self.selected_ids
         if len(ids) < n:
@@ -346,7 +347,7 @@ class SessionBrowser(anywidget.AnyWidget):
             return None
         return ids
 
-    def open_selected(self) -> Optional[ChatPanel]:
+    def open_selected(self) -> ChatPanel | None:
         """Open the (first) selected session in the chat panel (made below the grid if none was given)."""
         ids = self._need(1, "open")
         if ids is None:
@@ -362,7 +363,7 @@ class SessionBrowser(anywidget.AnyWidget):
     def _title(self, sid: str) -> str:
         return next((r.get("title") or sid for r in self.rows if r["id"] == sid), sid)
 
-    def export_selected(self, path: Optional[str] = None) -> list[Path]:
+    def export_selected(self, path: str | None = None) -> list[Path]:
         """Export the selection: one session to ``path`` (a .json file); several into ``path`` as a folder.
         Returns the absolute paths written (also shown in the status line)."""
         ids = self._need(1, "export")
@@ -395,7 +396,7 @@ class SessionBrowser(anywidget.AnyWidget):
         self._set_status(f"copied {len(copies)} session{'s' if len(copies) != 1 else ''}")
         return copies
 
-    def merge_selected(self, title: Optional[str] = None) -> Optional[str]:
+    def merge_selected(self, title: str | None = None) -> str | None:
         ids = self._need(2, "merge")
         if ids is None:
             return None
@@ -466,7 +467,7 @@ class SessionBrowser(anywidget.AnyWidget):
         super().close()
 
 
-def show_session_browser(client: Optional[OblixClient] = None, **kwargs: Any) -> SessionBrowser:
+def show_session_browser(client: OblixClient | None = None, **kwargs: Any) -> SessionBrowser:
     """Display a :class:`SessionBrowser` in the current cell and return it."""
     from IPython.display import display
 

@@ -24,20 +24,20 @@ import asyncio
 import concurrent.futures
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import anywidget
 import traitlets
 
-from .. import runtime
+from .. import default_model, runtime
 from .._util import title_from
-from .. import default_model
 from ..errors import NoModelHookedError
 from ..notebook import state
 from ..streaming import ThrottledSink, reading_status
-from .live import watch
 from .html import badge_html, message_html, one_line, redact, session_labels, stored_message_html
+from .live import watch
 
 if TYPE_CHECKING:
     from ..client import OblixClient
@@ -51,19 +51,19 @@ class _LiveReply(ThrottledSink):
     """The StreamSink of one reply. Called on the package loop thread: sends the new text as ``delta``
     messages (throttled) and, at the end, the final bubble."""
 
-    def __init__(self, panel: "ChatPanel", key: str, session_id: str, interval: float):
+    def __init__(self, panel: ChatPanel, key: str, session_id: str, interval: float):
         super().__init__(interval)
         self.panel = panel
         self.key = key
         self.session_id = session_id
-        self.info: Optional[dict] = None
-        self.default_why: Optional[str] = None  # why the model answering was hooked by default (first reply)
-        self.response: Optional[dict] = None
-        self.error: Optional[BaseException] = None
+        self.info: dict | None = None
+        self.default_why: str | None = None  # why the model answering was hooked by default (first reply)
+        self.response: dict | None = None
+        self.error: BaseException | None = None
         self.renders = 0          # all updates sent, the final one included (``updates``: the throttled ones)
         self.shown = 0            # characters sent as deltas so far
         self.started_at = time.monotonic()
-        self.first_text_at: Optional[float] = None
+        self.first_text_at: float | None = None
         self.html = message_html("assistant", "", streaming=True,
                                  badge=badge_html(note="waiting for the model…", pending=True))
 
@@ -116,7 +116,7 @@ class _LiveReply(ThrottledSink):
             self.panel._post("delta", key=self.key, text=delta)
             self.renders += 1
 
-    def end(self, response: Optional[dict], error: Optional[BaseException] = None) -> None:
+    def end(self, response: dict | None, error: BaseException | None = None) -> None:
         with self._lock:
             if not self._close_locked():
                 return
@@ -199,7 +199,7 @@ class ChatPanel(anywidget.AnyWidget):
     # hosts with neither (marimo, no IPython kernel) the button is not shown
     can_insert_cell = traitlets.Bool(False).tag(sync=True)
 
-    def __init__(self, client: Optional[OblixClient] = None, session_id: Optional[str] = None, *, stream_interval: float = DEFAULT_INTERVAL,
+    def __init__(self, client: OblixClient | None = None, session_id: str | None = None, *, stream_interval: float = DEFAULT_INTERVAL,
                  auto_hook: bool = True, picker_limit: int = 50, window: int = 100, follow_store: bool = True,
                  **execute_kwargs: Any):
         super().__init__()
@@ -214,12 +214,12 @@ class ChatPanel(anywidget.AnyWidget):
         self._idle = threading.Event()
         self._idle.set()
         self._replies = 0
-        self.job: Optional[runtime.Job] = None
-        self.reply: Optional[_LiveReply] = None
-        self.last_response: Optional[dict] = None
-        self.last_error: Optional[BaseException] = None
-        self.last_outcome: Optional[str] = None   # "ok", "stopped" or "error"
-        self._shown_version: Optional[tuple] = None  # (updated_at, message_count) of the shown session
+        self.job: runtime.Job | None = None
+        self.reply: _LiveReply | None = None
+        self.last_response: dict | None = None
+        self.last_error: BaseException | None = None
+        self.last_outcome: str | None = None   # "ok", "stopped" or "error"
+        self._shown_version: tuple | None = None  # (updated_at, message_count) of the shown session
         self._shown_limit = window
         self.on_msg(self._on_front_end)
         self.can_insert_cell = _ipython_kernel() is not None
@@ -241,7 +241,7 @@ class ChatPanel(anywidget.AnyWidget):
 
     # ------------------------------------------------------------------ state
     @property
-    def session_id(self) -> Optional[str]:
+    def session_id(self) -> str | None:
         """The shown session's id (None for a new session, created on the first send)."""
         return self.session or None
 
@@ -322,7 +322,7 @@ class ChatPanel(anywidget.AnyWidget):
             n = len(session["messages"])
             self._set_status(f"session “{one_line(session['title'], 80)}” — {n} message{'s' if n != 1 else ''}")
 
-    def show_earlier(self, more: Optional[int] = None) -> None:
+    def show_earlier(self, more: int | None = None) -> None:
         """Show ``more`` (default: ``window``) earlier messages of the shown session."""
         if self.session_id:
             self._shown_limit += more or self.window
@@ -398,7 +398,7 @@ class ChatPanel(anywidget.AnyWidget):
         self._set_status("the code will appear in a new cell after the next cell you run")
 
     # ------------------------------------------------------------------ sending
-    def send(self, text: Optional[str] = None) -> Optional[runtime.Job]:  # type: ignore[override]
+    def send(self, text: str | None = None) -> runtime.Job | None:  # type: ignore[override]
         """Send ``text`` (default: the input box's text, ``draft``, which is then cleared); returns at once.
 
         Returns the :class:`~oblix_nb.runtime.Job` of the reply, or None if nothing was sent (empty text, or a
@@ -496,7 +496,7 @@ class ChatPanel(anywidget.AnyWidget):
         job.cancel()
         return True
 
-    def wait(self, timeout: Optional[float] = None) -> Optional[dict]:
+    def wait(self, timeout: float | None = None) -> dict | None:
         """Block until the current reply has finished (and is rendered). Returns execute()'s response dict, or
         None if it was stopped or failed (see ``last_outcome``/``last_error``). TimeoutError on timeout."""
         if not self._idle.wait(timeout):
@@ -508,7 +508,7 @@ class ChatPanel(anywidget.AnyWidget):
         super().close()
 
 
-def show_chat_panel(client: Optional[OblixClient] = None, session_id: Optional[str] = None, **kwargs: Any) -> ChatPanel:
+def show_chat_panel(client: OblixClient | None = None, session_id: str | None = None, **kwargs: Any) -> ChatPanel:
     """Display a :class:`ChatPanel` in the current cell and return it (for the ``%oblix_chat`` magic)."""
     from IPython.display import display
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from ..notebook import render
 from ..notebook.render import escape
@@ -31,7 +31,7 @@ def one_line(text: Any, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def short_time(stamp: Optional[str]) -> str:
+def short_time(stamp: str | None) -> str:
     """``2026-11-24T20:51:03.123Z`` → ``2026-11-24 20:51`` (UTC)."""
     return (stamp or "")[:16].replace("T", " ")
 
@@ -41,9 +41,9 @@ def model_name(model_id: str) -> str:
     return model_id.split(":", 1)[1] if ":" in model_id else model_id
 
 
-def badge_html(model_id: Optional[str] = None, routing: Optional[dict] = None, metrics: Optional[dict] = None,
-               *, partial: bool = False, note: Optional[str] = None, error: Optional[str] = None,
-               pending: bool = False, cost: Optional[str] = None) -> str:
+def badge_html(model_id: str | None = None, routing: dict | None = None, metrics: dict | None = None,
+               *, partial: bool = False, note: str | None = None, error: str | None = None,
+               pending: bool = False, cost: str | None = None) -> str:
     """One muted line under a reply: model · route in a few words · TTFT · tok/s · tokens · cost (+ flags); the
     full routing reason (and the model a fallback came from) in a ``details`` element, opened on demand.
 
@@ -138,7 +138,7 @@ def stored_message_html(message: dict) -> str:
 _KEY_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]{8,})")
 
 
-def redact(text: str, client: Optional[OblixClient] = None) -> str:
+def redact(text: str, client: OblixClient | None = None) -> str:
     """``text`` without API keys: the hooked models' keys and the env's, and anything shaped like one."""
     secrets = {os.environ.get(name) for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     for backend in (getattr(client, "models", None) or {}).values():

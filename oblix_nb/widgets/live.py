@@ -16,7 +16,8 @@ import atexit
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import runtime
 
@@ -27,7 +28,7 @@ POLL_INTERVAL = 0.5
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_watchers: "weakref.WeakKeyDictionary[object, StoreWatcher]" = weakref.WeakKeyDictionary()
+_watchers: weakref.WeakKeyDictionary[object, StoreWatcher] = weakref.WeakKeyDictionary()
 
 
 class StoreWatcher:
@@ -36,9 +37,9 @@ class StoreWatcher:
     def __init__(self, store: SessionStoreBase, interval: float = POLL_INTERVAL):
         self._store = weakref.ref(store)
         self.interval = interval
-        self._subscribers: dict[int, Callable[[], Optional[Callable[[], None]]]] = {}
+        self._subscribers: dict[int, Callable[[], Callable[[], None] | None]] = {}
         self._next = 0
-        self._job: Optional[runtime.Job] = None
+        self._job: runtime.Job | None = None
         self.polls = 0      # change_token reads
         self.changes = 0    # times the subscribers were called
 

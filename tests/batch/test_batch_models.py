@@ -3,7 +3,6 @@ Ollama-API server, with grammar-constrained JSON; a server killed mid-batch. Ass
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 

@@ -6,13 +6,12 @@ import asyncio
 
 import pandas as pd
 import pytest
+from batch.test_cascade import Scripted
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from oblix_nb import runtime
 from oblix_nb.notebook import state
-
-from batch.test_cascade import Scripted
 
 
 @pytest.fixture
@@ -88,8 +87,8 @@ def test_magic_temperature_0_reuses_the_api_batch(ip):
 
 def test_interrupted_over_prints_only_the_note(ip):
     """A kernel interrupt during the batch: the one-line note, no traceback; finished rows are stored."""
-    import threading
     import _thread
+    import threading
 
     class Slow(Scripted):
         async def stream(self, messages, params):

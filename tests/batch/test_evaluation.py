@@ -9,9 +9,20 @@ import math
 import pandas as pd
 import pytest
 
-from oblix_nb.evaluation import (accuracy, evaluate, evaluate_frames, exact_match, few_shot_examples, labels_needed,
-                                 macro_f1, per_label, plot_evaluation, simulate_cascade, suggest_threshold, token_f1)
-
+from oblix_nb.evaluation import (
+    accuracy,
+    evaluate,
+    evaluate_frames,
+    exact_match,
+    few_shot_examples,
+    labels_needed,
+    macro_f1,
+    per_label,
+    plot_evaluation,
+    simulate_cascade,
+    suggest_threshold,
+    token_f1,
+)
 
 # ---------------------------------------------------------------------------------------------- metrics
 

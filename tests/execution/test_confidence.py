@@ -12,10 +12,8 @@ import typing
 import pytest
 
 from oblix_nb import confidence as C
-from oblix_nb.models.base import (GenerationParams, LogprobsUnavailable, ModelBackend, ModelType, TokenLogprob,
-                                  Usage)
+from oblix_nb.models.base import GenerationParams, LogprobsUnavailable, ModelBackend, ModelType, TokenLogprob, Usage
 from oblix_nb.structured import compile_schema, enum_fields
-
 
 # ---------------------------------------------------------------------------------------------- fakes
 
@@ -105,7 +103,7 @@ class Colour(str, enum.Enum):
 class Ticket(__import__("pydantic").BaseModel):
     kind: typing.Literal["bug", "doc", "question"]
     colour: Colour
-    maybe: typing.Optional[Colour] = None
+    maybe: Colour | None = None
     title: str
     n: int
 

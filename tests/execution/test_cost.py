@@ -11,8 +11,16 @@ import pytest
 
 from oblix_nb import BudgetAgent, BudgetExceededError, ModelType, OblixClient
 from oblix_nb.models.base import ModelBackend, Usage
-from oblix_nb.pricing import (LOCAL_PRICE, Price, cost_label, format_cost, parse_price, price_table_info,
-                              reply_cost, table_price)
+from oblix_nb.pricing import (
+    LOCAL_PRICE,
+    Price,
+    cost_label,
+    format_cost,
+    parse_price,
+    price_table_info,
+    reply_cost,
+    table_price,
+)
 from oblix_nb.routing import decide
 from oblix_nb.streaming import format_footer
 

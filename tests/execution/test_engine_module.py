@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from oblix_nb import NoModelHookedError, OblixClient, SessionNotFoundError, StructuredOutputError, runtime
-from oblix_nb.execution import Engine, ExecutionStream, Request
+from oblix_nb.execution import ExecutionStream, Request
 from oblix_nb.models.base import ModelBackend, ModelType, Usage
 
 PACKAGE = Path(__file__).resolve().parents[2] / "oblix_nb"

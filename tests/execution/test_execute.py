@@ -9,13 +9,19 @@ import json
 
 import httpx
 import pytest
+from _proxy import RecordingProxy
 
-from oblix_nb import (ConnectivityAgent, ModelCallError, ModelType, ModelUnavailableError, NoModelHookedError,
-                      OblixClient, ResourceMonitor)
+from oblix_nb import (
+    ConnectivityAgent,
+    ModelCallError,
+    ModelType,
+    ModelUnavailableError,
+    NoModelHookedError,
+    OblixClient,
+    ResourceMonitor,
+)
 from oblix_nb.localserver import free_port, start_openai_server
 from oblix_nb.streaming import StdoutSink
-
-from _proxy import RecordingProxy
 
 pytestmark = pytest.mark.server
 SMALL = 16

@@ -142,7 +142,7 @@ async def test_complete_example(tmp_path, monkeypatch, ollama_server, openai_ser
 
             # Export the session
             await client.export_session(session_id, "demo_session.json")
-            print(f"\nSession exported to demo_session.json")
+            print("\nSession exported to demo_session.json")
 
         finally:
             # Clean up resources

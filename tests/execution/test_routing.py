@@ -68,7 +68,7 @@ def test_resources_constrained_or_critical_prefer_cloud(state):
     d = decide(BOTH, [res(state), conn("connected")])
     assert (d.target, d.model_id) == ("cloud", "openai:gpt-4o-mini")
     assert d.candidates == ["openai:gpt-4o-mini", "ollama:llama3.2"]
-    assert d.reason.startswith(f"cloud: resource_monitor says memory")
+    assert d.reason.startswith("cloud: resource_monitor says memory")
     assert f"({state})" in d.reason
 
 

@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 
 from oblix_nb.models import discover
-from oblix_nb.models.discover import (default_local_model, discover_models, discover_records, memory_needed,
-                                      ollama_store_gguf, parse_ollama_name, strongest_local)
+from oblix_nb.models.discover import (
+    default_local_model,
+    discover_models,
+    discover_records,
+    memory_needed,
+    ollama_store_gguf,
+    parse_ollama_name,
+    strongest_local,
+)
 from oblix_nb.models.gguf import FILE_TYPES, GGUFError, read_gguf_info
 from oblix_nb.models.resolve import resolve_gguf
 

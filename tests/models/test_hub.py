@@ -14,8 +14,15 @@ import httpx
 import pytest
 
 from oblix_nb.models import hub
-from oblix_nb.models.hub import (ChecksumMismatchError, HubNotFoundError, HubOfflineError, HubSpec, parse_hf,
-                                 pick_gguf, split_parts)
+from oblix_nb.models.hub import (
+    ChecksumMismatchError,
+    HubNotFoundError,
+    HubOfflineError,
+    HubSpec,
+    parse_hf,
+    pick_gguf,
+    split_parts,
+)
 
 pytest.importorskip("huggingface_hub", reason="huggingface_hub is not installed (pip install 'oblix-nb[local]')")
 

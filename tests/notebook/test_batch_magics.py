@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 import pytest
+from batch.test_batch import FakeBackend
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
@@ -12,8 +13,6 @@ from IPython.utils.capture import capture_output
 from oblix_nb import runtime
 from oblix_nb.notebook import state
 from oblix_nb.structured import SchemaError, schema_from_text
-
-from batch.test_batch import FakeBackend
 
 
 @pytest.fixture

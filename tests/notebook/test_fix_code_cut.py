@@ -3,10 +3,9 @@ says so and leaves the text in oblix_last; a complete reply's code still goes in
 from __future__ import annotations
 
 import pytest
+from test_magics import client, ip, run  # noqa: F401  (ip is a fixture)
 
 from oblix_nb.models.base import ModelBackend, ModelType, Usage
-
-from test_magics import client, ip, run  # noqa: F401  (ip is a fixture)
 
 CUT_REPLIES = ["Fix:\n```python\ndef add(a, b):\n    return a +", "```python\nimport pandas as pd\ndf = pd.read_csv(",
                "The cause is", "```python\nx = 1\n```\nand then ```python\ny ="]

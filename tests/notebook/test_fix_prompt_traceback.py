@@ -6,13 +6,12 @@ import os
 import re
 
 import pytest
+from test_notebook_context import count, ip, run  # noqa: F401  (ip is a fixture)
 
 from oblix_nb.notebook.cell import fix_prompt
 from oblix_nb.notebook.errhook import CellError, error_log
 from oblix_nb.notebook.references import build_prompt
 from oblix_nb.notebook.tracebacks import short_paths, trim
-
-from test_notebook_context import count, ip, run  # noqa: F401  (ip is a fixture)
 
 HOME = os.path.expanduser("~")
 LIB_PATHS = ["/home/alice/.venv/lib/python3.11/site-packages", "/opt/conda/envs/ml/lib/python3.10/site-packages",

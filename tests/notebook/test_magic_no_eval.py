@@ -5,11 +5,10 @@ under IPython's own expansion; here none may: no file is created, no spy method 
 from __future__ import annotations
 
 import pytest
-
-from oblix_nb.notebook import state
-
 from batch.test_batch import FakeBackend
 from test_magics import client, ip, run  # noqa: F401  (ip is a fixture)
+
+from oblix_nb.notebook import state
 
 
 class Spy:
@@ -45,12 +44,12 @@ class Spy:
 def payloads(mark: str) -> list[str]:
     """Text that runs code under IPython's expansion; ``mark`` is a file path some of them would create."""
     return [
-        "{__import__('os').system('touch %s')}" % mark,
-        '{__import__("pathlib").Path("%s").touch()}' % mark,
-        "{open('%s', 'w').close()}" % mark,
-        "{[__import__('os').system('touch %s') for _ in 'a']}" % mark,
-        "{(lambda: __import__('os').system('touch %s'))()}" % mark,
-        "$(touch %s)" % mark,
+        f"{{__import__('os').system('touch {mark}')}}",
+        f'{{__import__("pathlib").Path("{mark}").touch()}}',
+        f"{{open('{mark}', 'w').close()}}",
+        f"{{[__import__('os').system('touch {mark}') for _ in 'a']}}",
+        f"{{(lambda: __import__('os').system('touch {mark}'))()}}",
+        f"$(touch {mark})",
         "{spy!r}",
         "{spy:>9}",
         "{spy.boom()}",

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
+from test_magics import client, ip, run  # noqa: F401  (ip is a fixture)
 
 from oblix_nb.notebook import parsers
 from oblix_nb.notebook.magics import parse_kv, split_line
 from oblix_nb.widgets.browser import parse_metadata_filter
-
-from test_magics import client, ip, run  # noqa: F401  (ip is a fixture)
 
 # (text typed in a filter box or after --meta / --filter, the pairs it means)
 CASES = [

@@ -23,7 +23,7 @@ from oblix_nb.models.gguf import shipped_gguf
 from oblix_nb.notebook import errhook, state
 from oblix_nb.notebook.describe import describe, inline_text
 from oblix_nb.notebook.formats import final_bundle, latex, unfence
-from oblix_nb.notebook.references import build_prompt, parse, resolve, UnknownReference
+from oblix_nb.notebook.references import UnknownReference, build_prompt, parse
 from oblix_nb.notebook.render import sanitize_html, sanitize_latex
 from oblix_nb.sessions import SessionStore, migrations
 
@@ -140,7 +140,7 @@ def test_cell_references_in_out_err_and_underscores(ip):
     p = build_prompt(f"[{{In[{n1}]}}] [{{Out[{n1}]}}] [{{Err[{n2}]}}] [{{_}}] [{{__}}] [{{Out[{n3}]}}] "
                      f"[{{Err[{n1}]}}] [{{Out[{n2}]}}] [{{In[999]}}]", ip)
     q = p.question
-    assert f"[value = 40 + 2\nvalue] [42]" in q
+    assert "[value = 40 + 2\nvalue] [42]" in q
     assert "Traceback" in q and "KeyError: 'nope'" in q and "broken()" in q and "\x1b[" not in q
     assert "['last result'] [42] ['last result']" in q  # _, __ and Out[N] as the display's text/plain
     assert f"[{{Err[{n1}]}}] [{{Out[{n2}]}}] [{{In[999]}}]" in q  # no error, no output, no cell: literal

@@ -13,10 +13,10 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from sessions.test_stats import SHAPES, generate, load  # noqa: E402
 
 from oblix_nb import OblixClient  # noqa: E402
 from oblix_nb.plots import THEMES, wrap  # noqa: E402
-from sessions.test_stats import SHAPES, generate, load  # noqa: E402
 
 FIGURES = ["ttft_by_model", "ttft_vs_input", "tokens_and_cost", "routes"]
 UNITS = ("(s)", "(USD)", "tokens", "(UTC)", "requests", "(%", "model")

@@ -6,11 +6,10 @@ import asyncio
 import re
 
 import pytest
+from test_magics import client, footer_publishes, ip, run  # noqa: F401  (ip is a fixture)
 
 from oblix_nb.models.base import ModelBackend, ModelType, PromptProgress, Usage, report_progress
 from oblix_nb.streaming import reading_status
-
-from test_magics import client, footer_publishes, ip, run  # noqa: F401  (ip is a fixture)
 
 
 class Reader(ModelBackend):

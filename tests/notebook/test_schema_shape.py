@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from batch.test_batch import FakeBackend
 
 from oblix_nb import ModelType, OblixClient, runtime
 from oblix_nb.errors import SchemaError
 from oblix_nb.models.gguf import shipped_gguf
-from oblix_nb.structured import MAX_SCHEMA_DEPTH, check_for_backend, compile_schema, recursive_ref, \
-    schema_from_text
-
-from batch.test_batch import FakeBackend
+from oblix_nb.structured import MAX_SCHEMA_DEPTH, check_for_backend, compile_schema, recursive_ref, schema_from_text
 
 
 def nested(depth: int, how: str) -> dict:
@@ -80,14 +78,13 @@ def test_shared_defs_are_not_recursion(schema):
 
 
 def test_recursive_pydantic_model():
-    from typing import Optional
 
     from pydantic import BaseModel
 
     class Node(BaseModel):
         value: int
-        children: list["Node"] = []
-        parent: Optional["Node"] = None
+        children: list[Node] = []
+        parent: Node | None = None
 
     assert recursive_ref(compile_schema(Node).json_schema) is not None
 

@@ -10,12 +10,11 @@ matplotlib.use("Agg")
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from batch.test_batch import FakeBackend  # noqa: E402
+from test_magics import client, ip, run  # noqa: E402,F401  (ip is a fixture)
 
 from oblix_nb import runtime  # noqa: E402
 from oblix_nb.notebook.references import CONTEXT_HEADING  # noqa: E402
-
-from batch.test_batch import FakeBackend  # noqa: E402
-from test_magics import client, ip, run  # noqa: E402,F401  (ip is a fixture)
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pandas as pd  # noqa: E402
-
-from test_magics import client, ip, run, usage_error  # noqa: E402,F401  (ip is a fixture)
 from sessions.test_stats import stamp  # noqa: E402
+from test_magics import client, ip, run, usage_error  # noqa: E402,F401  (ip is a fixture)
 
 
 def seed_replies():

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import secrets
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from oblix_nb.localserver import LOOPBACK, LocalServer, free_port
 from oblix_nb.models.resolve import resolve_gguf
@@ -35,7 +35,7 @@ def _start(server: LocalServer, timeout: float) -> LocalServer:
     return server
 
 
-def start_ollama_server(model: str = "smollm2-135m", *, port: Optional[int] = None, name: str = "smollm2:135m",
+def start_ollama_server(model: str = "smollm2-135m", *, port: int | None = None, name: str = "smollm2:135m",
                         n_ctx: int = 2048, n_threads: int = 1, warmup: bool = True, timeout: float = 120.0,
                         extra_args: Sequence[str] = ()) -> LocalServer:
     """Start ``ollama_compat.py`` (an Ollama-API server over llama-cpp-python) on 127.0.0.1.
@@ -53,8 +53,8 @@ def start_ollama_server(model: str = "smollm2-135m", *, port: Optional[int] = No
                               kind="ollama", model=name, gguf_path=gguf), timeout)
 
 
-def start_anthropic_server(model: str = "smollm2-135m", *, port: Optional[int] = None,
-                           models: Sequence[str] = DEFAULT_CLAUDE_MODELS, api_key: Optional[str] = None,
+def start_anthropic_server(model: str = "smollm2-135m", *, port: int | None = None,
+                           models: Sequence[str] = DEFAULT_CLAUDE_MODELS, api_key: str | None = None,
                            n_ctx: int = 2048, n_threads: int = 1, warmup: bool = True, timeout: float = 120.0,
                            extra_args: Sequence[str] = ()) -> LocalServer:
     """Start ``anthropic_compat.py`` (Anthropic's Messages API over llama-cpp-python) on 127.0.0.1.

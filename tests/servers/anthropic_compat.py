@@ -53,10 +53,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ollama_compat import ApiError, ModelHost, _Job, _Request, _resolve_model, is_loopback_host  # noqa: E402
+from ollama_compat import ModelHost, _Job, _Request, _resolve_model, is_loopback_host  # noqa: E402
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
@@ -66,7 +66,7 @@ CREATED_AT = "2025-01-01T00:00:00Z"
 
 
 class AnthropicError(Exception):
-    def __init__(self, status: int, message: str, error_type: Optional[str] = None):
+    def __init__(self, status: int, message: str, error_type: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -107,7 +107,7 @@ class MessagesRequest:
     """A validated /v1/messages (or count_tokens) body."""
 
     def __init__(self, body: dict, models: list[str], *, count_only: bool = False,
-                 api_version: Optional[str] = None):
+                 api_version: str | None = None):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise AnthropicError(400, "model: Field required")
@@ -175,7 +175,7 @@ class MessagesRequest:
             messages.append({"role": m["role"], "content": "".join(b["text"] for b in m["blocks"])})
         return messages
 
-    def cache_prefix(self) -> Optional[list[dict]]:
+    def cache_prefix(self) -> list[dict] | None:
         """The cacheable prefix: the chat messages up to the last content block carrying cache_control."""
         last = None
         for i, block in enumerate(self.system):
@@ -207,7 +207,7 @@ class StopScanner:
     def __init__(self, stops: list[str]):
         self.stops = stops
         self.held = ""
-        self.matched: Optional[str] = None
+        self.matched: str | None = None
 
     def feed(self, text: str) -> str:
         if not self.stops:
@@ -279,7 +279,7 @@ class Server:
         read = min(read, n)
         return n - read, read
 
-    def take_failure(self) -> Optional[dict]:
+    def take_failure(self) -> dict | None:
         with self.lock:
             f = self.failures
             if not f or f.get("count", 0) <= 0:
@@ -318,7 +318,7 @@ def create_app(server: Server):
         return JSONResponse({"type": "error", "error": {"type": exc.type, "message": exc.message},
                              "request_id": rid}, status_code=exc.status, headers={"request-id": rid})
 
-    async def prologue(request: Request, with_body: bool = True) -> Optional[dict]:
+    async def prologue(request: Request, with_body: bool = True) -> dict | None:
         entry: dict[str, Any] = {"method": request.method, "path": request.url.path,
                                  "anthropic_version": request.headers.get("anthropic-version"), "auth": None}
         server.requests.append(entry)
@@ -455,7 +455,7 @@ def create_app(server: Server):
                 headers={"request-id": rid})
 
         def sse(name: str, data: dict) -> bytes:
-            return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode("utf-8")
+            return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
         async def body():
             input_estimate = await asyncio.to_thread(server.tokens, chat)
@@ -529,7 +529,7 @@ def create_app(server: Server):
     return Starlette(routes=routes)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python tests/servers/anthropic_compat.py",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="path to a .gguf file (or a shipped short name)")

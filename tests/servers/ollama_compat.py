@@ -65,7 +65,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 OLLAMA_API_VERSION = "0.9.0"  # the Ollama release whose API this server follows
 DEFAULT_DEBUG_HISTORY = 200
@@ -218,7 +218,7 @@ class _Request:
             raise ApiError(400, f'"{self.model}" does not support tools')
         self.messages: list[dict[str, Any]] = []
         self.prompt: str = ""
-        self.system: Optional[str] = None
+        self.system: str | None = None
         self.raw = False
         self.context: list[int] = []
         if kind == "chat":
@@ -257,8 +257,8 @@ class _TokenMeter:
     def __init__(self, prompt_len: int, cancel: threading.Event):
         self.prompt_len = prompt_len
         self.cancel = cancel
-        self.first_ns: Optional[int] = None
-        self.max_len: Optional[int] = None
+        self.first_ns: int | None = None
+        self.max_len: int | None = None
 
     def __call__(self, input_ids, logits) -> bool:
         n = len(input_ids)
@@ -327,7 +327,7 @@ class ModelHost:
         stat = self.path.stat()
         self.size = stat.st_size
         self.modified_at = _iso(stat.st_mtime)
-        self._digest: Optional[str] = None
+        self._digest: str | None = None
         self._digest_ready = threading.Event()
         threading.Thread(target=self._hash_file, name="ollama-compat-digest", daemon=True).start()
         if warmup:
@@ -509,7 +509,7 @@ class ModelHost:
             tfs_z=opts["tfs_z"], mirostat_mode=opts["mirostat"], mirostat_tau=opts["mirostat_tau"],
             mirostat_eta=opts["mirostat_eta"], seed=seed, grammar=grammar,
             stopping_criteria=StoppingCriteriaList([meter]))
-        finish: Optional[str] = None
+        finish: str | None = None
         pieces: list[str] = []
         try:
             for chunk in stream:
@@ -804,7 +804,7 @@ def _resolve_model(arg: str) -> str:
         raise SystemExit(f"--model: {exc}")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python tests/servers/ollama_compat.py", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="path to a .gguf file (or a shipped short name)")
     parser.add_argument("--name", default="smollm2:135m", help="the model name clients use (default %(default)s)")

@@ -720,8 +720,7 @@ def test_default_listing_reads_the_newest_rows_through_the_index(store):
 # ---------------------------------------------------------------------------------------------- usage log
 def test_usage_log_records_and_sums_spend(store_url):
     pytest.importorskip("pandas")
-    from oblix_nb.sessions import open_store
-    from oblix_nb.sessions import usage
+    from oblix_nb.sessions import open_store, usage
 
     ana, bob = open_store(store_url, author="ana"), open_store(store_url, author="bob")
     try:

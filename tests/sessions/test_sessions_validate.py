@@ -12,9 +12,9 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from stores import row_counts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stores import row_counts
 
 from oblix_nb.errors import SessionFileError
 from oblix_nb.sessions import SessionStore

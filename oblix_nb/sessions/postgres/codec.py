@@ -7,7 +7,8 @@ exactly; metadata keys and values are indexed in JSONB through an injective rewr
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, ContextManager, Optional
+from contextlib import AbstractContextManager as ContextManager
+from typing import TYPE_CHECKING, Any
 
 from ..base import MESSAGE_COLUMNS, _summary
 from ..validate import canonical_json, check_json
@@ -34,8 +35,8 @@ class _PgStoreState:
 
         def _write(self) -> ContextManager[Any]: ...
 
-        def _where(self, filter_metadata: Optional[dict], author: Optional[str],
-                   title_contains: Optional[str] = None) -> tuple[str, list]: ...
+        def _where(self, filter_metadata: dict | None, author: str | None,
+                   title_contains: str | None = None) -> tuple[str, list]: ...
 
 
 def redact(url: str) -> str:
@@ -87,7 +88,7 @@ def index_json(value: Any, what: str = "metadata") -> str:
     return canonical_json(_escape_index(value), what)
 
 
-def _no_nul(what: str, value: Optional[str]) -> None:
+def _no_nul(what: str, value: str | None) -> None:
     if value is not None and "\x00" in value:
         raise ValueError(f"{what} must not contain NUL (U+0000): PostgreSQL text cannot store it")
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, Iterator, Optional
+from typing import Any
 from urllib.parse import unquote
 
 from ... import runtime
@@ -197,9 +198,9 @@ class Outage:
     def __init__(self, url: str, connect_kwargs: dict, on_recover, probe_s: float = 0.5):
         self._url, self._kwargs, self._on_recover, self.probe_s = url, connect_kwargs, on_recover, probe_s
         self._lock = threading.Lock()
-        self.down_since: Optional[float] = None
+        self.down_since: float | None = None
         self.reason = ""
-        self._prober: Optional[threading.Thread] = None
+        self._prober: threading.Thread | None = None
         self._stop = threading.Event()
 
     @property
@@ -273,7 +274,7 @@ class PooledConnections:
     _pool_max: int
     _lock: threading.Lock
     _pool: Any  # a psycopg_pool.ConnectionPool (imported lazily)
-    _outage: Optional[Outage]
+    _outage: Outage | None
     _pid: int
     _closed: bool
     _errors_seen: int

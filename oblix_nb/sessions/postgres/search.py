@@ -3,7 +3,7 @@ literal substring fallback for queries without a searchable word. PostgreSQL ind
 so there is no background pass."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from ..base import MAX_MATCHES_PER_HIT
 from ..validate import check_limit, check_query
@@ -65,7 +65,7 @@ class PostgresSearch(_PgStoreState):
                 f"SELECT seq, {_SUMMARY_COLUMNS}, title_escaped FROM sessions WHERE seq = ANY(%s)", (ranked,))}
         return [{**summaries[seq], "matches": matches[seq]} for seq in ranked if seq in summaries]
 
-    def _search_words(self, conn: Any, query: str, top: Optional[int]) -> tuple[dict, dict]:
+    def _search_words(self, conn: Any, query: str, top: int | None) -> tuple[dict, dict]:
         """tsvector search: ``{session seq: score (lower is better)}`` and each session's best matches."""
         q = "plainto_tsquery(%s::regconfig, %s)"
         scores: dict[int, float] = {}
@@ -100,7 +100,7 @@ class PostgresSearch(_PgStoreState):
                     {"message_id": message_id, "role": role, "snippet": _ellipsize(snippet, content)})
         return scores, matches
 
-    def _search_literal(self, conn: Any, query: str, top: Optional[int]) -> tuple[dict, dict]:
+    def _search_literal(self, conn: Any, query: str, top: int | None) -> tuple[dict, dict]:
         """Case-insensitive substring search (every term must occur), for queries without a searchable word.
         Sessions with the newest matching message (or title) first."""
         terms = query.split()

@@ -2,10 +2,7 @@
 (``percentile_cont``), no side tables (so there is nothing to maintain after writes)."""
 from __future__ import annotations
 
-from typing import Optional
-
 from .. import stats as stats_module
-
 from ..validate import check_limit
 from .codec import _PgStoreState, _title
 
@@ -26,8 +23,8 @@ _STAT_INTEGER = ("CASE WHEN jsonb_typeof(j.mj -> '{0}') = 'number' AND (j.mj ->>
 class PostgresStats(_PgStoreState):
     """The PostgreSQL store's statistics methods (a mixin of :class:`.store.PostgresSessionStore`)."""
 
-    def _stats_filter(self, since: Optional[str], until: Optional[str],
-                      filter_metadata: Optional[dict]) -> tuple[str, list]:
+    def _stats_filter(self, since: str | None, until: str | None,
+                      filter_metadata: dict | None) -> tuple[str, list]:
         """`` AND ...`` conditions on messages ``m``: the time window and the sessions' metadata filter."""
         conditions, params = [], []
         if since is not None:
@@ -58,8 +55,8 @@ class PostgresStats(_PgStoreState):
                 f"FROM messages m CROSS JOIN LATERAL (SELECT m.metrics::jsonb AS mj, m.routing::jsonb AS rj) j "
                 f"WHERE m.role = 'assistant'{filter_sql}) AS r")
 
-    def stats(self, by: str = "model", since: Optional[str] = None, until: Optional[str] = None,
-              filter_metadata: Optional[dict] = None) -> list[dict]:
+    def stats(self, by: str = "model", since: str | None = None, until: str | None = None,
+              filter_metadata: dict | None = None) -> list[dict]:
         """As :meth:`SessionStore.stats`, computed in one aggregate query over the messages (percentiles with
         ``percentile_cont``: linear interpolation, as numpy's default) plus one for unanswered prompts."""
 
@@ -91,8 +88,8 @@ class PostgresStats(_PgStoreState):
                     group["key"], group["title"] = names[group["key"]]
         return list(groups.values())
 
-    def stats_totals(self, group_by: tuple[str, ...] = ("day", "model_id"), since: Optional[str] = None,
-                     until: Optional[str] = None, filter_metadata: Optional[dict] = None) -> list[dict]:
+    def stats_totals(self, group_by: tuple[str, ...] = ("day", "model_id"), since: str | None = None,
+                     until: str | None = None, filter_metadata: dict | None = None) -> list[dict]:
         columns = list(group_by)
         for column in columns:
             if column not in ("day", "model_id", "route"):
@@ -106,8 +103,8 @@ class PostgresStats(_PgStoreState):
         return [{**dict(zip(columns, row)), **dict(zip(_STATS_SUM_NAMES, row[max(1, len(columns)):]))}
                 for row in rows]
 
-    def stats_sample(self, since: Optional[str] = None, until: Optional[str] = None,
-                     filter_metadata: Optional[dict] = None, limit: int = 20_000) -> list[dict]:
+    def stats_sample(self, since: str | None = None, until: str | None = None,
+                     filter_metadata: dict | None = None, limit: int = 20_000) -> list[dict]:
         sql_limit = check_limit(limit)
         filter_sql, params = self._stats_filter(since, until, filter_metadata)
         columns = ("timestamp", "model_id", "route", "partial", "fallback", "ttft", "tps", "input_tokens",

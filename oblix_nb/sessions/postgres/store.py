@@ -37,22 +37,58 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any
 
 from ..._util import check_session_id, current_user, iso, utcnow
 from ..._util import new_id as fresh_id
 from ...errors import SessionExistsError, SessionNotFoundError
-from ..base import (MESSAGE_COLUMNS, SessionStoreBase, _default_title, _message_dict, _message_row, _update_stamp,
-                    check_author, exists_message, frame_ids, import_plan, normalize_messages)
+from ..base import (
+    MESSAGE_COLUMNS,
+    SessionStoreBase,
+    _default_title,
+    _message_dict,
+    _message_row,
+    _update_stamp,
+    check_author,
+    exists_message,
+    frame_ids,
+    import_plan,
+    normalize_messages,
+)
 from ..io import normalize_message
 from ..validate import check_json, check_limit, check_title, json_object
-from .codec import (_FRAME_SELECT, _FRAME_TEXT_AT, _NUMBER, _SUMMARY_COLUMNS, _escape, _escape_index, _no_nul,
-                    _pg_summary, _read_row, _title, _unescape, _write_row, index_json, redact, without_password)
-from .connect import (CONNECT_TIMEOUT_S, Outage, PooledConnections, _psycopg, behind_proxy, split_options,
-                      storage_error)
-from .connect import LOOP_WAIT_S, POOL_TIMEOUT_S, WAIT_SLICE_S  # noqa: F401 - importers still find them here
+from .codec import (
+    _FRAME_SELECT,
+    _FRAME_TEXT_AT,
+    _NUMBER,
+    _SUMMARY_COLUMNS,
+    _escape,
+    _escape_index,
+    _no_nul,
+    _pg_summary,
+    _read_row,
+    _title,
+    _unescape,
+    _write_row,
+    index_json,
+    redact,
+    without_password,
+)
+from .connect import (  # noqa: F401 - importers still find them here
+    CONNECT_TIMEOUT_S,
+    LOOP_WAIT_S,
+    POOL_TIMEOUT_S,
+    WAIT_SLICE_S,
+    Outage,
+    PooledConnections,
+    _psycopg,
+    behind_proxy,
+    split_options,
+    storage_error,
+)
 from .migrations import migrate
 from .search import PostgresSearch, _like_pattern
 from .stats import PostgresStats
@@ -101,8 +137,8 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
 
     engine = "postgresql"
 
-    def __init__(self, url: str, *, author: Optional[str] = None, pool_max: int = DEFAULT_POOL_MAX,
-                 max_import_bytes: Optional[int] = None):
+    def __init__(self, url: str, *, author: str | None = None, pool_max: int = DEFAULT_POOL_MAX,
+                 max_import_bytes: int | None = None):
         psycopg, _ = _psycopg()
         #: import_file's size cap in bytes (None: env OBLIX_MAX_IMPORT_BYTES, else 256 MiB)
         self.max_import_bytes = max_import_bytes
@@ -115,11 +151,11 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
                                 "prepare_threshold": options.get("prepare_threshold")}
         #: True when the connection goes through a pooler or proxy (then no automatic prepared statements);
         #: decided at open unless the URL sets ``prepare_threshold``
-        self.behind_proxy: Optional[bool] = None
+        self.behind_proxy: bool | None = None
         self._pool_max = pool_max
         self._lock = threading.Lock()
         self._pool: Any = None  # a psycopg_pool.ConnectionPool (imported lazily)
-        self._outage: Optional[Outage] = None
+        self._outage: Outage | None = None
         self._pid = -1
         self._closed = False
         error = conn = None
@@ -177,7 +213,7 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
     def _write_one(self):
         return self._conn()
 
-    def _titles(self, ids: Optional[list[str]]) -> list[tuple[str, str]]:
+    def _titles(self, ids: list[str] | None) -> list[tuple[str, str]]:
         with self._conn() as conn:
             if ids is None:
                 rows = conn.execute("SELECT id, title, title_escaped FROM sessions").fetchall()
@@ -220,8 +256,8 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
         return psycopg.errors.UniqueViolation
 
     def _insert_session(self, conn: Any, session_id: str, title: str, created_at: str, updated_at: str,
-                        context: Optional[dict], metadata: Optional[dict], rows: list[tuple],
-                        author: Optional[str] = None) -> None:
+                        context: dict | None, metadata: dict | None, rows: list[tuple],
+                        author: str | None = None) -> None:
         """Insert a whole session (see SessionStore._insert_session); an existing id: SessionExistsError."""
         _, context_json = json_object(context, "context")
         metadata, metadata_json = json_object(metadata, "metadata")
@@ -256,8 +292,8 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
         return {"title": _title(title, escaped), "context": json.loads(context), "metadata": json.loads(metadata)}, messages
 
     # ------------------------------------------------------------------ sessions
-    def create(self, title: Optional[str] = None, context: Optional[dict] = None,
-               metadata: Optional[dict] = None) -> str:
+    def create(self, title: str | None = None, context: dict | None = None,
+               metadata: dict | None = None) -> str:
         check_title(title)
         json_object(context, "context")  # validate before taking a connection
         json_object(metadata, "metadata")
@@ -288,8 +324,8 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
         return {"id": head[0], "title": _title(head[1], head[6]), "created_at": head[2], "updated_at": head[3][:23] + "Z",
                 "messages": messages, "context": json.loads(head[4]), "metadata": json.loads(head[5])}
 
-    def _where(self, filter_metadata: Optional[dict], author: Optional[str],
-               title_contains: Optional[str] = None) -> tuple[str, list]:
+    def _where(self, filter_metadata: dict | None, author: str | None,
+               title_contains: str | None = None) -> tuple[str, list]:
         """WHERE clause for a metadata filter (GIN containment + per-key equality), an author and a title
         substring (case-insensitive; ``%`` and ``_`` literal)."""
         clauses, params = [], []
@@ -316,9 +352,9 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
             params.append(author)
         return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
-                  offset: int = 0, author: Optional[str] = None, with_author: bool = False, *,
-                  title_contains: Optional[str] = None, order: str = "updated", descending: bool = True
+    def summaries(self, limit: int | None = 50, filter_metadata: dict | None = None,
+                  offset: int = 0, author: str | None = None, with_author: bool = False, *,
+                  title_contains: str | None = None, order: str = "updated", descending: bool = True
                   ) -> list[dict]:
         sql_limit = check_limit(limit)
         sql_offset = check_limit(offset, "offset")
@@ -353,13 +389,13 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
         with self._conn() as conn:
             return tuple(conn.execute("SELECT count(*), max(updated_at) FROM sessions").fetchone())
 
-    def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None, *,
-              title_contains: Optional[str] = None) -> int:
+    def count(self, filter_metadata: dict | None = None, author: str | None = None, *,
+              title_contains: str | None = None) -> int:
         where, params = self._where(filter_metadata, author, title_contains)
         with self._conn() as conn:
             return conn.execute(f"SELECT count(*) FROM sessions {where}", params, prepare=None if not where else False).fetchone()[0]
 
-    def brief(self, session_id: str) -> Optional[tuple[str, int]]:
+    def brief(self, session_id: str) -> tuple[str, int] | None:
         check_session_id(session_id)
         with self._conn() as conn:
             row = conn.execute("SELECT title, message_count, title_escaped FROM sessions WHERE id = %s",
@@ -406,8 +442,8 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
                 (ids,)).fetchall()
         return {sid: float(total) for sid, total in rows}
 
-    def message_rows(self, session_ids: Optional[Iterable[str]] = None,
-                     author: Optional[str] = None) -> list[tuple]:
+    def message_rows(self, session_ids: Iterable[str] | None = None,
+                     author: str | None = None) -> list[tuple]:
         ids = frame_ids(session_ids)
         check_author(author)
         sql = (f"SELECT {_FRAME_SELECT} FROM messages m JOIN sessions s ON s.seq = m.session_seq "
@@ -518,7 +554,7 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
                 conn.execute("UPDATE sessions SET message_count = message_count + 1 WHERE seq = %s", found)
         return message
 
-    def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
+    def history(self, session_id: str, limit: int | None = None) -> list[dict]:
         check_session_id(session_id)
         sql_limit = check_limit(limit)
         with self._conn() as conn:
@@ -531,7 +567,7 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
         return [_message_dict(_read_row(row[1:-1])) for row in rows if row[1] is not None]
 
     # ------------------------------------------------------------------ files
-    def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
+    def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: int | None = None) -> str:
         plan = import_plan(path, new_id, self.author,
                            max_bytes=max_bytes if max_bytes is not None else self.max_import_bytes)
         with self._write() as conn:
@@ -540,7 +576,7 @@ class PostgresSessionStore(PooledConnections, PostgresSearch, PostgresStats, Ses
         return plan["id"]
 
     # ------------------------------------------------------------------ replies by request id
-    def last_replies(self, session_id: str, metrics: Optional[dict] = None) -> dict[str, tuple]:
+    def last_replies(self, session_id: str, metrics: dict | None = None) -> dict[str, tuple]:
         check_session_id(session_id)
         paths = list((metrics or {}).values())
         extra = "".join(", jsonb_path_query_first(m.metrics::jsonb, %s::jsonpath)" for _ in paths)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, ContextManager, Optional
+from typing import TYPE_CHECKING
 
 from ...errors import StorageError
 from ..base import check_author
@@ -21,15 +22,15 @@ class _StoreState:
     (:mod:`.search`, :mod:`.stats`) use. Annotations only: the store's ``__init__`` sets them."""
 
     path: Path
-    read_only: Optional[str]
+    read_only: str | None
     background_index: bool
-    search_catchup_s: Optional[float]
-    index_error: Optional[BaseException]
+    search_catchup_s: float | None
+    index_error: BaseException | None
     _index_wanted: bool
     _closed: bool
     _lock: threading.RLock
     _conn: sqlite3.Connection
-    _reader: Optional[sqlite3.Connection]
+    _reader: sqlite3.Connection | None
     _reader_lock: threading.Lock
     _writes: int
 
@@ -45,7 +46,7 @@ class _StoreState:
         def _maintain_stats(self) -> None: ...
 
 
-def _where(filter_metadata: Optional[dict], author: Optional[str]) -> tuple[str, list]:
+def _where(filter_metadata: dict | None, author: str | None) -> tuple[str, list]:
     """SQL WHERE clause (and parameters) for a metadata filter and an author filter on ``sessions``."""
     where, params = _metadata_where(filter_metadata)
     if check_author(author) is None:
@@ -53,7 +54,7 @@ def _where(filter_metadata: Optional[dict], author: Optional[str]) -> tuple[str,
     return (f"{where} AND author = ?" if where else "WHERE author = ?"), [*params, author]
 
 
-def _metadata_sessions(filter_metadata: Optional[dict]) -> tuple[str, list]:
+def _metadata_sessions(filter_metadata: dict | None) -> tuple[str, list]:
     """A SELECT of the ``seq`` of sessions whose metadata matches every given key (and its parameters);
     ``("", [])`` when there is no filter."""
     if filter_metadata is None:
@@ -71,7 +72,7 @@ def _metadata_sessions(filter_metadata: Optional[dict]) -> tuple[str, list]:
     return " INTERSECT ".join(subqueries), params
 
 
-def _metadata_where(filter_metadata: Optional[dict]) -> tuple[str, list]:
+def _metadata_where(filter_metadata: dict | None) -> tuple[str, list]:
     """SQL WHERE clause (and its parameters) selecting sessions whose metadata matches every given key."""
     select, params = _metadata_sessions(filter_metadata)
     return (f"WHERE seq IN ({select})", params) if select else ("", [])
@@ -89,8 +90,8 @@ SUMMARY_ORDERS = {
 }
 
 
-def _summary_where(filter_metadata: Optional[dict], title_contains: Optional[str],
-                   author: Optional[str] = None) -> tuple[str, list]:
+def _summary_where(filter_metadata: dict | None, title_contains: str | None,
+                   author: str | None = None) -> tuple[str, list]:
     """WHERE clause for :meth:`SessionStore.summaries`/``count``: metadata match, author and a title substring."""
     where, params = _where(filter_metadata, author)
     if title_contains:
@@ -136,7 +137,7 @@ _MESSAGES = {3: "access permission denied", 5: "database is locked", 8: "readonl
              26: "file is not a database"}
 
 
-def _not_writable(path: Path) -> Optional[str]:
+def _not_writable(path: Path) -> str | None:
     """Why the database file (if it exists) or its folder cannot be written (None if they can)."""
     if (not path.exists() or os.access(path, os.W_OK)) and os.access(path.parent, os.W_OK):
         return None

@@ -73,6 +73,7 @@ import sqlite3
 
 from ..base import refuse_newer  # noqa: F401  (re-exported: one check for both engines)
 
+
 # Migration 3's SQL is spelled out once here for its backfill, its triggers and the store's catch-up
 # (:data:`STATS_CATCH_UP`). Frozen like every released migration: a later change to these tables is a new
 # migration, not an edit of these strings.

@@ -11,15 +11,15 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
 
 from ... import runtime
 from ..._util import block_interrupts
 from ...errors import StorageError
 from ..base import MAX_MATCHES_PER_HIT, _summary
 from ..validate import check_limit, check_query
-from .common import BUSY_TIMEOUT_S, _SUMMARY_COLUMNS, _StoreState, storage_error
+from .common import _SUMMARY_COLUMNS, BUSY_TIMEOUT_S, _StoreState, storage_error
 
 INDEX_DELAY_S = 0.05      # a background indexing pass starts this long after a write (writes in between share it)
 INDEX_CHUNK_ROWS = 200    # rows indexed per transaction: a writer waits at most one chunk (~1-2 ms)
@@ -74,7 +74,7 @@ class SqliteSearch(_StoreState):
         except Exception as exc:  # noqa: BLE001 - a failed pass is retried by the next write or search
             self.index_error = exc
 
-    def _index_backlog(self, budget_s: Optional[float] = None) -> bool:
+    def _index_backlog(self, budget_s: float | None = None) -> bool:
         """Index pending messages and titles, ``INDEX_CHUNK_ROWS`` per transaction (so writers wait at most
         one chunk); stop after ``budget_s`` seconds if given. True when nothing is left to index."""
         deadline = None if budget_s is None else time.perf_counter() + budget_s

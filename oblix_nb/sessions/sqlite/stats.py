@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Optional
 
 from .. import stats as stats_module
 from ..validate import check_limit
+from .common import _metadata_sessions, _StoreState
 from .migrations import STATS_CATCH_UP_CHUNK, STATS_PENDING
-from .common import _StoreState, _metadata_sessions
 
 # stats(): (reply_stats group column, request_prompts group expression) per ``by``; the columns have
 # percentile indexes (migration 3). Unanswered prompts have no model or route.
@@ -38,8 +37,8 @@ _STATS_SUMS = ("count(*), sum(error), sum(partial), sum(fallback), IFNULL(sum(in
                "IFNULL(sum(output_tokens), 0), sum(cost_usd), count(*) - count(cost_usd)")
 
 
-def _stats_where(since: Optional[str], until: Optional[str],
-                 filter_metadata: Optional[dict]) -> tuple[str, list, Optional[tuple[str, list]]]:
+def _stats_where(since: str | None, until: str | None,
+                 filter_metadata: dict | None) -> tuple[str, list, tuple[str, list] | None]:
     """`` AND ...`` conditions (and parameters) on a stats table's ``timestamp`` and ``session_seq``, and the
     query filling :data:`_STATS_SESSIONS` with the sessions ``filter_metadata`` selects (None: no filter)."""
     conditions, params = [], []
@@ -57,7 +56,7 @@ def _stats_where(since: Optional[str], until: Optional[str],
     return "".join(f" AND {c}" for c in conditions), params, fill
 
 
-def _select_sessions(conn: sqlite3.Connection, fill: Optional[tuple[str, list]]) -> None:
+def _select_sessions(conn: sqlite3.Connection, fill: tuple[str, list] | None) -> None:
     """Materialise the sessions a metadata filter selects, once per stats call (an ``IN (subquery)`` would be
     evaluated again by every percentile read). A TEMP table: private to this connection, fine read-only."""
     if fill is None:
@@ -72,8 +71,8 @@ class SqliteStats(_StoreState):
 
     _stats_busy = False  # a background thread is indexing the stats tables
 
-    def stats(self, by: str = "model", since: Optional[str] = None, until: Optional[str] = None,
-              filter_metadata: Optional[dict] = None) -> list[dict]:
+    def stats(self, by: str = "model", since: str | None = None, until: str | None = None,
+              filter_metadata: dict | None = None) -> list[dict]:
         """Request statistics per group, computed in SQL from the ``reply_stats`` / ``request_prompts`` tables
         (see :mod:`.migrations`, version 3, and :mod:`.stats` for what each column counts).
 
@@ -117,8 +116,8 @@ class SqliteStats(_StoreState):
             del group["_n"]
         return list(groups.values())
 
-    def stats_totals(self, group_by: tuple[str, ...] = ("day", "model_id"), since: Optional[str] = None,
-                     until: Optional[str] = None, filter_metadata: Optional[dict] = None) -> list[dict]:
+    def stats_totals(self, group_by: tuple[str, ...] = ("day", "model_id"), since: str | None = None,
+                     until: str | None = None, filter_metadata: dict | None = None) -> list[dict]:
         """Reply counts and sums per combination of ``group_by`` columns ("day", "model_id", "route"), in
         one GROUP BY: dicts with those columns and ``requests`` (replies here: unanswered prompts are not
         included), errors, partial, fallbacks, input_tokens, output_tokens, cost_usd, cost_unknown."""
@@ -137,8 +136,8 @@ class SqliteStats(_StoreState):
         return [{**dict(zip(columns, row)), **dict(zip(_STATS_SUM_NAMES, row[max(1, len(columns)):]))}
                 for row in rows]
 
-    def stats_sample(self, since: Optional[str] = None, until: Optional[str] = None,
-                     filter_metadata: Optional[dict] = None, limit: int = 20_000) -> list[dict]:
+    def stats_sample(self, since: str | None = None, until: str | None = None,
+                     filter_metadata: dict | None = None, limit: int = 20_000) -> list[dict]:
         """Up to about ``limit`` replies (all when fewer) as dicts ``{timestamp, model_id, route, partial,
         fallback, ttft, tps, input_tokens, output_tokens}``, for plots of distributions. Larger sets are
         thinned by a hash of the row id, so the sample spreads evenly over time and groups and is the same

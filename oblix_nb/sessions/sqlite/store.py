@@ -23,20 +23,31 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any
 
 from ..._util import check_session_id, current_user, iso, utcnow
 from ..._util import new_id as fresh_id
 from ...errors import SessionExistsError, SessionNotFoundError, StorageError
-from ..base import (MESSAGE_COLUMNS, SessionStoreBase, _default_title, _message_dict, _message_row, _ms,
-                    _summary, _update_stamp, check_author, exists_message, frame_ids, import_plan,
-                    normalize_messages)
+from ..base import (
+    MESSAGE_COLUMNS,
+    SessionStoreBase,
+    _default_title,
+    _message_dict,
+    _message_row,
+    _ms,
+    _summary,
+    _update_stamp,
+    check_author,
+    exists_message,
+    frame_ids,
+    import_plan,
+    normalize_messages,
+)
 from ..io import expand_path, normalize_message
 from ..validate import canonical_json, check_limit, check_title, json_object
-from .common import (BUSY_TIMEOUT_S, SUMMARY_ORDERS, _SUMMARY_COLUMNS, _not_writable, _summary_where,
-                     storage_error)
+from .common import _SUMMARY_COLUMNS, BUSY_TIMEOUT_S, SUMMARY_ORDERS, _not_writable, _summary_where, storage_error
 from .migrations import LATEST_VERSION, STATS_LOWER_MARK, STATS_PENDING, migrate, schema_version
 from .search import _FTS_PENDING, _FTS_TABLES, SEARCH_CATCHUP_S, SqliteSearch
 from .stats import SqliteStats
@@ -73,23 +84,23 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
 
     engine = "sqlite"
 
-    def __init__(self, path: str | os.PathLike, *, author: Optional[str] = None,
-                 max_import_bytes: Optional[int] = None):
+    def __init__(self, path: str | os.PathLike, *, author: str | None = None,
+                 max_import_bytes: int | None = None):
         self.author = check_author(author) or current_user()
         self.path = expand_path(path, ValueError, "session database path")
         #: import_file's size cap in bytes (None: env OBLIX_MAX_IMPORT_BYTES, else 256 MiB)
         self.max_import_bytes = max_import_bytes
         #: why the store could only be opened read-only (a read-only home), else None
-        self.read_only: Optional[str] = None
+        self.read_only: str | None = None
         #: index new text for search in the background after writes (False: only when a search runs)
         self.background_index = True
         #: the longest a search indexes pending rows itself, in seconds (None: all of them, the old behaviour)
-        self.search_catchup_s: Optional[float] = SEARCH_CATCHUP_S
-        self.index_error: Optional[BaseException] = None  # the last background indexing failure, if any
+        self.search_catchup_s: float | None = SEARCH_CATCHUP_S
+        self.index_error: BaseException | None = None  # the last background indexing failure, if any
         self._index_wanted = False
         self._closed = False
         self._lock = threading.RLock()
-        self._reader: Optional[sqlite3.Connection] = None  # searches' own connection, opened on first search
+        self._reader: sqlite3.Connection | None = None  # searches' own connection, opened on first search
         self._reader_lock = threading.Lock()
         self._writes = 0  # visible writes committed through this connection (data_version skips them)
         try:
@@ -132,7 +143,7 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
             raise
         return conn
 
-    def _open_read_only(self, why: "StorageError") -> sqlite3.Connection:
+    def _open_read_only(self, why: StorageError) -> sqlite3.Connection:
         """A read-only home: open the existing database for reading only (``mode=ro``; ``immutable=1`` when
         the folder cannot even hold WAL's shared-memory file). Writes then raise StorageError."""
         uri = self.path.resolve().as_uri()
@@ -232,8 +243,8 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
                              [(seq, key, canonical_json(value)) for key, value in metadata.items()])
 
     def _insert_session(self, conn: sqlite3.Connection, session_id: str, title: str, created_at: str,
-                        updated_at: str, context: Optional[dict], metadata: Optional[dict],
-                        rows: list[tuple], author: Optional[str] = None) -> None:
+                        updated_at: str, context: dict | None, metadata: dict | None,
+                        rows: list[tuple], author: str | None = None) -> None:
         """Insert a whole session; ``updated_at`` as :func:`_update_stamp`, ``rows`` are message rows
         (MESSAGE_COLUMNS order); ``author`` defaults to this store's. Invalid context or metadata raise
         TypeError (rolling the write back)."""
@@ -260,8 +271,8 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
         return {"title": title, "context": json.loads(context), "metadata": json.loads(metadata)}, rows
 
     # ------------------------------------------------------------------ sessions
-    def create(self, title: Optional[str] = None, context: Optional[dict] = None,
-               metadata: Optional[dict] = None) -> str:
+    def create(self, title: str | None = None, context: dict | None = None,
+               metadata: dict | None = None) -> str:
         """Create an empty session; returns its id (a uuid4).
 
         Without a title the session is named after its creation time: ``"Session 2026-11-24 20:51 UTC"``.
@@ -300,9 +311,9 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
                 "messages": [_message_dict(r) for r in rows], "context": json.loads(row[5]),
                 "metadata": json.loads(row[6])}
 
-    def summaries(self, limit: Optional[int] = 50, filter_metadata: Optional[dict] = None,
-                  offset: int = 0, author: Optional[str] = None, with_author: bool = False, *,
-                  title_contains: Optional[str] = None, order: str = "updated", descending: bool = True
+    def summaries(self, limit: int | None = 50, filter_metadata: dict | None = None,
+                  offset: int = 0, author: str | None = None, with_author: bool = False, *,
+                  title_contains: str | None = None, order: str = "updated", descending: bool = True
                   ) -> list[dict]:
         """Session summaries ``{id, title, created_at, updated_at, message_count, metadata}``, most recently
         updated first (equal ``updated_at``: most recently created first).
@@ -338,8 +349,8 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
             raise SessionNotFoundError(session_id)
         return _summary(row)
 
-    def count(self, filter_metadata: Optional[dict] = None, author: Optional[str] = None, *,
-              title_contains: Optional[str] = None) -> int:
+    def count(self, filter_metadata: dict | None = None, author: str | None = None, *,
+              title_contains: str | None = None) -> int:
         """How many sessions match ``filter_metadata``, ``author`` and ``title_contains`` (as :meth:`summaries`)."""
         where, params = _summary_where(filter_metadata, title_contains, author)
         with self._locked("read") as conn:
@@ -352,7 +363,7 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
         with self._locked("read") as conn:
             return conn.execute("PRAGMA data_version").fetchone()[0], self._writes
 
-    def brief(self, session_id: str) -> Optional[tuple[str, int]]:
+    def brief(self, session_id: str) -> tuple[str, int] | None:
         """``(title, message_count)`` of a session, or None if there is none (for one-line descriptions)."""
         check_session_id(session_id)
         with self._locked("read") as conn:
@@ -397,8 +408,8 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
                     f"HAVING count(json_extract(m.metrics, '$.cost_usd')) > 0", chunk).fetchall())
         return out
 
-    def message_rows(self, session_ids: Optional[Iterable[str]] = None,
-                     author: Optional[str] = None) -> list[tuple]:
+    def message_rows(self, session_ids: Iterable[str] | None = None,
+                     author: str | None = None) -> list[tuple]:
         """Rows for ``frames.messages_df`` (its MESSAGE_COLUMNS, JSON fields extracted by SQLite): the messages
         of ``session_ids`` (None: all), only ``author``'s if given, sessions in creation order, messages in
         conversation order. An unknown id raises SessionNotFoundError."""
@@ -532,7 +543,7 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
         self._written()
         return message
 
-    def history(self, session_id: str, limit: Optional[int] = None) -> list[dict]:
+    def history(self, session_id: str, limit: int | None = None) -> list[dict]:
         """The newest ``limit`` messages (all if None), in chronological order. Reads only those rows."""
         check_session_id(session_id)
         sql_limit = check_limit(limit)
@@ -543,7 +554,7 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
         return [_message_dict(row) for row in rows]
 
     # ------------------------------------------------------------------ replies by request id
-    def last_replies(self, session_id: str, metrics: Optional[dict] = None) -> dict[str, tuple]:
+    def last_replies(self, session_id: str, metrics: dict | None = None) -> dict[str, tuple]:
         """Each ``request_id``'s last complete (not partial) assistant message in the session, without decoding
         JSON in Python: ``{request_id: (content, model_id, route target, *metric values)}``, where ``metrics``
         maps names to JSON paths inside the message's metrics (``{"out": "$.output_tokens"}``), in its order.
@@ -560,7 +571,7 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
         return {row[0]: row[1:] for row in rows}
 
     # ------------------------------------------------------------------ files
-    def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: Optional[int] = None) -> str:
+    def import_file(self, path: str | os.PathLike, new_id: bool = False, max_bytes: int | None = None) -> str:
         """Import a session file (ours, or the original Oblix SDK's as is); returns the session id.
 
         The file is validated first (see :func:`.io.parse_session_file`: SessionFileError, a ValueError, for a
@@ -628,7 +639,7 @@ class SqliteSessionStore(SqliteSearch, SqliteStats, SessionStoreBase):
     def _read_one(self):
         return self._locked("read")
 
-    def _titles(self, ids: Optional[list[str]]) -> list[tuple[str, str]]:
+    def _titles(self, ids: list[str] | None) -> list[tuple[str, str]]:
         with self._read() as conn:
             if ids is None:
                 return conn.execute("SELECT id, title FROM sessions").fetchall()
