@@ -82,7 +82,8 @@ class SessionBrowser(anywidget.AnyWidget):
     sessions: the given panel, else one made below the grid).
     """
 
-    _esm = HERE / "browser.js"
+    # keys.js (shared: notebook shortcuts stay out of the widget) in front of browser.js, as common.css is
+    _esm = (HERE / "keys.js").read_text(encoding="utf-8") + (HERE / "browser.js").read_text(encoding="utf-8")
     _css = (HERE / "common.css").read_text(encoding="utf-8") + (HERE / "browser.css").read_text(encoding="utf-8")
 
     columns = traitlets.List(traitlets.Dict()).tag(sync=True)

@@ -184,7 +184,8 @@ class ChatPanel(anywidget.AnyWidget):
     ``running``, ``status``, ``status_error``, ``draft`` (the input box's text).
     """
 
-    _esm = HERE / "chat.js"
+    # keys.js (shared: notebook shortcuts stay out of the widget) in front of chat.js, as common.css is
+    _esm = (HERE / "keys.js").read_text(encoding="utf-8") + (HERE / "chat.js").read_text(encoding="utf-8")
     _css = (HERE / "common.css").read_text(encoding="utf-8") + (HERE / "chat.css").read_text(encoding="utf-8")
 
     sessions = traitlets.List(traitlets.Dict()).tag(sync=True)

@@ -827,7 +827,7 @@ def test_widget_front_ends_are_package_data():
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
         "oblix_nb.widgets"]
     assets = [p.name for p in (root / "oblix_nb" / "widgets").iterdir() if p.suffix in (".js", ".css")]
-    assert {"chat.js", "chat.css", "browser.js", "browser.css", "common.css"} <= set(assets)
+    assert {"chat.js", "chat.css", "browser.js", "browser.css", "common.css", "keys.js"} <= set(assets)
     assert all(any(fnmatch.fnmatch(name, pat) for pat in patterns) for name in assets), (assets, patterns)
     assert "oblix-chat" in str(ChatPanel._esm) and ".oblix-chat" in ChatPanel._css
     assert "oblix-browser" in str(SessionBrowser._esm) and ".oblix-browser" in SessionBrowser._css
