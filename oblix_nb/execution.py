@@ -44,6 +44,7 @@ from .models.base import (
     Usage,
     is_connection_failure,
     report_progress,
+    usage_when_cut,
 )
 from .pricing import Price, PriceBook, reply_cost
 from .routing import RoutingDecision, decide
@@ -413,24 +414,6 @@ class Call:
         self.prompt_progress = progress
         report_progress(self.request.params, progress)
 
-    def _usage_when_cut(self) -> Usage:
-        """The usage of a reply cut (stopped or failed) before the backend reported any: the input count from
-        the engine's prompt reading when it reported one, else estimated; the output estimated from the text."""
-        u = self.usage
-        input_tokens, input_source = u.input_tokens, u.input_source
-        if input_tokens is None:
-            if self.prompt_progress is not None:
-                input_tokens, input_source = self.prompt_progress.total, "engine"
-            else:
-                text = "\n".join(str(m.get("content") or "") for m in self.fitted.messages)
-                input_tokens, input_source = self.backend.estimate_tokens(text), self.backend.estimate_source
-        output_tokens, output_source = u.output_tokens, u.output_source
-        if output_tokens is None:
-            output_tokens = self.backend.estimate_tokens("".join(self.pieces)) if self.pieces else 0
-            output_source = self.backend.estimate_source if self.pieces else "none"
-        return replace(u, input_tokens=input_tokens, input_source=input_source, output_tokens=output_tokens,
-                       output_source=output_source, finish_reason=u.finish_reason or "interrupted")
-
     def response(self, end: float, partial: bool) -> dict:
         b, u = self.backend, self.usage
         total = end - self.t0
@@ -486,7 +469,8 @@ class Call:
         except BaseException as exc:
             end = time.perf_counter()
             if self.usage.input_tokens is None or self.usage.output_tokens is None:  # cut before the backend counted
-                self.usage = self._usage_when_cut()
+                self.usage = usage_when_cut(self.usage, self.backend, self.fitted.messages, self.pieces,
+                                            self.prompt_progress)
             partial = self.response(end, partial=True)
             if not isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                 partial["metrics"]["error"] = describe_error(exc)  # cut by a failure, not stopped

@@ -306,3 +306,15 @@ def own_pg_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def sigint_stays_deliverable():
+    """No test may leave SIGINT blocked in pytest's main thread: every process forked from it afterwards (the
+    terminal chat's pty tests, kernels) would inherit the mask and be deaf to Ctrl-C / interrupts."""
+    import signal
+
+    yield
+    if hasattr(signal, "pthread_sigmask") and signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        pytest.fail("this test left SIGINT blocked in the main thread (run package threads' bodies on a thread)")

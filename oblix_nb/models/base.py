@@ -5,7 +5,7 @@ import enum
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import BackendError
@@ -80,6 +80,26 @@ class Usage:
 
 
 StreamItem = str | Usage
+
+
+def usage_when_cut(usage: Usage, backend: ModelBackend, messages: list[dict], pieces: list[str],
+                   progress: PromptProgress | None) -> Usage:
+    """The usage of a reply cut (stopped or failed) before ``backend`` reported all of it: the input count from
+    the engine's last prompt-reading report (``progress``) when there is one, else estimated from ``messages``;
+    the output estimated from the text that arrived (``pieces``). Never 0 input for a prompt that was sent."""
+    input_tokens, input_source = usage.input_tokens, usage.input_source
+    if input_tokens is None:
+        if progress is not None:
+            input_tokens, input_source = progress.total, "engine"
+        else:
+            text = "\n".join(str(m.get("content") or "") for m in messages)
+            input_tokens, input_source = backend.estimate_tokens(text), backend.estimate_source
+    output_tokens, output_source = usage.output_tokens, usage.output_source
+    if output_tokens is None:
+        output_tokens = backend.estimate_tokens("".join(pieces)) if pieces else 0
+        output_source = backend.estimate_source if pieces else "none"
+    return replace(usage, input_tokens=input_tokens, input_source=input_source, output_tokens=output_tokens,
+                   output_source=output_source, finish_reason=usage.finish_reason or "interrupted")
 
 
 def report_progress(params: GenerationParams, progress: PromptProgress) -> None:

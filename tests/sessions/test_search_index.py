@@ -69,7 +69,11 @@ def test_a_large_backlog_is_not_paid_by_one_search(tmp_path, monkeypatch):
         assert mark < top  # the search indexed one chunk, not the whole backlog
         assert mark - 0 <= store_module.INDEX_CHUNK_ROWS
         assert store.search("item4999") == []  # not yet: the documented trade-off
-        store._index_pass()  # what the background pass does
+        # what the background pass does, on a thread of its own as there (the pass blocks SIGINT in its thread:
+        # run here, it would leave pytest's main thread, and every process forked from it, deaf to Ctrl-C)
+        worker = threading.Thread(target=store._index_pass)
+        worker.start()
+        worker.join()
         assert [h["id"] for h in store.search("item4999")] == [sid]
     finally:
         store.close()

@@ -171,6 +171,9 @@ class Pty:
     def __init__(self, argv, env, cwd):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # child
+            # a terminal's shell starts programs with SIGINT deliverable: the mask survives fork and exec, so a
+            # mask some earlier test left on this thread must not reach the child
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             os.chdir(cwd)
             os.execve(argv[0], argv, env)
         self.out = b""
