@@ -617,13 +617,12 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         with self._read() as conn:
             return self._usage_spend(conn, after_seq, since, session_id, upto)
 
-    def _usage_spend(self, conn: Any, after_seq: int, since: str | None,
-                     session_id: str | None, upto: int | None = None) -> tuple[int, float]:
-        where: list[str] = ["seq > ?"]
-        params: list[Any] = [after_seq]
-        if upto is not None:
-            where.append("seq <= ?")
-            params.append(upto)
+    def _window(self, since: str | None, session_id: str | None) -> tuple[list[str], list[Any]]:
+        """``WHERE`` conditions and parameters of a budget window over the usage log or the reservations: at or
+        after ``since`` (None: ever), in ``session_id`` (None: any), this store's author's rows on a shared
+        database."""
+        where: list[str] = []
+        params: list[Any] = []
         if since is not None:
             where.append("timestamp >= ?")
             params.append(since)
@@ -633,6 +632,16 @@ class SessionStoreBase(BudgetReservations, abc.ABC):
         if self._PER_AUTHOR:
             where.append("author = ?")
             params.append(self.author)
+        return where, params
+
+    def _usage_spend(self, conn: Any, after_seq: int, since: str | None,
+                     session_id: str | None, upto: int | None = None) -> tuple[int, float]:
+        where, params = self._window(since, session_id)
+        where.append("seq > ?")
+        params.append(after_seq)
+        if upto is not None:
+            where.append("seq <= ?")
+            params.append(upto)
         sql = (f"SELECT (SELECT COALESCE(MAX(seq), 0) FROM usage_log), {SPEND_SQL} FROM usage_log "
                f"WHERE {' AND '.join(where)}")
         top, added = conn.execute(self._sql(sql), params).fetchone()

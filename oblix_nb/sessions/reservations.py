@@ -48,6 +48,7 @@ class BudgetReservations:
 
         def _sql(self, sql: str) -> str: ...
         def _scope(self) -> tuple[str, list]: ...
+        def _window(self, since: str | None, session_id: str | None) -> tuple[list[str], list[Any]]: ...
         def _starts_with_sql(self, column: str, prefix: str) -> tuple[str, list]: ...
         def _write(self) -> Any: ...
         def _read(self) -> Any: ...
@@ -61,16 +62,8 @@ class BudgetReservations:
 
     def _reserved(self, conn: Any, since: str | None, session_id: str | None) -> float:
         """USD of live reservations made at or after ``since`` (None: any time) in ``session_id`` (None: any)."""
-        where, params = ["1 = 1"], []
-        if since is not None:
-            where.append("timestamp >= ?")
-            params.append(since)
-        if session_id is not None:
-            where.append("session_id = ?")
-            params.append(session_id)
-        if self._PER_AUTHOR:
-            where.append("author = ?")
-            params.append(self.author)
+        where, params = self._window(since, session_id)
+        where.insert(0, "1 = 1")
         row = conn.execute(self._sql(f"SELECT COALESCE(SUM(usd), 0) FROM budget_reservations "
                                      f"WHERE {' AND '.join(where)}"), params).fetchone()
         return float(row[0])
